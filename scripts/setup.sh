@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything tracer needs on a fresh Debian machine, idempotently.
+# Toolchains are pinned; see docs in README.md.
+set -euo pipefail
+
+NIGHTLY=nightly-2026-06-25
+STABLE=1.99.0
+BPF_LINKER_VERSION=0.13
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk protobuf-compiler pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  log "apt packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+  log "installing rustup"
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+rustup toolchain list | grep -q "^${STABLE}-" || { log "rust $STABLE"; rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt; }
+rustup toolchain list | grep -q "^${NIGHTLY}-" || { log "rust $NIGHTLY"; rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src; }
+rustup component list --toolchain "$NIGHTLY" --installed | grep -q rust-src || rustup component add rust-src --toolchain "$NIGHTLY"
+
+if ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker ${BPF_LINKER_VERSION}"; then
+  log "bpf-linker ${BPF_LINKER_VERSION} against LLVM 22"
+  PATH=/usr/lib/llvm-22/bin:$PATH LLVM_PREFIX=/usr/lib/llvm-22 \
+    cargo "+${STABLE}" install bpf-linker --version "~${BPF_LINKER_VERSION}" --locked \
+      --no-default-features --features llvm-22
+fi
+
+mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+log "ready"

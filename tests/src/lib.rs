@@ -1,0 +1,1 @@
+//! End-to-end test support: an OTLP receiver, fixture services and agent control.

@@ -1,0 +1,189 @@
+//! Types that cross the kernel/user boundary. This crate is the only place they are defined.
+//!
+//! Every event written to the ring buffer starts with an [`EventHeader`] whose `kind` says which
+//! payload follows. Layouts are `#[repr(C)]` with explicit padding and sizes checked at compile
+//! time, so the kernel and userspace can never disagree silently. Userspace decodes events with a
+//! fallible function (see `tracer-user/src/events.rs`), never by casting a pointer.
+#![no_std]
+
+/// Bytes of payload captured from each socket syscall (the head of the buffer).
+pub const MAX_PAYLOAD: usize = 1024;
+/// Bytes captured from the end of a syscall buffer longer than [`MAX_PAYLOAD`]. The tail lets
+/// userspace see the end of a chunked body or of headers that straddle a large write.
+pub const TAIL_PAYLOAD: usize = 64;
+/// iovec entries walked per readv/writev/recvmsg/sendmsg.
+pub const MAX_IOVECS: u32 = 8;
+
+/// Kinds of ring-buffer events. Ids are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket read or write with its payload head: [`DataEvent`].
+    Data = 1,
+    /// close(2) of a socket fd the kernel side was tracking: [`CloseEvent`].
+    Close = 2,
+    /// A process called execve: [`ProcEvent`].
+    Exec = 3,
+    /// A process (thread group) exited: [`ProcEvent`].
+    Exit = 4,
+    /// accept/connect completed: [`ConnEvent`].
+    Conn = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::Close,
+            3 => Self::Exec,
+            4 => Self::Exit,
+            5 => Self::Conn,
+            _ => return None,
+        })
+    }
+}
+
+/// Common header of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`) when the event completed.
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the high 32 bits, thread id in the low.
+    pub pid_tgid: u64,
+}
+
+/// The addresses of a TCP connection as seen from the traced process: `s*` is local, `d*` remote.
+/// IPv4 addresses sit in the first four bytes of the address arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnTuple {
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Direction of a data event relative to the traced process.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Syscall that produced a data event.
+pub const SYS_READ: u8 = 0;
+pub const SYS_WRITE: u8 = 1;
+pub const SYS_READV: u8 = 2;
+pub const SYS_WRITEV: u8 = 3;
+pub const SYS_RECVFROM: u8 = 4;
+pub const SYS_SENDTO: u8 = 5;
+pub const SYS_RECVMSG: u8 = 6;
+pub const SYS_SENDMSG: u8 = 7;
+
+/// A completed socket read or write.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`; identifies the socket while it lives.
+    pub sock: u64,
+    /// CLOCK_MONOTONIC nanoseconds at syscall entry.
+    pub start_ns: u64,
+    pub tuple: ConnTuple,
+    pub fd: i32,
+    /// True number of bytes the syscall transferred.
+    pub len: u32,
+    /// Bytes of `data` that hold the head of the transfer (`<= MAX_PAYLOAD`).
+    pub captured: u32,
+    /// Bytes of `tail` that hold the last bytes of the transfer (0 unless `len > MAX_PAYLOAD`).
+    pub tail_len: u32,
+    pub direction: u8,
+    pub syscall: u8,
+    pub _pad: [u8; 6],
+    pub data: [u8; MAX_PAYLOAD],
+    pub tail: [u8; TAIL_PAYLOAD],
+}
+
+/// A socket fd was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+/// Connection roles known from the syscall that created the fd.
+pub const ROLE_UNKNOWN: u8 = 0;
+pub const ROLE_CLIENT: u8 = 1;
+pub const ROLE_SERVER: u8 = 2;
+
+/// accept(2)/accept4(2) returned a new fd (server role) or connect(2) was called (client role).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Process lifecycle: exec or exit of a thread group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub header: EventHeader,
+    /// Parent tgid (exec only; 0 otherwise).
+    pub ppid: u32,
+    pub _pad: u32,
+}
+
+/// Offsets into `struct sock` read from the running kernel's BTF at start-up.
+/// Rust eBPF built by aya carries no CO-RE relocations, so these come from userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// 1 when the offsets were filled in; the kernel side reads no tuple otherwise.
+    pub valid: u32,
+}
+
+/// Per-connection classification kept in the kernel, keyed by `(tgid << 32) | fd`.
+pub const PROTO_UNKNOWN: u8 = 0;
+pub const PROTO_HTTP1: u8 = 1;
+pub const PROTO_OTHER: u8 = 2;
+
+/// Indices of the per-CPU counters map.
+pub const COUNTER_EVENTS: u32 = 0;
+pub const COUNTER_LOST: u32 = 1;
+pub const COUNTER_NOT_HTTP: u32 = 2;
+pub const COUNTER_TRUNCATED: u32 = 3;
+pub const COUNTERS: u32 = 4;
+
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 24);
+    assert!(core::mem::size_of::<ConnTuple>() == 40);
+    assert!(core::mem::size_of::<DataEvent>() == 24 + 8 + 8 + 40 + 4 * 4 + 8 + MAX_PAYLOAD + TAIL_PAYLOAD);
+    assert!(core::mem::size_of::<CloseEvent>() == 32);
+    assert!(core::mem::size_of::<ConnEvent>() == 32);
+    assert!(core::mem::size_of::<ProcEvent>() == 32);
+    assert!(core::mem::size_of::<SockOffsets>() == 32);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::SockOffsets {}
+}
