@@ -105,7 +105,10 @@ pub struct DataEvent {
     pub tail_len: u32,
     pub direction: u8,
     pub syscall: u8,
-    pub _pad: [u8; 6],
+    /// Role known from accept/connect (`ROLE_*`); `ROLE_UNKNOWN` for connections that predate
+    /// the agent.
+    pub role: u8,
+    pub _pad: [u8; 5],
     pub data: [u8; MAX_PAYLOAD],
     pub tail: [u8; TAIL_PAYLOAD],
 }
@@ -160,10 +163,37 @@ pub struct SockOffsets {
     pub valid: u32,
 }
 
+/// Field offsets inside tracepoint records whose layout changed across kernel versions, read from
+/// tracefs `format` files at start-up. The syscall tracepoints' layout (`__syscall_nr` at 8,
+/// arguments from 16, `ret` at 16) has been stable for a decade and is not listed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TpOffsets {
+    /// `sock:sock_{send,recv}_length`: `sk`, `family`, `protocol`, `flags`.
+    pub socklen_sk: u32,
+    pub socklen_family: u32,
+    pub socklen_protocol: u32,
+    pub socklen_flags: u32,
+    /// `sched:sched_process_fork`: `parent_pid`, `child_pid`.
+    pub fork_parent_pid: u32,
+    pub fork_child_pid: u32,
+}
+
 /// Per-connection classification kept in the kernel, keyed by `(tgid << 32) | fd`.
 pub const PROTO_UNKNOWN: u8 = 0;
 pub const PROTO_HTTP1: u8 = 1;
 pub const PROTO_OTHER: u8 = 2;
+
+/// Value of the kernel's connection map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnState {
+    /// One of the `PROTO_*` constants.
+    pub proto: u8,
+    /// One of the `ROLE_*` constants.
+    pub role: u8,
+    pub _pad: [u8; 6],
+}
 
 /// Indices of the per-CPU counters map.
 pub const COUNTER_EVENTS: u32 = 0;
@@ -180,10 +210,16 @@ const _: () = {
     assert!(core::mem::size_of::<ConnEvent>() == 32);
     assert!(core::mem::size_of::<ProcEvent>() == 32);
     assert!(core::mem::size_of::<SockOffsets>() == 32);
+    assert!(core::mem::size_of::<TpOffsets>() == 24);
+    assert!(core::mem::size_of::<ConnState>() == 8);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TpOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnState {}
 }

@@ -36,6 +36,8 @@ pub struct Data {
     /// `true` when the process wrote the bytes, `false` when it read them.
     pub egress: bool,
     pub syscall: u8,
+    /// Role known from accept/connect (`tracer_common::ROLE_*`); unknown for older connections.
+    pub role: u8,
     /// True byte count of the transfer.
     pub len: u32,
     /// The first `min(len, MAX_PAYLOAD)` bytes.
@@ -131,6 +133,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 tuple: tuple_at(b, offset_of!(DataEvent, tuple)),
                 egress: b[offset_of!(DataEvent, direction)] == tracer_common::DIR_EGRESS,
                 syscall: b[offset_of!(DataEvent, syscall)],
+                role: b[offset_of!(DataEvent, role)],
                 len,
                 head: record.slice(head_off..head_off + captured as usize),
                 tail: if tail_len > 0 {
@@ -186,6 +189,7 @@ pub fn encode_data(d: &Data) -> Vec<u8> {
     out[offset_of!(DataEvent, direction)] =
         if d.egress { tracer_common::DIR_EGRESS } else { tracer_common::DIR_INGRESS };
     out[offset_of!(DataEvent, syscall)] = d.syscall;
+    out[offset_of!(DataEvent, role)] = d.role;
     put(&mut out, offset_of!(DataEvent, data), &d.head);
     put(&mut out, offset_of!(DataEvent, tail), &d.tail);
     out
@@ -206,6 +210,7 @@ mod tests {
             tuple: ConnTuple { family: 2, sport: 8080, dport: 5555, ..Default::default() },
             egress: true,
             syscall: tracer_common::SYS_WRITE,
+            role: tracer_common::ROLE_SERVER,
             len: 5,
             head: Bytes::from_static(b"hello"),
             tail: Bytes::new(),

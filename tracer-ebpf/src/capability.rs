@@ -1,0 +1,50 @@
+//! No-op programs of each attach type, loaded and attached once by `tracer doctor` to learn for
+//! real what the running kernel allows. They never run on the data path.
+
+use aya_ebpf::{
+    helpers::bpf_probe_write_user,
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, sock_ops, uprobe},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, SockOpsContext},
+};
+
+#[kprobe]
+pub fn cap_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[fentry(function = "tcp_sendmsg")]
+pub fn cap_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[uprobe]
+pub fn cap_uprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn cap_tp_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn cap_raw_tp(_ctx: RawTracePointContext) -> u32 {
+    0
+}
+
+#[sock_ops]
+pub fn cap_sock_ops(_ctx: SockOpsContext) -> u32 {
+    1
+}
+
+/// Only loaded, never attached: the verifier rejects the helper under kernel lockdown.
+#[uprobe]
+pub fn cap_write_user(ctx: ProbeContext) -> u32 {
+    let v: u64 = 0;
+    let dst = ctx.arg::<u64>(0).unwrap_or(0) as *mut u64;
+    if !dst.is_null() {
+        // SAFETY: never attached; this exists only to see whether the verifier accepts the helper.
+        let _ = unsafe { bpf_probe_write_user(dst, &v) };
+    }
+    0
+}

@@ -1,0 +1,662 @@
+//! Kernel programs of the `tracer` agent.
+//!
+//! Socket I/O is seen through syscall tracepoints only (no kprobes, no fentry), so the agent works
+//! on kernels in lockdown and without CONFIG_KPROBES:
+//!
+//! * `sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg}` stash the fd and the
+//!   user buffer per thread;
+//! * `sock:sock_{send,recv}_length`, which fire inside those syscalls on the same thread, hand over
+//!   the `struct sock *` and tell a TCP socket from any other fd without walking the fd table;
+//! * `sys_exit_*` classify the connection on its first bytes (HTTP/1.x or not), copy a bounded
+//!   head (and tail) of the payload into the ring buffer and read the 4-tuple from the socket with
+//!   offsets userspace took from the running kernel's BTF.
+//!
+//! Processes are filtered in the kernel before anything is copied; the agent's own process is
+//! never traced. Every failed ring-buffer reservation is counted.
+#![no_std]
+#![no_main]
+
+mod capability;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_probe_read_user as raw_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::TracePointContext,
+};
+use core::ffi::c_void;
+use tracer_common::{
+    CloseEvent, ConnEvent, ConnState, DataEvent, EventKind, ProcEvent, SockOffsets, TpOffsets,
+    COUNTERS, COUNTER_EVENTS, COUNTER_LOST, COUNTER_NOT_HTTP, DIR_EGRESS, DIR_INGRESS, MAX_IOVECS,
+    MAX_PAYLOAD, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
+    TAIL_PAYLOAD,
+};
+
+// ---- configuration set by userspace before load -------------------------------------------------
+
+/// tgid of the agent itself: never traced.
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+/// 1: trace every process but the agent (and those in `EXCLUDED`); 0: only those in `TRACED`.
+#[unsafe(no_mangle)]
+static TRACE_ALL: u32 = 0;
+#[unsafe(no_mangle)]
+static SOCK_OFF: SockOffsets = SockOffsets {
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    valid: 0,
+};
+#[unsafe(no_mangle)]
+static TP_OFF: TpOffsets = TpOffsets {
+    socklen_sk: 8,
+    socklen_family: 16,
+    socklen_protocol: 18,
+    socklen_flags: 24,
+    fork_parent_pid: 12,
+    fork_child_pid: 20,
+};
+
+#[inline(always)]
+fn cfg<T: Copy>(v: &T) -> T {
+    // SAFETY: reading a global the loader may have rewritten; volatile so the compiler keeps it.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+// ---- maps ---------------------------------------------------------------------------------------
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Processes to trace when `TRACE_ALL` is 0 (tgid -> 1). Children of traced processes are added
+/// here by the fork tracepoint.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Processes never to trace (tgid -> 1), consulted in both modes.
+#[map]
+static EXCLUDED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Arguments of an in-flight data syscall, keyed by pid_tgid.
+#[map]
+static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// fd of an in-flight connect or accept, keyed by pid_tgid.
+#[map]
+static CONNECT_FD: HashMap<u64, i64> = HashMap::with_max_entries(16384, 0);
+
+/// Connection classification, keyed by (tgid << 32 | fd).
+#[map]
+static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SyscallArgs {
+    /// User buffer (read/write/recvfrom/sendto), iovec array (readv/writev) or msghdr
+    /// (recvmsg/sendmsg).
+    buf: u64,
+    /// `struct sock *` learnt from `sock_*_length`; 0 when the fd is not a TCP socket.
+    sk: u64,
+    start_ns: u64,
+    iovcnt: u64,
+    fd: i32,
+    syscall: u8,
+    _pad: [u8; 3],
+}
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTER.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn traced(tgid: u32) -> bool {
+    if tgid == cfg(&AGENT_TGID) {
+        return false;
+    }
+    // SAFETY: values are plain bytes; we only test presence.
+    if unsafe { EXCLUDED.get(&tgid) }.is_some() {
+        return false;
+    }
+    if cfg(&TRACE_ALL) != 0 {
+        return true;
+    }
+    unsafe { TRACED.get(&tgid) }.is_some()
+}
+
+#[inline(always)]
+fn conn_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: syscall tracepoint records hold six u64 arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: sys_exit records hold `long ret` at offset 16.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+/// True when the first four bytes start an HTTP/1.x request or response.
+#[inline(always)]
+fn is_http_magic(b: [u8; 4]) -> bool {
+    matches!(
+        &b,
+        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
+            | b"HTTP"
+    )
+}
+
+// ---- data syscalls ------------------------------------------------------------------------------
+
+// x86-64 syscall numbers.
+const NR_READ: i32 = 0;
+const NR_WRITE: i32 = 1;
+const NR_READV: i32 = 19;
+const NR_WRITEV: i32 = 20;
+const NR_SENDTO: i32 = 44;
+const NR_RECVFROM: i32 = 45;
+const NR_SENDMSG: i32 = 46;
+const NR_RECVMSG: i32 = 47;
+const MSG_PEEK: u64 = 2;
+
+#[tracepoint]
+pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: `__syscall_nr` is an int at offset 8 of every syscall tracepoint.
+    let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1);
+    let syscall = match nr {
+        NR_READ => SYS_READ,
+        NR_WRITE => SYS_WRITE,
+        NR_READV => SYS_READV,
+        NR_WRITEV => SYS_WRITEV,
+        NR_RECVFROM => SYS_RECVFROM,
+        NR_SENDTO => SYS_SENDTO,
+        NR_RECVMSG => SYS_RECVMSG,
+        NR_SENDMSG => SYS_SENDMSG,
+        _ => return 0,
+    };
+    if (syscall == SYS_RECVFROM && arg(&ctx, 3) & MSG_PEEK != 0)
+        || (syscall == SYS_RECVMSG && arg(&ctx, 2) & MSG_PEEK != 0)
+    {
+        return 0;
+    }
+    let args = SyscallArgs {
+        buf: arg(&ctx, 1),
+        sk: 0,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        iovcnt: arg(&ctx, 2),
+        fd: arg(&ctx, 0) as i32,
+        syscall,
+        _pad: [0; 3],
+    };
+    let _ = ARGS.insert(&pid_tgid, &args, 0);
+    0
+}
+
+/// `sock:sock_send_length` and `sock:sock_recv_length`: learn the socket of the pending syscall.
+#[tracepoint]
+pub fn sock_length(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = ARGS.get_ptr_mut(&pid_tgid) else { return 0 };
+    let off = cfg(&TP_OFF);
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let family = unsafe { ctx.read_at::<u16>(off.socklen_family as usize) }.unwrap_or(0);
+    let protocol = unsafe { ctx.read_at::<u16>(off.socklen_protocol as usize) }.unwrap_or(0);
+    if protocol != 6 || (family != 2 && family != 10) {
+        return 0;
+    }
+    let flags = unsafe { ctx.read_at::<i32>(off.socklen_flags as usize) }.unwrap_or(0);
+    if flags as u64 & MSG_PEEK != 0 {
+        return 0;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(off.socklen_sk as usize) }.unwrap_or(0);
+    // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.
+    unsafe { (*args).sk = sk };
+    0
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Address of the iovec array and its length for a vectored syscall.
+#[inline(always)]
+fn iovecs(a: &SyscallArgs) -> (u64, u64) {
+    match a.syscall {
+        SYS_READV | SYS_WRITEV => (a.buf, a.iovcnt),
+        _ => {
+            // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
+            let iov = unsafe { bpf_probe_read_user((a.buf + 16) as *const u64) }.unwrap_or(0);
+            let cnt = unsafe { bpf_probe_read_user((a.buf + 24) as *const u64) }.unwrap_or(0);
+            (iov, cnt)
+        }
+    }
+}
+
+#[inline(always)]
+fn first_bytes(a: &SyscallArgs, iov: u64) -> [u8; 4] {
+    let src = match a.syscall {
+        SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO => a.buf,
+        _ => unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0),
+    };
+    unsafe { bpf_probe_read_user(src as *const [u8; 4]) }.unwrap_or([0; 4])
+}
+
+#[tracepoint]
+pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(a) = (unsafe { ARGS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = ARGS.remove(&pid_tgid);
+    let r = ret(&ctx);
+    if a.sk == 0 || r <= 0 {
+        return 0;
+    }
+    let len = r as u64;
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, a.fd);
+    let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    let vectored = !matches!(a.syscall, SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO);
+    let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
+    if state.proto != PROTO_HTTP1 {
+        let magic = first_bytes(&a, iov);
+        if is_http_magic(magic) {
+            state.proto = PROTO_HTTP1;
+            let _ = CONNS.insert(&key, &state, 0);
+        } else if state.proto == PROTO_UNKNOWN && len < 4 {
+            // Too short to tell; forward it so a request split into tiny writes is not lost.
+        } else {
+            if state.proto != PROTO_OTHER {
+                state.proto = PROTO_OTHER;
+                let _ = CONNS.insert(&key, &state, 0);
+            }
+            bump(COUNTER_NOT_HTTP);
+            return 0;
+        }
+    }
+    let direction = match a.syscall {
+        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG => DIR_EGRESS,
+        _ => DIR_INGRESS,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !vectored {
+        emit_data(&a, pid_tgid, now, direction, state.role, a.buf, len, true);
+        return 0;
+    }
+    // Vectored I/O: one event per iovec, in order, each copied at offset 0 (bounds the verifier
+    // can prove); userspace reads them as consecutive chunks of the stream. One iovec per program
+    // run, chained by tail calls, keeps each program small enough for the verifier.
+    let st = IovState {
+        args: a,
+        iov,
+        cnt: if iovcnt > MAX_IOVECS as u64 { MAX_IOVECS as u64 } else { iovcnt },
+        idx: 0,
+        seen: 0,
+        len,
+        now,
+        direction,
+        role: state.role,
+        _pad: [0; 6],
+    };
+    if IOV_STATE.insert(&pid_tgid, &st, 0).is_ok() {
+        // SAFETY: slot 0 holds `iov_step`, a tracepoint program like this one.
+        let _ = unsafe { PROGS.tail_call(&ctx, 0) };
+        let _ = IOV_STATE.remove(&pid_tgid);
+    }
+    0
+}
+
+/// Progress through the iovecs of one vectored syscall, keyed by pid_tgid (per task, so a
+/// preempted program cannot see another task's state).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IovState {
+    args: SyscallArgs,
+    iov: u64,
+    cnt: u64,
+    idx: u64,
+    seen: u64,
+    len: u64,
+    now: u64,
+    direction: u8,
+    role: u8,
+    _pad: [u8; 6],
+}
+
+#[map]
+static IOV_STATE: HashMap<u64, IovState> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Handles one iovec of a vectored transfer, then tail-calls itself for the next one.
+#[tracepoint]
+pub fn iov_step(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(st) = IOV_STATE.get_ptr_mut(&pid_tgid) else { return 0 };
+    // SAFETY: this task's own entry.
+    let s = unsafe { &mut *st };
+    if s.idx >= s.cnt || s.idx >= MAX_IOVECS as u64 || s.seen >= s.len {
+        let _ = IOV_STATE.remove(&pid_tgid);
+        return 0;
+    }
+    let Ok(v) = (unsafe { bpf_probe_read_user((s.iov + s.idx * 16) as *const Iovec) }) else {
+        let _ = IOV_STATE.remove(&pid_tgid);
+        return 0;
+    };
+    let last = s.idx + 1 >= s.cnt;
+    let remaining = s.len - s.seen;
+    // The last iovec accounts for every remaining byte, so lengths stay exact.
+    let take = if last || v.len > remaining { remaining } else { v.len };
+    if take > 0 {
+        let a = s.args;
+        emit_data(&a, pid_tgid, s.now, s.direction, s.role, v.base, take, take <= v.len);
+    }
+    s.seen += take;
+    s.idx += 1;
+    if s.idx < s.cnt && s.seen < s.len {
+        let _ = unsafe { PROGS.tail_call(&ctx, 0) };
+    }
+    let _ = IOV_STATE.remove(&pid_tgid);
+    0
+}
+
+/// Writes one data event for `len` bytes starting at user address `buf`. `tail_ok` says whether
+/// the last bytes of the chunk are contiguous at `buf + len` (false when the length also covers
+/// iovecs beyond the ones walked).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_data(
+    a: &SyscallArgs,
+    pid_tgid: u64,
+    now: u64,
+    direction: u8,
+    role: u8,
+    buf: u64,
+    len: u64,
+    tail_ok: bool,
+) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        bump(COUNTER_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at an exclusive ring-buffer reservation of size_of::<DataEvent>().
+    unsafe {
+        (*ev).header.kind = EventKind::Data as u32;
+        (*ev).header._pad = 0;
+        (*ev).header.ts_ns = now;
+        (*ev).header.pid_tgid = pid_tgid;
+        (*ev).sock = a.sk;
+        (*ev).start_ns = a.start_ns;
+        (*ev).fd = a.fd;
+        (*ev).len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+        (*ev).direction = direction;
+        (*ev).syscall = a.syscall;
+        (*ev).role = role;
+        (*ev)._pad = [0; 5];
+        read_tuple(a.sk, &mut (*ev).tuple);
+        let (captured, tail) = copy_flat(buf, len, tail_ok, &mut (*ev).data, &mut (*ev).tail);
+        (*ev).captured = captured;
+        (*ev).tail_len = tail;
+    }
+    entry.submit(0);
+    bump(COUNTER_EVENTS);
+}
+
+/// Copies the head and tail of a flat user buffer.
+#[inline(always)]
+unsafe fn copy_flat(
+    buf: u64,
+    len: u64,
+    tail_ok: bool,
+    data: &mut [u8; MAX_PAYLOAD],
+    tail: &mut [u8; TAIL_PAYLOAD],
+) -> (u32, u32) {
+    let n = if len > MAX_PAYLOAD as u64 { MAX_PAYLOAD as u32 } else { len as u32 };
+    let mut captured = 0;
+    if n > 0 && n <= MAX_PAYLOAD as u32 {
+        // SAFETY: n is within the destination array; the helper faults safely on bad sources.
+        if unsafe { raw_probe_read_user(data.as_mut_ptr() as *mut c_void, n, buf as *const c_void) }
+            == 0
+        {
+            captured = n;
+        }
+    }
+    let mut tail_len = 0;
+    if tail_ok && len > MAX_PAYLOAD as u64 {
+        let t = if len - MAX_PAYLOAD as u64 >= TAIL_PAYLOAD as u64 {
+            TAIL_PAYLOAD as u64
+        } else {
+            len - MAX_PAYLOAD as u64
+        };
+        let src = buf + len - t;
+        if t > 0
+            && t <= TAIL_PAYLOAD as u64
+            && unsafe {
+                raw_probe_read_user(tail.as_mut_ptr() as *mut c_void, t as u32, src as *const c_void)
+            } == 0
+        {
+            tail_len = t as u32;
+        }
+    }
+    (captured, tail_len)
+}
+
+#[inline(always)]
+unsafe fn read_tuple(sk: u64, t: &mut tracer_common::ConnTuple) {
+    let o = cfg(&SOCK_OFF);
+    t.family = 0;
+    t.sport = 0;
+    t.dport = 0;
+    t._pad = 0;
+    t.saddr = [0; 16];
+    t.daddr = [0; 16];
+    if o.valid == 0 {
+        return;
+    }
+    let base = sk as *const u8;
+    // SAFETY: kernel reads through the probe helper; offsets come from this kernel's BTF.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel(base.add(o.skc_family as usize) as *const u16).unwrap_or(0);
+        t.family = family;
+        t.sport = bpf_probe_read_kernel(base.add(o.skc_num as usize) as *const u16).unwrap_or(0);
+        let dport: u16 =
+            bpf_probe_read_kernel(base.add(o.skc_dport as usize) as *const u16).unwrap_or(0);
+        t.dport = u16::from_be(dport);
+        if family == 2 {
+            let s: [u8; 4] = bpf_probe_read_kernel(base.add(o.skc_rcv_saddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
+            let d: [u8; 4] = bpf_probe_read_kernel(base.add(o.skc_daddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
+            t.saddr[..4].copy_from_slice(&s);
+            t.daddr[..4].copy_from_slice(&d);
+        } else if family == 10 {
+            t.saddr = bpf_probe_read_kernel(base.add(o.skc_v6_rcv_saddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+            t.daddr = bpf_probe_read_kernel(base.add(o.skc_v6_daddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+        }
+    }
+}
+
+// ---- connection lifecycle -----------------------------------------------------------------------
+
+/// `sys_enter_connect`, `sys_enter_accept`, `sys_enter_accept4`: remember the fd (connect) or
+/// that an accept is pending.
+#[tracepoint]
+pub fn sys_enter_conn(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1);
+    // connect: remember its fd; accept: -1 marks "the fd is the return value".
+    let fd: i64 = if nr == NR_CONNECT { arg(&ctx, 0) as i32 as i64 } else { -1 };
+    let _ = CONNECT_FD.insert(&pid_tgid, &fd, 0);
+    0
+}
+
+const NR_CONNECT: i32 = 42;
+const EINPROGRESS: i64 = 115;
+
+/// `sys_exit_connect`, `sys_exit_accept`, `sys_exit_accept4`.
+#[tracepoint]
+pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(fd) = (unsafe { CONNECT_FD.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = CONNECT_FD.remove(&pid_tgid);
+    let r = ret(&ctx);
+    let (fd, role) = if fd < 0 {
+        if r < 0 {
+            return 0;
+        }
+        (r as i32, ROLE_SERVER)
+    } else {
+        if r != 0 && r != -EINPROGRESS {
+            return 0;
+        }
+        (fd as i32, ROLE_CLIENT)
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let state = ConnState { proto: PROTO_UNKNOWN, role, _pad: [0; 6] };
+    let _ = CONNS.insert(&conn_key(tgid, fd), &state, 0);
+    if let Some(mut e) = EVENTS.reserve::<ConnEvent>(0) {
+        let p = e.as_mut_ptr();
+        unsafe {
+            (*p).header.kind = EventKind::Conn as u32;
+            (*p).header._pad = 0;
+            (*p).header.ts_ns = bpf_ktime_get_ns();
+            (*p).header.pid_tgid = pid_tgid;
+            (*p).fd = fd;
+            (*p).role = role;
+            (*p)._pad = [0; 3];
+        }
+        e.submit(0);
+    } else {
+        bump(COUNTER_LOST);
+    }
+    0
+}
+
+/// `sys_enter_close`: forget the connection; tell userspace if it carried HTTP.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let fd = arg(&ctx, 0) as i32;
+    let key = conn_key(tgid, fd);
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return 0 };
+    let _ = CONNS.remove(&key);
+    if state.proto != PROTO_HTTP1 && state.role == ROLE_UNKNOWN {
+        return 0;
+    }
+    if let Some(mut e) = EVENTS.reserve::<CloseEvent>(0) {
+        let p = e.as_mut_ptr();
+        unsafe {
+            (*p).header.kind = EventKind::Close as u32;
+            (*p).header._pad = 0;
+            (*p).header.ts_ns = bpf_ktime_get_ns();
+            (*p).header.pid_tgid = pid_tgid;
+            (*p).fd = fd;
+            (*p)._pad = 0;
+        }
+        e.submit(0);
+    } else {
+        bump(COUNTER_LOST);
+    }
+    0
+}
+
+// ---- processes ----------------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if cfg(&TRACE_ALL) != 0 {
+        return 0;
+    }
+    let off = cfg(&TP_OFF);
+    let parent = unsafe { ctx.read_at::<i32>(off.fork_parent_pid as usize) }.unwrap_or(0) as u32;
+    let child = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }.unwrap_or(0) as u32;
+    // Threads share the parent's tgid already; new processes inherit tracing.
+    if parent != 0 && child != 0 && unsafe { TRACED.get(&parent) }.is_some() {
+        let _ = TRACED.insert(&child, &1, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn proc_event(kind: EventKind, pid_tgid: u64) {
+    if let Some(mut e) = EVENTS.reserve::<ProcEvent>(0) {
+        let p = e.as_mut_ptr();
+        unsafe {
+            (*p).header.kind = kind as u32;
+            (*p).header._pad = 0;
+            (*p).header.ts_ns = bpf_ktime_get_ns();
+            (*p).header.pid_tgid = pid_tgid;
+            (*p).ppid = 0;
+            (*p)._pad = 0;
+        }
+        e.submit(0);
+    } else {
+        bump(COUNTER_LOST);
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == cfg(&AGENT_TGID) {
+        return 0;
+    }
+    proc_event(EventKind::Exec, pid_tgid);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 {
+        return 0; // a thread, not the thread group
+    }
+    let was_traced = traced(tgid);
+    let _ = TRACED.remove(&tgid);
+    if was_traced {
+        proc_event(EventKind::Exit, pid_tgid);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

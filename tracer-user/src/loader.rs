@@ -1,0 +1,184 @@
+//! Loads the kernel programs, configures them for the running kernel and attaches them.
+
+use crate::kernel;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::TracePoint,
+};
+use std::path::Path;
+use tracer_common::{COUNTERS, SockOffsets, TpOffsets};
+
+/// The eBPF object built by build.rs from `tracer-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelInfoError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {program}: {source}")]
+    Program { program: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, #[source] source: aya::maps::MapError },
+}
+
+/// Which processes the kernel side forwards events for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process but the agent.
+    All,
+    /// Only the processes userspace puts in the `TRACED` map (and their children).
+    Selected,
+}
+
+/// The syscalls whose enter/exit carry socket payload.
+const DATA_SYSCALLS: &[&str] =
+    &["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"];
+const CONN_SYSCALLS: &[&str] = &["connect", "accept", "accept4"];
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub attached: usize,
+}
+
+/// Maps the agent reads and writes while running.
+pub struct Maps {
+    pub traced: BpfHashMap<MapData, u32, u8>,
+    pub excluded: BpfHashMap<MapData, u32, u8>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads the object with globals for this kernel and attaches every program.
+    pub fn load(scope: Scope) -> Result<Self, LoadError> {
+        let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
+        let tracefs = kernel::tracefs()?;
+        let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
+        let agent = std::process::id();
+        let all: u32 = u32::from(scope == Scope::All);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AGENT_TGID", &agent, true)
+            .override_global("TRACE_ALL", &all, true)
+            .override_global("SOCK_OFF", &sock, true)
+            .override_global("TP_OFF", &tp, true)
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Load)?;
+        let mut attached = 0;
+        let mut attach = |ebpf: &mut Ebpf,
+                          program: &'static str,
+                          points: &[(&'static str, String)]|
+         -> Result<(), LoadError> {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::Program {
+                    program,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            for (category, name) in points {
+                prog.attach(category, name).map_err(|source| LoadError::Attach {
+                    program,
+                    category,
+                    name: name.clone(),
+                    source,
+                })?;
+                attached += 1;
+            }
+            Ok(())
+        };
+        let sys = |prefix: &str, names: &[&str]| -> Vec<(&'static str, String)> {
+            names.iter().map(|n| ("syscalls", format!("{prefix}_{n}"))).collect()
+        };
+        // Order matters: exits and the socket tracepoints before enters, so no syscall is stashed
+        // without a program to finish it.
+        // `iov_step` runs only as a tail call from `sys_exit_data` (one iovec per run).
+        {
+            let program = "iov_step";
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::Program {
+                    program,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            let fd = prog.fd().map_err(|source| LoadError::Program { program, source })?.try_clone()
+                .map_err(|e| LoadError::Program { program, source: aya::programs::ProgramError::IOError(e) })?;
+            let mut progs: ProgramArray<_> = ebpf
+                .map_mut("PROGS")
+                .ok_or(LoadError::MissingMap("PROGS"))?
+                .try_into()
+                .map_err(|source| LoadError::Map { name: "PROGS", source })?;
+            progs.set(0, &fd, 0).map_err(|source| LoadError::Map { name: "PROGS", source })?;
+        }
+        attach(&mut ebpf, "sys_exit_data", &sys("sys_exit", DATA_SYSCALLS))?;
+        attach(
+            &mut ebpf,
+            "sock_length",
+            &[("sock", "sock_send_length".into()), ("sock", "sock_recv_length".into())],
+        )?;
+        attach(&mut ebpf, "sys_enter_data", &sys("sys_enter", DATA_SYSCALLS))?;
+        attach(&mut ebpf, "sys_exit_conn", &sys("sys_exit", CONN_SYSCALLS))?;
+        attach(&mut ebpf, "sys_enter_conn", &sys("sys_enter", CONN_SYSCALLS))?;
+        attach(&mut ebpf, "sys_enter_close", &[("syscalls", "sys_enter_close".into())])?;
+        attach(&mut ebpf, "sched_process_fork", &[("sched", "sched_process_fork".into())])?;
+        attach(&mut ebpf, "sched_process_exec", &[("sched", "sched_process_exec".into())])?;
+        attach(&mut ebpf, "sched_process_exit", &[("sched", "sched_process_exit".into())])?;
+        Ok(Self { ebpf, attached })
+    }
+
+    /// Takes the ring buffer and the maps the agent uses at run time out of the object.
+    pub fn take_maps(&mut self) -> Result<(RingBuf<MapData>, Maps), LoadError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { name, source })
+        }
+        let events = take(&mut self.ebpf, "EVENTS")?;
+        Ok((events, Maps {
+            traced: take(&mut self.ebpf, "TRACED")?,
+            excluded: take(&mut self.ebpf, "EXCLUDED")?,
+            counters: take(&mut self.ebpf, "COUNTER")?,
+        }))
+    }
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub lost: u64,
+    pub not_http: u64,
+}
+
+impl Maps {
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |i: u32| -> u64 {
+            self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        debug_assert!(COUNTERS >= 3);
+        KernelCounters {
+            events: sum(tracer_common::COUNTER_EVENTS),
+            lost: sum(tracer_common::COUNTER_LOST),
+            not_http: sum(tracer_common::COUNTER_NOT_HTTP),
+        }
+    }
+}
