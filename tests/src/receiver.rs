@@ -1,0 +1,944 @@
+//! A real OTLP trace receiver for end-to-end tests: gRPC (`TraceService/Export`) and
+//! OTLP/HTTP (`POST /v1/traces`, `application/x-protobuf`) on ephemeral 127.0.0.1 ports.
+//!
+//! Every received span is flattened into a [`ReceivedSpan`] (ids as lowercase hex, typed
+//! attributes, resource attributes, which protocol delivered it). Tests either read
+//! [`Receiver::spans`] or wait for a condition with [`Receiver::wait_for`], which sleeps on a
+//! change notification rather than polling, and on timeout fails with a dump of what did
+//! arrive.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tracer_tests::receiver::ReceiverError> {
+//! use std::time::Duration;
+//! use tracer_tests::receiver::Receiver;
+//! let receiver = Receiver::start().await?;
+//! // point the agent at receiver.grpc_endpoint() or receiver.http_endpoint() ...
+//! let spans = receiver
+//!     .wait_for(|s| s.iter().any(|s| s.name == "GET /users"), Duration::from_secs(10))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode as HttpStatus};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Largest request body / gRPC message accepted.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Errors of the receiver. `Timeout` carries a readable dump of every span received so far.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("cannot bind the OTLP {protocol} receiver on {addr}: {source}")]
+    Bind {
+        protocol: Protocol,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("condition not met within {timeout:?}; received {received} spans:\n{dump}")]
+    Timeout {
+        timeout: Duration,
+        received: usize,
+        dump: String,
+    },
+}
+
+/// The OTLP transport a span arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// OTLP span kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+    Unknown(i32),
+}
+
+impl SpanKind {
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            0 => Self::Unspecified,
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            other => Self::Unknown(other),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "UNSPECIFIED",
+            Self::Internal => "INTERNAL",
+            Self::Server => "SERVER",
+            Self::Client => "CLIENT",
+            Self::Producer => "PRODUCER",
+            Self::Consumer => "CONSUMER",
+            Self::Unknown(_) => "UNKNOWN",
+        }
+    }
+}
+
+/// OTLP status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusCode {
+    Unset,
+    Ok,
+    Error,
+    Unknown(i32),
+}
+
+impl StatusCode {
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            0 => Self::Unset,
+            1 => Self::Ok,
+            2 => Self::Error,
+            other => Self::Unknown(other),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unset => "UNSET",
+            Self::Ok => "OK",
+            Self::Error => "ERROR",
+            Self::Unknown(_) => "UNKNOWN",
+        }
+    }
+}
+
+/// A typed attribute value as received.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrVal {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Array(Vec<AttrVal>),
+    Map(BTreeMap<String, AttrVal>),
+    Empty,
+}
+
+impl AttrVal {
+    fn from_any(v: Option<AnyValue>) -> Self {
+        use any_value::Value;
+        match v.and_then(|v| v.value) {
+            Some(Value::StringValue(s)) => Self::Str(s),
+            Some(Value::IntValue(i)) => Self::Int(i),
+            Some(Value::BoolValue(b)) => Self::Bool(b),
+            Some(Value::DoubleValue(d)) => Self::Double(d),
+            Some(Value::BytesValue(b)) => Self::Bytes(b),
+            Some(Value::ArrayValue(a)) => Self::Array(
+                a.values
+                    .into_iter()
+                    .map(|v| Self::from_any(Some(v)))
+                    .collect(),
+            ),
+            Some(Value::KvlistValue(kv)) => Self::Map(attr_map(kv.values)),
+            Some(Value::StringValueStrindex(_)) | None => Self::Empty,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Self::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Self::Str(s) => J::from(s.as_str()),
+            Self::Int(i) => J::from(*i),
+            Self::Bool(b) => J::from(*b),
+            Self::Double(d) => J::from(*d),
+            Self::Bytes(b) => J::from(hex(b)),
+            Self::Array(a) => J::Array(a.iter().map(Self::to_json).collect()),
+            Self::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Self::Empty => J::Null,
+        }
+    }
+}
+
+impl fmt::Display for AttrVal {
+    /// Strings unquoted, so resource values read naturally.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Str(s) => f.write_str(s),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Double(d) => write!(f, "{d}"),
+            Self::Bytes(_) | Self::Array(_) | Self::Map(_) | Self::Empty => {
+                write!(f, "{}", self.to_json())
+            }
+        }
+    }
+}
+
+fn attr_map(kvs: Vec<KeyValue>) -> BTreeMap<String, AttrVal> {
+    kvs.into_iter()
+        .map(|kv| (kv.key, AttrVal::from_any(kv.value)))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// One span as received, flattened with its resource and scope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedSpan {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits.
+    pub span_id: String,
+    /// `None` when the span has no parent (empty on the wire).
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub attributes: BTreeMap<String, AttrVal>,
+    pub status_code: StatusCode,
+    pub status_message: String,
+    /// OTLP span flags (bit 0x100: parent remoteness known, 0x200: parent is remote).
+    pub flags: u32,
+    /// Resource attributes, values rendered as strings.
+    pub resource: BTreeMap<String, String>,
+    pub scope_name: String,
+    pub scope_version: String,
+    pub protocol: Protocol,
+}
+
+impl ReceivedSpan {
+    pub fn attr(&self, key: &str) -> Option<&AttrVal> {
+        self.attributes.get(key)
+    }
+
+    /// `service.name` of the resource, if any.
+    pub fn service_name(&self) -> Option<&str> {
+        self.resource.get("service.name").map(String::as_str)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end_unix_nano.saturating_sub(self.start_unix_nano))
+    }
+
+    /// One JSON object (what `otlp-receiver` prints per line).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "protocol": self.protocol.as_str(),
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "start_unix_nano": self.start_unix_nano,
+            "end_unix_nano": self.end_unix_nano,
+            "attributes": serde_json::Value::Object(
+                self.attributes.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+            ),
+            "status_code": self.status_code.as_str(),
+            "status_message": self.status_message,
+            "flags": self.flags,
+            "resource": self.resource,
+            "scope": { "name": self.scope_name, "version": self.scope_version },
+        })
+    }
+}
+
+impl fmt::Display for ReceivedSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] trace={} span={} parent={} {} {:?} {:?}",
+            self.protocol,
+            self.trace_id,
+            self.span_id,
+            self.parent_span_id.as_deref().unwrap_or("-"),
+            self.kind.as_str(),
+            self.name,
+            self.duration(),
+        )?;
+        if self.status_code != StatusCode::Unset {
+            write!(
+                f,
+                " status={}({:?})",
+                self.status_code.as_str(),
+                self.status_message
+            )?;
+        }
+        let attrs: Vec<String> = self
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.to_json()))
+            .collect();
+        let res: Vec<String> = self
+            .resource
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(
+            f,
+            " attrs={{{}}} resource={{{}}}",
+            attrs.join(", "),
+            res.join(", ")
+        )
+    }
+}
+
+/// One export request as received (for checking transport-level details such as headers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedRequest {
+    pub protocol: Protocol,
+    /// Request headers / gRPC metadata (ASCII values only), names lowercase.
+    pub headers: BTreeMap<String, String>,
+    pub spans: usize,
+}
+
+fn flatten(req: ExportTraceServiceRequest, protocol: Protocol) -> Vec<ReceivedSpan> {
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let resource: BTreeMap<String, String> = rs
+            .resource
+            .map(|r| {
+                attr_map(r.attributes)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            let (scope_name, scope_version) =
+                ss.scope.map(|s| (s.name, s.version)).unwrap_or_default();
+            for span in ss.spans {
+                let status = span.status.unwrap_or_default();
+                out.push(ReceivedSpan {
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: (!span.parent_span_id.is_empty())
+                        .then(|| hex(&span.parent_span_id)),
+                    name: span.name,
+                    kind: SpanKind::from_i32(span.kind),
+                    start_unix_nano: span.start_time_unix_nano,
+                    end_unix_nano: span.end_time_unix_nano,
+                    attributes: attr_map(span.attributes),
+                    status_code: StatusCode::from_i32(status.code),
+                    status_message: status.message,
+                    flags: span.flags,
+                    resource: resource.clone(),
+                    scope_name: scope_name.clone(),
+                    scope_version: scope_version.clone(),
+                    protocol,
+                });
+            }
+        }
+    }
+    out
+}
+
+struct Store {
+    spans: Vec<ReceivedSpan>,
+    requests: Vec<ReceivedRequest>,
+}
+
+struct State {
+    store: Mutex<Store>,
+    /// Number of spans stored; bumped (under the store lock, so monotonic) on every ingest.
+    count: watch::Sender<usize>,
+}
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ingest(
+        &self,
+        req: ExportTraceServiceRequest,
+        protocol: Protocol,
+        headers: BTreeMap<String, String>,
+    ) {
+        let spans = flatten(req, protocol);
+        let mut store = self.lock();
+        store.requests.push(ReceivedRequest {
+            protocol,
+            headers,
+            spans: spans.len(),
+        });
+        store.spans.extend(spans);
+        self.count.send_replace(store.spans.len());
+    }
+}
+
+struct GrpcService(Arc<State>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        self.0.ingest(request.into_inner(), Protocol::Grpc, headers);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn http_reply(
+    status: HttpStatus,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+async fn handle_http(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status, msg: &str| Ok(http_reply(status, "text/plain", msg.to_string()));
+    if req.uri().path() != "/v1/traces" {
+        return text(HttpStatus::NOT_FOUND, "only /v1/traces is served\n");
+    }
+    if req.method() != hyper::Method::POST {
+        return text(HttpStatus::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    if !content_type.starts_with("application/x-protobuf") {
+        return text(
+            HttpStatus::UNSUPPORTED_MEDIA_TYPE,
+            "only application/x-protobuf is supported\n",
+        );
+    }
+    let encoding = header(hyper::header::CONTENT_ENCODING);
+    if !(encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")) {
+        return text(
+            HttpStatus::UNSUPPORTED_MEDIA_TYPE,
+            "compressed bodies are not supported\n",
+        );
+    }
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("cannot read body: {e}\n")),
+    };
+    let decoded = match ExportTraceServiceRequest::decode(body) {
+        Ok(decoded) => decoded,
+        Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("invalid protobuf: {e}\n")),
+    };
+    state.ingest(decoded, Protocol::Http, headers);
+    let reply = ExportTraceServiceResponse {
+        partial_success: None,
+    }
+    .encode_to_vec();
+    Ok(http_reply(HttpStatus::OK, "application/x-protobuf", reply))
+}
+
+async fn serve_http(listener: TcpListener, state: Arc<State>) {
+    // Connections live in this set, so aborting the accept task closes them too.
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle_http(req, state.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A running OTLP receiver. Dropping it stops both servers.
+pub struct Receiver {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("spans", &self.state.lock().spans.len())
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// Starts gRPC and HTTP receivers on ephemeral ports of 127.0.0.1.
+    pub async fn start() -> Result<Self, ReceiverError> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(any, any).await
+    }
+
+    /// Starts the receivers on the given addresses (port 0: ephemeral).
+    pub async fn start_on(grpc: SocketAddr, http: SocketAddr) -> Result<Self, ReceiverError> {
+        let bind = |protocol, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ReceiverError::Bind {
+                    protocol,
+                    addr,
+                    source,
+                })
+        };
+        let grpc_listener = bind(Protocol::Grpc, grpc).await?;
+        let http_listener = bind(Protocol::Http, http).await?;
+        let local = |l: &TcpListener, protocol, addr| {
+            l.local_addr().map_err(|source| ReceiverError::Bind {
+                protocol,
+                addr,
+                source,
+            })
+        };
+        let grpc_addr = local(&grpc_listener, Protocol::Grpc, grpc)?;
+        let http_addr = local(&http_listener, Protocol::Http, http)?;
+
+        let state = Arc::new(State {
+            store: Mutex::new(Store {
+                spans: Vec::new(),
+                requests: Vec::new(),
+            }),
+            count: watch::Sender::new(0),
+        });
+        let service = TraceServiceServer::new(GrpcService(state.clone()))
+            .max_decoding_message_size(MAX_MESSAGE);
+        let grpc_task = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let http_task = tokio::spawn(serve_http(http_listener, state.clone()));
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            state,
+            tasks: vec![grpc_task, http_task],
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for `OTEL_EXPORTER_OTLP_ENDPOINT` with protocol `grpc`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Base URL without path, for `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Full URL of the traces endpoint, for `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub fn http_traces_url(&self) -> String {
+        format!("http://{}/v1/traces", self.http_addr)
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.state.lock().spans.clone()
+    }
+
+    /// Spans from index `from` on (for incremental consumers).
+    pub fn spans_since(&self, from: usize) -> Vec<ReceivedSpan> {
+        self.state
+            .lock()
+            .spans
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// Every export request received so far.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.state.lock().requests.clone()
+    }
+
+    /// Forgets everything received so far.
+    pub fn clear(&self) {
+        let mut store = self.state.lock();
+        store.spans.clear();
+        store.requests.clear();
+        self.state.count.send_replace(0);
+    }
+
+    /// A watch of the number of stored spans; changes on every received request.
+    pub fn watch(&self) -> watch::Receiver<usize> {
+        self.state.count.subscribe()
+    }
+
+    /// Waits until `pred` holds for the spans received so far, re-checking on each arrival.
+    /// Returns those spans, or on timeout an error listing them.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&[ReceivedSpan]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedSpan>, ReceiverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.watch();
+        loop {
+            // Mark seen before checking, so an arrival after the check wakes us up.
+            changes.borrow_and_update();
+            {
+                let store = self.state.lock();
+                if pred(&store.spans) {
+                    return Ok(store.spans.clone());
+                }
+            }
+            // The sender lives in `self.state`, so `changed` cannot fail while we borrow self.
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                let store = self.state.lock();
+                let dump = store.spans.iter().map(|s| format!("  {s}\n")).collect();
+                return Err(ReceiverError::Timeout {
+                    timeout,
+                    received: store.spans.len(),
+                    dump,
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc as StdArc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tracer_user::export::{self, ExportConfig, ExportOptions};
+    use tracer_user::model::{
+        Attr, AttrValue, ProcessResource, SpanId, SpanKind as AgentKind, SpanRecord, SpanStatus,
+        TraceId,
+    };
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn records(trace: u8) -> (SpanRecord, SpanRecord) {
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let server = SpanRecord {
+            trace_id: TraceId([trace; 16]),
+            span_id: SpanId([0x11; 8]),
+            parent_span_id: Some(SpanId([0xaa; 8])),
+            parent_is_remote: true,
+            name: "GET /users".into(),
+            kind: AgentKind::Server,
+            start,
+            end: start + Duration::from_micros(12_300),
+            attributes: vec![
+                Attr::str("http.request.method", "GET"),
+                Attr::int("http.response.status_code", 503),
+                Attr {
+                    key: "tracer.test",
+                    value: AttrValue::Bool(true),
+                },
+            ],
+            status: SpanStatus::Error("upstream unavailable".into()),
+            pid: 1234,
+        };
+        let client = SpanRecord {
+            span_id: SpanId([0x22; 8]),
+            parent_span_id: Some(SpanId([0x11; 8])),
+            parent_is_remote: false,
+            name: "GET".into(),
+            kind: AgentKind::Client,
+            start: start + Duration::from_millis(1),
+            end: start + Duration::from_millis(4),
+            attributes: vec![
+                Attr::str("server.address", "db"),
+                Attr::int("server.port", 5432),
+            ],
+            status: SpanStatus::Unset,
+            pid: 99,
+            ..server.clone()
+        };
+        (server, client)
+    }
+
+    /// The agent's own exporter (opentelemetry-otlp underneath), configured through the
+    /// standard environment variables, delivers spans with their resources to the receiver.
+    async fn agent_exports_over(protocol: &str, expect: Protocol) {
+        let receiver = Receiver::start().await.unwrap();
+        let endpoint = match expect {
+            Protocol::Grpc => receiver.grpc_endpoint(),
+            Protocol::Http => receiver.http_endpoint(), // exporter appends /v1/traces
+        };
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-tenant=team%20a".to_string(),
+            ),
+        ];
+        let config = ExportConfig::from_lookup(|k| {
+            env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let handle = export::spawn(config, ExportOptions::default()).unwrap();
+
+        let python = StdArc::new(ProcessResource {
+            pid: 1234,
+            service_name: "users-api".into(),
+            attributes: vec![("process.pid".into(), "1234".into())],
+        });
+        let postgres = StdArc::new(ProcessResource {
+            pid: 99,
+            service_name: "postgres".into(),
+            attributes: vec![("process.pid".into(), "99".into())],
+        });
+        let (server, client) = records(7);
+        assert!(handle.send(python, server));
+        assert!(handle.send(postgres, client));
+        let stats = handle.shutdown().await;
+        assert_eq!((stats.exported, stats.spans_failed), (2, 0), "{stats:?}");
+
+        let spans = receiver.wait_for(|s| s.len() >= 2, WAIT).await.unwrap();
+        let trace = "07".repeat(16);
+        let server = spans.iter().find(|s| s.span_id == "11".repeat(8)).unwrap();
+        assert_eq!(server.protocol, expect);
+        assert_eq!(server.trace_id, trace);
+        assert_eq!(server.parent_span_id.as_deref(), Some("aaaaaaaaaaaaaaaa"));
+        assert_eq!(server.name, "GET /users");
+        assert_eq!(server.kind, SpanKind::Server);
+        assert_eq!(server.start_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(server.end_unix_nano - server.start_unix_nano, 12_300_000);
+        assert_eq!(
+            server.attr("http.request.method"),
+            Some(&AttrVal::Str("GET".into()))
+        );
+        assert_eq!(
+            server.attr("http.response.status_code"),
+            Some(&AttrVal::Int(503))
+        );
+        assert_eq!(server.attr("tracer.test"), Some(&AttrVal::Bool(true)));
+        assert_eq!(server.status_code, StatusCode::Error);
+        assert_eq!(server.status_message, "upstream unavailable");
+        assert_eq!(server.service_name(), Some("users-api"));
+        assert_eq!(
+            server.resource.get("process.pid").map(String::as_str),
+            Some("1234")
+        );
+        assert_eq!(server.scope_name, "tracer");
+        assert_eq!(server.scope_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(server.flags & 0x300, 0x300, "parent marked remote");
+
+        let client = spans.iter().find(|s| s.span_id == "22".repeat(8)).unwrap();
+        assert_eq!(client.trace_id, trace);
+        assert_eq!(
+            client.parent_span_id.as_deref(),
+            Some(server.span_id.as_str())
+        );
+        assert_eq!(client.kind, SpanKind::Client);
+        assert_eq!(client.status_code, StatusCode::Unset);
+        assert_eq!(client.attr("server.port"), Some(&AttrVal::Int(5432)));
+        assert_eq!(client.service_name(), Some("postgres"));
+        assert_eq!(
+            client.resource.get("process.pid").map(String::as_str),
+            Some("99")
+        );
+
+        let requests = receiver.requests();
+        assert!(!requests.is_empty());
+        for r in &requests {
+            assert_eq!(r.protocol, expect);
+            assert_eq!(
+                r.headers.get("x-tenant").map(String::as_str),
+                Some("team a"),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn agent_exports_over_grpc() {
+        agent_exports_over("grpc", Protocol::Grpc).await;
+    }
+
+    #[tokio::test]
+    async fn agent_exports_over_http_protobuf() {
+        agent_exports_over("http/protobuf", Protocol::Http).await;
+    }
+
+    async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn http_rejects_what_it_cannot_decode() {
+        let receiver = Receiver::start().await.unwrap();
+        let addr = receiver.http_addr();
+        let json = b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        assert!(raw_http(addr, json).await.starts_with("HTTP/1.1 415"));
+        let other = b"GET /v1/metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        assert!(raw_http(addr, other).await.starts_with("HTTP/1.1 404"));
+        let garbage = b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 3\r\nconnection: close\r\n\r\n\xff\xff\xff";
+        assert!(raw_http(addr, garbage).await.starts_with("HTTP/1.1 400"));
+        // An empty request is valid protobuf: accepted, no spans.
+        let empty = b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        assert!(raw_http(addr, empty).await.starts_with("HTTP/1.1 200"));
+        assert!(receiver.spans().is_empty());
+        assert_eq!(receiver.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn wait_for_wakes_on_arrival_and_times_out_with_a_dump() {
+        let receiver = StdArc::new(Receiver::start().await.unwrap());
+        let waiter = {
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                receiver
+                    .wait_for(|s| s.iter().any(|s| s.name == "GET /users"), WAIT)
+                    .await
+            })
+        };
+        let mut config = export::OtlpConfig::new(export::Protocol::Grpc, receiver.grpc_endpoint());
+        config.timeout = Duration::from_secs(5);
+        let handle = export::spawn(ExportConfig::Otlp(config), ExportOptions::default()).unwrap();
+        let resource = StdArc::new(ProcessResource {
+            pid: 1234,
+            service_name: "users-api".into(),
+            attributes: vec![],
+        });
+        let started = SystemTime::now();
+        handle.send(resource, records(9).0);
+        handle.shutdown().await;
+        let spans = waiter.await.unwrap().unwrap();
+        assert_eq!(spans.len(), 1);
+        assert!(started.elapsed().unwrap() < WAIT);
+
+        let err = receiver
+            .wait_for(|s| s.len() >= 2, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ReceiverError::Timeout { received: 1, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\"GET /users\"") && msg.contains("service.name=users-api"),
+            "{msg}"
+        );
+
+        receiver.clear();
+        assert!(receiver.spans().is_empty());
+    }
+}
