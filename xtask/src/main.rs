@@ -1,1 +1,174 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! * `test`   – every test: root-free unit and golden tests, then the privileged end-to-end tests.
+//! * `e2e`    – only the privileged end-to-end tests (real programs, real kernel, real services).
+//! * `fixtures` – build the test services (Go binaries) into target/fixtures.
+//! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run every test: unit/golden tests, then end-to-end tests (needs root).
+    Test,
+    /// Run the privileged end-to-end tests; extra arguments filter test names.
+    E2e { filter: Vec<String> },
+    /// Build the test fixture services.
+    Fixtures,
+    /// Trace the bundled demo (no arguments) or run `tracer run` with the given arguments.
+    Demo {
+        /// Arguments passed to `tracer run` (e.g. `--pid 1234`); empty traces the bundled demo.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn fixtures_dir() -> PathBuf {
+    root().join("target").join("fixtures")
+}
+
+fn build_fixtures() -> anyhow::Result<()> {
+    let out = fixtures_dir();
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./...")
+        .current_dir(root().join("tests/fixtures/go"))
+        .env("CGO_ENABLED", "0"))
+}
+
+fn build_agent() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "tracer-user"]))?;
+    Ok(root().join("target/release/tracer"))
+}
+
+fn e2e(filter: &[String]) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("the end-to-end tests load eBPF programs: run them as root");
+    }
+    let agent = build_agent()?;
+    build_fixtures()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "tracer-tests", "--test", "e2e_http", "--"])
+        .args(["--ignored", "--test-threads=1", "--nocapture"])
+        .args(filter)
+        .env("TRACER_BIN", &agent)
+        .env("TRACER_FIXTURES", fixtures_dir())
+        .env("TRACER_SOURCE_ROOT", root());
+    run(&mut cmd)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|v| v == "0"))
+        })
+        .unwrap_or(false)
+}
+
+struct Demo {
+    children: Vec<Child>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_listening(cmd: &mut Command) -> anyhow::Result<(Child, u16)> {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("{cmd:?}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .strip_prefix("LISTENING ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("{cmd:?} printed {line:?}, not LISTENING <port>"))?;
+    Ok((child, port))
+}
+
+fn demo(args: Vec<String>) -> anyhow::Result<()> {
+    let agent = build_agent()?;
+    if !args.is_empty() {
+        return run(Command::new(&agent).arg("run").args(&args));
+    }
+    build_fixtures()?;
+    let fx = root().join("tests/fixtures");
+    let mut demo = Demo { children: Vec::new() };
+    let (go, go_port) = spawn_listening(
+        Command::new(fixtures_dir().join("httpserver")).env("OTEL_SERVICE_NAME", "inventory"),
+    )?;
+    demo.children.push(go);
+    let (py, py_port) = spawn_listening(
+        Command::new("python3").arg(fx.join("python/server.py")).env("OTEL_SERVICE_NAME", "frontend"),
+    )?;
+    demo.children.push(py);
+    eprintln!("demo: frontend (Python) on :{py_port} calls inventory (Go) on :{go_port}");
+    // A client loop in Node keeps traffic flowing while the agent runs.
+    let url = format!(
+        "http://127.0.0.1:{py_port}/call?url=http%3A%2F%2F127.0.0.1%3A{go_port}%2Fhello"
+    );
+    let script = format!(
+        "const http=require('http');const a=new http.Agent({{keepAlive:true}});\
+         setInterval(()=>http.get('{url}',{{agent:a}},r=>r.resume()).on('error',()=>{{}}),500);"
+    );
+    let client = Command::new("node").args(["-e", &script]).env("OTEL_SERVICE_NAME", "shopper").spawn()?;
+    demo.children.push(client);
+    let status = Command::new(&agent)
+        .arg("run")
+        .args(["--exe", "httpserver", "--exe", "server.py", "--exe", "node"])
+        .status()?;
+    if !status.success() {
+        bail!("tracer exited with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Test => {
+            run(cargo().args(["test", "--workspace"]))?;
+            e2e(&[])
+        }
+        Task::E2e { filter } => e2e(&filter),
+        Task::Fixtures => build_fixtures(),
+        Task::Demo { args } => demo(args),
+    }
+}

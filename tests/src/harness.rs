@@ -1,0 +1,230 @@
+//! Control of the agent and of fixture services for end-to-end tests.
+//!
+//! Everything waits on explicit conditions (a line on stdout, a file appearing, a span arriving),
+//! never on fixed sleeps. Processes are killed when their handle drops, so a failing test leaves
+//! nothing running.
+
+use anyhow::{Context as _, bail};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The agent binary under test (`TRACER_BIN`, set by `cargo xtask e2e`).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| source_root().join("target/release/tracer"))
+}
+
+/// Source checkout root.
+pub fn source_root() -> PathBuf {
+    std::env::var_os("TRACER_SOURCE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").into())
+}
+
+/// Built fixture binaries (`TRACER_FIXTURES`).
+pub fn fixtures_bin() -> PathBuf {
+    std::env::var_os("TRACER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| source_root().join("target/fixtures"))
+}
+
+/// Fixture sources (scripts).
+pub fn fixtures_src() -> PathBuf {
+    source_root().join("tests/fixtures")
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// A running agent. Stopped with SIGINT (flush and detach) by [`Agent::stop`], killed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub pid: u32,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `tracer run <args>` with `env`, and waits until every probe is attached.
+    pub fn start(args: &[String], env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("tracer-e2e-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        let ready = dir.join("ready");
+        let log = dir.join("agent.log");
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("run").args(args).arg("--ready-file").arg(&ready);
+        for k in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.stdout(std::fs::File::create(dir.join("agent.out"))?);
+        cmd.stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let pid = child.id();
+        let mut agent = Agent { child: Some(child), pid, log };
+        let res = wait_until("the agent to attach its probes", Duration::from_secs(60), || {
+            ready.exists() || agent.exited().is_some()
+        });
+        if let Some(status) = agent.exited() {
+            bail!("agent exited during start-up with {status}:\n{}", agent.log_text());
+        }
+        res.map_err(|e| e.context(agent.log_text()))?;
+        Ok(agent)
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGINT, then waits for a clean exit (flush, detach).
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        signal(child.id(), libc_sigint());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = self.log_text();
+                if !status.success() {
+                    bail!("agent exited with {status}:\n{log}");
+                }
+                return Ok(log);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                bail!("agent did not stop within 30s of SIGINT:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn libc_sigint() -> i32 {
+    2
+}
+
+fn signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A fixture service that printed `LISTENING <port>`. Killed on drop.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+    pub name: String,
+}
+
+impl Service {
+    /// Spawns `cmd` and waits for its `LISTENING <port>` line.
+    pub fn start(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let port = line
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("{name} printed {line:?} instead of LISTENING <port>"))?;
+        // Keep draining stdout so the service never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Ok(Self { child, port, name: name.into() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Go net/http server from the fixtures.
+    pub fn go(service_name: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new(fixtures_bin().join("httpserver"));
+        c.env("OTEL_SERVICE_NAME", service_name);
+        Self::start(service_name, c)
+    }
+
+    /// Python ThreadingHTTPServer from the fixtures.
+    pub fn python(service_name: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new("python3");
+        c.arg(fixtures_src().join("python/server.py")).env("OTEL_SERVICE_NAME", service_name);
+        Self::start(service_name, c)
+    }
+
+    /// Node http server from the fixtures.
+    pub fn node(service_name: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new("node");
+        c.arg(fixtures_src().join("node/server.js")).env("OTEL_SERVICE_NAME", service_name);
+        Self::start(service_name, c)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion and returns its stdout; fails on a non-zero exit.
+pub fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `curl` with the given arguments; returns stdout.
+pub fn curl(args: &[&str]) -> anyhow::Result<String> {
+    run_ok(Command::new("curl").args(["-sS", "--max-time", "20"]).args(args))
+}

@@ -1,0 +1,43 @@
+//! Command-line interface.
+
+use clap::{Parser, Subcommand};
+
+/// Distributed tracing with zero instrumentation, from the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace processes and export spans until SIGINT or SIGTERM.
+    ///
+    /// With no selector every process but the agent is traced. Export goes to the OTLP endpoint
+    /// in OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (protocol from
+    /// OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf); with none set, spans print to stdout
+    /// as a tree per trace.
+    Run(RunArgs),
+    /// Try each eBPF attach type for real and report what this kernel offers.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Trace this process id (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes whose executable path or file name matches this glob (repeatable).
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exes: Vec<String>,
+    /// Trace processes listening on this TCP port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Write a line to this file once every probe is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
+}

@@ -1,0 +1,233 @@
+//! Identity of traced processes, read from /proc: the span resource.
+//!
+//! `service.name` comes from `OTEL_SERVICE_NAME` in the process's environment, then from
+//! `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`, else from its executable's file name.
+
+use crate::model::ProcessResource;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What /proc tells about one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub exe: Option<PathBuf>,
+    pub cmdline: Vec<String>,
+    pub env_service_name: Option<String>,
+    pub env_resource_attributes: Vec<(String, String)>,
+}
+
+impl ProcInfo {
+    /// The executable's file name (or the first word of the command line).
+    pub fn exe_name(&self) -> String {
+        self.exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| {
+                self.cmdline.first().map(|c| {
+                    Path::new(c).file_name().map_or(c.clone(), |n| n.to_string_lossy().into_owned())
+                })
+            })
+            .unwrap_or_else(|| format!("pid-{}", self.pid))
+    }
+}
+
+/// Reads a process's details. A process that exited yields what could still be read.
+pub fn read_proc(proc_root: &Path, pid: u32) -> ProcInfo {
+    let dir = proc_root.join(pid.to_string());
+    let exe = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| {
+            // A replaced binary reads as "/path (deleted)".
+            let s = p.to_string_lossy();
+            PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s))
+        });
+    let cmdline = std::fs::read(dir.join("cmdline"))
+        .map(|b| split_nul(&b))
+        .unwrap_or_default();
+    let environ = std::fs::read(dir.join("environ")).map(|b| split_nul(&b)).unwrap_or_default();
+    let (env_service_name, env_resource_attributes) = service_from_env(&environ);
+    ProcInfo { pid, exe, cmdline, env_service_name, env_resource_attributes }
+}
+
+fn split_nul(b: &[u8]) -> Vec<String> {
+    b.split(|c| *c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// `OTEL_SERVICE_NAME` and the parsed `OTEL_RESOURCE_ATTRIBUTES` from an environment block.
+pub fn service_from_env(environ: &[String]) -> (Option<String>, Vec<(String, String)>) {
+    let mut name = None;
+    let mut attrs = Vec::new();
+    for kv in environ {
+        if let Some(v) = kv.strip_prefix("OTEL_SERVICE_NAME=") {
+            if !v.trim().is_empty() {
+                name = Some(v.trim().to_owned());
+            }
+        } else if let Some(v) = kv.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
+            attrs = parse_resource_attributes(v);
+        }
+    }
+    (name, attrs)
+}
+
+/// Parses `k1=v1,k2=v2` with percent-encoded values, skipping malformed pairs.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            if k.is_empty() {
+                return None;
+            }
+            Some((k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Builds the span resource of a process.
+pub fn resource_of(info: &ProcInfo, host: &str) -> ProcessResource {
+    let service_name = info
+        .env_service_name
+        .clone()
+        .or_else(|| {
+            info.env_resource_attributes
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| info.exe_name());
+    let mut attributes: Vec<(String, String)> = info
+        .env_resource_attributes
+        .iter()
+        .filter(|(k, _)| k != "service.name")
+        .cloned()
+        .collect();
+    attributes.push(("process.pid".into(), info.pid.to_string()));
+    attributes.push(("process.executable.name".into(), info.exe_name()));
+    if let Some(exe) = &info.exe {
+        attributes.push(("process.executable.path".into(), exe.to_string_lossy().into_owned()));
+    }
+    if !host.is_empty() {
+        attributes.push(("host.name".into(), host.to_owned()));
+    }
+    attributes.push(("telemetry.distro.name".into(), "tracer".into()));
+    attributes.push(("telemetry.distro.version".into(), env!("CARGO_PKG_VERSION").into()));
+    ProcessResource { pid: info.pid, service_name, attributes }
+}
+
+/// Cache of resources by pid, filled while the process is alive (on its first event).
+pub struct ProcessCache {
+    proc_root: PathBuf,
+    host: String,
+    by_pid: HashMap<u32, Arc<ProcessResource>>,
+}
+
+impl ProcessCache {
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self { proc_root: proc_root.into(), host: host_name(), by_pid: HashMap::new() }
+    }
+
+    pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        if let Some(r) = self.by_pid.get(&pid) {
+            return r.clone();
+        }
+        let r = Arc::new(resource_of(&read_proc(&self.proc_root, pid), &self.host));
+        self.by_pid.insert(pid, r.clone());
+        r
+    }
+
+    /// Re-reads a process after exec.
+    pub fn refresh(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    /// Forgets a process that exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_precedence() {
+        let env = vec![
+            "PATH=/bin".to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs,deployment.environment=prod%20eu".into(),
+        ];
+        let (n, a) = service_from_env(&env);
+        assert_eq!(n, None);
+        let info = ProcInfo {
+            pid: 9,
+            exe: Some("/usr/bin/python3.11".into()),
+            env_service_name: n,
+            env_resource_attributes: a,
+            ..Default::default()
+        };
+        let r = resource_of(&info, "h");
+        assert_eq!(r.service_name, "from-attrs");
+        assert!(r.attributes.contains(&("deployment.environment".into(), "prod eu".into())));
+        let mut env2 = env.clone();
+        env2.push("OTEL_SERVICE_NAME=checkout".into());
+        let (n, a) = service_from_env(&env2);
+        let info = ProcInfo { env_service_name: n, env_resource_attributes: a, ..info };
+        assert_eq!(resource_of(&info, "h").service_name, "checkout");
+        let info = ProcInfo { env_service_name: None, env_resource_attributes: vec![], ..info };
+        assert_eq!(resource_of(&info, "h").service_name, "python3.11");
+    }
+
+    #[test]
+    fn malformed_attributes_are_skipped() {
+        assert_eq!(
+            parse_resource_attributes("a=1,,=x,noeq,b=%zz,c=%41"),
+            vec![("a".into(), "1".into()), ("b".into(), "%zz".into()), ("c".into(), "A".into())]
+        );
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let info = read_proc(Path::new("/proc"), std::process::id());
+        assert!(info.exe.is_some());
+        assert!(!info.cmdline.is_empty());
+    }
+}
