@@ -1,1 +1,3 @@
 //! End-to-end test support: an OTLP receiver, fixture services and agent control.
+pub mod harness;
+pub mod receiver;

@@ -58,12 +58,23 @@ fn err(e: impl std::error::Error) -> Outcome {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
+    if let Some(line) = s.lines().find(|l| l.contains("unknown func")) {
+        return Outcome::No(format!("verifier: {} (kernel lockdown forbids it)", line.trim()));
+    }
     // Verifier logs are long; the first line says enough.
     Outcome::No(s.lines().next().unwrap_or_default().chars().take(160).collect())
 }
 
 fn lockdown() -> String {
-    std::fs::read_to_string("/sys/kernel/security/lockdown")
+    const PATH: &str = "/sys/kernel/security/lockdown";
+    if !std::path::Path::new(PATH).exists() {
+        // securityfs is often not mounted in containers and minimal hosts; mounting it is harmless.
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "securityfs", "securityfs", "/sys/kernel/security"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    std::fs::read_to_string(PATH)
         .ok()
         .and_then(|s| {
             s.split_whitespace()

@@ -2,4 +2,14 @@
 
 pub mod clock;
 pub mod events;
+pub mod export;
 pub mod model;
+pub mod cli;
+pub mod discovery;
+pub mod doctor;
+pub mod kernel;
+pub mod loader;
+pub mod process;
+pub mod http;
+pub mod assembler;
+pub mod run;

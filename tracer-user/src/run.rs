@@ -1,0 +1,221 @@
+//! `tracer run`: the agent's main loop.
+//!
+//! The ring buffer is read on a tokio task through `AsyncFd`; each record is copied once into a
+//! `Bytes` and decoded; the assembler turns events into spans, which go to the exporter through a
+//! bounded, non-blocking queue. Discovery keeps the kernel's set of traced processes up to date.
+
+use crate::{
+    assembler::Assembler,
+    clock::Clock,
+    cli::RunArgs,
+    discovery::{self, Selector},
+    events::{self, Event},
+    export::{self, ExportConfig, ExportOptions},
+    loader::{Maps, Probes, Scope},
+    model::SpanRecord,
+    process::ProcessCache,
+};
+use anyhow::Context as _;
+use bytes::Bytes;
+use log::{debug, info, warn};
+use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+
+const PROC: &str = "/proc";
+
+/// Keeps the kernel's `TRACED` map in line with the user's selection.
+struct Discovery {
+    selector: Selector,
+    proc_root: PathBuf,
+    traced: HashSet<u32>,
+}
+
+impl Discovery {
+    fn consider(&mut self, maps: &mut Maps, pid: u32) {
+        if self.traced.contains(&pid) {
+            return;
+        }
+        let info = crate::process::read_proc(&self.proc_root, pid);
+        if self.selector.matches_process(pid, info.exe.as_deref(), &info.cmdline) {
+            self.add(maps, pid, "selected");
+        }
+    }
+
+    fn add(&mut self, maps: &mut Maps, pid: u32, why: &str) {
+        if pid == std::process::id() || !self.traced.insert(pid) {
+            return;
+        }
+        match maps.traced.insert(&pid, &1, 0) {
+            Ok(()) => info!("tracing pid {pid} ({why})"),
+            Err(e) => warn!("cannot trace pid {pid}: {e}"),
+        }
+    }
+
+    /// Full scan: pids, executables and listening ports.
+    fn scan(&mut self, maps: &mut Maps) {
+        for pid in discovery::all_pids(&self.proc_root) {
+            self.consider(maps, pid);
+        }
+        self.scan_ports(maps);
+    }
+
+    fn scan_ports(&mut self, maps: &mut Maps) {
+        if self.selector.ports.is_empty() {
+            return;
+        }
+        let inodes = discovery::listening_inodes(&self.proc_root, &self.selector.ports);
+        for pid in discovery::pids_with_sockets(&self.proc_root, &inodes) {
+            self.add(maps, pid, "listening on a selected port");
+        }
+    }
+}
+
+/// Runs the agent until a signal or `--duration`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let selector = Selector::new(&args.pids, &args.exes, &args.ports)?;
+    let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
+    let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
+    let mut probes = Probes::load(scope).context("loading the kernel programs (see `tracer doctor`)")?;
+    let (events_ring, mut maps) = probes.take_maps()?;
+    info!("{} tracepoints attached; tracing {}", probes.attached, match scope {
+        Scope::All => "every process".to_string(),
+        Scope::Selected => "selected processes".to_string(),
+    });
+
+    let exporter = export::spawn(config, ExportOptions::default())?;
+    let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new() };
+    if scope == Scope::Selected {
+        discovery.scan(&mut maps);
+    }
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    let clock = Clock::now();
+    let mut assembler = Assembler::new(clock);
+    let mut processes = ProcessCache::new(PROC);
+    let mut spans: Vec<SpanRecord> = Vec::with_capacity(256);
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
+    // AsyncFd (which owns the ring buffer) lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events_ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut port_scan = tokio::time::interval(Duration::from_secs(1));
+    let mut stats = tokio::time::interval(Duration::from_secs(10));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = args.duration.map(Duration::from_secs);
+    let stop = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut decode_errors = 0u64;
+    // Exited processes keep their resource a while: their last spans may still be assembled.
+    let mut exited: VecDeque<(Instant, u32)> = VecDeque::new();
+
+    let handle = |ev: Event,
+                      assembler: &mut Assembler,
+                      processes: &mut ProcessCache,
+                      discovery: &mut Discovery,
+                      maps: &mut Maps,
+                      spans: &mut Vec<SpanRecord>,
+                      exited: &mut VecDeque<(Instant, u32)>| {
+        match &ev {
+            Event::Data(d) => {
+                // Read the process while it is surely alive.
+                let _ = processes.get(d.tgid);
+            }
+            Event::Exec { tgid, .. } => {
+                processes.refresh(*tgid);
+                if scope == Scope::Selected {
+                    discovery.consider(maps, *tgid);
+                }
+            }
+            _ => {}
+        }
+        assembler.on_event(&ev, spans);
+        if let Event::Exit { tgid, .. } = ev {
+            discovery.traced.remove(&tgid);
+            exited.push_back((Instant::now(), tgid));
+        }
+    };
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let rec = Bytes::copy_from_slice(&item);
+                    drop(item);
+                    match events::decode(&rec) {
+                        Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut spans, &mut exited),
+                        Err(e) => {
+                            decode_errors += 1;
+                            debug!("dropping undecodable event: {e}");
+                        }
+                    }
+                }
+                guard.clear_ready();
+                export_spans(&exporter, &mut processes, &mut spans);
+            }
+            _ = tick.tick() => {
+                assembler.on_tick(Clock::mono_now_ns(), &mut spans);
+                export_spans(&exporter, &mut processes, &mut spans);
+                while exited.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(30)) {
+                    if let Some((_, pid)) = exited.pop_front() {
+                        processes.forget(pid);
+                    }
+                }
+            }
+            _ = port_scan.tick(), if scope == Scope::Selected => discovery.scan_ports(&mut maps),
+            _ = stats.tick() => {
+                let k = maps.counters();
+                let e = exporter.stats();
+                debug!("kernel events={} lost={} not_http={}; decode_errors={decode_errors}; export {e:?}", k.events, k.lost, k.not_http);
+                if k.lost > 0 {
+                    warn!("{} events lost in the kernel (ring buffer full)", k.lost);
+                }
+            }
+            _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break }
+            _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break }
+            _ = &mut stop => { info!("duration reached: flushing and detaching"); break }
+        }
+    }
+
+    // Drain what the kernel already wrote, then flush.
+    {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            let rec = Bytes::copy_from_slice(&item);
+            drop(item);
+            if let Ok(ev) = events::decode(&rec) {
+                handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut spans, &mut exited);
+            }
+        }
+    }
+    drop(ring);
+    drop(probes);
+    assembler.flush(&mut spans);
+    export_spans(&exporter, &mut processes, &mut spans);
+    let k = maps.counters();
+    exporter.shutdown().await;
+    info!("stopped; kernel events={} lost={}", k.events, k.lost);
+    Ok(())
+}
+
+fn export_spans(exporter: &export::ExportHandle, processes: &mut ProcessCache, spans: &mut Vec<SpanRecord>) {
+    for span in spans.drain(..) {
+        let resource = processes.get(span.pid);
+        exporter.send(resource, span);
+    }
+}

@@ -1,0 +1,456 @@
+//! Golden tests: recorded event streams go through the ring-buffer decoder and the assembler, and
+//! the spans that come out are compared with expected text.
+//!
+//! # `tests/golden/NAME.events`
+//!
+//! One event per line. Blank lines and lines starting with `#` are ignored. Words are `key=value`
+//! or bare; a value may be `"quoted"` with the escapes `\r \n \t \0 \\ \" \xNN`.
+//!
+//! ```text
+//! tuple fd=3 local=10.0.0.1:8080 remote=10.0.0.2:51000   # addresses of fd 3 (no event)
+//! conn  fd=3 role=server at=90
+//! data  fd=3 in  start=100 end=110 head="GET /a?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+//! data  fd=3 out start=200 end=210 len=70000 head="HTTP/1.1 200 OK\r\n..." tail="...0\r\n\r\n"
+//! close fd=3 at=300
+//! exit  at=400
+//! tick  at=5000000300
+//! ```
+//!
+//! * `data`: `in` (the traced process read the bytes) or `out` (it wrote them), `start=`/`end=`
+//!   (CLOCK_MONOTONIC ns at syscall entry/exit), `head=` (captured first bytes), optional
+//!   `tail=` (captured last bytes), `len=` (true byte count; default head + tail length, so give
+//!   it whenever bytes between head and tail were not captured), `sock=` (default derived from
+//!   tgid and fd), `local=`/`remote=` (`1.2.3.4:80` or `[::1]:80`; default the fd's last
+//!   `tuple` line, else 127.0.0.1:8080 and 127.0.0.1:50000), `role=client|server|unknown` (the
+//!   kernel's hint, default unknown), `sys=` (syscall number; default read/write).
+//! * `conn`: `role=client|server|unknown`, `at=`. `close`: `at=`. `exit`: `at=`. `tick`: `at=`
+//!   runs the assembler's timeouts at that time.
+//! * Every event takes `tgid=` (default 1) and `tid=` (default the tgid); `fd=` defaults to 3.
+//!
+//! Each event is encoded as the kernel lays it out and decoded with `events::decode`. After the
+//! last line the assembler is flushed.
+//!
+//! # `tests/golden/NAME.expected`
+//!
+//! The spans in emission order, then the assembler's counters:
+//!
+//! ```text
+//! span 1: SERVER GET start=110 end=210 pid=1 status=UNSET
+//!   client.address = "10.0.0.2"
+//!   ...attributes sorted by key...
+//! stats: spans_emitted=1 parse_errors=0 ...
+//! ```
+//!
+//! Times are the events' monotonic ns (the clock maps monotonic zero to the Unix epoch). Random
+//! trace and span ids are omitted; a remote parent taken from `traceparent` is shown as a
+//! `trace=... parent=... remote` line. Run with `UPDATE_GOLDEN=1` to rewrite the expected files.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use tracer_common::{CloseEvent, ConnEvent, ConnTuple, EventHeader, EventKind, ProcEvent};
+use tracer_user::assembler::Assembler;
+use tracer_user::clock::Clock;
+use tracer_user::events::{self, Data, Event};
+use tracer_user::model::{SpanKind, SpanRecord, SpanStatus};
+
+/// One `key=value` or bare word.
+struct Word {
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        match chars.next().ok_or("unterminated string")? {
+            '"' => return Ok(out),
+            '\\' => match chars.next().ok_or("dangling escape")? {
+                'r' => out.push(b'\r'),
+                'n' => out.push(b'\n'),
+                't' => out.push(b'\t'),
+                '0' => out.push(0),
+                '\\' => out.push(b'\\'),
+                '"' => out.push(b'"'),
+                'x' => {
+                    let hex: String = [chars.next(), chars.next()].into_iter().flatten().collect();
+                    out.push(u8::from_str_radix(&hex, 16).map_err(|_| format!("bad \\x{hex}"))?);
+                }
+                c => return Err(format!("unknown escape \\{c}")),
+            },
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+fn words(line: &str) -> Result<Vec<Word>, String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none_or(|&c| c == '#') {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|&c| !c.is_whitespace() && c != '=') {
+            key.push(c);
+        }
+        let value = if chars.next_if_eq(&'=').is_some() {
+            if chars.next_if_eq(&'"').is_some() {
+                Some(unescape(&mut chars)?)
+            } else {
+                let mut v = String::new();
+                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                    v.push(c);
+                }
+                Some(v.into_bytes())
+            }
+        } else {
+            None
+        };
+        out.push(Word { key, value });
+    }
+}
+
+/// The `key=value` words of a line, checked off as they are used.
+struct Fields {
+    values: HashMap<String, Vec<u8>>,
+    flags: Vec<String>,
+}
+
+impl Fields {
+    fn new(ws: Vec<Word>) -> Result<Self, String> {
+        let mut values = HashMap::new();
+        let mut flags = Vec::new();
+        for w in ws {
+            match w.value {
+                Some(v) => {
+                    if values.insert(w.key.clone(), v).is_some() {
+                        return Err(format!("{} given twice", w.key));
+                    }
+                }
+                None => flags.push(w.key),
+            }
+        }
+        Ok(Self { values, flags })
+    }
+
+    fn take(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.values.remove(key)
+    }
+
+    fn text(&mut self, key: &str) -> Result<Option<String>, String> {
+        self.take(key)
+            .map(|v| String::from_utf8(v).map_err(|_| format!("{key}: not UTF-8")))
+            .transpose()
+    }
+
+    fn num(&mut self, key: &str) -> Result<Option<u64>, String> {
+        self.text(key)?
+            .map(|s| {
+                let parsed = match s.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => s.parse(),
+                };
+                parsed.map_err(|_| format!("{key}={s}: not a number"))
+            })
+            .transpose()
+    }
+
+    fn need(&mut self, key: &str) -> Result<u64, String> {
+        self.num(key)?.ok_or_else(|| format!("missing {key}="))
+    }
+
+    fn role(&mut self) -> Result<u8, String> {
+        match self.text("role")?.as_deref() {
+            None | Some("unknown") => Ok(tracer_common::ROLE_UNKNOWN),
+            Some("client") => Ok(tracer_common::ROLE_CLIENT),
+            Some("server") => Ok(tracer_common::ROLE_SERVER),
+            Some(r) => Err(format!("unknown role {r}")),
+        }
+    }
+
+    fn addr(&mut self, key: &str) -> Result<Option<SocketAddr>, String> {
+        self.text(key)?
+            .map(|s| s.parse().map_err(|_| format!("{key}={s}: not an address")))
+            .transpose()
+    }
+
+    /// Fails on words nobody asked for (typos).
+    fn done(self) -> Result<(), String> {
+        let mut left: Vec<_> = self.values.into_keys().chain(self.flags).collect();
+        left.sort();
+        if left.is_empty() { Ok(()) } else { Err(format!("unexpected {}", left.join(", "))) }
+    }
+}
+
+fn tuple(local: SocketAddr, remote: SocketAddr) -> Result<ConnTuple, String> {
+    let mut t = ConnTuple { sport: local.port(), dport: remote.port(), ..Default::default() };
+    match (local.ip(), remote.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => {
+            t.family = 2;
+            t.saddr[..4].copy_from_slice(&l.octets());
+            t.daddr[..4].copy_from_slice(&r.octets());
+        }
+        (IpAddr::V6(l), IpAddr::V6(r)) => {
+            t.family = 10;
+            t.saddr = l.octets();
+            t.daddr = r.octets();
+        }
+        _ => return Err("local and remote of different families".into()),
+    }
+    Ok(t)
+}
+
+/// A record with an [`EventHeader`] the way the kernel writes it.
+fn record(kind: EventKind, size: usize, ts_ns: u64, tgid: u32, tid: u32) -> Vec<u8> {
+    let mut b = vec![0u8; size];
+    let put = |b: &mut Vec<u8>, off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+    put(&mut b, offset_of!(EventHeader, kind), &(kind as u32).to_ne_bytes());
+    put(&mut b, offset_of!(EventHeader, ts_ns), &ts_ns.to_ne_bytes());
+    let pid_tgid = (u64::from(tgid) << 32) | u64::from(tid);
+    put(&mut b, offset_of!(EventHeader, pid_tgid), &pid_tgid.to_ne_bytes());
+    b
+}
+
+enum Step {
+    Event(Event),
+    Tick(u64),
+}
+
+/// Parses an `.events` file into decoded events.
+fn parse_events(text: &str) -> Result<Vec<Step>, String> {
+    let default_tuple = tuple(
+        "127.0.0.1:8080".parse().map_err(|_| "bad default")?,
+        "127.0.0.1:50000".parse().map_err(|_| "bad default")?,
+    )?;
+    let mut tuples: HashMap<(u32, i32), ConnTuple> = HashMap::new();
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |e: String| format!("line {}: {e}", n + 1);
+        let mut ws = words(line).map_err(err)?;
+        if ws.is_empty() {
+            continue;
+        }
+        let verb = ws.remove(0).key;
+        let mut f = Fields::new(ws).map_err(err)?;
+        let tgid = f.num("tgid").map_err(err)?.unwrap_or(1) as u32;
+        let tid = f.num("tid").map_err(err)?.map_or(tgid, |t| t as u32);
+        let fd = f.num("fd").map_err(err)?.unwrap_or(3) as i32;
+        let rec = match verb.as_str() {
+            "tuple" => {
+                let local =
+                    f.addr("local").map_err(err)?.ok_or_else(|| err("missing local=".into()))?;
+                let remote =
+                    f.addr("remote").map_err(err)?.ok_or_else(|| err("missing remote=".into()))?;
+                tuples.insert((tgid, fd), tuple(local, remote).map_err(err)?);
+                None
+            }
+            "data" => {
+                let egress = match (f.flags.contains(&"in".into()), f.flags.contains(&"out".into()))
+                {
+                    (true, false) => false,
+                    (false, true) => true,
+                    _ => return Err(err("data needs exactly one of in/out".into())),
+                };
+                f.flags.retain(|w| w != "in" && w != "out");
+                let head = f.take("head").unwrap_or_default();
+                let tail = f.take("tail").unwrap_or_default();
+                let len = f.num("len").map_err(err)?.unwrap_or((head.len() + tail.len()) as u64);
+                let mut t = *tuples.get(&(tgid, fd)).unwrap_or(&default_tuple);
+                if let (Some(l), Some(r)) =
+                    (f.addr("local").map_err(err)?, f.addr("remote").map_err(err)?)
+                {
+                    t = tuple(l, r).map_err(err)?;
+                }
+                let d = Data {
+                    start_ns: f.need("start").map_err(err)?,
+                    end_ns: f.need("end").map_err(err)?,
+                    tgid,
+                    tid,
+                    fd,
+                    sock: f
+                        .num("sock")
+                        .map_err(err)?
+                        .unwrap_or(0xffff_8880_0000_0000 | u64::from(tgid) << 16 | fd as u64),
+                    tuple: t,
+                    egress,
+                    syscall: f.num("sys").map_err(err)?.map_or(
+                        if egress { tracer_common::SYS_WRITE } else { tracer_common::SYS_READ },
+                        |s| s as u8,
+                    ),
+                    role: f.role().map_err(err)?,
+                    len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
+                    head: Bytes::from(head),
+                    tail: Bytes::from(tail),
+                };
+                Some(events::encode_data(&d))
+            }
+            "conn" => {
+                let at = f.need("at").map_err(err)?;
+                let mut b = record(EventKind::Conn, size_of::<ConnEvent>(), at, tgid, tid);
+                let off = offset_of!(ConnEvent, fd);
+                b[off..off + 4].copy_from_slice(&fd.to_ne_bytes());
+                b[offset_of!(ConnEvent, role)] = f.role().map_err(err)?;
+                Some(b)
+            }
+            "close" => {
+                let at = f.need("at").map_err(err)?;
+                let mut b = record(EventKind::Close, size_of::<CloseEvent>(), at, tgid, tid);
+                let off = offset_of!(CloseEvent, fd);
+                b[off..off + 4].copy_from_slice(&fd.to_ne_bytes());
+                Some(b)
+            }
+            "exit" => {
+                let at = f.need("at").map_err(err)?;
+                Some(record(EventKind::Exit, size_of::<ProcEvent>(), at, tgid, tid))
+            }
+            "tick" => {
+                steps.push(Step::Tick(f.need("at").map_err(err)?));
+                None
+            }
+            other => return Err(err(format!("unknown event {other}"))),
+        };
+        f.done().map_err(err)?;
+        if let Some(rec) = rec {
+            let ev = events::decode(&Bytes::from(rec)).map_err(|e| err(format!("decode: {e}")))?;
+            steps.push(Step::Event(ev));
+        }
+    }
+    Ok(steps)
+}
+
+fn ns(t: std::time::SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+}
+
+fn render(spans: &[SpanRecord], asm: &Assembler) -> String {
+    let mut out = String::new();
+    for (i, s) in spans.iter().enumerate() {
+        let kind = match s.kind {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+        };
+        let status = match &s.status {
+            SpanStatus::Unset => "UNSET".to_owned(),
+            SpanStatus::Error(d) => format!("ERROR({d:?})"),
+        };
+        let _ = writeln!(
+            out,
+            "span {}: {kind} {} start={} end={} pid={} status={status}",
+            i + 1,
+            s.name,
+            ns(s.start),
+            ns(s.end),
+            s.pid
+        );
+        if let Some(parent) = s.parent_span_id {
+            let remote = if s.parent_is_remote { " remote" } else { "" };
+            let _ = writeln!(out, "  trace={} parent={parent}{remote}", s.trace_id);
+        }
+        let mut attrs: Vec<_> = s.attributes.iter().map(|a| (a.key, a.value.to_string())).collect();
+        attrs.sort();
+        for (k, v) in attrs {
+            let _ = writeln!(out, "  {k} = {v}");
+        }
+    }
+    let st = asm.stats();
+    let _ = writeln!(
+        out,
+        "stats: spans_emitted={} parse_errors={} evictions={} connections={} unanswered_requests={} expired_requests={} unmatched_responses={}",
+        st.spans_emitted,
+        st.parse_errors,
+        st.evictions,
+        st.connections,
+        st.unanswered_requests,
+        st.expired_requests,
+        st.unmatched_responses
+    );
+    out
+}
+
+fn run(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let steps = parse_events(&text)?;
+    let mut asm = Assembler::new(Clock::fixed(UNIX_EPOCH));
+    let mut spans = Vec::new();
+    for step in &steps {
+        match step {
+            Step::Event(ev) => asm.on_event(ev, &mut spans),
+            Step::Tick(at) => asm.on_tick(*at, &mut spans),
+        }
+    }
+    asm.flush(&mut spans);
+    Ok(render(&spans, &asm))
+}
+
+fn first_difference(want: &str, got: &str) -> String {
+    let (mut w, mut g) = (want.lines(), got.lines());
+    for n in 1.. {
+        match (w.next(), g.next()) {
+            (None, None) => break,
+            (a, b) if a == b => continue,
+            (a, b) => {
+                return format!(
+                    "line {n}:\n  expected: {}\n  got:      {}",
+                    a.unwrap_or("<end>"),
+                    b.unwrap_or("<end>")
+                );
+            }
+        }
+    }
+    String::new()
+}
+
+#[test]
+fn golden() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/golden exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "events"))
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let got = match run(case) {
+            Ok(got) => got,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let expected_path = case.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &got).expect("write expected file");
+            continue;
+        }
+        match std::fs::read_to_string(&expected_path) {
+            Ok(want) if want == got => {}
+            Ok(want) => failures.push(format!(
+                "{name}: output differs from {} ({})\n--- got ---\n{got}",
+                expected_path.display(),
+                first_difference(&want, &got)
+            )),
+            Err(e) => failures.push(format!("{name}: {}: {e}", expected_path.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} golden cases failed (UPDATE_GOLDEN=1 rewrites expected files):\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
