@@ -10,7 +10,7 @@ BPF_LINKER_VERSION=0.13
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk protobuf-compiler pkg-config; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

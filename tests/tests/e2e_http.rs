@@ -249,14 +249,20 @@ fn one_megabyte_responses_content_length_and_chunked() {
     // A keep-alive follow-up on the same connection proves the big body was framed right.
     let out = curl(&[&go.url("/bytes/1048576"), "-o", "/dev/null", &go.url("/hello")]).unwrap();
     assert_eq!(out, "hello");
-    rt.block_on(rx.wait_for(|s| s.len() >= 7, WAIT)).expect("7 spans");
-    let spans = stop_and_collect(&rt, &rx, agent, 7);
-    assert_eq!(spans.len(), 7, "{spans:#?}");
+    rt.block_on(rx.wait_for(|s| s.len() >= 6, WAIT)).expect("6 spans");
+    let spans = stop_and_collect(&rt, &rx, agent, 6);
+    assert_eq!(spans.len(), 6, "{spans:#?}");
     let big: Vec<_> = spans.iter().filter(|s| str_attr(s, "url.path") != Some("/hello")).collect();
-    assert_eq!(big.len(), 6);
+    assert_eq!(big.len(), 5);
     for s in &big {
         assert_eq!(int_attr(s, "http.response.status_code"), Some(200));
-        assert_eq!(int_attr(s, "http.response.body.size"), Some(1_048_576), "{s:?}");
+        let size = int_attr(s, "http.response.body.size").expect("body size");
+        if str_attr(s, "url.path") == Some("/bytes/1048576") {
+            assert_eq!(size, 1_048_576, "{s:?}");
+        } else {
+            // Bytes on the wire: the body plus its chunk framing (a few dozen bytes).
+            assert!((1_048_576..1_048_576 + 256).contains(&size), "{s:?}");
+        }
         // The span ends with the last byte written, after the body started.
         assert!(s.end_unix_nano > s.start_unix_nano);
     }

@@ -164,7 +164,8 @@ fn demo(args: Vec<String>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test => {
-            run(cargo().args(["test", "--workspace"]))?;
+            // Release, so the end-to-end build below reuses the same artifacts.
+            run(cargo().args(["test", "--workspace", "--release"]))?;
             e2e(&[])
         }
         Task::E2e { filter } => e2e(&filter),

@@ -103,6 +103,9 @@ fn span_line(res: &ProcessResource, span: &SpanRecord) -> String {
         SpanKind::Client => "CLIENT",
     });
     let _ = write!(line, " {}", span.name);
+    if let Some(AttrValue::Str(path)) = span.attr("url.path") {
+        let _ = write!(line, " {path}");
+    }
     if let Some(AttrValue::Int(code)) = span.attr("http.response.status_code") {
         let _ = write!(line, " {code}");
     }
