@@ -109,9 +109,60 @@ pub struct DataEvent {
     /// the agent.
     pub role: u8,
     pub _pad: [u8; 5],
+    /// Trace context the kernel assigned when this event starts a request (`ctx_flags` has
+    /// `CTX_PRESENT`): the span id of the request's span, its trace id and its parent (the
+    /// thread's current server span for a client request, or the client span named by a TCP
+    /// option for a server request). Zero otherwise.
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: [u8; 8],
+    /// `CTX_*` bits.
+    pub ctx_flags: u32,
+    pub _pad2: u32,
     pub data: [u8; MAX_PAYLOAD],
     pub tail: [u8; TAIL_PAYLOAD],
 }
+
+/// `DataEvent::ctx_flags`: the event starts a request and carries kernel-assigned ids.
+pub const CTX_PRESENT: u32 = 1;
+/// The parent span id came over the wire (TCP option) from another process or host.
+pub const CTX_REMOTE_PARENT: u32 = 2;
+/// The parent span id is the thread's current server span (in-process link).
+pub const CTX_THREAD_PARENT: u32 = 4;
+
+/// A trace context kept in kernel maps: per thread (the server span it is handling), per
+/// outgoing connection (what the TCP option carries) and per incoming connection (what it carried).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// CLOCK_MONOTONIC ns when the context was set (stale contexts are ignored).
+    pub ts_ns: u64,
+}
+
+/// IPv4 connection key shared by the socket tracepoints and sockops: addresses as they appear in
+/// memory (network order), ports in host order. IPv6 sockets are not keyed (no propagation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub local_addr: [u8; 4],
+    pub remote_addr: [u8; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// TCP option carrying the trace context: kind 253 (RFC 6994 experimental) with this ExID, then
+/// the 16-byte trace id and the 8-byte span id of the client span. 28 bytes: with timestamps
+/// (12 bytes) it fits the 40 bytes of TCP option space.
+pub const TCP_OPT_KIND: u8 = 253;
+pub const TCP_OPT_EXID: u16 = 0x7472; // "tr"
+pub const TCP_OPT_LEN: u8 = 28;
+
+/// Propagation modes (global `PROPAGATION`).
+pub const PROPAGATION_OFF: u32 = 0;
+pub const PROPAGATION_SAME_HOST: u32 = 1;
+pub const PROPAGATION_ON: u32 = 2;
 
 /// A socket fd was closed.
 #[repr(C)]
@@ -205,7 +256,11 @@ pub const COUNTERS: u32 = 4;
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<ConnTuple>() == 40);
-    assert!(core::mem::size_of::<DataEvent>() == 24 + 8 + 8 + 40 + 4 * 4 + 8 + MAX_PAYLOAD + TAIL_PAYLOAD);
+    assert!(
+        core::mem::size_of::<DataEvent>() == 24 + 8 + 8 + 40 + 4 * 4 + 8 + 40 + MAX_PAYLOAD + TAIL_PAYLOAD
+    );
+    assert!(core::mem::size_of::<TraceCtx>() == 32);
+    assert!(core::mem::size_of::<TupleKey>() == 12);
     assert!(core::mem::size_of::<CloseEvent>() == 32);
     assert!(core::mem::size_of::<ConnEvent>() == 32);
     assert!(core::mem::size_of::<ProcEvent>() == 32);
@@ -222,4 +277,8 @@ mod pod {
     unsafe impl aya::Pod for super::TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceCtx {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TupleKey {}
 }

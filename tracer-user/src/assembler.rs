@@ -808,6 +808,7 @@ mod tests {
             egress,
             syscall: if egress { tracer_common::SYS_WRITE } else { tracer_common::SYS_READ },
             role: tracer_common::ROLE_UNKNOWN,
+            ctx: None,
             len: bytes.len() as u32,
             head: Bytes::copy_from_slice(head),
             tail: Bytes::copy_from_slice(tail),

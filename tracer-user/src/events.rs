@@ -21,6 +21,19 @@ pub enum Event {
     Exit { ts_ns: u64, tgid: u32 },
 }
 
+/// Trace context the kernel assigned to the request this event starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Parent span id, if the kernel knew one.
+    pub parent_id: Option<[u8; 8]>,
+    /// The parent came over the wire (TCP option): it lives in another process or host.
+    pub remote_parent: bool,
+    /// The parent is the server span the same thread is handling.
+    pub thread_parent: bool,
+}
+
 /// A socket read or write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Data {
@@ -40,6 +53,8 @@ pub struct Data {
     pub role: u8,
     /// True byte count of the transfer.
     pub len: u32,
+    /// Kernel-assigned ids when this event starts a request.
+    pub ctx: Option<KernelCtx>,
     /// The first `min(len, MAX_PAYLOAD)` bytes.
     pub head: Bytes,
     /// The last bytes of the transfer when `len > MAX_PAYLOAD` (may be empty).
@@ -123,7 +138,27 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             if tail_len > 0 {
                 need(b, tail_off + tail_len as usize)?;
             }
+            let flags = u32_at(b, offset_of!(DataEvent, ctx_flags));
+            let ctx = (flags & tracer_common::CTX_PRESENT != 0).then(|| {
+                let mut k = KernelCtx {
+                    trace_id: [0; 16],
+                    span_id: [0; 8],
+                    parent_id: None,
+                    remote_parent: flags & tracer_common::CTX_REMOTE_PARENT != 0,
+                    thread_parent: flags & tracer_common::CTX_THREAD_PARENT != 0,
+                };
+                let t = offset_of!(DataEvent, trace_id);
+                k.trace_id.copy_from_slice(&b[t..t + 16]);
+                let sp = offset_of!(DataEvent, span_id);
+                k.span_id.copy_from_slice(&b[sp..sp + 8]);
+                let p = offset_of!(DataEvent, parent_id);
+                let mut parent = [0u8; 8];
+                parent.copy_from_slice(&b[p..p + 8]);
+                k.parent_id = (parent != [0; 8]).then_some(parent);
+                k
+            });
             Ok(Event::Data(Data {
+                ctx,
                 start_ns: u64_at(b, offset_of!(DataEvent, start_ns)),
                 end_ns: ts_ns,
                 tgid,
@@ -190,6 +225,19 @@ pub fn encode_data(d: &Data) -> Vec<u8> {
         if d.egress { tracer_common::DIR_EGRESS } else { tracer_common::DIR_INGRESS };
     out[offset_of!(DataEvent, syscall)] = d.syscall;
     out[offset_of!(DataEvent, role)] = d.role;
+    if let Some(k) = &d.ctx {
+        let mut flags = tracer_common::CTX_PRESENT;
+        if k.remote_parent {
+            flags |= tracer_common::CTX_REMOTE_PARENT;
+        }
+        if k.thread_parent {
+            flags |= tracer_common::CTX_THREAD_PARENT;
+        }
+        put(&mut out, offset_of!(DataEvent, ctx_flags), &flags.to_ne_bytes());
+        put(&mut out, offset_of!(DataEvent, trace_id), &k.trace_id);
+        put(&mut out, offset_of!(DataEvent, span_id), &k.span_id);
+        put(&mut out, offset_of!(DataEvent, parent_id), &k.parent_id.unwrap_or([0; 8]));
+    }
     put(&mut out, offset_of!(DataEvent, data), &d.head);
     put(&mut out, offset_of!(DataEvent, tail), &d.tail);
     out
@@ -211,6 +259,13 @@ mod tests {
             egress: true,
             syscall: tracer_common::SYS_WRITE,
             role: tracer_common::ROLE_SERVER,
+            ctx: Some(KernelCtx {
+                trace_id: [7; 16],
+                span_id: [8; 8],
+                parent_id: Some([9; 8]),
+                remote_parent: true,
+                thread_parent: false,
+            }),
             len: 5,
             head: Bytes::from_static(b"hello"),
             tail: Bytes::new(),

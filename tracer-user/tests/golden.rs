@@ -288,6 +288,7 @@ fn parse_events(text: &str) -> Result<Vec<Step>, String> {
                         |s| s as u8,
                     ),
                     role: f.role().map_err(err)?,
+                    ctx: None,
                     len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
                     head: Bytes::from(head),
                     tail: Bytes::from(tail),
