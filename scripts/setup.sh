@@ -10,7 +10,7 @@ BPF_LINKER_VERSION=0.13
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk openjdk-17-jdk-headless; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -36,6 +36,13 @@ if ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker ${BPF_LINKER_VERSION
     cargo "+${STABLE}" install bpf-linker --version "~${BPF_LINKER_VERSION}" --locked \
       --no-default-features --features llvm-22
 fi
+
+# Test fixtures: Go and Node ship with the machine; Java comes from apt above when missing.
+command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { echo "[setup] java missing" >&2; exit 1; }
+# The SDK-instrumented caller of the connected-traces tests.
+python3 -c 'import opentelemetry.sdk' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'opentelemetry-sdk>=1.20,<2'
+# nginx-light's package starts a daemon on port 80; the tests run their own instances.
+systemctl disable --now nginx >/dev/null 2>&1 || true
 
 mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true

@@ -148,6 +148,8 @@ pub struct Service {
     child: Child,
     pub port: u16,
     pub name: String,
+    /// Address the service listens on.
+    pub host: String,
 }
 
 impl Service {
@@ -170,7 +172,7 @@ impl Service {
                 sink.clear();
             }
         });
-        Ok(Self { child, port, name: name.into() })
+        Ok(Self { child, port, name: name.into(), host: "127.0.0.1".into() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -178,7 +180,7 @@ impl Service {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
 
     /// Go net/http server from the fixtures.
@@ -190,9 +192,26 @@ impl Service {
 
     /// Python ThreadingHTTPServer from the fixtures.
     pub fn python(service_name: &str) -> anyhow::Result<Self> {
-        let mut c = Command::new("python3");
+        let mut c = Command::new(python_bin());
         c.arg(fixtures_src().join("python/server.py")).env("OTEL_SERVICE_NAME", service_name);
         Self::start(service_name, c)
+    }
+
+    /// Java thread-pool server (com.sun.net.httpserver) from the fixtures, run from source.
+    pub fn java(service_name: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new("java");
+        c.arg(fixtures_src().join("java/Server.java")).env("OTEL_SERVICE_NAME", service_name);
+        Self::start(service_name, c)
+    }
+
+    /// A fixture server inside network namespace `netns`, listening on `addr`.
+    pub fn in_netns(netns: &str, service_name: &str, program: &[String], addr: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns]).args(program).args(["--addr", addr]);
+        c.env("OTEL_SERVICE_NAME", service_name);
+        let mut s = Self::start(service_name, c)?;
+        s.host = addr.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default();
+        Ok(s)
     }
 
     /// Node http server from the fixtures.
@@ -208,6 +227,22 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The real Python interpreter. `python3` may be a shim (pyenv) that forks, so the pid of the
+/// spawned command would not be the server's.
+pub fn python_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| "python3".into())
+    })
+    .clone()
 }
 
 /// Runs a command to completion and returns its stdout; fails on a non-zero exit.
@@ -227,4 +262,58 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 /// `curl` with the given arguments; returns stdout.
 pub fn curl(args: &[&str]) -> anyhow::Result<String> {
     run_ok(Command::new("curl").args(["-sS", "--max-time", "20"]).args(args))
+}
+
+/// Percent-encodes a URL for use as a query value.
+pub fn encode(url: &str) -> String {
+    url.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Two network namespaces joined by a veth pair, acting as two hosts (`h1` at .1, `h2` at .2 of
+/// a /24 that exists only inside this test). Removed on drop.
+pub struct TwoHosts {
+    pub h1: String,
+    pub h2: String,
+    pub addr1: String,
+    pub addr2: String,
+}
+
+impl TwoHosts {
+    pub fn create(tag: &str) -> anyhow::Result<Self> {
+        let h1 = format!("tr{tag}a");
+        let h2 = format!("tr{tag}b");
+        let (addr1, addr2) = ("10.231.7.1".to_string(), "10.231.7.2".to_string());
+        let hosts = TwoHosts { h1: h1.clone(), h2: h2.clone(), addr1: addr1.clone(), addr2: addr2.clone() };
+        hosts.cleanup();
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args)).map(|_| ());
+        ip(&["netns", "add", &h1])?;
+        ip(&["netns", "add", &h2])?;
+        let (v1, v2) = (format!("{h1}v"), format!("{h2}v"));
+        ip(&["link", "add", &v1, "type", "veth", "peer", "name", &v2])?;
+        ip(&["link", "set", &v1, "netns", &h1])?;
+        ip(&["link", "set", &v2, "netns", &h2])?;
+        for (ns, dev, addr) in [(&h1, &v1, &addr1), (&h2, &v2, &addr2)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.h1, &self.h2] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }

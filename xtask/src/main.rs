@@ -78,7 +78,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tracer-tests", "--test", "e2e_http", "--"])
+    cmd.args(["test", "--release", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test => {
             // Release, so the end-to-end build below reuses the same artifacts.
-            run(cargo().args(["test", "--workspace", "--release"]))?;
+            run(cargo().args(["test", "--release"]))?;
             e2e(&[])
         }
         Task::E2e { filter } => e2e(&filter),
