@@ -152,10 +152,10 @@ pub struct TupleKey {
     pub remote_port: u16,
 }
 
-/// TCP option carrying the trace context: kind 253 (RFC 6994 experimental) with this ExID, then
+/// TCP option carrying the trace context: kind 254 (RFC 6994 experimental) with this ExID, then
 /// the 16-byte trace id and the 8-byte span id of the client span. 28 bytes: with timestamps
 /// (12 bytes) it fits the 40 bytes of TCP option space.
-pub const TCP_OPT_KIND: u8 = 253;
+pub const TCP_OPT_KIND: u8 = 254;
 pub const TCP_OPT_EXID: u16 = 0x7472; // "tr"
 pub const TCP_OPT_LEN: u8 = 28;
 

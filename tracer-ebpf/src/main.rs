@@ -21,14 +21,25 @@ mod capability;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_probe_read_user as raw_probe_read_user,
+        generated::{
+            bpf_get_prandom_u32, bpf_load_hdr_opt, bpf_probe_read_user as raw_probe_read_user,
+            bpf_reserve_hdr_opt, bpf_store_hdr_opt,
+        },
     },
-    macros::{map, tracepoint},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
+    macros::{map, sock_ops, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::TracePointContext,
+    programs::{SockOpsContext, TracePointContext},
 };
 use core::ffi::c_void;
 use tracer_common::{
+    CTX_PRESENT, CTX_REMOTE_PARENT, CTX_THREAD_PARENT, ConnTuple, PROPAGATION_ON, TCP_OPT_EXID,
+    TCP_OPT_KIND, TCP_OPT_LEN, TraceCtx, TupleKey,
     CloseEvent, ConnEvent, ConnState, DataEvent, EventKind, ProcEvent, SockOffsets, TpOffsets,
     COUNTERS, COUNTER_EVENTS, COUNTER_LOST, COUNTER_NOT_HTTP, DIR_EGRESS, DIR_INGRESS, MAX_IOVECS,
     MAX_PAYLOAD, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
@@ -44,6 +55,9 @@ static AGENT_TGID: u32 = 0;
 /// 1: trace every process but the agent (and those in `EXCLUDED`); 0: only those in `TRACED`.
 #[unsafe(no_mangle)]
 static TRACE_ALL: u32 = 0;
+/// One of `PROPAGATION_*`: whether clients' trace context is written into a TCP option.
+#[unsafe(no_mangle)]
+static PROPAGATION: u32 = 0;
 #[unsafe(no_mangle)]
 static SOCK_OFF: SockOffsets = SockOffsets {
     skc_daddr: 0,
@@ -97,6 +111,31 @@ static CONNECT_FD: HashMap<u64, i64> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
+/// The server span each thread is handling: set when it reads a request, cleared when it writes
+/// the response. Client requests written meanwhile on the thread become its children.
+#[map]
+static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes whose threads do not map to requests (Go's goroutines, event loops): the thread
+/// context is not used to link their client requests. Userspace adds Go programs; the kernel
+/// adds a process when one of its threads reads a new request while still handling another.
+#[map]
+static NO_THREAD_LINK: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// The IPv4 tuple of a connection, keyed by (tgid << 32 | fd): learnt from sockops at connect
+/// time (process context) and from every data event, so client requests can be given their
+/// context at syscall entry.
+#[map]
+static CONN_TUPLE: LruHashMap<u64, TupleKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// Context of the client request in flight on a connection, for sockops to put in a TCP option.
+#[map]
+static OUT_CTX: LruHashMap<TupleKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Context received in a TCP option on a connection, for the next request read from it.
+#[map]
+static IN_CTX: LruHashMap<TupleKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
 #[map]
 static COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
@@ -112,7 +151,10 @@ struct SyscallArgs {
     iovcnt: u64,
     fd: i32,
     syscall: u8,
-    _pad: [u8; 3],
+    /// 1 when `ctx` was computed at syscall entry (a client request on a known connection).
+    has_ctx: u8,
+    _pad: [u8; 2],
+    ctx: EvCtx,
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
@@ -211,9 +253,31 @@ pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
         iovcnt: arg(&ctx, 2),
         fd: arg(&ctx, 0) as i32,
         syscall,
-        _pad: [0; 3],
+        has_ctx: 0,
+        _pad: [0; 2],
+        ctx: EvCtx::default(),
     };
-    let _ = ARGS.insert(&pid_tgid, &args, 0);
+    if ARGS.insert(&pid_tgid, &args, 0).is_err() {
+        return 0;
+    }
+    // A client request must get its context before its bytes leave, so the TCP option can
+    // carry it: decide at entry, on connections whose tuple is known.
+    if matches!(syscall, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) {
+        let tgid = (pid_tgid >> 32) as u32;
+        if let Some(key) = unsafe { CONN_TUPLE.get(&conn_key(tgid, args.fd)) }.copied() {
+            if let Some(a) = ARGS.get_ptr_mut(&pid_tgid) {
+                // SAFETY: this thread's own entry.
+                let a = unsafe { &mut *a };
+                let vectored = matches!(syscall, SYS_WRITEV | SYS_SENDMSG);
+                let (iov, _) = if vectored { iovecs(a) } else { (0, 0) };
+                let magic = first_bytes(a, iov);
+                if is_http_magic(magic) && &magic != b"HTTP" {
+                    client_context(pid_tgid, a.start_ns, Some(&key), &mut a.ctx);
+                    a.has_ctx = 1;
+                }
+            }
+        }
+    }
     0
 }
 
@@ -285,9 +349,10 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
     let vectored = !matches!(a.syscall, SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO);
     let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
+    let magic = first_bytes(&a, iov);
+    let http = is_http_magic(magic);
     if state.proto != PROTO_HTTP1 {
-        let magic = first_bytes(&a, iov);
-        if is_http_magic(magic) {
+        if http {
             state.proto = PROTO_HTTP1;
             let _ = CONNS.insert(&key, &state, 0);
         } else if state.proto == PROTO_UNKNOWN && len < 4 {
@@ -305,40 +370,46 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
         SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG => DIR_EGRESS,
         _ => DIR_INGRESS,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !vectored {
-        emit_data(&a, pid_tgid, now, direction, state.role, a.buf, len, true);
-        return 0;
-    }
-    // Vectored I/O: one event per iovec, in order, each copied at offset 0 (bounds the verifier
-    // can prove); userspace reads them as consecutive chunks of the stream. One iovec per program
-    // run, chained by tail calls, keeps each program small enough for the verifier.
+    // Emission continues in `emit_step` (a tail call), which keeps each program's stack and
+    // verifier state small: one chunk per run, i.e. the whole buffer of a flat syscall or one
+    // iovec of a vectored one, in order.
     let st = IovState {
         args: a,
-        iov,
-        cnt: if iovcnt > MAX_IOVECS as u64 { MAX_IOVECS as u64 } else { iovcnt },
+        iov: if vectored { iov } else { a.buf },
+        cnt: if !vectored {
+            1
+        } else if iovcnt > MAX_IOVECS as u64 {
+            MAX_IOVECS as u64
+        } else {
+            iovcnt
+        },
         idx: 0,
         seen: 0,
         len,
-        now,
+        now: unsafe { bpf_ktime_get_ns() },
         direction,
         role: state.role,
-        _pad: [0; 6],
+        vectored: vectored as u8,
+        http: http as u8,
+        magic,
+        tuple: ConnTuple::default(),
+        ctx: EvCtx::default(),
     };
     if IOV_STATE.insert(&pid_tgid, &st, 0).is_ok() {
-        // SAFETY: slot 0 holds `iov_step`, a tracepoint program like this one.
+        // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
         let _ = unsafe { PROGS.tail_call(&ctx, 0) };
         let _ = IOV_STATE.remove(&pid_tgid);
     }
     0
 }
 
-/// Progress through the iovecs of one vectored syscall, keyed by pid_tgid (per task, so a
-/// preempted program cannot see another task's state).
+/// Progress through the chunks of one data syscall, keyed by pid_tgid (per task, so a preempted
+/// program cannot see another task's state).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct IovState {
     args: SyscallArgs,
+    /// The iovec array (vectored) or the buffer (flat).
     iov: u64,
     cnt: u64,
     idx: u64,
@@ -347,7 +418,13 @@ struct IovState {
     now: u64,
     direction: u8,
     role: u8,
-    _pad: [u8; 6],
+    vectored: u8,
+    /// The transfer starts with an HTTP/1 request method or status line (`magic`).
+    http: u8,
+    magic: [u8; 4],
+    /// Filled by `emit_step` (kept here, in map memory, rather than on the 512-byte stack).
+    tuple: ConnTuple,
+    ctx: EvCtx,
 }
 
 #[map]
@@ -356,9 +433,10 @@ static IOV_STATE: HashMap<u64, IovState> = HashMap::with_max_entries(4096, 0);
 #[map]
 static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Handles one iovec of a vectored transfer, then tail-calls itself for the next one.
+/// Emits one chunk of a data syscall, then tail-calls itself for the next one. The first chunk
+/// carries the trace context when the transfer starts a request.
 #[tracepoint]
-pub fn iov_step(ctx: TracePointContext) -> u32 {
+pub fn emit_step(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(st) = IOV_STATE.get_ptr_mut(&pid_tgid) else { return 0 };
     // SAFETY: this task's own entry.
@@ -367,17 +445,39 @@ pub fn iov_step(ctx: TracePointContext) -> u32 {
         let _ = IOV_STATE.remove(&pid_tgid);
         return 0;
     }
-    let Ok(v) = (unsafe { bpf_probe_read_user((s.iov + s.idx * 16) as *const Iovec) }) else {
-        let _ = IOV_STATE.remove(&pid_tgid);
-        return 0;
+    let (base, avail) = if s.vectored == 0 {
+        (s.iov, s.len)
+    } else {
+        match unsafe { bpf_probe_read_user((s.iov + s.idx * 16) as *const Iovec) } {
+            Ok(v) => (v.base, v.len),
+            Err(_) => {
+                let _ = IOV_STATE.remove(&pid_tgid);
+                return 0;
+            }
+        }
     };
     let last = s.idx + 1 >= s.cnt;
     let remaining = s.len - s.seen;
-    // The last iovec accounts for every remaining byte, so lengths stay exact.
-    let take = if last || v.len > remaining { remaining } else { v.len };
+    // The last chunk accounts for every remaining byte, so lengths stay exact.
+    let take = if last || avail > remaining { remaining } else { avail };
+    if s.idx == 0 {
+        // SAFETY: reads through the probe helper.
+        unsafe { read_tuple(s.args.sk, &mut s.tuple) };
+        if s.tuple.family == 2 {
+            let key = tuple_key(&s.tuple);
+            let _ = CONN_TUPLE.insert(&conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, 0);
+        }
+        if s.args.has_ctx != 0 {
+            s.ctx = s.args.ctx;
+        }
+        if s.http != 0 {
+            request_context(pid_tgid, s.now, &s.tuple, s.direction, &s.magic, &mut s.ctx);
+        }
+    } else {
+        s.ctx.flags = 0;
+    }
     if take > 0 {
-        let a = s.args;
-        emit_data(&a, pid_tgid, s.now, s.direction, s.role, v.base, take, take <= v.len);
+        emit_data(&s.args, pid_tgid, s.now, s.direction, s.role, &s.tuple, &s.ctx, base, take, take <= avail);
     }
     s.seen += take;
     s.idx += 1;
@@ -399,6 +499,8 @@ fn emit_data(
     now: u64,
     direction: u8,
     role: u8,
+    tuple: &ConnTuple,
+    ctx: &EvCtx,
     buf: u64,
     len: u64,
     tail_ok: bool,
@@ -422,7 +524,12 @@ fn emit_data(
         (*ev).syscall = a.syscall;
         (*ev).role = role;
         (*ev)._pad = [0; 5];
-        read_tuple(a.sk, &mut (*ev).tuple);
+        (*ev).tuple = *tuple;
+        (*ev).trace_id = ctx.trace_id;
+        (*ev).span_id = ctx.span_id;
+        (*ev).parent_id = ctx.parent_id;
+        (*ev).ctx_flags = ctx.flags;
+        (*ev)._pad2 = 0;
         let (captured, tail) = copy_flat(buf, len, tail_ok, &mut (*ev).data, &mut (*ev).tail);
         (*ev).captured = captured;
         (*ev).tail_len = tail;
@@ -468,6 +575,210 @@ unsafe fn copy_flat(
         }
     }
     (captured, tail_len)
+}
+
+/// Trace context attached to the event that starts a request.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct EvCtx {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_id: [u8; 8],
+    flags: u32,
+    _pad: u32,
+}
+
+/// Contexts older than this are not used as parents (a thread that never answered).
+const CTX_MAX_AGE_NS: u64 = 60_000_000_000;
+
+#[inline(always)]
+fn random_bytes8() -> [u8; 8] {
+    // SAFETY: helper without arguments.
+    let a = unsafe { bpf_get_prandom_u32() } as u64;
+    let b = unsafe { bpf_get_prandom_u32() } as u64;
+    let v = (a << 32) | b | 1; // never all-zero
+    v.to_ne_bytes()
+}
+
+#[inline(always)]
+fn tuple_key(t: &ConnTuple) -> TupleKey {
+    TupleKey {
+        local_addr: [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]],
+        remote_addr: [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]],
+        local_port: t.sport,
+        remote_port: t.dport,
+    }
+}
+
+#[inline(always)]
+fn fresh_trace(ctx: &mut EvCtx) {
+    let hi = random_bytes8();
+    let lo = random_bytes8();
+    ctx.trace_id[..8].copy_from_slice(&hi);
+    ctx.trace_id[8..].copy_from_slice(&lo);
+}
+
+/// Ids of a client request: a child of the server span the thread is handling, if any. With
+/// propagation on, the context is what the TCP option carries on this connection.
+#[inline(always)]
+fn client_context(pid_tgid: u64, now: u64, key: Option<&TupleKey>, ctx: &mut EvCtx) {
+    ctx.span_id = random_bytes8();
+    ctx.flags = CTX_PRESENT;
+    let tgid = (pid_tgid >> 32) as u32;
+    let thread = if unsafe { NO_THREAD_LINK.get(&tgid) }.is_some() {
+        None
+    } else {
+        unsafe { THREAD_CTX.get(&pid_tgid) }.copied()
+    };
+    match thread {
+        Some(c) if now.wrapping_sub(c.ts_ns) < CTX_MAX_AGE_NS => {
+            ctx.trace_id = c.trace_id;
+            ctx.parent_id = c.span_id;
+            ctx.flags |= CTX_THREAD_PARENT;
+        }
+        _ => fresh_trace(ctx),
+    }
+    if let Some(key) = key {
+        if cfg(&PROPAGATION) == PROPAGATION_ON {
+            let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
+            let _ = OUT_CTX.insert(key, &t, 0);
+        }
+    }
+}
+
+/// Assigns ids when an event starts a request (server side, or a client request whose context
+/// was not decided at entry), and keeps the per-thread and per-connection contexts that link
+/// spans across threads, processes and hosts.
+#[inline(always)]
+fn request_context(
+    pid_tgid: u64,
+    now: u64,
+    tuple: &ConnTuple,
+    direction: u8,
+    magic: &[u8; 4],
+    ctx: &mut EvCtx,
+) {
+    let response = magic == b"HTTP";
+    let key = tuple_key(tuple);
+    let v4 = tuple.family == 2;
+    if direction == DIR_INGRESS {
+        if response {
+            // A client got its response: its context no longer needs to travel.
+            if v4 {
+                let _ = OUT_CTX.remove(&key);
+            }
+            return;
+        }
+        // A server reads a new request.
+        ctx.span_id = random_bytes8();
+        ctx.flags = CTX_PRESENT;
+        let incoming = if v4 { unsafe { IN_CTX.get(&key) }.copied() } else { None };
+        match incoming {
+            Some(c) if now.wrapping_sub(c.ts_ns) < CTX_MAX_AGE_NS => {
+                ctx.trace_id = c.trace_id;
+                ctx.parent_id = c.span_id;
+                ctx.flags |= CTX_REMOTE_PARENT;
+                let _ = IN_CTX.remove(&key);
+            }
+            _ => fresh_trace(ctx),
+        }
+        if let Some(prev) = unsafe { THREAD_CTX.get(&pid_tgid) } {
+            if now.wrapping_sub(prev.ts_ns) < CTX_MAX_AGE_NS {
+                // The thread took a new request before answering the last one: it multiplexes
+                // requests, so its thread context cannot link calls to requests.
+                let _ = NO_THREAD_LINK.insert(&((pid_tgid >> 32) as u32), &1, 0);
+            }
+        }
+        let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
+        let _ = THREAD_CTX.insert(&pid_tgid, &t, 0);
+    } else if response {
+        // The thread answered its request: it no longer works for that server span.
+        let _ = THREAD_CTX.remove(&pid_tgid);
+    } else if ctx.flags == 0 {
+        client_context(pid_tgid, now, None, ctx);
+    }
+}
+
+// ---- propagation over a TCP header option (sockops) ---------------------------------------------
+
+/// Key of a sockops socket, oriented like `tuple_key` (local = this socket's end).
+#[inline(always)]
+fn sockops_key(ops: &SockOpsContext) -> TupleKey {
+    TupleKey {
+        local_addr: ops.local_ip4().to_ne_bytes(),
+        remote_addr: ops.remote_ip4().to_ne_bytes(),
+        local_port: ops.local_port() as u16,
+        remote_port: u32::from_be(ops.remote_port()) as u16,
+    }
+}
+
+/// Writes the client's trace context into a TCP option on the segments of a traced connection
+/// while a request is in flight, and reads it on the receiving end. Payload bytes are never
+/// touched and no socket is put into a sockmap.
+#[sock_ops]
+pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
+    if ops.family() != 2 {
+        return 1;
+    }
+    match ops.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // Process context (connect): only traced processes' connections carry options.
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let tgid = (pid_tgid >> 32) as u32;
+            if traced(tgid) {
+                let flags = ops.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+                let _ = ops.set_cb_flags(flags as i32);
+                // connect(2) is in progress on this thread: its fd names this socket.
+                if let Some(fd) = unsafe { CONNECT_FD.get(&pid_tgid) }.copied() {
+                    if fd >= 0 {
+                        let _ = CONN_TUPLE.insert(&conn_key(tgid, fd as i32), &sockops_key(&ops), 0);
+                    }
+                }
+            }
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let flags = ops.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
+            let _ = ops.set_cb_flags(flags as i32);
+        }
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
+            let key = sockops_key(&ops);
+            if unsafe { OUT_CTX.get(&key) }.is_some() {
+                // SAFETY: the context is this callback's.
+                unsafe { bpf_reserve_hdr_opt(ops.ops, TCP_OPT_LEN as u32, 0) };
+            }
+        }
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => {
+            let key = sockops_key(&ops);
+            if let Some(c) = unsafe { OUT_CTX.get(&key) }.copied() {
+                let mut opt = [0u8; TCP_OPT_LEN as usize];
+                opt[0] = TCP_OPT_KIND;
+                opt[1] = TCP_OPT_LEN;
+                opt[2..4].copy_from_slice(&TCP_OPT_EXID.to_be_bytes());
+                opt[4..20].copy_from_slice(&c.trace_id);
+                opt[20..28].copy_from_slice(&c.span_id);
+                unsafe {
+                    bpf_store_hdr_opt(ops.ops, opt.as_ptr() as *const c_void, TCP_OPT_LEN as u32, 0)
+                };
+            }
+        }
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
+            let mut opt = [0u8; TCP_OPT_LEN as usize];
+            opt[0] = TCP_OPT_KIND;
+            opt[1] = 4;
+            opt[2..4].copy_from_slice(&TCP_OPT_EXID.to_be_bytes());
+            let n = unsafe {
+                bpf_load_hdr_opt(ops.ops, opt.as_mut_ptr() as *mut c_void, TCP_OPT_LEN as u32, 0)
+            };
+            if n == TCP_OPT_LEN as i64 {
+                let mut t = TraceCtx { ts_ns: unsafe { bpf_ktime_get_ns() }, ..TraceCtx::default() };
+                t.trace_id.copy_from_slice(&opt[4..20]);
+                t.span_id.copy_from_slice(&opt[20..28]);
+                let _ = IN_CTX.insert(&sockops_key(&ops), &t, 0);
+            }
+        }
+        _ => {}
+    }
+    1
 }
 
 #[inline(always)]
@@ -569,6 +880,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(&ctx, 0) as i32;
     let key = conn_key(tgid, fd);
+    let _ = CONN_TUPLE.remove(&key);
     let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return 0 };
     let _ = CONNS.remove(&key);
     if state.proto != PROTO_HTTP1 && state.role == ROLE_UNKNOWN {

@@ -9,7 +9,7 @@ use tracer_user::loader::{Probes, Scope};
 fn main() -> anyhow::Result<()> {
     let pids: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let scope = if pids.is_empty() { Scope::All } else { Scope::Selected };
-    let mut probes = Probes::load(scope)?;
+    let mut probes = Probes::load(scope, tracer_common::PROPAGATION_ON)?;
     let (mut ring, mut maps) = probes.take_maps()?;
     for p in &pids {
         maps.traced.insert(p, &1, 0)?;
@@ -24,10 +24,17 @@ fn main() -> anyhow::Result<()> {
             drop(item);
             match decode(&rec) {
                 Ok(Event::Data(d)) => println!(
-                    "data tgid={} tid={} fd={} {} len={} cap={} tail={} role={} tuple={:?}:{} -> {:?}:{} head={:?}",
+                    "data tgid={} tid={} fd={} {} len={} cap={} tail={} role={} tuple={:?}:{} -> {:?}:{} ctx={} head={:?}",
                     d.tgid, d.tid, d.fd, if d.egress { "out" } else { "in" }, d.len, d.head.len(),
                     d.tail.len(), d.role, &d.tuple.saddr[..4], d.tuple.sport, &d.tuple.daddr[..4],
-                    d.tuple.dport, String::from_utf8_lossy(&d.head[..d.head.len().min(60)])
+                    d.tuple.dport,
+                    d.ctx.map(|c| format!(
+                        "{}/{}/{}{}{}",
+                        hex(&c.trace_id), hex(&c.span_id), c.parent_id.map(|p| hex(&p)).unwrap_or_default(),
+                        if c.remote_parent { "/remote" } else { "" },
+                        if c.thread_parent { "/thread" } else { "" }
+                    )).unwrap_or_default(),
+                    String::from_utf8_lossy(&d.head[..d.head.len().min(60)])
                 ),
                 Ok(other) => println!("{other:?}"),
                 Err(e) => println!("decode error: {e}"),
@@ -37,4 +44,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!("counters {:?}", maps.counters());
     Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

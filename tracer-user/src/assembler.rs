@@ -20,9 +20,17 @@
 //!   and evicts idle connections; [`Assembler::flush`] completes desynced responses and drops
 //!   everything else.
 //! * **Correlation.** The `*_exchanges` methods hand out [`Exchange`]s instead of spans, with
-//!   socket, thread, tuple and timestamps, so a later step can rewrite trace and parent ids
-//!   before [`Exchange::to_span`]. Ids are assigned when the request head is parsed, and
-//!   [`Assembler::in_flight`] exposes exchanges still waiting for their response.
+//!   socket, thread, tuple and timestamps, so a later step (`crate::correlate`) can rewrite
+//!   trace and parent ids before [`Exchange::to_span`]. Ids are assigned when the request head is
+//!   parsed, and [`Assembler::in_flight`] exposes exchanges still waiting for their response.
+//! * **Ids.** When the data event that carried the first byte of a request head has kernel trace
+//!   context ([`KernelCtx`]), the exchange takes the kernel's span id, trace id and parent (the
+//!   kernel chose them so that it can hand them to children and over the wire). Otherwise the ids
+//!   are random and the exchange has no parent. A valid `traceparent` header in the request wins
+//!   over the kernel's trace id and parent: on a server exchange it names the remote caller
+//!   (parent remote); on a client exchange it names the span of an instrumented caller in the
+//!   same process (an SDK), which the client span joins as a child. The span id is never taken
+//!   from the header. See [`ParentSource`].
 //!
 //! Nothing from the payload is exported except method, path (without query), status, Host and a
 //! valid `traceparent`; all memory is bounded by [`AssemblerConfig`].
@@ -35,7 +43,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_common::{ConnTuple, ROLE_CLIENT, ROLE_SERVER};
 
 use crate::clock::Clock;
-use crate::events::{Data, Event};
+use crate::events::{Data, Event, KernelCtx};
 use crate::http::{
     self, Framing, Head, MessageEnd, MessageEvent, MessageKind, RequestHead, ResponseHead,
     StreamParser,
@@ -156,6 +164,21 @@ pub struct Exchange {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     pub parent_is_remote: bool,
+    /// Trace context the kernel attached to the event that started the request, if any.
+    pub kernel_ctx: Option<KernelCtx>,
+}
+
+/// Where an exchange's initial trace id and parent came from (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParentSource {
+    /// No parent: a fresh trace (kernel-chosen or random ids).
+    None,
+    /// A `traceparent` header in the request.
+    Header,
+    /// The kernel: a TCP option from the calling side (`KernelCtx::remote_parent`).
+    KernelRemote,
+    /// The kernel: the server span the writing thread is handling (`KernelCtx::thread_parent`).
+    KernelThread,
 }
 
 /// The IP address in a tuple address array, IPv4-mapped IPv6 shown as IPv4.
@@ -171,15 +194,33 @@ fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
 }
 
 impl Exchange {
-    fn new(conn: &Conn, role: Role, request: RequestHead, first: Stamp) -> Self {
+    fn new(
+        conn: &Conn,
+        role: Role,
+        request: RequestHead,
+        first: Stamp,
+        kernel_ctx: Option<KernelCtx>,
+    ) -> Self {
         let kind = match role {
             Role::Client => SpanKind::Client,
             Role::Server => SpanKind::Server,
         };
-        let remote_parent = match kind {
-            SpanKind::Server => request.traceparent,
-            SpanKind::Client => None,
+        let kernel_trace = kernel_ctx.map(|k| k.trace_id).filter(|t| *t != [0; 16]).map(TraceId);
+        let (trace_id, parent_span_id, parent_is_remote) = match (request.traceparent, kernel_ctx) {
+            // Header on a server exchange: the caller, another process or host.
+            // Header on a client exchange: an instrumented caller in this process.
+            (Some(tp), _) => (tp.trace_id, Some(tp.parent_id), kind == SpanKind::Server),
+            (None, Some(k)) => (
+                kernel_trace.unwrap_or_else(TraceId::random),
+                k.parent_id.filter(|p| *p != [0; 8]).map(SpanId),
+                k.remote_parent,
+            ),
+            (None, None) => (TraceId::random(), None, false),
         };
+        let span_id = kernel_ctx
+            .map(|k| k.span_id)
+            .filter(|s| *s != [0; 8])
+            .map_or_else(SpanId::random, SpanId);
         Self {
             kind,
             tgid: conn.tgid,
@@ -195,10 +236,28 @@ impl Exchange {
             response_last: None,
             response_body_size: None,
             response_desynced: false,
-            trace_id: remote_parent.map_or_else(TraceId::random, |tp| tp.trace_id),
-            span_id: SpanId::random(),
-            parent_span_id: remote_parent.map(|tp| tp.parent_id),
-            parent_is_remote: remote_parent.is_some(),
+            trace_id,
+            span_id,
+            parent_span_id,
+            parent_is_remote: parent_span_id.is_some() && parent_is_remote,
+            kernel_ctx,
+        }
+    }
+
+    /// Where the initial trace id and parent came from.
+    pub fn parent_source(&self) -> ParentSource {
+        if self.request.traceparent.is_some() {
+            return ParentSource::Header;
+        }
+        match self.kernel_ctx {
+            Some(k) if k.parent_id.is_some_and(|p| p != [0; 8]) => {
+                if k.remote_parent {
+                    ParentSource::KernelRemote
+                } else {
+                    ParentSource::KernelThread
+                }
+            }
+            _ => ParentSource::None,
         }
     }
 
@@ -368,6 +427,9 @@ struct Conn {
     target: Target,
     /// Sequence number of the exchange whose request is still arriving.
     open_request: Option<u64>,
+    /// Kernel trace context of the last request-direction event that had one, until a request
+    /// head that started with that event takes it.
+    pending_ctx: Option<(Stamp, KernelCtx)>,
     next_seq: u64,
     last_activity_ns: u64,
 }
@@ -386,6 +448,7 @@ impl Conn {
             in_flight: VecDeque::new(),
             target: Target::None,
             open_request: None,
+            pending_ctx: None,
             next_seq: 0,
             last_activity_ns: now_ns,
         }
@@ -432,6 +495,9 @@ impl Conn {
         };
         let mut evs = Vec::new();
         if carries_requests {
+            if let Some(ctx) = d.ctx {
+                self.pending_ctx = Some((stamp, ctx));
+            }
             self.requests.feed(&d.head, &d.tail, u64::from(d.len), stamp, &mut evs);
             self.request_events(evs, cx);
         } else {
@@ -455,7 +521,16 @@ impl Conn {
                     }
                     self.responses.expect_response(req.response_hint());
                     let role = self.role.unwrap_or(Role::Server);
-                    let ex = Exchange::new(self, role, req, first);
+                    // The kernel's ids belong to the request that starts with the event carrying
+                    // them; of requests pipelined in one event, the first.
+                    let ctx = match self.pending_ctx {
+                        Some((stamp, ctx)) if stamp == first => {
+                            self.pending_ctx = None;
+                            Some(ctx)
+                        }
+                        _ => None,
+                    };
+                    let ex = Exchange::new(self, role, req, first, ctx);
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     self.open_request = Some(seq);
@@ -551,6 +626,7 @@ impl Conn {
         self.responses.clear_hints();
         self.target = Target::None;
         self.open_request = None;
+        self.pending_ctx = None;
         n
     }
 
@@ -1256,11 +1332,16 @@ mod tests {
         assert_eq!(s.span_id, in_flight[0].span_id, "ids are fixed when the request is seen");
         assert!(s.attr("traceparent").is_none());
 
-        // Client spans never take the header's ids; invalid headers are ignored.
+        // A client span joins the trace of an instrumented caller in the same process: the
+        // header's span is its (local) parent. Invalid headers are ignored.
         let mut sim = Sim::new();
         sim.write(1, 2, b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
         sim.read(3, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(sim.take()[0].parent_span_id, None);
+        let s = &sim.take()[0];
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.parent_span_id.map(|p| p.to_string()).as_deref(), Some("00f067aa0ba902b7"));
+        assert!(!s.parent_is_remote);
+        assert_ne!(s.span_id.to_string(), "00f067aa0ba902b7");
         let mut sim = Sim::new();
         sim.read(1, 2, b"GET / HTTP/1.1\r\ntraceparent: 00-zz-00f067aa0ba902b7-01\r\n\r\n");
         sim.write(3, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -1435,5 +1516,93 @@ mod tests {
         let span = ex.to_span(asm.clock());
         assert_eq!(span.parent_span_id, Some(parent));
         assert_eq!(span.start, UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(20));
+    }
+
+    fn with_ctx(mut ev: Event, ctx: KernelCtx) -> Event {
+        if let Event::Data(d) = &mut ev {
+            d.ctx = Some(ctx);
+        }
+        ev
+    }
+
+    fn kctx(trace: u8, span: u8, parent: Option<u8>, remote: bool, thread: bool) -> KernelCtx {
+        KernelCtx {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            parent_id: parent.map(|p| [p; 8]),
+            remote_parent: remote,
+            thread_parent: thread,
+        }
+    }
+
+    #[test]
+    fn kernel_ctx_sets_ids() {
+        // Server request with a remote parent from a TCP option, headers split over two reads:
+        // the ids come from the event that carried the first byte.
+        let mut sim = Sim::new();
+        let ctx = kctx(0xaa, 0x11, Some(0x22), true, false);
+        sim.ev(with_ctx(data_on(FD, v4_tuple(), false, 1, 2, b"GET /a HTTP/1.1\r\n"), ctx));
+        sim.read(3, 4, b"Host: x\r\n\r\n");
+        let in_flight: Vec<_> = sim.asm.in_flight().cloned().collect();
+        assert_eq!(in_flight[0].kernel_ctx, Some(ctx));
+        assert_eq!(in_flight[0].parent_source(), ParentSource::KernelRemote);
+        sim.write(5, 6, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let s = &sim.take()[0];
+        assert_eq!((s.trace_id, s.span_id), (TraceId([0xaa; 16]), SpanId([0x11; 8])));
+        assert_eq!((s.parent_span_id, s.parent_is_remote), (Some(SpanId([0x22; 8])), true));
+
+        // Client request on a thread handling a server request: thread parent, local.
+        let mut sim = Sim::new();
+        let ctx = kctx(0xbb, 0x33, Some(0x44), false, true);
+        sim.ev(with_ctx(data_on(FD, v4_tuple(), true, 1, 2, b"GET /b HTTP/1.1\r\n\r\n"), ctx));
+        sim.read(3, 4, b"HTTP/1.1 204 No Content\r\n\r\n");
+        let s = &sim.take()[0];
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!((s.trace_id, s.span_id), (TraceId([0xbb; 16]), SpanId([0x33; 8])));
+        assert_eq!((s.parent_span_id, s.parent_is_remote), (Some(SpanId([0x44; 8])), false));
+
+        // No parent: a root with the kernel's ids. Pipelined requests in the same read: only
+        // the first takes the kernel's ids.
+        let mut sim = Sim::new();
+        let ctx = kctx(0xcc, 0x55, None, false, false);
+        sim.ev(with_ctx(
+            data_on(FD, v4_tuple(), false, 1, 2, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+            ctx,
+        ));
+        sim.write(3, 4, b"HTTP/1.1 204 A\r\n\r\nHTTP/1.1 204 B\r\n\r\n");
+        let spans = sim.take();
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].trace_id, spans[0].span_id), (TraceId([0xcc; 16]), SpanId([0x55; 8])));
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_ne!(spans[1].span_id, SpanId([0x55; 8]));
+        assert_ne!(spans[1].trace_id, TraceId([0xcc; 16]));
+
+        // A context on an event that starts no request (a body) is not used by a later head.
+        let mut sim = Sim::new();
+        sim.read(1, 2, b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\n");
+        sim.ev(with_ctx(data_on(FD, v4_tuple(), false, 3, 4, b"abc"), ctx));
+        sim.write(5, 6, b"HTTP/1.1 204 A\r\n\r\n");
+        sim.read(7, 8, b"GET /q HTTP/1.1\r\n\r\n");
+        sim.write(9, 10, b"HTTP/1.1 204 A\r\n\r\n");
+        assert!(sim.take().iter().all(|s| s.span_id != SpanId([0x55; 8])));
+    }
+
+    #[test]
+    fn traceparent_wins_over_kernel_ctx() {
+        let tp = b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        for egress in [false, true] {
+            let mut sim = Sim::new();
+            let ctx = kctx(0xaa, 0x11, Some(0x22), !egress, egress);
+            sim.ev(with_ctx(data_on(FD, v4_tuple(), egress, 1, 2, tp), ctx));
+            sim.ev(data_on(FD, v4_tuple(), !egress, 3, 4, b"HTTP/1.1 204 A\r\n\r\n"));
+            let s = &sim.take()[0];
+            assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(s.span_id, SpanId([0x11; 8]), "the span id stays the kernel's");
+            assert_eq!(
+                s.parent_span_id.map(|p| p.to_string()).as_deref(),
+                Some("00f067aa0ba902b7")
+            );
+            assert_eq!(s.parent_is_remote, !egress);
+        }
     }
 }

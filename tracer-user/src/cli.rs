@@ -23,6 +23,15 @@ pub enum Command {
     Doctor,
 }
 
+/// Propagation mode; see `RunArgs::propagation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Propagation {
+    Off,
+    #[default]
+    SameHost,
+    On,
+}
+
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
     /// Trace this process id (repeatable).
@@ -34,6 +43,12 @@ pub struct RunArgs {
     /// Trace processes listening on this TCP port (repeatable).
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
+    /// How trace context crosses process boundaries: `off` (nothing on the wire; in-process
+    /// links and incoming `traceparent` headers only), `same-host` (also match the client and
+    /// server sides of a TCP connection on this host; nothing on the wire), `on` (also carry the
+    /// context to other hosts in a TCP header option; the payload is never changed).
+    #[arg(long, value_enum, default_value_t = Propagation::SameHost, env = "TRACER_PROPAGATION")]
+    pub propagation: Propagation,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,

@@ -84,13 +84,6 @@ fn lockdown() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn cgroup2_root() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
-    })
-}
 
 /// Runs every check. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for some).
 pub fn run_checks() -> Report {
@@ -163,7 +156,7 @@ pub fn run_checks() -> Report {
         UProbeScope::CallingProcess
     )));
     check!("bpf_probe_write_user", "cap_write_user", UProbe, |p| p.load());
-    match cgroup2_root().map(std::fs::File::open) {
+    match crate::loader::cgroup2_root().map(std::fs::File::open) {
         Some(Ok(cg)) => check!("sockops (cgroup v2)", "cap_sock_ops", SockOps, |p| p
             .load()
             .and_then(|()| p.attach(&cg, CgroupAttachMode::Single))),

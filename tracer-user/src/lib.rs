@@ -12,4 +12,5 @@ pub mod loader;
 pub mod process;
 pub mod http;
 pub mod assembler;
+pub mod correlate;
 pub mod run;

@@ -4,7 +4,7 @@ use crate::kernel;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, SockOps, TracePoint},
 };
 use std::path::Path;
 use tracer_common::{COUNTERS, SockOffsets, TpOffsets};
@@ -28,6 +28,10 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("propagation `on` needs a cgroup v2 mount (none in /proc/self/mounts)")]
+    NoCgroup2,
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup { path: std::path::PathBuf, #[source] source: std::io::Error },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -58,12 +62,16 @@ pub struct Probes {
 pub struct Maps {
     pub traced: BpfHashMap<MapData, u32, u8>,
     pub excluded: BpfHashMap<MapData, u32, u8>,
+    /// Processes whose client requests are not linked through their thread (Go, event loops).
+    pub no_thread_link: BpfHashMap<MapData, u32, u8>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
 impl Probes {
-    /// Loads the object with globals for this kernel and attaches every program.
-    pub fn load(scope: Scope) -> Result<Self, LoadError> {
+    /// Loads the object with globals for this kernel and attaches every program. With
+    /// `propagation` = `PROPAGATION_ON` the sockops program that carries trace context in a TCP
+    /// option is attached to the cgroup v2 root.
+    pub fn load(scope: Scope, propagation: u32) -> Result<Self, LoadError> {
         let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
         let tracefs = kernel::tracefs()?;
         let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
@@ -72,6 +80,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &agent, true)
             .override_global("TRACE_ALL", &all, true)
+            .override_global("PROPAGATION", &propagation, true)
             .override_global("SOCK_OFF", &sock, true)
             .override_global("TP_OFF", &tp, true)
             .load(EBPF_OBJECT)
@@ -106,9 +115,9 @@ impl Probes {
         };
         // Order matters: exits and the socket tracepoints before enters, so no syscall is stashed
         // without a program to finish it.
-        // `iov_step` runs only as a tail call from `sys_exit_data` (one iovec per run).
+        // `emit_step` runs only as a tail call from `sys_exit_data` (one chunk per run).
         {
-            let program = "iov_step";
+            let program = "emit_step";
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(LoadError::Program {
@@ -140,6 +149,25 @@ impl Probes {
         attach(&mut ebpf, "sched_process_fork", &[("sched", "sched_process_fork".into())])?;
         attach(&mut ebpf, "sched_process_exec", &[("sched", "sched_process_exec".into())])?;
         attach(&mut ebpf, "sched_process_exit", &[("sched", "sched_process_exit".into())])?;
+        if propagation == tracer_common::PROPAGATION_ON {
+            let root = cgroup2_root().ok_or(LoadError::NoCgroup2)?;
+            let cg = std::fs::File::open(&root)
+                .map_err(|source| LoadError::Cgroup { path: root.clone(), source })?;
+            let program = "tracer_sockops";
+            let prog: &mut SockOps = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::Program {
+                    program,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            // Attached through a BPF link: cgroup links coexist with other agents' programs.
+            prog.attach(&cg, CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { program, source })?;
+            attached += 1;
+        }
         Ok(Self { ebpf, attached })
     }
 
@@ -156,6 +184,7 @@ impl Probes {
         Ok((events, Maps {
             traced: take(&mut self.ebpf, "TRACED")?,
             excluded: take(&mut self.ebpf, "EXCLUDED")?,
+            no_thread_link: take(&mut self.ebpf, "NO_THREAD_LINK")?,
             counters: take(&mut self.ebpf, "COUNTER")?,
         }))
     }
@@ -181,4 +210,14 @@ impl Maps {
             not_http: sum(tracer_common::COUNTER_NOT_HTTP),
         }
     }
+}
+
+/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified`
+/// on hybrid layouts).
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
+    })
 }

@@ -8,6 +8,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Whether an executable is a Go program (it has Go's build-info or pcln sections).
+pub fn is_go_binary(path: &Path) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    // Reads only the headers it needs: executables can be hundreds of megabytes.
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    let cache = object::read::ReadCache::new(f);
+    let Ok(file) = object::File::parse(&cache) else { return false };
+    file.sections()
+        .any(|s| matches!(s.name(), Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")))
+}
+
 /// What /proc tells about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -166,6 +177,10 @@ impl ProcessCache {
         r
     }
 
+    pub fn contains(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
     /// Re-reads a process after exec.
     pub fn refresh(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
@@ -222,6 +237,14 @@ mod tests {
             parse_resource_attributes("a=1,,=x,noeq,b=%zz,c=%41"),
             vec![("a".into(), "1".into()), ("b".into(), "%zz".into()), ("c".into(), "A".into())]
         );
+    }
+
+    #[test]
+    fn tells_go_binaries() {
+        // The test binary itself is Rust; /bin/sh is C. A Go binary is checked end to end.
+        assert!(!is_go_binary(&std::env::current_exe().unwrap()));
+        assert!(!is_go_binary(Path::new("/bin/sh")));
+        assert!(!is_go_binary(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! `tracer run`: the agent's main loop.
 //!
 //! The ring buffer is read on a tokio task through `AsyncFd`; each record is copied once into a
-//! `Bytes` and decoded; the assembler turns events into spans, which go to the exporter through a
-//! bounded, non-blocking queue. Discovery keeps the kernel's set of traced processes up to date.
+//! `Bytes` and decoded; the assembler turns events into exchanges, the correlator links them into
+//! traces and, after a short hold, into spans, which go to the exporter through a bounded,
+//! non-blocking queue. Discovery keeps the kernel's set of traced processes up to date.
 
 use crate::{
-    assembler::Assembler,
+    assembler::{Assembler, Exchange},
     clock::Clock,
+    correlate::Correlator,
     cli::RunArgs,
     discovery::{self, Selector},
     events::{self, Event},
@@ -27,6 +29,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 const PROC: &str = "/proc";
+/// How long a completed exchange waits for the links to its relatives before it is exported.
+const CORRELATION_HOLD: Duration = Duration::from_secs(1);
 
 /// Keeps the kernel's `TRACED` map in line with the user's selection.
 struct Discovery {
@@ -80,7 +84,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let selector = Selector::new(&args.pids, &args.exes, &args.ports)?;
     let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
     let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
-    let mut probes = Probes::load(scope).context("loading the kernel programs (see `tracer doctor`)")?;
+    let mut probes = Probes::load(scope, match args.propagation {
+        crate::cli::Propagation::Off => tracer_common::PROPAGATION_OFF,
+        crate::cli::Propagation::SameHost => tracer_common::PROPAGATION_SAME_HOST,
+        crate::cli::Propagation::On => tracer_common::PROPAGATION_ON,
+    }).context("loading the kernel programs (see `tracer doctor`)")?;
     let (events_ring, mut maps) = probes.take_maps()?;
     info!("{} tracepoints attached; tracing {}", probes.attached, match scope {
         Scope::All => "every process".to_string(),
@@ -99,6 +107,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let clock = Clock::now();
     let mut assembler = Assembler::new(clock);
+    let mut correlator = Correlator::new(args.propagation, CORRELATION_HOLD);
+    let mut exchanges: Vec<Exchange> = Vec::with_capacity(64);
     let mut processes = ProcessCache::new(PROC);
     let mut spans: Vec<SpanRecord> = Vec::with_capacity(256);
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
@@ -127,22 +137,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                       processes: &mut ProcessCache,
                       discovery: &mut Discovery,
                       maps: &mut Maps,
-                      spans: &mut Vec<SpanRecord>,
+                      exchanges: &mut Vec<Exchange>,
                       exited: &mut VecDeque<(Instant, u32)>| {
         match &ev {
             Event::Data(d) => {
                 // Read the process while it is surely alive.
-                let _ = processes.get(d.tgid);
+                if !processes.contains(d.tgid) {
+                    let _ = processes.get(d.tgid);
+                    mark_runtime(maps, d.tgid);
+                }
             }
             Event::Exec { tgid, .. } => {
                 processes.refresh(*tgid);
+                let _ = maps.no_thread_link.remove(tgid);
                 if scope == Scope::Selected {
                     discovery.consider(maps, *tgid);
                 }
             }
             _ => {}
         }
-        assembler.on_event(&ev, spans);
+        assembler.on_event_exchanges(&ev, exchanges);
         if let Event::Exit { tgid, .. } = ev {
             discovery.traced.remove(&tgid);
             exited.push_back((Instant::now(), tgid));
@@ -158,7 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     let rec = Bytes::copy_from_slice(&item);
                     drop(item);
                     match events::decode(&rec) {
-                        Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut spans, &mut exited),
+                        Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited),
                         Err(e) => {
                             decode_errors += 1;
                             debug!("dropping undecodable event: {e}");
@@ -166,10 +180,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
                 guard.clear_ready();
+                let now = Clock::mono_now_ns();
+                correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
                 export_spans(&exporter, &mut processes, &mut spans);
             }
             _ = tick.tick() => {
-                assembler.on_tick(Clock::mono_now_ns(), &mut spans);
+                let now = Clock::mono_now_ns();
+                assembler.on_tick_exchanges(now, &mut exchanges);
+                correlator.observe_in_flight(assembler.in_flight());
+                correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
                 export_spans(&exporter, &mut processes, &mut spans);
                 while exited.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(30)) {
                     if let Some((_, pid)) = exited.pop_front() {
@@ -182,6 +201,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let k = maps.counters();
                 let e = exporter.stats();
                 debug!("kernel events={} lost={} not_http={}; decode_errors={decode_errors}; export {e:?}", k.events, k.lost, k.not_http);
+                debug!("assembler {:?}; correlator {:?}", assembler.stats(), correlator.stats());
                 if k.lost > 0 {
                     warn!("{} events lost in the kernel (ring buffer full)", k.lost);
                 }
@@ -199,18 +219,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let rec = Bytes::copy_from_slice(&item);
             drop(item);
             if let Ok(ev) = events::decode(&rec) {
-                handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut spans, &mut exited);
+                handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited);
             }
         }
     }
     drop(ring);
     drop(probes);
-    assembler.flush(&mut spans);
+    assembler.flush_exchanges(&mut exchanges);
+    let now = Clock::mono_now_ns();
+    correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
+    correlator.flush(&clock, &mut spans);
     export_spans(&exporter, &mut processes, &mut spans);
     let k = maps.counters();
     exporter.shutdown().await;
     info!("stopped; kernel events={} lost={}", k.events, k.lost);
     Ok(())
+}
+
+/// Hands completed exchanges to the correlator and collects the spans whose hold is over.
+fn correlate(
+    correlator: &mut Correlator,
+    exchanges: &mut Vec<Exchange>,
+    now_mono_ns: u64,
+    clock: &Clock,
+    spans: &mut Vec<SpanRecord>,
+) {
+    for ex in exchanges.drain(..) {
+        correlator.push(ex, now_mono_ns);
+    }
+    correlator.poll(now_mono_ns, clock, spans);
+}
+
+/// Go programs run requests on goroutines, not threads: the kernel must not link their client
+/// requests through the thread that read a server request.
+fn mark_runtime(maps: &mut Maps, pid: u32) {
+    let exe = std::path::Path::new(PROC).join(pid.to_string()).join("exe");
+    if crate::process::is_go_binary(&exe) {
+        if let Err(e) = maps.no_thread_link.insert(&pid, &1, 0) {
+            debug!("cannot mark pid {pid} as a Go program: {e}");
+        }
+    }
 }
 
 fn export_spans(exporter: &export::ExportHandle, processes: &mut ProcessCache, spans: &mut Vec<SpanRecord>) {

@@ -1,5 +1,5 @@
-//! Golden tests: recorded event streams go through the ring-buffer decoder and the assembler, and
-//! the spans that come out are compared with expected text.
+//! Golden tests: recorded event streams go through the ring-buffer decoder, the assembler and the
+//! correlator, and the spans that come out are compared with expected text.
 //!
 //! # `tests/golden/NAME.events`
 //!
@@ -14,6 +14,7 @@
 //! close fd=3 at=300
 //! exit  at=400
 //! tick  at=5000000300
+//! propagation off
 //! ```
 //!
 //! * `data`: `in` (the traced process read the bytes) or `out` (it wrote them), `start=`/`end=`
@@ -22,42 +23,57 @@
 //!   it whenever bytes between head and tail were not captured), `sock=` (default derived from
 //!   tgid and fd), `local=`/`remote=` (`1.2.3.4:80` or `[::1]:80`; default the fd's last
 //!   `tuple` line, else 127.0.0.1:8080 and 127.0.0.1:50000), `role=client|server|unknown` (the
-//!   kernel's hint, default unknown), `sys=` (syscall number; default read/write).
+//!   kernel's hint, default unknown), `sys=` (syscall number; default read/write),
+//!   `ctx=TRACE/SPAN[/PARENT][/remote|/thread]` (kernel trace context: 32 and 16 hex digits, an
+//!   optional 16-digit parent, and whether the parent came over the wire or from the thread;
+//!   default none).
 //! * `conn`: `role=client|server|unknown`, `at=`. `close`: `at=`. `exit`: `at=`. `tick`: `at=`
-//!   runs the assembler's timeouts at that time.
+//!   runs the assembler's timeouts at that time, shows the correlator what is in flight and
+//!   emits the spans whose hold is over.
+//! * `propagation off|same-host|on`: the correlator's mode (default same-host); give it before
+//!   the first event.
 //! * Every event takes `tgid=` (default 1) and `tid=` (default the tgid); `fd=` defaults to 3.
 //!
-//! Each event is encoded as the kernel lays it out and decoded with `events::decode`. After the
-//! last line the assembler is flushed.
+//! Each event is encoded as the kernel lays it out and decoded with `events::decode`. Exchanges
+//! the assembler completes go to the correlator at the time of the event (its `end=` or `at=`);
+//! the correlator holds them one second. After the last line the assembler and the correlator
+//! are flushed.
 //!
 //! # `tests/golden/NAME.expected`
 //!
-//! The spans in emission order, then the assembler's counters:
+//! The spans in emission order, then the assembler's and the correlator's counters:
 //!
 //! ```text
 //! span 1: SERVER GET start=110 end=210 pid=1 status=UNSET
+//!   trace=T1 span=#1 parent=#2 remote
 //!   client.address = "10.0.0.2"
 //!   ...attributes sorted by key...
 //! stats: spans_emitted=1 parse_errors=0 ...
+//! correlator: received=1 emitted=1 ...
 //! ```
 //!
-//! Times are the events' monotonic ns (the clock maps monotonic zero to the Unix epoch). Random
-//! trace and span ids are omitted; a remote parent taken from `traceparent` is shown as a
-//! `trace=... parent=... remote` line. Run with `UPDATE_GOLDEN=1` to rewrite the expected files.
+//! Times are the events' monotonic ns (the clock maps monotonic zero to the Unix epoch). An id
+//! that appears (in hex) in the `.events` file, from `ctx=` or a `traceparent` header, is shown
+//! in hex; other (random) ids are shown as names: trace ids `T1`, `T2`, ... in order of first
+//! appearance, span ids `#N` for the N-th span of the output (`?` for a parent that is neither).
+//! `remote` marks a parent in another process or host. Run with `UPDATE_GOLDEN=1` to rewrite the
+//! expected files.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracer_common::{CloseEvent, ConnEvent, ConnTuple, EventHeader, EventKind, ProcEvent};
 use tracer_user::assembler::Assembler;
+use tracer_user::cli::Propagation;
 use tracer_user::clock::Clock;
-use tracer_user::events::{self, Data, Event};
-use tracer_user::model::{SpanKind, SpanRecord, SpanStatus};
+use tracer_user::correlate::Correlator;
+use tracer_user::events::{self, Data, Event, KernelCtx};
+use tracer_user::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
 
 /// One `key=value` or bare word.
 struct Word {
@@ -226,14 +242,55 @@ enum Step {
     Tick(u64),
 }
 
+/// A parsed `.events` file.
+struct Case {
+    mode: Propagation,
+    steps: Vec<Step>,
+}
+
+fn hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return Err(format!("{s}: want {} hex digits", 2 * N));
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| format!("{s}: not hex"))?;
+    }
+    Ok(out)
+}
+
+/// `TRACE/SPAN[/PARENT][/remote|/thread]`.
+fn kernel_ctx(s: &str) -> Result<KernelCtx, String> {
+    let mut parts = s.split('/');
+    let trace_id = hex::<16>(parts.next().unwrap_or_default())?;
+    let span_id = hex::<8>(parts.next().ok_or("ctx needs TRACE/SPAN")?)?;
+    let mut k = KernelCtx {
+        trace_id,
+        span_id,
+        parent_id: None,
+        remote_parent: false,
+        thread_parent: false,
+    };
+    for p in parts {
+        match p {
+            "remote" => k.remote_parent = true,
+            "thread" => k.thread_parent = true,
+            _ if k.parent_id.is_none() => k.parent_id = Some(hex::<8>(p)?),
+            _ => return Err(format!("ctx: unexpected {p}")),
+        }
+    }
+    Ok(k)
+}
+
 /// Parses an `.events` file into decoded events.
-fn parse_events(text: &str) -> Result<Vec<Step>, String> {
+fn parse_events(text: &str) -> Result<Case, String> {
     let default_tuple = tuple(
         "127.0.0.1:8080".parse().map_err(|_| "bad default")?,
         "127.0.0.1:50000".parse().map_err(|_| "bad default")?,
     )?;
     let mut tuples: HashMap<(u32, i32), ConnTuple> = HashMap::new();
     let mut steps = Vec::new();
+    let mut mode = Propagation::SameHost;
     for (n, line) in text.lines().enumerate() {
         let err = |e: String| format!("line {}: {e}", n + 1);
         let mut ws = words(line).map_err(err)?;
@@ -241,6 +298,16 @@ fn parse_events(text: &str) -> Result<Vec<Step>, String> {
             continue;
         }
         let verb = ws.remove(0).key;
+        if verb == "propagation" {
+            let word = ws.first().filter(|_| ws.len() == 1 && ws[0].value.is_none());
+            mode = match word.map(|w| w.key.as_str()) {
+                Some("off") => Propagation::Off,
+                Some("same-host") => Propagation::SameHost,
+                Some("on") => Propagation::On,
+                _ => return Err(err("propagation off|same-host|on".into())),
+            };
+            continue;
+        }
         let mut f = Fields::new(ws).map_err(err)?;
         let tgid = f.num("tgid").map_err(err)?.unwrap_or(1) as u32;
         let tid = f.num("tid").map_err(err)?.map_or(tgid, |t| t as u32);
@@ -288,7 +355,13 @@ fn parse_events(text: &str) -> Result<Vec<Step>, String> {
                         |s| s as u8,
                     ),
                     role: f.role().map_err(err)?,
-                    ctx: None,
+                    ctx: f
+                        .text("ctx")
+                        .map_err(err)?
+                        .as_deref()
+                        .map(kernel_ctx)
+                        .transpose()
+                        .map_err(err)?,
                     len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
                     head: Bytes::from(head),
                     tail: Bytes::from(tail),
@@ -326,15 +399,57 @@ fn parse_events(text: &str) -> Result<Vec<Step>, String> {
             steps.push(Step::Event(ev));
         }
     }
-    Ok(steps)
+    Ok(Case { mode, steps })
 }
 
 fn ns(t: std::time::SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
-fn render(spans: &[SpanRecord], asm: &Assembler) -> String {
+/// Names for ids: hex when the `.events` file has them, else `T<n>` / `#<n>`.
+struct Names {
+    text: String,
+    traces: Vec<TraceId>,
+    spans: HashMap<SpanId, usize>,
+}
+
+impl Names {
+    fn new(text: &str, spans: &[SpanRecord]) -> Self {
+        Self {
+            text: text.to_ascii_lowercase(),
+            traces: Vec::new(),
+            spans: spans.iter().enumerate().map(|(i, s)| (s.span_id, i + 1)).collect(),
+        }
+    }
+
+    fn trace(&mut self, t: TraceId) -> String {
+        let hex = t.to_string();
+        if self.text.contains(&hex) {
+            return hex;
+        }
+        let n = match self.traces.iter().position(|x| *x == t) {
+            Some(i) => i + 1,
+            None => {
+                self.traces.push(t);
+                self.traces.len()
+            }
+        };
+        format!("T{n}")
+    }
+
+    fn span(&self, s: SpanId) -> String {
+        let hex = s.to_string();
+        if self.text.contains(&hex) {
+            hex
+        } else {
+            self.spans.get(&s).map_or_else(|| "?".to_owned(), |n| format!("#{n}"))
+        }
+    }
+}
+
+fn render(text: &str, spans: &[SpanRecord], asm: &Assembler, corr: &Correlator) -> String {
     let mut out = String::new();
+    let mut names = Names::new(text, spans);
     for (i, s) in spans.iter().enumerate() {
         let kind = match s.kind {
             SpanKind::Server => "SERVER",
@@ -353,10 +468,12 @@ fn render(spans: &[SpanRecord], asm: &Assembler) -> String {
             ns(s.end),
             s.pid
         );
+        let _ = write!(out, "  trace={} span={}", names.trace(s.trace_id), names.span(s.span_id));
         if let Some(parent) = s.parent_span_id {
             let remote = if s.parent_is_remote { " remote" } else { "" };
-            let _ = writeln!(out, "  trace={} parent={parent}{remote}", s.trace_id);
+            let _ = write!(out, " parent={}{remote}", names.span(parent));
         }
+        out.push('\n');
         let mut attrs: Vec<_> = s.attributes.iter().map(|a| (a.key, a.value.to_string())).collect();
         attrs.sort();
         for (k, v) in attrs {
@@ -375,22 +492,68 @@ fn render(spans: &[SpanRecord], asm: &Assembler) -> String {
         st.expired_requests,
         st.unmatched_responses
     );
+    let c = corr.stats();
+    let _ = writeln!(
+        out,
+        "correlator: received={} emitted={} thread_links={} pairs={} pair_conflicts={} unpaired={} held_longer={} forced={} late_links={} evictions={} id_collisions={}",
+        c.received,
+        c.emitted,
+        c.thread_links,
+        c.pairs,
+        c.pair_conflicts,
+        c.unpaired,
+        c.held_longer,
+        c.forced,
+        c.late_links,
+        c.evictions,
+        c.id_collisions
+    );
     out
+}
+
+/// When an event happened, for the correlator's clock.
+fn event_time(ev: &Event) -> u64 {
+    match ev {
+        Event::Data(d) => d.end_ns,
+        Event::Close { ts_ns, .. }
+        | Event::Conn { ts_ns, .. }
+        | Event::Exec { ts_ns, .. }
+        | Event::Exit { ts_ns, .. } => *ts_ns,
+    }
 }
 
 fn run(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let steps = parse_events(&text)?;
-    let mut asm = Assembler::new(Clock::fixed(UNIX_EPOCH));
+    let case = parse_events(&text)?;
+    let clock = Clock::fixed(UNIX_EPOCH);
+    let mut asm = Assembler::new(clock);
+    let mut corr = Correlator::new(case.mode, Duration::from_secs(1));
+    let mut exchanges = Vec::new();
     let mut spans = Vec::new();
-    for step in &steps {
+    let mut now = 0;
+    for step in &case.steps {
         match step {
-            Step::Event(ev) => asm.on_event(ev, &mut spans),
-            Step::Tick(at) => asm.on_tick(*at, &mut spans),
+            Step::Event(ev) => {
+                now = now.max(event_time(ev));
+                asm.on_event_exchanges(ev, &mut exchanges);
+            }
+            Step::Tick(at) => {
+                now = now.max(*at);
+                asm.on_tick_exchanges(*at, &mut exchanges);
+                corr.observe_in_flight(asm.in_flight());
+            }
         }
+        for ex in exchanges.drain(..) {
+            corr.push(ex, now);
+        }
+        corr.poll(now, &clock, &mut spans);
     }
-    asm.flush(&mut spans);
-    Ok(render(&spans, &asm))
+    asm.flush_exchanges(&mut exchanges);
+    for ex in exchanges.drain(..) {
+        corr.push(ex, now);
+    }
+    corr.flush(&clock, &mut spans);
+    Ok(render(&text, &spans, &asm, &corr))
 }
 
 fn first_difference(want: &str, got: &str) -> String {

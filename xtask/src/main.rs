@@ -78,7 +78,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
