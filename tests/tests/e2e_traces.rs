@@ -192,6 +192,15 @@ fn chain_across_two_hosts_with_two_agents() {
         .filter(|t| check_chain(t, ["edge-py", "orders-java", "stock-go"]).is_ok())
         .count();
     eprintln!("two hosts: {complete}/{n} complete traces across both exports");
+    let a_clients: std::collections::BTreeSet<_> =
+        s1.iter().filter(|s| s.kind == SpanKind::Client).map(|s| s.span_id.clone()).collect();
+    let b_servers: Vec<_> =
+        s2.iter().filter(|s| s.kind == SpanKind::Server && s.service_name() == Some("orders-java")).collect();
+    let linked = b_servers
+        .iter()
+        .filter(|s| s.parent_span_id.as_ref().is_some_and(|p| a_clients.contains(p)))
+        .count();
+    eprintln!("two hosts: {linked}/{} server spans on host 2 have their host-1 client as parent", b_servers.len());
     let t1: std::collections::BTreeSet<_> = s1.iter().map(|s| s.trace_id.clone()).collect();
     let t2: std::collections::BTreeSet<_> = s2.iter().map(|s| s.trace_id.clone()).collect();
     assert_eq!(t1.len(), n);

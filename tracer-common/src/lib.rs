@@ -141,8 +141,9 @@ pub struct TraceCtx {
     pub ts_ns: u64,
 }
 
-/// IPv4 connection key shared by the socket tracepoints and sockops: addresses as they appear in
-/// memory (network order), ports in host order. IPv6 sockets are not keyed (no propagation).
+/// Connection key shared by the socket tracepoints and sockops: IPv4 addresses (or the low 32 bits
+/// of IPv6 ones, which hold the IPv4 address of v4-mapped sockets) as they appear in memory
+/// (network order), ports in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TupleKey {

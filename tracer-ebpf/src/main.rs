@@ -463,7 +463,7 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
     if s.idx == 0 {
         // SAFETY: reads through the probe helper.
         unsafe { read_tuple(s.args.sk, &mut s.tuple) };
-        if s.tuple.family == 2 {
+        if inet(s.tuple.family) {
             let key = tuple_key(&s.tuple);
             let _ = CONN_TUPLE.insert(&conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, 0);
         }
@@ -600,14 +600,22 @@ fn random_bytes8() -> [u8; 8] {
     v.to_ne_bytes()
 }
 
+/// Connection key: IPv4 addresses, or the low 32 bits of IPv6 ones (which hold the IPv4 address
+/// of the v4-mapped sockets dual-stack servers such as Java's use); ports complete the key.
 #[inline(always)]
 fn tuple_key(t: &ConnTuple) -> TupleKey {
+    let o = if t.family == 10 { 12 } else { 0 };
     TupleKey {
-        local_addr: [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]],
-        remote_addr: [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]],
+        local_addr: [t.saddr[o], t.saddr[o + 1], t.saddr[o + 2], t.saddr[o + 3]],
+        remote_addr: [t.daddr[o], t.daddr[o + 1], t.daddr[o + 2], t.daddr[o + 3]],
         local_port: t.sport,
         remote_port: t.dport,
     }
+}
+
+#[inline(always)]
+fn inet(family: u16) -> bool {
+    family == 2 || family == 10
 }
 
 #[inline(always)]
@@ -660,7 +668,7 @@ fn request_context(
 ) {
     let response = magic == b"HTTP";
     let key = tuple_key(tuple);
-    let v4 = tuple.family == 2;
+    let v4 = inet(tuple.family);
     if direction == DIR_INGRESS {
         if response {
             // A client got its response: its context no longer needs to travel.
@@ -704,9 +712,22 @@ fn request_context(
 /// Key of a sockops socket, oriented like `tuple_key` (local = this socket's end).
 #[inline(always)]
 fn sockops_key(ops: &SockOpsContext) -> TupleKey {
+    // Every field is loaded unconditionally and volatile: the verifier rejects a context load at a
+    // computed offset, which is what the compiler makes of a branch between two fields.
+    // SAFETY: reads of the sockops context the kernel passed in.
+    let (l4, r4, l6, r6) = unsafe {
+        let o = ops.ops;
+        (
+            core::ptr::read_volatile(&(*o).local_ip4),
+            core::ptr::read_volatile(&(*o).remote_ip4),
+            core::ptr::read_volatile(&(*o).local_ip6[3]),
+            core::ptr::read_volatile(&(*o).remote_ip6[3]),
+        )
+    };
+    let (local, remote) = if ops.family() == 10 { (l6, r6) } else { (l4, r4) };
     TupleKey {
-        local_addr: ops.local_ip4().to_ne_bytes(),
-        remote_addr: ops.remote_ip4().to_ne_bytes(),
+        local_addr: local.to_ne_bytes(),
+        remote_addr: remote.to_ne_bytes(),
         local_port: ops.local_port() as u16,
         remote_port: u32::from_be(ops.remote_port()) as u16,
     }
@@ -717,7 +738,7 @@ fn sockops_key(ops: &SockOpsContext) -> TupleKey {
 /// touched and no socket is put into a sockmap.
 #[sock_ops]
 pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
-    if ops.family() != 2 {
+    if ops.family() != 2 && ops.family() != 10 {
         return 1;
     }
     match ops.op() {
