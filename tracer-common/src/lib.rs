@@ -244,7 +244,11 @@ pub struct ConnState {
     pub proto: u8,
     /// One of the `ROLE_*` constants.
     pub role: u8,
-    pub _pad: [u8; 6],
+    /// While `PROTO_UNKNOWN`: the first bytes seen so far (fewer than four), so a request whose
+    /// first bytes arrive in several tiny reads is still classified on its first four bytes.
+    pub plen: u8,
+    pub prefix: [u8; 4],
+    pub _pad: u8,
 }
 
 /// Indices of the per-CPU counters map.

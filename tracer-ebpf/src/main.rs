@@ -199,6 +199,37 @@ fn ret(ctx: &TracePointContext) -> i64 {
     unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
 }
 
+/// Adds the first bytes of a transfer of `len` bytes (`magic`) to the connection's prefix and
+/// classifies it once four bytes are known. Returns the verdict (`PROTO_UNKNOWN` while fewer than
+/// four bytes were seen) and whether the prefix was used.
+#[inline(always)]
+fn join_prefix(state: &mut ConnState, magic: &[u8; 4], len: u64) -> (u8, bool) {
+    let have = state.plen as u64;
+    if have >= 4 {
+        return (PROTO_OTHER, true);
+    }
+    let mut p = state.prefix;
+    let mut n = have;
+    for i in 0..4u64 {
+        if i < len && n < 4 {
+            // Constant indices only: the verifier sees every access in bounds.
+            match n {
+                0 => p[0] = magic[i as usize & 3],
+                1 => p[1] = magic[i as usize & 3],
+                2 => p[2] = magic[i as usize & 3],
+                _ => p[3] = magic[i as usize & 3],
+            }
+            n += 1;
+        }
+    }
+    state.prefix = p;
+    state.plen = n as u8;
+    if n < 4 {
+        return (PROTO_UNKNOWN, true);
+    }
+    (if is_http_magic(p) { PROTO_HTTP1 } else { PROTO_OTHER }, true)
+}
+
 /// True when the first four bytes start an HTTP/1.x request or response.
 #[inline(always)]
 fn is_http_magic(b: [u8; 4]) -> bool {
@@ -352,11 +383,25 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     let magic = first_bytes(&a, iov);
     let http = is_http_magic(magic);
     if state.proto != PROTO_HTTP1 {
-        if http {
+        let (verdict, joined) = if state.proto == PROTO_UNKNOWN && (state.plen > 0 || len < 4) {
+            join_prefix(&mut state, &magic, len)
+        } else {
+            (if http { PROTO_HTTP1 } else { PROTO_OTHER }, false)
+        };
+        if verdict == PROTO_HTTP1 {
             state.proto = PROTO_HTTP1;
+            state.plen = 0;
             let _ = CONNS.insert(&key, &state, 0);
-        } else if state.proto == PROTO_UNKNOWN && len < 4 {
-            // Too short to tell; forward it so a request split into tiny writes is not lost.
+        } else if verdict == PROTO_UNKNOWN {
+            // Fewer than four bytes so far: remember them and forward this piece, so a request
+            // split into tiny writes is not lost.
+            let _ = CONNS.insert(&key, &state, 0);
+        } else if joined {
+            // The joined prefix is not HTTP.
+            state.proto = PROTO_OTHER;
+            let _ = CONNS.insert(&key, &state, 0);
+            bump(COUNTER_NOT_HTTP);
+            return 0;
         } else {
             if state.proto != PROTO_OTHER {
                 state.proto = PROTO_OTHER;
@@ -874,7 +919,7 @@ pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
         (fd as i32, ROLE_CLIENT)
     };
     let tgid = (pid_tgid >> 32) as u32;
-    let state = ConnState { proto: PROTO_UNKNOWN, role, _pad: [0; 6] };
+    let state = ConnState { proto: PROTO_UNKNOWN, role, plen: 0, prefix: [0; 4], _pad: 0 };
     let _ = CONNS.insert(&conn_key(tgid, fd), &state, 0);
     if let Some(mut e) = EVENTS.reserve::<ConnEvent>(0) {
         let p = e.as_mut_ptr();

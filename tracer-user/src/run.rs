@@ -231,8 +231,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     correlator.flush(&clock, &mut spans);
     export_spans(&exporter, &mut processes, &mut spans);
     let k = maps.counters();
-    exporter.shutdown().await;
-    info!("stopped; kernel events={} lost={}", k.events, k.lost);
+    let e = exporter.shutdown().await;
+    // One machine-readable summary line (the benchmark and the tests read it).
+    info!(
+        "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
+         spans_exported={} spans_dropped={} spans_failed={}",
+        k.events,
+        k.lost,
+        k.not_http,
+        e.exported,
+        e.dropped_queue_full + e.dropped_closed,
+        e.spans_failed
+    );
     Ok(())
 }
 
