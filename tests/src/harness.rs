@@ -317,3 +317,39 @@ impl Drop for TwoHosts {
         self.cleanup();
     }
 }
+
+/// A runtime for the in-process OTLP receiver; tests drive processes from their own thread.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// End-to-end tests load eBPF programs: without root they fail loudly rather than pass.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
+    assert!(
+        uid.split_whitespace().nth(2) == Some("0"),
+        "end-to-end tests load eBPF programs and must run as root (`cargo xtask e2e`)"
+    );
+}
+
+/// Agent environment exporting to the receiver over OTLP/gRPC.
+pub fn grpc_env(rx: &crate::receiver::Receiver) -> Vec<(&'static str, String)> {
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint())]
+}
+
+/// Agent environment exporting to the receiver over OTLP/HTTP (protobuf).
+pub fn http_env(rx: &crate::receiver::Receiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+    ]
+}
+
+pub fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}

@@ -11,45 +11,12 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::harness::{Agent, Service, curl, fixtures_bin, fixtures_src, run_ok};
+use tracer_tests::harness::{
+    Agent, Service, args, curl, fixtures_bin, fixtures_src, grpc_env, http_env, require_root, rt, run_ok,
+};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Requires root: say so loudly rather than pass.
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.to_owned()))
-        .unwrap_or_default();
-    assert!(
-        uid.split_whitespace().nth(2) == Some("0"),
-        "end-to-end tests load eBPF programs and must run as root (`cargo xtask e2e`)"
-    );
-}
-
-fn grpc_env(rx: &Receiver) -> Vec<(&'static str, String)> {
-    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint())]
-}
-
-fn http_env(rx: &Receiver) -> Vec<(&'static str, String)> {
-    vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
-    ]
-}
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
 
 fn str_attr<'a>(s: &'a ReceivedSpan, k: &str) -> Option<&'a str> {
     s.attr(k).and_then(|v| v.as_str())

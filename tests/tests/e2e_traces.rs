@@ -9,29 +9,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tracer_tests::harness::{
-    Agent, Service, TwoHosts, curl, encode, fixtures_bin, fixtures_src, python_bin, run_ok, wait_until,
+    Agent, Service, TwoHosts, args, curl, encode, fixtures_bin, fixtures_src, grpc_env, python_bin,
+    require_root, rt, run_ok, wait_until,
 };
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
-
-fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
-    assert!(uid.split_whitespace().nth(2) == Some("0"), "end-to-end tests must run as root");
-}
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn grpc_env(rx: &Receiver) -> Vec<(&'static str, String)> {
-    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint())]
-}
 
 fn by_trace(spans: &[ReceivedSpan]) -> BTreeMap<String, Vec<&ReceivedSpan>> {
     let mut m: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();

@@ -90,15 +90,7 @@ impl Probes {
                           program: &'static str,
                           points: &[(&'static str, String)]|
          -> Result<(), LoadError> {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::Program {
-                    program,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            let prog: &mut TracePoint = loaded(ebpf, program)?;
             for (category, name) in points {
                 prog.attach(category, name).map_err(|source| LoadError::Attach {
                     program,
@@ -118,15 +110,7 @@ impl Probes {
         // `emit_step` runs only as a tail call from `sys_exit_data` (one chunk per run).
         {
             let program = "emit_step";
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::Program {
-                    program,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            let prog: &mut TracePoint = loaded(&mut ebpf, program)?;
             let fd = prog.fd().map_err(|source| LoadError::Program { program, source })?.try_clone()
                 .map_err(|e| LoadError::Program { program, source: aya::programs::ProgramError::IOError(e) })?;
             let mut progs: ProgramArray<_> = ebpf
@@ -154,15 +138,7 @@ impl Probes {
             let cg = std::fs::File::open(&root)
                 .map_err(|source| LoadError::Cgroup { path: root.clone(), source })?;
             let program = "tracer_sockops";
-            let prog: &mut SockOps = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::Program {
-                    program,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            prog.load().map_err(|source| LoadError::Program { program, source })?;
+            let prog: &mut SockOps = loaded(&mut ebpf, program)?;
             // Attached through a BPF link: cgroup links coexist with other agents' programs.
             prog.attach(&cg, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { program, source })?;
@@ -209,6 +185,39 @@ impl Maps {
             lost: sum(tracer_common::COUNTER_LOST),
             not_http: sum(tracer_common::COUNTER_NOT_HTTP),
         }
+    }
+}
+
+/// A program of the object, converted to its type and loaded into the kernel.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut P, LoadError>
+where
+    P: LoadableProgram,
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut P = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::Program {
+            program,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program { program, source })?;
+    prog.load_program().map_err(|source| LoadError::Program { program, source })?;
+    Ok(prog)
+}
+
+/// Programs that load without further arguments.
+trait LoadableProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+impl LoadableProgram for TracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+impl LoadableProgram for SockOps {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
     }
 }
 
