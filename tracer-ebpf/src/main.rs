@@ -27,7 +27,7 @@ use aya_ebpf::{
         },
     },
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
@@ -579,8 +579,22 @@ fn emit_data(
         (*ev).captured = captured;
         (*ev).tail_len = tail;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     bump(COUNTER_EVENTS);
+}
+
+/// Bytes waiting in the ring buffer past which the reader is woken at once. Below it, data
+/// events do not wake the reader: the agent drains the ring on a short timer instead, so a busy
+/// server does not pay a wake-up (and the agent a context switch) per read and write.
+const WAKEUP_BYTES: u64 = 512 * 1024;
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// Copies the head and tail of a flat user buffer.
@@ -998,7 +1012,9 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
             (*p).ppid = 0;
             (*p)._pad = 0;
         }
-        e.submit(0);
+        // Exec must reach the agent at once (even past batched data events) so it can read
+        // the new program's identity while a short-lived process still exists.
+        e.submit(if kind == EventKind::Exec { BPF_RB_FORCE_WAKEUP as u64 } else { 0 });
     } else {
         bump(COUNTER_LOST);
     }

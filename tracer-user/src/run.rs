@@ -148,8 +148,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             Event::Exec { tgid, .. } => {
+                // Exec events wake the agent at once (data events are batched): read the new
+                // program's identity now, while even a short-lived process is still there.
                 processes.refresh(*tgid);
                 let _ = maps.no_thread_link.remove(tgid);
+                let _ = processes.get(*tgid);
+                mark_runtime(maps, *tgid);
                 if scope == Scope::Selected {
                     discovery.consider(maps, *tgid);
                 }
@@ -163,22 +167,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
 
+    // The kernel wakes the reader only when much data waits (see WAKEUP_BYTES in the kernel
+    // programs); between wake-ups the ring is drained on this short timer.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(20));
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    macro_rules! drain {
+        ($rb:expr) => {
+            while let Some(item) = $rb.next() {
+                let rec = Bytes::copy_from_slice(&item);
+                drop(item);
+                match events::decode(&rec) {
+                    Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited),
+                    Err(e) => {
+                        decode_errors += 1;
+                        debug!("dropping undecodable event: {e}");
+                    }
+                }
+            }
+        };
+    }
+
     loop {
         tokio::select! {
+            _ = drain_tick.tick() => {
+                drain!(ring.get_mut());
+                let now = Clock::mono_now_ns();
+                correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
+                export_spans(&exporter, &mut processes, &mut spans);
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    let rec = Bytes::copy_from_slice(&item);
-                    drop(item);
-                    match events::decode(&rec) {
-                        Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited),
-                        Err(e) => {
-                            decode_errors += 1;
-                            debug!("dropping undecodable event: {e}");
-                        }
-                    }
-                }
+                drain!(rb);
                 guard.clear_ready();
                 let now = Clock::mono_now_ns();
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
@@ -213,16 +233,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // Drain what the kernel already wrote, then flush.
-    {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            let rec = Bytes::copy_from_slice(&item);
-            drop(item);
-            if let Ok(ev) = events::decode(&rec) {
-                handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited);
-            }
-        }
-    }
+    drain!(ring.get_mut());
     drop(ring);
     drop(probes);
     assembler.flush_exchanges(&mut exchanges);
