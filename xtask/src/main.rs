@@ -4,6 +4,9 @@
 //! * `e2e`    – only the privileged end-to-end tests (real programs, real kernel, real services).
 //! * `fixtures` – build the test services (Go binaries) into target/fixtures.
 //! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
+//! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
+
+mod bench;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -30,6 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure the agent's overhead (needs root); writes docs/benchmarks.md and .svg.
+    Bench(bench::BenchArgs),
 }
 
 fn root() -> PathBuf {
@@ -171,5 +176,6 @@ fn main() -> anyhow::Result<()> {
         Task::E2e { filter } => e2e(&filter),
         Task::Fixtures => build_fixtures(),
         Task::Demo { args } => demo(args),
+        Task::Bench(args) => bench::bench(args),
     }
 }
