@@ -489,13 +489,6 @@ fn tail(path: &Path, lines: usize) -> String {
 const MAX_BACKGROUND_CPUS: f64 = 0.15;
 const RETRIES: u32 = 5;
 
-/// Busy, steal and elapsed time of the whole machine from /proc/stat, in seconds of CPU.
-#[derive(Clone, Copy)]
-struct MachineCpu {
-    busy: f64,
-    steal: f64,
-}
-
 fn clock_ticks_per_second() -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -505,74 +498,98 @@ fn clock_ticks_per_second() -> Result<f64> {
     Ok(hz as f64)
 }
 
-fn machine_cpu() -> Result<MachineCpu> {
+/// Steal time (what the hypervisor took) of the whole machine so far, in CPU seconds.
+fn machine_steal_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
-    // cpu user nice system idle iowait irq softirq steal guest guest_nice
-    let v: Vec<u64> = line
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line
         .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().with_context(|| format!("/proc/stat: {line:?}")))
-        .collect::<Result<_>>()?;
-    let field = |i: usize| v.get(i).copied().with_context(|| format!("/proc/stat: {line:?}"));
-    let hz = clock_ticks_per_second()?;
-    let busy = field(0)? + field(1)? + field(2)? + field(5)? + field(6)?;
-    Ok(MachineCpu { busy: busy as f64 / hz, steal: field(7)? as f64 / hz })
+        .nth(8)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no steal time in /proc/stat: {line:?}"))?;
+    Ok(steal as f64 / clock_ticks_per_second()?)
 }
 
-/// CPU seconds used by this process (all threads) and by its reaped children (wrk).
-fn own_cpu_seconds() -> Result<f64> {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr()) } != 0 {
-        bail!("getrusage: {}", std::io::Error::last_os_error());
+/// One pass over /proc: each process's parent and CPU seconds, its own plus its reaped
+/// children's (so processes that end between two passes are still counted, in their parent).
+///
+/// Per-process times are used because the machine-wide busy time in /proc/stat is sampled at
+/// the tick and, on this kind of VM, misses most of the short bursts a benchmark is made of.
+struct ProcScan {
+    at: Instant,
+    procs: std::collections::HashMap<u32, (u32, f64)>,
+}
+
+fn scan_procs() -> ProcScan {
+    let at = Instant::now();
+    let hz = clock_ticks_per_second().unwrap_or(100.0);
+    let mut procs = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            let (Some(ppid), Some(u), Some(s), Some(cu), Some(cs)) = (num(1), num(11), num(12), num(13), num(14)) else {
+                continue;
+            };
+            procs.insert(pid, (ppid as u32, (u + s + cu + cs) as f64 / hz));
+        }
     }
-    // SAFETY: initialised by the successful call above.
-    let ru = unsafe { ru.assume_init() };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(proc_cpu_seconds(std::process::id())? + tv(ru.ru_utime) + tv(ru.ru_stime))
+    ProcScan { at, procs }
 }
 
-/// Measures, over a phase, the CPU that processes other than the benchmark's own used: the
-/// machine's busy time minus this process, its reaped children and the given pids.
+/// CPU seconds used between two scans by processes that are neither in `ours` nor children of
+/// one of them.
+fn foreign_cpu_seconds(a: &ProcScan, b: &ProcScan, ours: &[u32]) -> f64 {
+    let is_ours = |pid: &u32, ppid: u32| ours.contains(pid) || ours.contains(&ppid);
+    let mut total = 0.0;
+    for (pid, &(ppid, cpu)) in &b.procs {
+        if !is_ours(pid, ppid) {
+            let before = a.procs.get(pid).map_or(0.0, |&(_, c)| c);
+            total += (cpu - before).max(0.0);
+        }
+    }
+    // A process that ended in between reappears, whole, in its parent's children time: take
+    // out the part it had used before the first scan.
+    for (pid, &(ppid, cpu)) in &a.procs {
+        if !b.procs.contains_key(pid) && !is_ours(pid, ppid) {
+            total -= cpu;
+        }
+    }
+    total.max(0.0)
+}
+
+/// Measures, over a phase, the CPU that processes other than the benchmark's own used.
 struct Background {
     ours: Vec<u32>,
-    machine: MachineCpu,
-    own: f64,
-    pids: f64,
-    at: Instant,
+    scan: ProcScan,
+    steal: f64,
 }
 
 impl Background {
+    /// `ours`: the benchmark's processes besides this one (whose children count as ours too).
     fn start(ours: &[u32]) -> Result<Self> {
-        Ok(Self {
-            ours: ours.to_vec(),
-            machine: machine_cpu()?,
-            own: own_cpu_seconds()?,
-            pids: pids_cpu_seconds(ours),
-            at: Instant::now(),
-        })
+        let mut ours = ours.to_vec();
+        ours.push(std::process::id());
+        Ok(Self { ours, scan: scan_procs(), steal: machine_steal_seconds()? })
     }
 
     /// (background CPUs, steal CPUs), averages over the window. Another tracer agent running
     /// at the end (its programs would have added to every syscall) counts as a full CPU.
     fn finish(self) -> Result<(f64, f64)> {
-        let wall = self.at.elapsed().as_secs_f64().max(1e-3);
-        let m = machine_cpu()?;
-        let ours = (own_cpu_seconds()? - self.own) + (pids_cpu_seconds(&self.ours) - self.pids);
-        let mut background = ((m.busy - self.machine.busy) - ours).max(0.0) / wall;
+        let now = scan_procs();
+        let wall = now.at.duration_since(self.scan.at).as_secs_f64().max(1e-3);
+        let mut background = foreign_cpu_seconds(&self.scan, &now, &self.ours) / wall;
         let others: Vec<u32> = other_agents().into_iter().filter(|p| !self.ours.contains(p)).collect();
         if !others.is_empty() {
             eprintln!("  another tracer agent ran during the measurement: {others:?}");
             background = background.max(1.0);
         }
-        Ok((background, (m.steal - self.machine.steal) / wall))
+        Ok((background, (machine_steal_seconds()? - self.steal) / wall))
     }
-}
-
-/// Sum of the CPU seconds of live pids (gone ones count 0).
-fn pids_cpu_seconds(pids: &[u32]) -> f64 {
-    pids.iter().filter_map(|&p| proc_cpu_seconds(p).ok()).sum()
 }
 
 /// Other agents whose programs would sit on the same tracepoints (other sessions' tests).
@@ -608,13 +625,12 @@ fn wait_until_quiet() {
     let mut quiet = 0;
     loop {
         let agents = other_agents();
-        let busy = (|| -> Result<f64> {
-            let a = machine_cpu()?;
-            let t = Instant::now();
+        let busy = {
+            let a = scan_procs();
             std::thread::sleep(Duration::from_secs(1));
-            Ok((machine_cpu()?.busy - a.busy) / t.elapsed().as_secs_f64())
-        })()
-        .unwrap_or(0.0);
+            let b = scan_procs();
+            foreign_cpu_seconds(&a, &b, &[std::process::id()]) / b.at.duration_since(a.at).as_secs_f64()
+        };
         if agents.is_empty() && busy < MAX_BACKGROUND_CPUS {
             quiet += 1;
             if quiet >= QUIET_SECONDS {
@@ -1743,8 +1759,12 @@ fn render_markdown(r: &Report) -> String {
          on the same CPUs, so at saturation its CPU, shown next to the agent's, takes throughput from the \
          server too: the on/off ratios include it and are pessimistic for a collector on another host. \
          Every run starts on a quiet machine (under 0.15 CPUs busy for 3 s, no other tracer agent) and is measured \
-         again (up to five times) when other processes used more than that during a phase; *background* is \
-         what they used, *steal* what the hypervisor took.\n",
+         again (up to five times, keeping the least disturbed attempt) when other processes used more than \
+         that during a phase; *background* is what they used (summed over /proc/PID/stat of every other \
+         process), *steal* what the hypervisor took. The Python fixture writes its response head and body \
+         in two `send`s, so on a keep-alive connection the body waits for the client's delayed ACK (Nagle, \
+         about 40 ms): its throughput is bounded by 16 or 32 connections / 40 ms whatever the CPU, and its \
+         fixed-rate phases above that bound are overloaded (fewer requests done than scheduled).\n",
         r.phases.len(),
         r.duration,
         fixed.iter().map(|x| format!("{x} req/s")).collect::<Vec<_>>().join(", ")
