@@ -777,7 +777,9 @@ impl Correlator {
             match kind {
                 SpanKind::Client => {
                     if let Some(t) = self.threads.get_mut(&(tgid, tid)) {
-                        t.clients.retain(|c| *c != id);
+                        if let Some(i) = t.clients.iter().position(|c| *c == id) {
+                            t.clients.remove(i);
+                        }
                         if t.clients.is_empty() && t.servers.is_empty() {
                             self.threads.remove(&(tgid, tid));
                         }
@@ -786,9 +788,15 @@ impl Correlator {
                 SpanKind::Server => {
                     // Pairing cannot change an emitted server any more.
                     if let Some(q) = key.and_then(|k| self.pairs.get_mut(&k)) {
-                        let before = q.servers.len();
-                        q.servers.retain(|s| s.span != id);
-                        let gone = before - q.servers.len();
+                        // Servers are emitted in about the order they were queued: the side
+                        // is found near the front, so this stays O(1) on busy connections.
+                        let gone = match q.servers.iter().position(|s| s.span == id) {
+                            Some(i) => {
+                                q.servers.remove(i);
+                                1
+                            }
+                            None => 0,
+                        };
                         self.waiting -= gone;
                         self.stats.unpaired += gone as u64;
                         if q.clients.is_empty()
