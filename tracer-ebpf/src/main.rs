@@ -88,7 +88,7 @@ fn cfg<T: Copy>(v: &T) -> T {
 // ---- maps ---------------------------------------------------------------------------------------
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Processes to trace when `TRACE_ALL` is 0 (tgid -> 1). Children of traced processes are added
 /// here by the fork tracepoint.

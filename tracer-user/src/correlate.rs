@@ -78,7 +78,9 @@ pub struct CorrelatorConfig {
     pub hold_ns: u64,
     /// Longest hold while a relative is known to be in flight (see the module docs).
     pub max_hold_ns: u64,
-    /// Nodes are kept this long after their span was emitted.
+    /// Nodes are kept this long after their span was emitted: a child that completes later
+    /// than that after its parent was exported starts a trace of its own. Five seconds; at
+    /// 5,000 requests/s that is 25,000 nodes (about 4 MB).
     pub retention_ns: u64,
     /// Unpaired client exchanges and completed server windows wait this long for a partner
     /// that completes later. (Unpaired server exchanges wait until they are emitted.)
@@ -108,10 +110,10 @@ impl Default for CorrelatorConfig {
         Self {
             hold_ns: SECOND_NS,
             max_hold_ns: 10 * SECOND_NS,
-            retention_ns: 60 * SECOND_NS,
+            retention_ns: 5 * SECOND_NS,
             pair_timeout_ns: 2 * SECOND_NS,
             pair_slack_ns: 10 * US_NS,
-            max_nodes: 131_072,
+            max_nodes: 65_536,
             max_pending: 65_536,
             max_waiting: 131_072,
         }

@@ -56,7 +56,11 @@ fn find_struct(btf: &btf_rs::Btf, name: &str) -> Result<btf_rs::Struct, KernelIn
 
 /// Reads the `struct sock_common` offsets the kernel side needs to read a connection's 4-tuple.
 pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
-    let btf = btf_rs::Btf::from_file(btf_path)
+    // Mapped, not parsed up front: the cached backend builds a model of every kernel type
+    // (about 40 MB at its peak for a 6 MB vmlinux BTF) to answer a dozen lookups.
+    // Kernels before 6.10 cannot map /sys/kernel/btf/vmlinux: read it whole there.
+    let btf = btf_rs::Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
+        .or_else(|_| btf_rs::Btf::from_file(btf_path))
         .map_err(|e| KernelInfoError::Btf { path: btf_path.to_owned(), source: e.into() })?;
     let sock = find_struct(&btf, "sock")?;
     let common = find_struct(&btf, "sock_common")?;
