@@ -36,7 +36,10 @@
 //! valid `traceparent`; all memory is bounded by [`AssemblerConfig`].
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// Keyed by (pid, fd) from the kernel: a fast non-cryptographic hash is enough.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -675,7 +678,7 @@ impl Assembler {
         Self {
             clock,
             config,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             stats: AssemblerStats::default(),
             scratch: Vec::new(),
         }

@@ -52,7 +52,12 @@
 //!
 //! All memory is bounded by [`CorrelatorConfig`]; what is dropped is counted.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+/// The tables here are keyed by ids and tuples the agent itself chose or read from the kernel:
+/// a fast non-cryptographic hash is enough (SipHash cost several per cent of the agent's CPU).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -325,12 +330,12 @@ impl Correlator {
         Self {
             mode,
             config,
-            nodes: HashMap::new(),
+            nodes: HashMap::default(),
             pending: BTreeMap::new(),
             seq: 0,
             retired: VecDeque::new(),
-            threads: HashMap::new(),
-            pairs: HashMap::new(),
+            threads: HashMap::default(),
+            pairs: HashMap::default(),
             waiting: 0,
             in_flight: InFlight::default(),
             next_sweep_ns: 0,
