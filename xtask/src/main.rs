@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run every test: unit/golden tests, then end-to-end tests (needs root).
+    /// Run every test: unit/golden tests, end-to-end tests and the benchmark's smoke run
+    /// (needs root).
     Test,
     /// Run the privileged end-to-end tests; extra arguments filter test names.
     E2e { filter: Vec<String> },
@@ -171,7 +172,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             // Release, so the end-to-end build below reuses the same artifacts.
             run(cargo().args(["test", "--release"]))?;
-            e2e(&[])
+            e2e(&[])?;
+            // Smoke run of the benchmark: it works end to end and every request becomes a span
+            // (no timing assertions; the full benchmark is `cargo xtask bench`).
+            bench::bench(bench::BenchArgs::quick())
         }
         Task::E2e { filter } => e2e(&filter),
         Task::Fixtures => build_fixtures(),
