@@ -250,7 +250,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(
         "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
          spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
-         parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={}",
+         parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
+         process_evictions={}",
         k.events,
         k.lost,
         k.not_http,
@@ -261,7 +262,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         a.parse_errors,
         a.unmatched_responses,
         a.unanswered_requests,
-        a.evictions
+        a.evictions,
+        processes.evictions()
     );
     Ok(())
 }
