@@ -6,11 +6,12 @@ set -euo pipefail
 NIGHTLY=nightly-2026-06-25
 STABLE=1.99.0
 BPF_LINKER_VERSION=0.13
+CARGO_FUZZ_VERSION=0.13.1
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev curl iproute2 nginx-light wrk openjdk-17-jdk-headless; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -35,6 +36,12 @@ if ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker ${BPF_LINKER_VERSION
   PATH=/usr/lib/llvm-22/bin:$PATH LLVM_PREFIX=/usr/lib/llvm-22 \
     cargo "+${STABLE}" install bpf-linker --version "~${BPF_LINKER_VERSION}" --locked \
       --no-default-features --features llvm-22
+fi
+
+# The fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`) build with the nightly above.
+if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${CARGO_FUZZ_VERSION}"; then
+  log "cargo-fuzz ${CARGO_FUZZ_VERSION}"
+  cargo "+${STABLE}" install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
 fi
 
 # Test fixtures: Go and Node ship with the machine; Java comes from apt above when missing.

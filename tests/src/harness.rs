@@ -58,11 +58,24 @@ pub struct Agent {
 impl Agent {
     /// Starts `tracer run <args>` with `env`, and waits until every probe is attached.
     pub fn start(args: &[String], env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_wrapped(&[], args, env)
+    }
+
+    /// Like [`Agent::start`], with the agent run by `wrapper` (e.g. `setpriv ... --`): the
+    /// wrapper must exec the agent, so that the child's pid is the agent's.
+    pub fn start_wrapped(wrapper: &[String], args: &[String], env: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("tracer-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         let ready = dir.join("ready");
         let log = dir.join("agent.log");
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
         cmd.arg("run").args(args).arg("--ready-file").arg(&ready);
         for k in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -73,8 +86,8 @@ impl Agent {
         ] {
             cmd.env_remove(k);
         }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(std::fs::File::create(dir.join("agent.out"))?);
         cmd.stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
@@ -114,6 +127,25 @@ impl Agent {
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
                 bail!("agent did not stop within 30s of SIGINT:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Agent {
+    /// Sends `sig` and waits (up to 30 s) for the agent to exit; returns its status and log.
+    pub fn signal_and_wait(mut self, sig: i32) -> anyhow::Result<(ExitStatus, String)> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        signal(child.id(), sig);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, self.log_text()));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                bail!("agent did not exit within 30s of signal {sig}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -352,4 +384,30 @@ pub fn http_env(rx: &crate::receiver::Receiver) -> Vec<(&'static str, String)> {
 
 pub fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The agent's final `stopped: key=value ...` summary line as numbers; `None` when the log has
+/// no such line (the agent did not stop cleanly).
+pub fn summary(log: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let line = log.lines().rev().find_map(|l| l.split_once("stopped: ").map(|(_, r)| r))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+            .collect(),
+    )
+}
+
+/// Raises this process's soft open-file limit to its hard limit (tests that hold many sockets).
+/// Returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for getrlimit/setrlimit to read and write.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
 }

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -406,11 +407,20 @@ struct State {
     store: Mutex<Store>,
     /// Number of spans stored; bumped (under the store lock, so monotonic) on every ingest.
     count: watch::Sender<usize>,
+    /// Milliseconds each export waits before it is accepted (a slow collector).
+    delay_ms: AtomicU64,
 }
 
 impl State {
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn slow_down(&self) {
+        let ms = self.delay_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
 
     fn ingest(
@@ -446,6 +456,7 @@ impl TraceService for GrpcService {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
+        self.0.slow_down().await;
         self.0.ingest(request.into_inner(), Protocol::Grpc, headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -510,6 +521,7 @@ async fn handle_http(
         Ok(decoded) => decoded,
         Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("invalid protobuf: {e}\n")),
     };
+    state.slow_down().await;
     state.ingest(decoded, Protocol::Http, headers);
     let reply = ExportTraceServiceResponse {
         partial_success: None,
@@ -595,6 +607,7 @@ impl Receiver {
                 requests: Vec::new(),
             }),
             count: watch::Sender::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let service = TraceServiceServer::new(GrpcService(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE);
@@ -635,6 +648,11 @@ impl Receiver {
     /// Full URL of the traces endpoint, for `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub fn http_traces_url(&self) -> String {
         format!("http://{}/v1/traces", self.http_addr)
+    }
+
+    /// Makes every export wait `delay` before it is accepted (a slow collector); zero: none.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Everything received so far, in arrival order.

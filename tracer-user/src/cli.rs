@@ -55,4 +55,9 @@ pub struct RunArgs {
     /// Write a line to this file once every probe is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Finished spans that may wait for the collector; beyond this, new spans are dropped and
+    /// counted (bounds the agent's memory while the collector is down or slow).
+    #[arg(long, value_name = "SPANS", default_value_t = 8192, env = "TRACER_EXPORT_QUEUE",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub export_queue: u32,
 }

@@ -156,25 +156,64 @@ pub fn resource_of(info: &ProcInfo, host: &str) -> ProcessResource {
     ProcessResource { pid: info.pid, service_name, attributes }
 }
 
-/// Cache of resources by pid, filled while the process is alive (on its first event).
+/// Processes a [`ProcessCache`] holds at most (the kernel's `TRACED` map holds as many).
+pub const MAX_PROCESSES: usize = 16_384;
+
+/// Cache of resources by pid, filled while the process is alive (on its first event). Bounded:
+/// beyond its limit, processes that are gone from /proc are evicted first, else any one (it is
+/// read again on its next event); evictions are counted.
 pub struct ProcessCache {
     proc_root: PathBuf,
     host: String,
     by_pid: HashMap<u32, Arc<ProcessResource>>,
+    max: usize,
+    evictions: u64,
 }
 
 impl ProcessCache {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), host: host_name(), by_pid: HashMap::new() }
+        Self::with_limit(proc_root, MAX_PROCESSES)
+    }
+
+    /// A cache of at most `max` (at least 1) processes.
+    pub fn with_limit(proc_root: impl Into<PathBuf>, max: usize) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            host: host_name(),
+            by_pid: HashMap::new(),
+            max: max.max(1),
+            evictions: 0,
+        }
     }
 
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
         if let Some(r) = self.by_pid.get(&pid) {
             return r.clone();
         }
+        if self.by_pid.len() >= self.max {
+            self.make_room();
+        }
         let r = Arc::new(resource_of(&read_proc(&self.proc_root, pid), &self.host));
         self.by_pid.insert(pid, r.clone());
         r
+    }
+
+    /// Evicts the processes that have exited (their exit event was lost), or else one entry.
+    fn make_room(&mut self) {
+        let before = self.by_pid.len();
+        let root = &self.proc_root;
+        self.by_pid.retain(|pid, _| root.join(pid.to_string()).exists());
+        if self.by_pid.len() >= self.max {
+            if let Some(&victim) = self.by_pid.keys().next() {
+                self.by_pid.remove(&victim);
+            }
+        }
+        self.evictions += (before - self.by_pid.len()) as u64;
+    }
+
+    /// Entries evicted to stay within the limit.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     pub fn contains(&self, pid: u32) -> bool {
@@ -229,6 +268,29 @@ mod tests {
         assert_eq!(resource_of(&info, "h").service_name, "checkout");
         let info = ProcInfo { env_service_name: None, env_resource_attributes: vec![], ..info };
         assert_eq!(resource_of(&info, "h").service_name, "python3.11");
+    }
+
+    #[test]
+    fn cache_is_bounded_and_evicts_exited_processes_first() {
+        let root = std::env::temp_dir().join(format!("tracer-proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for pid in [1, 2] {
+            std::fs::create_dir_all(root.join(pid.to_string())).unwrap();
+        }
+        let mut cache = ProcessCache::with_limit(&root, 3);
+        for pid in [1, 2, 3] {
+            cache.get(pid);
+        }
+        assert_eq!((cache.len(), cache.evictions()), (3, 0));
+        // Full: pid 3 has no /proc entry (it exited unseen), so it goes first.
+        cache.get(4);
+        assert_eq!((cache.len(), cache.evictions()), (3, 1));
+        assert!(cache.contains(1) && cache.contains(2) && !cache.contains(3) && cache.contains(4));
+        // Full of live processes (pid 4 is gone too): stays within the limit.
+        std::fs::create_dir_all(root.join("4")).unwrap();
+        cache.get(5);
+        assert_eq!((cache.len(), cache.evictions()), (3, 2));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

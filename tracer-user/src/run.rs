@@ -83,6 +83,7 @@ impl Discovery {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let selector = Selector::new(&args.pids, &args.exes, &args.ports)?;
     let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
+    crate::caps::check(args.propagation == crate::cli::Propagation::On)?;
     let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
     let mut probes = Probes::load(scope, match args.propagation {
         crate::cli::Propagation::Off => tracer_common::PROPAGATION_OFF,
@@ -95,7 +96,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Scope::Selected => "selected processes".to_string(),
     });
 
-    let exporter = export::spawn(config, ExportOptions::default())?;
+    let export_options = ExportOptions { queue_capacity: (args.export_queue as usize).max(1), ..ExportOptions::default() };
+    let exporter = export::spawn(config, export_options)?;
     let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new() };
     if scope == Scope::Selected {
         discovery.scan(&mut maps);
@@ -242,17 +244,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     correlator.flush(&clock, &mut spans);
     export_spans(&exporter, &mut processes, &mut spans);
     let k = maps.counters();
+    let a = assembler.stats();
     let e = exporter.shutdown().await;
     // One machine-readable summary line (the benchmark and the tests read it).
     info!(
         "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
-         spans_exported={} spans_dropped={} spans_failed={}",
+         spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
+         parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
+         process_evictions={}",
         k.events,
         k.lost,
         k.not_http,
         e.exported,
         e.dropped_queue_full + e.dropped_closed,
-        e.spans_failed
+        e.spans_failed,
+        e.export_failures,
+        a.parse_errors,
+        a.unmatched_responses,
+        a.unanswered_requests,
+        a.evictions,
+        processes.evictions()
     );
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! * `fixtures` – build the test services (Go binaries) into target/fixtures.
 //! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
 //! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
+//! * `fuzz`   – run every cargo-fuzz target of `fuzz/` for a bounded time.
 
 mod bench;
+mod fuzz;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Task {
     },
     /// Measure the agent's overhead (needs root); writes docs/benchmarks.md and .svg.
     Bench(bench::BenchArgs),
+    /// Run each fuzz target (fuzz/) for a bounded time; installs cargo-fuzz when missing.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn root() -> PathBuf {
@@ -84,7 +88,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
@@ -172,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             // Release, so the end-to-end build below reuses the same artifacts.
             run(cargo().args(["test", "--release"]))?;
+            fuzz::fuzz(&fuzz::FuzzArgs { seconds: fuzz::CI_SECONDS, targets: Vec::new() })?;
             e2e(&[])?;
             // Smoke run of the benchmark: it works end to end and every request becomes a span
             // (no timing assertions; the full benchmark is `cargo xtask bench`).
@@ -181,5 +186,6 @@ fn main() -> anyhow::Result<()> {
         Task::Fixtures => build_fixtures(),
         Task::Demo { args } => demo(args),
         Task::Bench(args) => bench::bench(args),
+        Task::Fuzz(args) => fuzz::fuzz(&args),
     }
 }

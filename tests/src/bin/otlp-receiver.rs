@@ -1,7 +1,7 @@
 //! Standalone OTLP trace receiver: prints every received span as one JSON line on stdout.
 //!
 //! ```text
-//! otlp-receiver [--host 127.0.0.1] [--grpc-port 4317] [--http-port 4318]
+//! otlp-receiver [--host 127.0.0.1] [--grpc-port 4317] [--http-port 4318] [--delay-ms 0]
 //! ```
 //!
 //! Port 0 picks a free port. The listening endpoints are printed on stderr as
@@ -15,12 +15,15 @@ use std::process::ExitCode;
 
 use tracer_tests::receiver::Receiver;
 
-const USAGE: &str = "usage: otlp-receiver [--host ADDR] [--grpc-port PORT] [--http-port PORT]";
+const USAGE: &str =
+    "usage: otlp-receiver [--host ADDR] [--grpc-port PORT] [--http-port PORT] [--delay-ms MS]";
 
 struct Args {
     host: IpAddr,
     grpc_port: u16,
     http_port: u16,
+    /// Each export is accepted only after this many milliseconds (a slow collector).
+    delay_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         host: IpAddr::V4(Ipv4Addr::LOCALHOST),
         grpc_port: 4317,
         http_port: 4318,
+        delay_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
             "--host" => args.host = value.parse().map_err(|_| bad("an IP address"))?,
             "--grpc-port" => args.grpc_port = value.parse().map_err(|_| bad("a port"))?,
             "--http-port" => args.http_port = value.parse().map_err(|_| bad("a port"))?,
+            "--delay-ms" => args.delay_ms = value.parse().map_err(|_| bad("milliseconds"))?,
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
     }
@@ -84,6 +89,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    receiver.set_delay(std::time::Duration::from_millis(args.delay_ms));
     eprintln!(
         "otlp-receiver grpc=http://{} http=http://{}",
         receiver.grpc_addr(),
