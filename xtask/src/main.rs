@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run every test: unit/golden tests, end-to-end tests and the benchmark's smoke run
-    /// (needs root).
+    /// Run every test: unit/golden tests, a short fuzzing run, end-to-end tests and the
+    /// benchmark's smoke run (needs root).
     Test,
     /// Run the privileged end-to-end tests; extra arguments filter test names.
     E2e { filter: Vec<String> },
