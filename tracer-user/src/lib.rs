@@ -14,3 +14,4 @@ pub mod http;
 pub mod assembler;
 pub mod correlate;
 pub mod run;
+pub mod gobin;

@@ -5,6 +5,7 @@
 //! * `fixtures` – build the test services (Go binaries) into target/fixtures.
 //! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
 //! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
+//! * `go-offsets` – regenerate the Go struct-offset table from real builds of each Go release.
 
 mod bench;
 
@@ -35,6 +36,43 @@ enum Task {
     },
     /// Measure the agent's overhead (needs root); writes docs/benchmarks.md and .svg.
     Bench(bench::BenchArgs),
+    /// Regenerate the Go struct-offset table (tracer-user/src/gobin/offsets_table.rs) from real
+    /// builds with each Go release in GO_RELEASES (fetched with GOTOOLCHAIN) and the local Go.
+    GoOffsets,
+}
+
+/// Go releases the offset table is measured on: the last patch of each supported minor release
+/// (the local toolchain is added). Fields that change within a minor release would need more.
+const GO_RELEASES: &[&str] = &["go1.21.13", "go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14"];
+
+fn go_offsets() -> anyhow::Result<()> {
+    let agent = build_agent()?;
+    let dir = root().join("target/go-offsets");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("go.mod"), "module gooffsets\n\ngo 1.21\n")?;
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n)\n\nfunc main() { fmt.Println(http.Get(\"http://127.0.0.1:1/\")) }\n",
+    )?;
+    let mut binaries = Vec::new();
+    for release in GO_RELEASES.iter().copied().chain(["local"]) {
+        let out = dir.join(format!("bin-{release}"));
+        let mut cmd = Command::new("go");
+        cmd.args(["build", "-o"]).arg(&out).arg(".").current_dir(&dir).env("CGO_ENABLED", "0");
+        if release != "local" {
+            cmd.env("GOTOOLCHAIN", release);
+        }
+        run(&mut cmd)?;
+        binaries.push(out);
+    }
+    let table = Command::new(&agent).args(["go-inspect", "--offsets-table"]).args(&binaries).output()?;
+    if !table.status.success() {
+        bail!("tracer go-inspect failed: {}", String::from_utf8_lossy(&table.stderr));
+    }
+    let path = root().join("tracer-user/src/gobin/offsets_table.rs");
+    std::fs::write(&path, &table.stdout)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -177,5 +215,6 @@ fn main() -> anyhow::Result<()> {
         Task::Fixtures => build_fixtures(),
         Task::Demo { args } => demo(args),
         Task::Bench(args) => bench::bench(args),
+        Task::GoOffsets => go_offsets(),
     }
 }
