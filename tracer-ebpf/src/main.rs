@@ -17,6 +17,7 @@
 #![no_main]
 
 mod capability;
+mod go;
 
 use aya_ebpf::{
     helpers::{
@@ -693,7 +694,8 @@ fn client_context(pid_tgid: u64, now: u64, key: Option<&TupleKey>, ctx: &mut EvC
     ctx.flags = CTX_PRESENT;
     let tgid = (pid_tgid >> 32) as u32;
     let thread = if unsafe { NO_THREAD_LINK.get(&tgid) }.is_some() {
-        None
+        // Go: the server span of the goroutine (or of its creators) writing the request.
+        go::client_parent(pid_tgid)
     } else {
         unsafe { THREAD_CTX.get(&pid_tgid) }.copied()
     };
@@ -758,9 +760,11 @@ fn request_context(
         }
         let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
         let _ = THREAD_CTX.insert(&pid_tgid, &t, 0);
+        go::server_request(pid_tgid, &t);
     } else if response {
         // The thread answered its request: it no longer works for that server span.
         let _ = THREAD_CTX.remove(&pid_tgid);
+        go::server_response(pid_tgid);
     } else if ctx.flags == 0 {
         client_context(pid_tgid, now, None, ctx);
     }

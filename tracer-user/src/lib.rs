@@ -15,3 +15,4 @@ pub mod assembler;
 pub mod correlate;
 pub mod run;
 pub mod gobin;
+pub mod goprobes;
