@@ -106,7 +106,32 @@ fn build_fixtures() -> anyhow::Result<()> {
         .arg(&out)
         .arg("./...")
         .current_dir(root().join("tests/fixtures/go"))
-        .env("CGO_ENABLED", "0"))
+        .env("CGO_ENABLED", "0"))?;
+    // Variants of the fan-out service for the Go support tests: stripped (symbols from pclntab,
+    // no DWARF), PIE, cgo (g found through the TLS block libc lays out), older Go releases
+    // (fetched with GOTOOLCHAIN) stripped, so struct offsets come from the generated table.
+    let variants: &[(&str, &[&str], &str, Option<&str>)] = &[
+        ("fanout-stripped", &["-ldflags=-s -w"], "0", None),
+        ("fanout-pie", &["-buildmode=pie"], "0", None),
+        ("fanout-cgo", &[], "1", None),
+        ("fanout-go1.21-stripped", &["-ldflags=-s -w"], "0", Some("go1.21.13")),
+        ("fanout-go1.23-stripped", &["-ldflags=-s -w"], "0", Some("go1.23.12")),
+    ];
+    for (name, flags, cgo, toolchain) in variants {
+        let mut cmd = Command::new("go");
+        cmd.arg("build")
+            .args(*flags)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg("./cmd/fanout")
+            .current_dir(root().join("tests/fixtures/go"))
+            .env("CGO_ENABLED", cgo);
+        if let Some(t) = toolchain {
+            cmd.env("GOTOOLCHAIN", t);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn build_agent() -> anyhow::Result<PathBuf> {
@@ -121,7 +146,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_go", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
