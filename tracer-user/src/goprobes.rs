@@ -64,13 +64,54 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
 /// Programs of the eBPF object this module attaches.
 const PROGRAMS: &[&str] = &["go_newproc1", "go_newproc1_ret", "go_http_roundtrip", "go_http_request_write"];
 
-#[derive(Default)]
+type ExeId = (u64, u64, u64, i64);
+
+/// An inspection result from the background thread: `None` when the file is not a Go program.
+type Inspected = (ExeId, PathBuf, Option<Result<Plan, String>>);
+
 pub struct GoProbes {
     loaded: Option<bool>,
     /// Attached links per process.
     procs: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// Inspection results per executable (device, inode, size, mtime).
-    plans: HashMap<(u64, u64, u64, i64), Arc<Result<Plan, String>>>,
+    plans: HashMap<ExeId, Arc<Option<Result<Plan, String>>>>,
+    /// Processes waiting for their executable's inspection.
+    waiting: HashMap<ExeId, Vec<u32>>,
+    /// Executables are read on a thread of their own: reading and parsing a large binary must
+    /// not hold up the event loop (short-lived processes would exit unidentified meanwhile).
+    jobs: std::sync::mpsc::Sender<(ExeId, PathBuf)>,
+    results: std::sync::mpsc::Receiver<Inspected>,
+}
+
+impl Default for GoProbes {
+    fn default() -> Self {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<(ExeId, PathBuf)>();
+        let (res_tx, results) = std::sync::mpsc::channel::<Inspected>();
+        std::thread::Builder::new()
+            .name("go-inspect".into())
+            .spawn(move || {
+                for (id, exe) in job_rx {
+                    let p = match GoBinary::open(&exe) {
+                        Ok(bin) => Some(plan(&bin)),
+                        Err(crate::gobin::GoBinError::NotGo) => None,
+                        Err(e) => Some(Err(format!("reading the executable: {e}"))),
+                    };
+                    let name = std::fs::read_link(&exe).unwrap_or(exe);
+                    if res_tx.send((id, name, p)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the Go inspection thread");
+        Self {
+            loaded: None,
+            procs: HashMap::new(),
+            plans: HashMap::new(),
+            waiting: HashMap::new(),
+            jobs,
+            results,
+        }
+    }
 }
 
 impl GoProbes {
@@ -103,7 +144,8 @@ impl GoProbes {
         ok
     }
 
-    /// Attaches the Go probes to `pid` if it runs a Go program that has what they need.
+    /// Attaches the Go probes to `pid` if it runs a Go program that has what they need: at once
+    /// when its executable was inspected before, else once the inspection is done (`poll`).
     pub fn attach(&mut self, ebpf: &mut Ebpf, pid: u32) {
         if self.procs.contains_key(&pid) {
             return;
@@ -111,33 +153,64 @@ impl GoProbes {
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let Ok(meta) = std::fs::metadata(&exe) else { return };
         let id = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
-        let plan = match self.plans.get(&id) {
-            Some(p) => p.clone(),
-            None => {
-                let p = match GoBinary::open(&exe) {
-                    Ok(bin) => Some(plan(&bin)),
-                    Err(crate::gobin::GoBinError::NotGo) => None,
-                    Err(e) => Some(Err(format!("reading the executable: {e}"))),
-                };
-                let Some(p) = p else { return };
-                let name = std::fs::read_link(&exe).unwrap_or_default();
-                match &p {
-                    Ok(plan) => debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points),
-                    Err(why) => warn!(
-                        "{}: goroutine-aware linking off for this Go program ({why}); its client \
-                         requests are not linked to its server spans",
-                        name.display()
-                    ),
-                }
-                let p = Arc::new(p);
-                self.plans.insert(id, p.clone());
-                p
+        if let Some(p) = self.plans.get(&id).cloned() {
+            if let Some(Ok(plan)) = p.as_ref() {
+                self.attach_plan(ebpf, pid, plan);
             }
-        };
-        let Ok(plan) = plan.as_ref() else { return };
+            return;
+        }
+        let waiters = self.waiting.entry(id).or_default();
+        if waiters.is_empty() {
+            let _ = self.jobs.send((id, exe));
+        }
+        if !waiters.contains(&pid) {
+            waiters.push(pid);
+        }
+    }
+
+    /// Attaches the processes whose executables' inspection finished; with `block`, waits until
+    /// every pending inspection is done.
+    pub fn poll(&mut self, ebpf: &mut Ebpf, block: bool) {
+        loop {
+            let r = if block && !self.waiting.is_empty() {
+                match self.results.recv_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            } else {
+                match self.results.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
+            let (id, name, p) = r;
+            match &p {
+                Some(Ok(plan)) => debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points),
+                Some(Err(why)) => warn!(
+                    "{}: goroutine-aware linking off for this Go program ({why}); its client \
+                     requests are not linked to its server spans",
+                    name.display()
+                ),
+                None => {}
+            }
+            let p = Arc::new(p);
+            self.plans.insert(id, p.clone());
+            for pid in self.waiting.remove(&id).unwrap_or_default() {
+                if let Some(Ok(plan)) = p.as_ref() {
+                    self.attach_plan(ebpf, pid, plan);
+                }
+            }
+        }
+    }
+
+    fn attach_plan(&mut self, ebpf: &mut Ebpf, pid: u32, plan: &Plan) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
         if !self.load(ebpf) {
             return;
         }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let Some(npid) = NonZeroU32::new(pid) else { return };
         let mut links = Vec::new();
         for (prog, offsets) in &plan.points {
@@ -177,6 +250,9 @@ impl GoProbes {
 
     /// Removes a process's probes (it exited or is no longer traced).
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        for waiters in self.waiting.values_mut() {
+            waiters.retain(|p| *p != pid);
+        }
         let Some(links) = self.procs.remove(&pid) else { return };
         if let Some(Ok(mut procs)) = ebpf.map_mut("GO_PROCS").map(BpfHashMap::<_, u32, GoProc>::try_from) {
             let _ = procs.remove(&pid);

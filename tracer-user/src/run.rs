@@ -107,6 +107,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if scope == Scope::Selected {
         discovery.scan(&mut maps);
         attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
+        // The processes selected at start are probed before the agent reports ready.
+        go.poll(&mut probes.ebpf, true);
     }
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
@@ -208,6 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = drain_tick.tick() => {
+                go.poll(&mut probes.ebpf, false);
                 drain!(ring.get_mut());
                 let now = Clock::mono_now_ns();
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
