@@ -251,6 +251,18 @@ pub struct ConnState {
     pub _pad: u8,
 }
 
+/// A traced Go process (kernel map `GO_PROCS`, keyed by tgid): where its goroutine id is found.
+/// Userspace adds a process once its uprobes are attached; without an entry the kernel links
+/// the process's requests as it would without Go support.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoProc {
+    /// Offset of the current `g` pointer from the thread's FS base (-8 for Go's own linker).
+    pub tls_g: i64,
+    /// Offset of `runtime.g.goid`.
+    pub goid_off: u64,
+}
+
 /// Indices of the per-CPU counters map.
 pub const COUNTER_EVENTS: u32 = 0;
 pub const COUNTER_LOST: u32 = 1;
@@ -272,6 +284,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockOffsets>() == 32);
     assert!(core::mem::size_of::<TpOffsets>() == 24);
     assert!(core::mem::size_of::<ConnState>() == 8);
+    assert!(core::mem::size_of::<GoProc>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -286,4 +299,6 @@ mod pod {
     unsafe impl aya::Pod for super::TraceCtx {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoProc {}
 }

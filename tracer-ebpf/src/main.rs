@@ -17,6 +17,7 @@
 #![no_main]
 
 mod capability;
+mod go;
 
 use aya_ebpf::{
     helpers::{
@@ -230,6 +231,29 @@ fn join_prefix(state: &mut ConnState, magic: &[u8; 4], len: u64) -> (u8, bool) {
     (if is_http_magic(p) { PROTO_HTTP1 } else { PROTO_OTHER }, true)
 }
 
+/// A request's first bytes read apart from the rest on an HTTP/1 connection: Go's server reads
+/// one byte of the next request in a background goroutine while the handler runs, then the rest
+/// on the connection's goroutine. A read shorter than four bytes is remembered; the next read
+/// is classified on the joined bytes, so the request start is seen (on the read that completes
+/// its first four bytes, by the goroutine that goes on to handle it).
+#[inline(always)]
+fn split_request_start(state: &mut ConnState, key: u64, magic: &mut [u8; 4], http: &mut bool, len: u64) {
+    if state.plen > 0 {
+        let (verdict, _) = join_prefix(state, magic, len);
+        if verdict == PROTO_HTTP1 {
+            *magic = state.prefix;
+            *http = &state.prefix != b"HTTP";
+        }
+        if verdict != PROTO_UNKNOWN {
+            state.plen = 0;
+        }
+        let _ = CONNS.insert(&key, state, 0);
+    } else if len < 4 {
+        let _ = join_prefix(state, magic, len);
+        let _ = CONNS.insert(&key, state, 0);
+    }
+}
+
 /// True when the first four bytes start an HTTP/1.x request or response.
 #[inline(always)]
 fn is_http_magic(b: [u8; 4]) -> bool {
@@ -380,8 +404,11 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
     let vectored = !matches!(a.syscall, SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO);
     let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
-    let magic = first_bytes(&a, iov);
-    let http = is_http_magic(magic);
+    let mut magic = first_bytes(&a, iov);
+    let mut http = is_http_magic(magic);
+    if state.proto == PROTO_HTTP1 && matches!(a.syscall, SYS_READ | SYS_READV | SYS_RECVFROM | SYS_RECVMSG) {
+        split_request_start(&mut state, key, &mut magic, &mut http, len);
+    }
     if state.proto != PROTO_HTTP1 {
         let (verdict, joined) = if state.proto == PROTO_UNKNOWN && (state.plen > 0 || len < 4) {
             join_prefix(&mut state, &magic, len)
@@ -693,7 +720,8 @@ fn client_context(pid_tgid: u64, now: u64, key: Option<&TupleKey>, ctx: &mut EvC
     ctx.flags = CTX_PRESENT;
     let tgid = (pid_tgid >> 32) as u32;
     let thread = if unsafe { NO_THREAD_LINK.get(&tgid) }.is_some() {
-        None
+        // Go: the server span of the goroutine (or of its creators) writing the request.
+        go::client_parent(pid_tgid)
     } else {
         unsafe { THREAD_CTX.get(&pid_tgid) }.copied()
     };
@@ -758,9 +786,11 @@ fn request_context(
         }
         let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
         let _ = THREAD_CTX.insert(&pid_tgid, &t, 0);
+        go::server_request(pid_tgid, &t);
     } else if response {
         // The thread answered its request: it no longer works for that server span.
         let _ = THREAD_CTX.remove(&pid_tgid);
+        go::server_response(pid_tgid);
     } else if ctx.flags == 0 {
         client_context(pid_tgid, now, None, ctx);
     }

@@ -525,9 +525,11 @@ impl Conn {
                     self.responses.expect_response(req.response_hint());
                     let role = self.role.unwrap_or(Role::Server);
                     // The kernel's ids belong to the request that starts with the event carrying
-                    // them; of requests pipelined in one event, the first.
+                    // them; of requests pipelined in one event, the first. A request whose first
+                    // bytes were read apart (fewer than four: Go's background read) gets them on
+                    // the read that completed its start, still before its head was complete.
                     let ctx = match self.pending_ctx {
-                        Some((stamp, ctx)) if stamp == first => {
+                        Some((stamp, ctx)) if stamp == first || stamp.start_ns > first.start_ns => {
                             self.pending_ctx = None;
                             Some(ctx)
                         }
@@ -1536,6 +1538,25 @@ mod tests {
             remote_parent: remote,
             thread_parent: thread,
         }
+    }
+
+    #[test]
+    fn kernel_ctx_on_the_read_completing_a_split_request_start() {
+        // Go's server reads the first byte of the next request apart (background read); the
+        // kernel gives the ids to the read that completes the request's first four bytes.
+        let mut sim = Sim::new();
+        sim.read(1, 2, b"G");
+        let ctx = kctx(0xaa, 0x11, None, false, false);
+        sim.ev(with_ctx(data_on(FD, v4_tuple(), false, 3, 4, b"ET /a HTTP/1.1\r\n\r\n"), ctx));
+        sim.write(5, 6, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let s = &sim.take()[0];
+        assert_eq!((s.trace_id, s.span_id), (TraceId([0xaa; 16]), SpanId([0x11; 8])));
+        // A context from before the request started is not taken.
+        let mut sim = Sim::new();
+        sim.ev(with_ctx(data_on(FD, v4_tuple(), false, 1, 2, b"xy"), ctx));
+        sim.read(3, 4, b"GET /b HTTP/1.1\r\n\r\n");
+        sim.write(5, 6, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_ne!(sim.take()[0].span_id, SpanId([0x11; 8]));
     }
 
     #[test]

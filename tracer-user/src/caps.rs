@@ -8,7 +8,9 @@
 //! | `CAP_NET_ADMIN` | attach the sockops program to the cgroup v2 root | `--propagation on` |
 //! | `CAP_SYS_PTRACE` | read `/proc/<pid>/{exe,environ,fd}` of other users' processes | optional: without it, other users' processes lose their service name and `--port` / `--exe` selection |
 //!
-//! `CAP_SYS_ADMIN` stands in for `CAP_BPF` and `CAP_PERFMON`, as on kernels before 5.8.
+//! | `CAP_SYS_ADMIN` | open uprobes (`perf_event_open` of a uprobe answers `EACCES` without it) | optional: without it Go programs get no uprobes, so their outgoing calls are not linked to the request that made them (spans still come from the kernel) |
+//!
+//! `CAP_SYS_ADMIN` also stands in for `CAP_BPF` and `CAP_PERFMON`, as on kernels before 5.8.
 //! `CAP_SYS_RESOURCE` is not needed: BPF memory is charged to the memory cgroup (kernel 5.11+),
 //! not to `RLIMIT_MEMLOCK`.
 
@@ -40,6 +42,12 @@ const SYS_PTRACE: Need = Need {
     why: "read /proc/<pid>/exe, environ and fd of processes of other users",
 };
 
+const SYS_ADMIN: Need = Need {
+    cap: CAP_SYS_ADMIN,
+    name: "CAP_SYS_ADMIN",
+    why: "attach uprobes to Go programs (goroutine-aware linking)",
+};
+
 /// The effective capability set of this process (`CapEff` of /proc/self/status).
 pub fn effective() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -69,7 +77,13 @@ pub fn missing(effective: u64, propagation_on: bool) -> (Vec<Need>, Vec<Need>) {
     if propagation_on && !has(effective, CAP_NET_ADMIN) {
         required.push(NET_ADMIN);
     }
-    let optional = if has(effective, CAP_SYS_PTRACE) { Vec::new() } else { vec![SYS_PTRACE] };
+    let mut optional = Vec::new();
+    if !has(effective, CAP_SYS_PTRACE) {
+        optional.push(SYS_PTRACE);
+    }
+    if !admin {
+        optional.push(SYS_ADMIN);
+    }
     (required, optional)
 }
 
@@ -114,11 +128,14 @@ mod tests {
     fn names_what_is_missing() {
         let (req, opt) = missing(set(&[CAP_BPF]), false);
         assert_eq!(req.iter().map(|n| n.name).collect::<Vec<_>>(), ["CAP_PERFMON"]);
-        assert_eq!(opt.iter().map(|n| n.name).collect::<Vec<_>>(), ["CAP_SYS_PTRACE"]);
+        assert_eq!(opt.iter().map(|n| n.name).collect::<Vec<_>>(), ["CAP_SYS_PTRACE", "CAP_SYS_ADMIN"]);
         let (req, _) = missing(set(&[CAP_BPF, CAP_PERFMON]), true);
         assert_eq!(req.iter().map(|n| n.name).collect::<Vec<_>>(), ["CAP_NET_ADMIN"]);
         let (req, opt) = missing(set(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_PTRACE]), true);
-        assert!(req.is_empty() && opt.is_empty());
+        assert!(req.is_empty());
+        assert_eq!(opt.iter().map(|n| n.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
+        let (_, opt) = missing(set(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE]), false);
+        assert!(opt.is_empty());
         let (req, _) = missing(0, true);
         assert_eq!(req.len(), 3);
     }

@@ -21,6 +21,16 @@ pub enum Command {
     Run(RunArgs),
     /// Try each eBPF attach type for real and report what this kernel offers.
     Doctor,
+    /// Show what the agent reads from Go executables: Go and module versions, where symbols
+    /// come from, the functions it probes with their return instructions, struct offsets.
+    GoInspect {
+        /// Print the struct-offset table source measured from these binaries' DWARF instead
+        /// (used by `cargo xtask go-offsets`).
+        #[arg(long)]
+        offsets_table: bool,
+        #[arg(required = true)]
+        binaries: Vec<std::path::PathBuf>,
+    },
 }
 
 /// Propagation mode; see `RunArgs::propagation`.

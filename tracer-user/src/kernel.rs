@@ -83,6 +83,19 @@ pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
     })
 }
 
+/// Offset of `task_struct.thread.fsbase` (x86-64): where the kernel keeps a thread's FS base,
+/// through which the Go support finds the running goroutine.
+pub fn task_fsbase_offset(btf_path: &Path) -> Result<u64, KernelInfoError> {
+    let btf = btf_rs::Btf::from_file(btf_path)
+        .map_err(|e| KernelInfoError::Btf { path: btf_path.to_owned(), source: e.into() })?;
+    let task = find_struct(&btf, "task_struct")?;
+    let thread = find_struct(&btf, "thread_struct")?;
+    let missing = |what: &str| KernelInfoError::MissingType { what: what.into() };
+    let a = member_offset(&btf, &task, "thread", 0).ok_or_else(|| missing("task_struct.thread"))?;
+    let b = member_offset(&btf, &thread, "fsbase", 0).ok_or_else(|| missing("thread_struct.fsbase"))?;
+    Ok(u64::from(a) + u64::from(b))
+}
+
 /// The tracefs mount point.
 pub fn tracefs() -> Result<PathBuf, KernelInfoError> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
@@ -169,5 +182,8 @@ mod tests {
         assert_eq!((o.skc_daddr, o.skc_rcv_saddr), (0, 4));
         assert_eq!(o.valid, 1);
         assert!(o.skc_family > o.skc_num && o.skc_v6_daddr > o.skc_family);
+        // `thread` is the last member of task_struct, thousands of bytes in.
+        let fs = task_fsbase_offset(p).expect("fsbase offset");
+        assert!(fs > 1024 && fs % 8 == 0, "{fs}");
     }
 }

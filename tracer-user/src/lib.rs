@@ -15,3 +15,5 @@ pub mod assembler;
 pub mod correlate;
 pub mod run;
 pub mod caps;
+pub mod gobin;
+pub mod goprobes;

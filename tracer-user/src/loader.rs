@@ -75,6 +75,11 @@ impl Probes {
         let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
         let tracefs = kernel::tracefs()?;
         let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
+        // Go support reads each thread's FS base; without the offset it stays off.
+        let go_fsbase = kernel::task_fsbase_offset(Path::new(kernel::VMLINUX_BTF)).unwrap_or_else(|e| {
+            log::warn!("Go goroutine-aware linking off: {e}");
+            0
+        });
         let agent = std::process::id();
         let all: u32 = u32::from(scope == Scope::All);
         let mut ebpf = EbpfLoader::new()
@@ -83,6 +88,7 @@ impl Probes {
             .override_global("PROPAGATION", &propagation, true)
             .override_global("SOCK_OFF", &sock, true)
             .override_global("TP_OFF", &tp, true)
+            .override_global("GO_FSBASE_OFF", &go_fsbase, true)
             .load(EBPF_OBJECT)
             .map_err(LoadError::Load)?;
         let mut attached = 0;

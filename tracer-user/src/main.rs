@@ -15,6 +15,9 @@ fn main() -> std::process::ExitCode {
             let _ = std::hint::black_box(tracer_user::doctor::tracer_doctor_uprobe_target());
             Ok(())
         }
+        Command::GoInspect { offsets_table, binaries } => {
+            tracer_user::gobin::inspect_command(&binaries, offsets_table)
+        }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

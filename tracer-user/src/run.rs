@@ -12,6 +12,7 @@ use crate::{
     cli::RunArgs,
     discovery::{self, Selector},
     events::{self, Event},
+    goprobes::GoProbes,
     export::{self, ExportConfig, ExportOptions},
     loader::{Maps, Probes, Scope},
     model::SpanRecord,
@@ -37,6 +38,8 @@ struct Discovery {
     selector: Selector,
     proc_root: PathBuf,
     traced: HashSet<u32>,
+    /// Processes added since the last `take_added` (their Go probes are attached then).
+    added: Vec<u32>,
 }
 
 impl Discovery {
@@ -55,7 +58,10 @@ impl Discovery {
             return;
         }
         match maps.traced.insert(&pid, &1, 0) {
-            Ok(()) => info!("tracing pid {pid} ({why})"),
+            Ok(()) => {
+                info!("tracing pid {pid} ({why})");
+                self.added.push(pid);
+            }
             Err(e) => warn!("cannot trace pid {pid}: {e}"),
         }
     }
@@ -98,9 +104,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let export_options = ExportOptions { queue_capacity: (args.export_queue as usize).max(1), ..ExportOptions::default() };
     let exporter = export::spawn(config, export_options)?;
-    let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new() };
+    let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new(), added: Vec::new() };
+    let mut go = GoProbes::new();
     if scope == Scope::Selected {
         discovery.scan(&mut maps);
+        attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
+        // The processes selected at start are probed before the agent reports ready.
+        go.poll(&mut probes.ebpf, true);
     }
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
@@ -140,13 +150,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                       discovery: &mut Discovery,
                       maps: &mut Maps,
                       exchanges: &mut Vec<Exchange>,
-                      exited: &mut VecDeque<(Instant, u32)>| {
+                      exited: &mut VecDeque<(Instant, u32)>,
+                      ebpf: &mut aya::Ebpf,
+                      go: &mut GoProbes| {
         match &ev {
             Event::Data(d) => {
                 // Read the process while it is surely alive.
                 if !processes.contains(d.tgid) {
                     let _ = processes.get(d.tgid);
-                    mark_runtime(maps, d.tgid);
+                    if mark_runtime(maps, d.tgid) {
+                        go.attach(ebpf, d.tgid);
+                    }
                 }
             }
             Event::Exec { tgid, .. } => {
@@ -154,17 +168,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 // program's identity now, while even a short-lived process is still there.
                 processes.refresh(*tgid);
                 let _ = maps.no_thread_link.remove(tgid);
+                go.detach(ebpf, *tgid);
                 let _ = processes.get(*tgid);
-                mark_runtime(maps, *tgid);
+                let is_go = mark_runtime(maps, *tgid);
                 if scope == Scope::Selected {
                     discovery.consider(maps, *tgid);
                 }
+                if is_go && (scope == Scope::All || discovery.traced.contains(tgid)) {
+                    go.attach(ebpf, *tgid);
+                }
+                discovery.added.clear();
             }
             _ => {}
         }
         assembler.on_event_exchanges(&ev, exchanges);
         if let Event::Exit { tgid, .. } = ev {
             discovery.traced.remove(&tgid);
+            go.detach(ebpf, tgid);
             exited.push_back((Instant::now(), tgid));
         }
     };
@@ -179,7 +199,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let rec = Bytes::copy_from_slice(&item);
                 drop(item);
                 match events::decode(&rec) {
-                    Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited),
+                    Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited, &mut probes.ebpf, &mut go),
                     Err(e) => {
                         decode_errors += 1;
                         debug!("dropping undecodable event: {e}");
@@ -192,6 +212,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = drain_tick.tick() => {
+                go.poll(&mut probes.ebpf, false);
                 drain!(ring.get_mut());
                 let now = Clock::mono_now_ns();
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
@@ -218,7 +239,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = port_scan.tick(), if scope == Scope::Selected => discovery.scan_ports(&mut maps),
+            _ = port_scan.tick(), if scope == Scope::Selected => {
+                discovery.scan_ports(&mut maps);
+                attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
+            }
             _ = stats.tick() => {
                 let k = maps.counters();
                 let e = exporter.stats();
@@ -283,12 +307,23 @@ fn correlate(
 }
 
 /// Go programs run requests on goroutines, not threads: the kernel must not link their client
-/// requests through the thread that read a server request.
-fn mark_runtime(maps: &mut Maps, pid: u32) {
+/// requests through the thread that read a server request. Returns whether `pid` runs Go.
+fn mark_runtime(maps: &mut Maps, pid: u32) -> bool {
     let exe = std::path::Path::new(PROC).join(pid.to_string()).join("exe");
     if crate::process::is_go_binary(&exe) {
         if let Err(e) = maps.no_thread_link.insert(&pid, &1, 0) {
             debug!("cannot mark pid {pid} as a Go program: {e}");
+        }
+        return true;
+    }
+    false
+}
+
+/// Attaches the Go probes to the Go programs among the processes discovery just selected.
+fn attach_go(discovery: &mut Discovery, maps: &mut Maps, ebpf: &mut aya::Ebpf, go: &mut GoProbes) {
+    for pid in std::mem::take(&mut discovery.added) {
+        if mark_runtime(maps, pid) {
+            go.attach(ebpf, pid);
         }
     }
 }

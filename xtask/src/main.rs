@@ -6,6 +6,7 @@
 //! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
 //! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
 //! * `fuzz`   – run every cargo-fuzz target of `fuzz/` for a bounded time.
+//! * `go-offsets` – regenerate the Go struct-offset table from real builds of each Go release.
 
 mod bench;
 mod fuzz;
@@ -40,6 +41,43 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Run each fuzz target (fuzz/) for a bounded time; installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
+    /// Regenerate the Go struct-offset table (tracer-user/src/gobin/offsets_table.rs) from real
+    /// builds with each Go release in GO_RELEASES (fetched with GOTOOLCHAIN) and the local Go.
+    GoOffsets,
+}
+
+/// Go releases the offset table is measured on: the last patch of each supported minor release
+/// (the local toolchain is added). Fields that change within a minor release would need more.
+const GO_RELEASES: &[&str] = &["go1.21.13", "go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14"];
+
+fn go_offsets() -> anyhow::Result<()> {
+    let agent = build_agent()?;
+    let dir = root().join("target/go-offsets");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("go.mod"), "module gooffsets\n\ngo 1.21\n")?;
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n)\n\nfunc main() { fmt.Println(http.Get(\"http://127.0.0.1:1/\")) }\n",
+    )?;
+    let mut binaries = Vec::new();
+    for release in GO_RELEASES.iter().copied().chain(["local"]) {
+        let out = dir.join(format!("bin-{release}"));
+        let mut cmd = Command::new("go");
+        cmd.args(["build", "-o"]).arg(&out).arg(".").current_dir(&dir).env("CGO_ENABLED", "0");
+        if release != "local" {
+            cmd.env("GOTOOLCHAIN", release);
+        }
+        run(&mut cmd)?;
+        binaries.push(out);
+    }
+    let table = Command::new(&agent).args(["go-inspect", "--offsets-table"]).args(&binaries).output()?;
+    if !table.status.success() {
+        bail!("tracer go-inspect failed: {}", String::from_utf8_lossy(&table.stderr));
+    }
+    let path = root().join("tracer-user/src/gobin/offsets_table.rs");
+    std::fs::write(&path, &table.stdout)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -73,7 +111,32 @@ fn build_fixtures() -> anyhow::Result<()> {
         .arg(&out)
         .arg("./...")
         .current_dir(root().join("tests/fixtures/go"))
-        .env("CGO_ENABLED", "0"))
+        .env("CGO_ENABLED", "0"))?;
+    // Variants of the fan-out service for the Go support tests: stripped (symbols from pclntab,
+    // no DWARF), PIE, cgo (g found through the TLS block libc lays out), older Go releases
+    // (fetched with GOTOOLCHAIN) stripped, so struct offsets come from the generated table.
+    let variants: &[(&str, &[&str], &str, Option<&str>)] = &[
+        ("fanout-stripped", &["-ldflags=-s -w"], "0", None),
+        ("fanout-pie", &["-buildmode=pie"], "0", None),
+        ("fanout-cgo", &[], "1", None),
+        ("fanout-go1.21-stripped", &["-ldflags=-s -w"], "0", Some("go1.21.13")),
+        ("fanout-go1.23-stripped", &["-ldflags=-s -w"], "0", Some("go1.23.12")),
+    ];
+    for (name, flags, cgo, toolchain) in variants {
+        let mut cmd = Command::new("go");
+        cmd.arg("build")
+            .args(*flags)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg("./cmd/fanout")
+            .current_dir(root().join("tests/fixtures/go"))
+            .env("CGO_ENABLED", cgo);
+        if let Some(t) = toolchain {
+            cmd.env("GOTOOLCHAIN", t);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn build_agent() -> anyhow::Result<PathBuf> {
@@ -88,7 +151,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
@@ -187,5 +250,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { args } => demo(args),
         Task::Bench(args) => bench::bench(args),
         Task::Fuzz(args) => fuzz::fuzz(&args),
+        Task::GoOffsets => go_offsets(),
     }
 }

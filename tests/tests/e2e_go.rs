@@ -1,0 +1,347 @@
+//! Privileged end-to-end tests of Go support: goroutine-aware linking of a Go server's outgoing
+//! calls to its server span (fan-out from nested goroutines, net/http's writeLoop hand-off),
+//! across Go processes, for stripped, PIE, cgo and older-Go builds of the same fixture.
+//! Run as root with `cargo xtask e2e go_`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tracer_tests::harness::{
+    Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt, run_ok,
+};
+use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn by_trace(spans: &[ReceivedSpan]) -> BTreeMap<String, Vec<&ReceivedSpan>> {
+    let mut m: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for s in spans {
+        m.entry(s.trace_id.clone()).or_default().push(s);
+    }
+    m
+}
+
+fn of<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Vec<&'a ReceivedSpan> {
+    spans.iter().copied().filter(|s| s.service_name() == Some(service) && s.kind == kind).collect()
+}
+
+fn one<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Result<&'a ReceivedSpan, String> {
+    match of(spans, service, kind).as_slice() {
+        [s] => Ok(s),
+        v => Err(format!("{} {service} {kind:?} spans", v.len())),
+    }
+}
+
+/// `child` has `parent` as parent and lies within it.
+fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
+    if child.parent_span_id.as_deref() != Some(parent.span_id.as_str()) {
+        return Err(format!(
+            "{} {} ({:?}) is not a child of {} {} ({:?})",
+            child.service_name().unwrap_or("?"),
+            child.name,
+            child.kind,
+            parent.service_name().unwrap_or("?"),
+            parent.name,
+            parent.kind
+        ));
+    }
+    if child.start_unix_nano < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano {
+        return Err(format!("{} outside its parent {}", child.name, parent.name));
+    }
+    Ok(())
+}
+
+/// Counts complete traces with `check`, collecting what was wrong with the others.
+fn tally(spans: &[ReceivedSpan], check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>) -> (usize, usize, BTreeMap<String, usize>) {
+    let traces = by_trace(spans);
+    let mut problems = BTreeMap::new();
+    let complete = traces
+        .values()
+        .filter(|t| match check(t) {
+            Ok(()) => true,
+            Err(e) => {
+                *problems.entry(e).or_insert(0) += 1;
+                false
+            }
+        })
+        .count();
+    (complete, traces.len(), problems)
+}
+
+/// Runs `n` requests at concurrency `c` with the Go load client, untraced.
+fn load(url: &str, n: usize, c: usize) {
+    let mut cmd = Command::new(fixtures_bin().join("httpclient"));
+    cmd.args(["-url", url, "-n", &n.to_string(), "-c", &c.to_string()]);
+    let out = run_ok(&mut cmd).expect("load client");
+    assert!(out.contains(&format!("\"ok\":{n}")) && out.contains("\"200\":"), "{out}");
+}
+
+/// One trace of a fan-out request: the fan-out server span, its two client spans (made from
+/// goroutines three levels below the handler) and the two downstream server spans.
+fn check_fanout(t: &[&ReceivedSpan], [a, b, c]: [&str; 3]) -> Result<(), String> {
+    if t.len() != 5 {
+        return Err(format!("{} spans", t.len()));
+    }
+    let a_srv = one(t, a, SpanKind::Server)?;
+    if a_srv.parent_span_id.is_some() {
+        return Err("the fan-out server span has a parent".into());
+    }
+    let clients = of(t, a, SpanKind::Client);
+    if clients.len() != 2 {
+        return Err(format!("{} client spans", clients.len()));
+    }
+    for cl in &clients {
+        child_of(cl, a_srv)?;
+    }
+    let b_srv = one(t, b, SpanKind::Server)?;
+    let c_srv = one(t, c, SpanKind::Server)?;
+    let parent_of = |s: &ReceivedSpan| clients.iter().position(|cl| Some(cl.span_id.as_str()) == s.parent_span_id.as_deref());
+    match (parent_of(b_srv), parent_of(c_srv)) {
+        (Some(x), Some(y)) if x != y => {
+            child_of(b_srv, clients[x])?;
+            child_of(c_srv, clients[y])
+        }
+        other => Err(format!("downstream servers' parents among the client spans: {other:?}")),
+    }
+}
+
+/// A fan-out service (`fixture`: a build of cmd/fanout) calling two Go services from nested
+/// goroutines: every request is one trace whose two client spans are children of its server span.
+fn run_fanout(fixture: &str) {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let name = format!("{fixture}-svc");
+    let mut cmd = Command::new(fixtures_bin().join(fixture));
+    cmd.env("OTEL_SERVICE_NAME", &name);
+    let a = Service::start(&name, cmd).expect("fan-out service");
+    let b = Service::go("left-go").expect("go b");
+    let c = Service::go("right-go").expect("go c");
+    let agent = Agent::start(
+        &args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(), "--pid", &c.pid().to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    assert!(
+        agent.log_text().contains(&format!("pid {}: Go ", a.pid())),
+        "Go probes not attached to the fan-out service:\n{}",
+        agent.log_text()
+    );
+    let n = 100;
+    let url = a.url(&format!("/fanout?url={}&url={}", encode(&b.url("/hello")), encode(&c.url("/hello"))));
+    load(&url, n, 10);
+    rt.block_on(rx.wait_for(|s| s.len() >= 5 * n, WAIT)).expect("all spans");
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    let (complete, traces, problems) = tally(&spans, |t| check_fanout(t, [&name, "left-go", "right-go"]));
+    eprintln!("fan-out ({fixture}): {complete}/{n} complete traces, {} spans, {traces} traces", spans.len());
+    assert_eq!(spans.len(), 5 * n, "exactly five spans per request");
+    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:?}");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_fanout_children_of_server_span() {
+    run_fanout("fanout");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_fanout_stripped() {
+    run_fanout("fanout-stripped");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_fanout_pie() {
+    run_fanout("fanout-pie");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_fanout_cgo() {
+    run_fanout("fanout-cgo");
+}
+
+/// Go 1.21 (oldest supported) and 1.23 (goid at another offset), stripped: offsets come from
+/// the generated table, symbols from pclntab.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_fanout_older_go_stripped() {
+    run_fanout("fanout-go1.21-stripped");
+    run_fanout("fanout-go1.23-stripped");
+}
+
+/// Go client -> Go server -> Go server: one trace per request, four spans, every edge right.
+/// The client process is traced from its exec (it starts as a traced shell that execs it).
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_chain_client_server_server() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let a = Service::go("front-go").expect("go a");
+    let b = Service::go("back-go").expect("go b");
+    let n = 200;
+    let url = a.url(&format!("/call?url={}", encode(&b.url("/hello"))));
+    let mut client = Command::new("sh")
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(fixtures_bin().join("httpclient"))
+        .args(["-url", &url, "-n", &n.to_string(), "-c", "20"])
+        .env("OTEL_SERVICE_NAME", "client-go")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let agent = Agent::start(
+        &args(&[
+            "--pid", &client.id().to_string(), "--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(),
+        ]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
+    let out = client.wait_with_output().expect("client runs");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(&format!("\"ok\":{n}")), "{out}");
+    rt.block_on(rx.wait_for(|s| s.len() >= 4 * n, WAIT)).expect("all spans");
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    let (complete, traces, problems) = tally(&spans, |t| {
+        if t.len() != 4 {
+            return Err(format!("{} spans", t.len()));
+        }
+        let cl = one(t, "client-go", SpanKind::Client)?;
+        if cl.parent_span_id.is_some() {
+            return Err("the client span has a parent".into());
+        }
+        let a_srv = one(t, "front-go", SpanKind::Server)?;
+        let a_cli = one(t, "front-go", SpanKind::Client)?;
+        let b_srv = one(t, "back-go", SpanKind::Server)?;
+        child_of(a_srv, cl)?;
+        child_of(a_cli, a_srv)?;
+        child_of(b_srv, a_cli)
+    });
+    eprintln!("go chain: {complete}/{n} complete traces, {} spans, {traces} traces", spans.len());
+    assert_eq!(spans.len(), 4 * n, "exactly four spans per request");
+    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:?}");
+}
+
+/// Whether a process is alive and not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Sends `GET path` on a keep-alive connection and returns the response body (Content-Length
+/// framing, as the fixtures answer).
+fn get(conn: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{BufRead as _, Read as _};
+    // One write: a request split over segments would wait on delayed ACKs (Nagle).
+    conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body)?;
+    Ok((status, body))
+}
+
+/// Go services under load while the agent attaches and detaches ten times: 10^5 requests, every
+/// response byte-identical to the expected one, no service crashes.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn go_survives_attach_detach_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let mut cmd = Command::new(fixtures_bin().join("fanout"));
+    cmd.env("OTEL_SERVICE_NAME", "fanout-svc");
+    let a = Service::start("fanout-svc", cmd).expect("fan-out service");
+    let b = Service::go("left-go").expect("go b");
+    let total = 100_000;
+    let done = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let cycling = Arc::new(AtomicBool::new(true));
+    // Two kinds of requests: a fan-out through goroutines and the Go client (all Go probes
+    // fire), and a 3000-byte body straight from the second service.
+    let fan = format!("/fanout?url={}&url={}", encode(&b.url("/hello")), encode(&b.url("/hello")));
+    let expect_fan = b"fanout 200,200".to_vec();
+    let expect_bytes: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz".iter().copied().cycle().take(3000).collect();
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let (done, bad, cycling) = (done.clone(), bad.clone(), cycling.clone());
+            let (port, path, expect) = if i % 2 == 0 {
+                (a.port, fan.clone(), expect_fan.clone())
+            } else {
+                (b.port, "/bytes/3000".to_string(), expect_bytes.clone())
+            };
+            std::thread::spawn(move || {
+                let mut conn: Option<std::io::BufReader<std::net::TcpStream>> = None;
+                while done.load(Ordering::Relaxed) < total || cycling.load(Ordering::Relaxed) {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => {
+                            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                            s.set_nodelay(true).expect("nodelay");
+                            conn.insert(std::io::BufReader::new(s))
+                        }
+                    };
+                    match get(c, &path) {
+                        Ok((200, body)) if body == expect => {}
+                        other => {
+                            eprintln!("unexpected response: {:?}", other.map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned())));
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for cycle in 0..10 {
+        let agent = Agent::start(
+            &args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string()]),
+            &grpc_env(&rx),
+        )
+        .expect("agent");
+        assert!(agent.log_text().contains(&format!("pid {}: Go ", a.pid())), "cycle {cycle}: probes not attached");
+        // Traffic flows through the probes before detaching.
+        let before = done.load(Ordering::Relaxed);
+        tracer_tests::harness::wait_until("requests while attached", WAIT, || {
+            done.load(Ordering::Relaxed) >= before + 1000
+        })
+        .expect("load runs");
+        agent.stop().expect("agent stops");
+        assert!(alive(a.pid()) && alive(b.pid()), "a service died in cycle {cycle}");
+    }
+    cycling.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let n = done.load(Ordering::Relaxed);
+    eprintln!("survival: {n} requests, {} bad, {} spans exported while attached", bad.load(Ordering::Relaxed), rx.spans().len());
+    assert!(n >= total);
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "changed or failed responses");
+    assert!(alive(a.pid()) && alive(b.pid()));
+    assert!(!rx.spans().is_empty(), "the agent traced the services while attached");
+}

@@ -1,0 +1,224 @@
+//! Go programs: goroutine-aware linking of client requests to the server request they serve.
+//!
+//! Go runs requests on goroutines, which migrate between threads, so the per-thread context of
+//! the main programs cannot link a Go server's outgoing calls to its server span. Instead:
+//!
+//! * the syscall tracepoints read the current goroutine id (`g` from thread-local storage at the
+//!   FS base, userspace tells where, then `g.goid`) and keep the server span a goroutine is
+//!   handling in `GO_SRV_CTX`;
+//! * uprobes on `runtime.newproc1` (entry: the creating goroutine, RBX; each RET: the new `g` in
+//!   RAX, found by disassembly in userspace, never a uretprobe) record child -> parent goroutine
+//!   ids, so calls made by goroutines a handler started (any depth up to `MAX_DEPTH`) find the
+//!   handler's span;
+//! * net/http's client writes a request from the connection's `writeLoop` goroutine, not the
+//!   caller's: a uprobe on `net/http.(*Transport).roundTrip` (caller goroutine, `*Request` in
+//!   RBX) stores the caller's context under the request pointer, and one on
+//!   `net/http.(*Request).write` (writeLoop goroutine, `*Request` in RAX) hands it to the
+//!   goroutine that then writes the bytes.
+//!
+//! Only processes userspace put in `GO_PROCS` (after attaching their uprobes) are handled; every
+//! map is bounded, and state a missed return could leak lives in LRU maps.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap},
+    programs::ProbeContext,
+};
+use tracer_common::{GoProc, TraceCtx};
+
+/// Offset of `task_struct.thread.fsbase` in the running kernel (from BTF); 0 disables Go support.
+#[unsafe(no_mangle)]
+static GO_FSBASE_OFF: u64 = 0;
+
+/// Goroutine ancestry walked when looking for the server span a goroutine works for.
+const MAX_DEPTH: u32 = 8;
+
+/// `(tgid, goroutine id)` or `(tgid, object address)`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoKey {
+    tgid: u32,
+    _pad: u32,
+    id: u64,
+}
+
+#[inline(always)]
+fn key(tgid: u32, id: u64) -> GoKey {
+    GoKey { tgid, _pad: 0, id }
+}
+
+/// Traced Go processes and where their goroutine id is.
+#[map]
+static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+
+/// `runtime.newproc1` in flight: creating goroutine's id, by thread (newproc1 runs on the
+/// system stack, so entry and return are on one thread).
+#[map]
+static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Goroutine -> the goroutine that created it.
+#[map]
+static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Goroutine -> the server span it is handling (set when it reads a request).
+#[map]
+static GO_SRV_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// `*http.Request` -> the caller's context, from `roundTrip` until the request is written.
+#[map]
+static GO_REQ_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Goroutine writing net/http client requests (a transport's writeLoop) -> the context of the
+/// request it writes; an all-zero span id means the request has no parent. A goroutine listed
+/// here never inherits its creator's context.
+#[map]
+static GO_WRITER_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn proc_info(tgid: u32) -> Option<GoProc> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { GO_PROCS.get(&tgid) }.copied()
+}
+
+#[inline(always)]
+fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
+    if g == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper (faults are errors, not crashes).
+    unsafe { bpf_probe_read_user((g + p.goid_off) as *const u64) }.ok()
+}
+
+/// The goroutine the current thread runs, read from Go's thread-local `g`.
+#[inline(always)]
+fn current_goid(tgid: u32) -> Option<u64> {
+    let p = proc_info(tgid)?;
+    // SAFETY: read of a global the loader may have rewritten.
+    let off = unsafe { core::ptr::read_volatile(&GO_FSBASE_OFF) };
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: kernel and user reads through the probe helpers.
+    let task = unsafe { bpf_get_current_task() };
+    let fsbase: u64 = unsafe { bpf_probe_read_kernel((task + off) as *const u64) }.ok()?;
+    if fsbase == 0 {
+        return None;
+    }
+    let g: u64 = unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }.ok()?;
+    goid_of(g, &p)
+}
+
+/// The server span of the nearest goroutine, from `goid` up its creators, handling a request.
+#[inline(always)]
+fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
+    let mut id = goid;
+    for _ in 0..MAX_DEPTH {
+        let k = key(tgid, id);
+        // SAFETY: plain data copied out of the maps.
+        if let Some(c) = unsafe { GO_SRV_CTX.get(&k) } {
+            return Some(*c);
+        }
+        id = *unsafe { GO_PARENT.get(&k) }?;
+    }
+    None
+}
+
+/// A Go server read a request on the current goroutine: remember its span for the goroutine.
+#[inline(always)]
+pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(goid) = current_goid(tgid) {
+        let _ = GO_SRV_CTX.insert(&key(tgid, goid), t, 0);
+    }
+}
+
+/// A Go server wrote its response on the current goroutine: it no longer works for the span.
+#[inline(always)]
+pub fn server_response(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(goid) = current_goid(tgid) {
+        let _ = GO_SRV_CTX.remove(&key(tgid, goid));
+    }
+}
+
+/// The parent context of a client request written now by a Go process, if any.
+#[inline(always)]
+pub fn client_parent(pid_tgid: u64) -> Option<TraceCtx> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let goid = current_goid(tgid)?;
+    // SAFETY: plain data copied out of the map.
+    if let Some(c) = unsafe { GO_WRITER_CTX.get(&key(tgid, goid)) }.copied() {
+        return if c.span_id == [0; 8] { None } else { Some(c) };
+    }
+    ancestor_ctx(tgid, goid)
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
+    // SAFETY: the uprobe's saved user registers.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) }
+}
+
+/// `runtime.newproc1(fn, callergp *g, ...)` entry.
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
+    let (_, callergp, _) = regs(&ctx);
+    if let Some(parent) = goid_of(callergp, &p) {
+        let _ = GO_NEWPROC.insert(&pid_tgid, &parent, 0);
+    }
+    0
+}
+
+/// Each RET of `runtime.newproc1`: the new goroutine's `g` is in RAX.
+#[uprobe]
+pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(parent) = unsafe { GO_NEWPROC.get(&pid_tgid) }.copied() else { return 0 };
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = proc_info(tgid) else { return 0 };
+    let (newg, _, _) = regs(&ctx);
+    if let Some(child) = goid_of(newg, &p) {
+        if child != parent {
+            let _ = GO_PARENT.insert(&key(tgid, child), &parent, 0);
+        }
+    }
+    0
+}
+
+/// `net/http.(*Transport).roundTrip(t, req)` entry, on the caller's goroutine.
+#[uprobe]
+pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = proc_info(tgid) else { return 0 };
+    let (_, req, g) = regs(&ctx);
+    let k = key(tgid, req);
+    match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid)) {
+        Some(c) => {
+            let _ = GO_REQ_CTX.insert(&k, &c, 0);
+        }
+        None => {
+            let _ = GO_REQ_CTX.remove(&k);
+        }
+    }
+    0
+}
+
+/// `net/http.(*Request).write(r, ...)` entry, on the goroutine that writes the request.
+#[uprobe]
+pub fn go_http_request_write(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = proc_info(tgid) else { return 0 };
+    let (req, _, g) = regs(&ctx);
+    let Some(goid) = goid_of(g, &p) else { return 0 };
+    // SAFETY: plain data copied out of the map.
+    let c = unsafe { GO_REQ_CTX.get(&key(tgid, req)) }.copied().unwrap_or_default();
+    let _ = GO_WRITER_CTX.insert(&key(tgid, goid), &c, 0);
+    0
+}

@@ -1,0 +1,270 @@
+//! Attaches the Go uprobes (kernel side: `tracer-ebpf/src/go.rs`) to traced Go processes.
+//!
+//! Each executable is inspected once (`gobin`): the goroutine id's offset (DWARF or the
+//! version-keyed table), where `g` sits in TLS, and the functions to probe with the file offsets
+//! of their entries and, for `runtime.newproc1`, of every RET instruction (never a uretprobe:
+//! Go moves stacks). A process is listed in the kernel's `GO_PROCS` only once all its probes are
+//! attached; a binary missing what is needed gets one log line and keeps the behaviour the
+//! agent has for any process (its client requests are not linked to its server spans).
+
+use crate::gobin::GoBinary;
+use aya::{
+    Ebpf,
+    maps::HashMap as BpfHashMap,
+    programs::{UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+};
+use log::{debug, info, warn};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracer_common::GoProc;
+
+const NEWPROC1: &str = "runtime.newproc1";
+const ROUNDTRIP: &str = "net/http.(*Transport).roundTrip";
+const REQUEST_WRITE: &str = "net/http.(*Request).write";
+/// Present when net/http's client transport is linked in: then both client probes are needed.
+const WRITE_LOOP: &str = "net/http.(*persistConn).writeLoop";
+
+/// What to attach for one executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub go_version: String,
+    pub proc: GoProc,
+    /// (kernel program, file offsets)
+    pub points: Vec<(&'static str, Vec<u64>)>,
+}
+
+/// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
+pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
+    let v = &bin.build.go_version;
+    match bin.build.go_semver() {
+        Some(ver) if ver >= (1, 21, 0) => {}
+        _ => return Err(format!("{v} is not supported (Go 1.21 or later)")),
+    }
+    let (goid_off, _) = bin
+        .field_offset("runtime.g", "goid")
+        .ok_or_else(|| format!("no offset of runtime.g.goid for {v} (no DWARF, not in the table)"))?;
+    let newproc = bin.func(NEWPROC1).ok_or_else(|| format!("no {NEWPROC1}"))?;
+    let rets = bin.ret_offsets(NEWPROC1).unwrap_or_default();
+    if rets.is_empty() {
+        return Err(format!("no RET instruction found in {NEWPROC1}"));
+    }
+    let mut points = vec![("go_newproc1", vec![newproc.file_offset]), ("go_newproc1_ret", rets)];
+    if bin.func(WRITE_LOOP).is_some() {
+        let rt = bin.func(ROUNDTRIP).ok_or_else(|| format!("net/http client without {ROUNDTRIP}"))?;
+        let w = bin.func(REQUEST_WRITE).ok_or_else(|| format!("net/http client without {REQUEST_WRITE}"))?;
+        points.push(("go_http_roundtrip", vec![rt.file_offset]));
+        points.push(("go_http_request_write", vec![w.file_offset]));
+    }
+    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points })
+}
+
+/// Programs of the eBPF object this module attaches.
+const PROGRAMS: &[&str] = &["go_newproc1", "go_newproc1_ret", "go_http_roundtrip", "go_http_request_write"];
+
+type ExeId = (u64, u64, u64, i64);
+
+/// An inspection result from the background thread: `None` when the file is not a Go program.
+type Inspected = (ExeId, PathBuf, Option<Result<Plan, String>>);
+
+pub struct GoProbes {
+    loaded: Option<bool>,
+    /// Attached links per process.
+    procs: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Inspection results per executable (device, inode, size, mtime).
+    plans: HashMap<ExeId, Arc<Option<Result<Plan, String>>>>,
+    /// Processes waiting for their executable's inspection.
+    waiting: HashMap<ExeId, Vec<u32>>,
+    /// Executables are read on a thread of their own: reading and parsing a large binary must
+    /// not hold up the event loop (short-lived processes would exit unidentified meanwhile).
+    jobs: std::sync::mpsc::Sender<(ExeId, PathBuf)>,
+    results: std::sync::mpsc::Receiver<Inspected>,
+}
+
+impl Default for GoProbes {
+    fn default() -> Self {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<(ExeId, PathBuf)>();
+        let (res_tx, results) = std::sync::mpsc::channel::<Inspected>();
+        std::thread::Builder::new()
+            .name("go-inspect".into())
+            .spawn(move || {
+                for (id, exe) in job_rx {
+                    let p = match GoBinary::open(&exe) {
+                        Ok(bin) => Some(plan(&bin)),
+                        Err(crate::gobin::GoBinError::NotGo) => None,
+                        Err(e) => Some(Err(format!("reading the executable: {e}"))),
+                    };
+                    let name = std::fs::read_link(&exe).unwrap_or(exe);
+                    if res_tx.send((id, name, p)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the Go inspection thread");
+        Self {
+            loaded: None,
+            procs: HashMap::new(),
+            plans: HashMap::new(),
+            waiting: HashMap::new(),
+            jobs,
+            results,
+        }
+    }
+}
+
+impl GoProbes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_attached(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    fn load(&mut self, ebpf: &mut Ebpf) -> bool {
+        if let Some(ok) = self.loaded {
+            return ok;
+        }
+        let mut ok = true;
+        for name in PROGRAMS {
+            let r = ebpf
+                .program_mut(name)
+                .ok_or_else(|| "missing from the object".to_string())
+                .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| e.to_string()))
+                .and_then(|p| p.load().map_err(|e| format!("{e:#}")));
+            if let Err(e) = r {
+                warn!("Go support off: loading {name}: {e}");
+                ok = false;
+                break;
+            }
+        }
+        self.loaded = Some(ok);
+        ok
+    }
+
+    /// Attaches the Go probes to `pid` if it runs a Go program that has what they need: at once
+    /// when its executable was inspected before, else once the inspection is done (`poll`).
+    pub fn attach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else { return };
+        let id = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        if let Some(p) = self.plans.get(&id).cloned() {
+            if let Some(Ok(plan)) = p.as_ref() {
+                self.attach_plan(ebpf, pid, plan);
+            }
+            return;
+        }
+        let waiters = self.waiting.entry(id).or_default();
+        if waiters.is_empty() {
+            let _ = self.jobs.send((id, exe));
+        }
+        if !waiters.contains(&pid) {
+            waiters.push(pid);
+        }
+    }
+
+    /// Attaches the processes whose executables' inspection finished; with `block`, waits until
+    /// every pending inspection is done.
+    pub fn poll(&mut self, ebpf: &mut Ebpf, block: bool) {
+        loop {
+            let r = if block && !self.waiting.is_empty() {
+                match self.results.recv_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            } else {
+                match self.results.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
+            let (id, name, p) = r;
+            match &p {
+                Some(Ok(plan)) => debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points),
+                Some(Err(why)) => warn!(
+                    "{}: goroutine-aware linking off for this Go program ({why}); its client \
+                     requests are not linked to its server spans",
+                    name.display()
+                ),
+                None => {}
+            }
+            let p = Arc::new(p);
+            self.plans.insert(id, p.clone());
+            for pid in self.waiting.remove(&id).unwrap_or_default() {
+                if let Some(Ok(plan)) = p.as_ref() {
+                    self.attach_plan(ebpf, pid, plan);
+                }
+            }
+        }
+    }
+
+    fn attach_plan(&mut self, ebpf: &mut Ebpf, pid: u32, plan: &Plan) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        if !self.load(ebpf) {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Some(npid) = NonZeroU32::new(pid) else { return };
+        let mut links = Vec::new();
+        for (prog, offsets) in &plan.points {
+            let r = ebpf
+                .program_mut(prog)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                .ok_or_else(|| "program missing".to_string())
+                .and_then(|p| {
+                    p.attach(offsets.iter().copied(), &exe, UProbeScope::OneProcess(npid))
+                        .map_err(|e| format!("{e:#}"))
+                });
+            match r {
+                Ok(link) => links.push((*prog, link)),
+                Err(e) => {
+                    warn!("pid {pid}: attaching {prog}: {e}; goroutine-aware linking off");
+                    detach_links(ebpf, links);
+                    return;
+                }
+            }
+        }
+        let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut("GO_PROCS").map(BpfHashMap::try_from) {
+            Some(Ok(m)) => m,
+            _ => {
+                warn!("map GO_PROCS missing; goroutine-aware linking off");
+                detach_links(ebpf, links);
+                return;
+            }
+        };
+        if let Err(e) = procs.insert(&pid, &plan.proc, 0) {
+            warn!("pid {pid}: GO_PROCS: {e}");
+            detach_links(ebpf, links);
+            return;
+        }
+        info!("pid {pid}: Go {} probes attached (goroutine-aware linking)", plan.go_version);
+        self.procs.insert(pid, links);
+    }
+
+    /// Removes a process's probes (it exited or is no longer traced).
+    pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        for waiters in self.waiting.values_mut() {
+            waiters.retain(|p| *p != pid);
+        }
+        let Some(links) = self.procs.remove(&pid) else { return };
+        if let Some(Ok(mut procs)) = ebpf.map_mut("GO_PROCS").map(BpfHashMap::<_, u32, GoProc>::try_from) {
+            let _ = procs.remove(&pid);
+        }
+        detach_links(ebpf, links);
+    }
+}
+
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (prog, link) in links {
+        if let Some(p) = ebpf.program_mut(prog).and_then(|p| <&mut UProbe>::try_from(p).ok()) {
+            let _ = p.detach(link);
+        }
+    }
+}
