@@ -2029,7 +2029,7 @@ fn render_probe(p: &ProbeReport, s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "\nUprobes: n/a (no uprobes in the agent yet). Ring-buffer reservations that fail when the agent falls \
+        "\nUprobes: not measured by this command yet. The agent's uprobes (on Go programs: `runtime.newproc1` entry and each of its RETs, `net/http.(*Transport).roundTrip`, `net/http.(*Request).write`) are part of the Go server's figures above: Go's HTTP/1 server starts a goroutine per request (its background read), so each request there hits two uprobes. Ring-buffer reservations that fail when the agent falls \
          behind are counted as lost and skip the copy, so a capture-path figure with many lost events is a \
          lower bound.\n"
     );
