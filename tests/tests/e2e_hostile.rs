@@ -261,4 +261,58 @@ fn connection_flood_and_ten_thousand_open_connections() {
     assert_eq!(sum["decode_errors"], 0);
     assert_eq!(sum["kernel_lost"], 0, "{sum:?}");
     assert_eq!(sum["spans_dropped"] + sum["spans_failed"], 0, "{sum:?}");
+    // Within the default table sizes: nothing evicted or refused.
+    assert_eq!((sum["kernel_evictions"], sum["kernel_refused"]), (0, 0), "{sum:?}");
+}
+
+/// The kernel's connection tables sized for 256 connections while 1,000 stay open, each asked two
+/// requests (the second after the table has evicted its entry): the evictions are counted, and
+/// each request is still exactly one span.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn kernel_connection_table_evicts_and_counts() {
+    require_root();
+    raise_nofile();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let go = Service::go("go-evict").expect("go server");
+    const TABLE: usize = 256;
+    const CONNS: usize = 1_000;
+    let agent = Agent::start(
+        &args(&["--pid", &go.pid().to_string(), "--kernel-connections", &TABLE.to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    let mut open: Vec<TcpStream> =
+        (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", go.port)).expect("connect")).collect();
+    for round in 0..2 {
+        for s in open.iter_mut() {
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: shop\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "round {round}: {}", String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    drop(open);
+    let total = 2 * CONNS;
+    rt.block_on(rx.wait_for(|s| s.len() >= total, WAIT)).expect("one span per request");
+    let log = agent.stop().expect("agent stops cleanly");
+    let spans = rx.spans();
+    assert_eq!(spans.len(), total, "exactly one span per request");
+    assert!(spans.iter().all(|s| s.kind == tracer_tests::receiver::SpanKind::Server
+        && s.attr("http.response.status_code").and_then(|v| v.as_int()) == Some(200)));
+    // Two requests per client port, each its own span.
+    let mut per_port: std::collections::BTreeMap<u16, usize> = Default::default();
+    for p in spans.iter().filter_map(peer_port) {
+        *per_port.entry(p).or_default() += 1;
+    }
+    assert!(per_port.values().all(|&n| n == 2), "{} ports, counts {:?}", per_port.len(),
+        per_port.values().filter(|&&n| n != 2).take(5).collect::<Vec<_>>());
+    let sum = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    eprintln!("agent summary: {sum:?}");
+    // Each open connection took an entry in a table that holds 256: at least the rest were
+    // evicted (the connection and tuple tables both count).
+    assert!(sum["kernel_evictions"] >= (CONNS - TABLE) as u64, "{sum:?}");
+    assert_eq!(sum["kernel_lost"], 0, "{sum:?}");
 }

@@ -268,7 +268,49 @@ pub const COUNTER_EVENTS: u32 = 0;
 pub const COUNTER_LOST: u32 = 1;
 pub const COUNTER_NOT_HTTP: u32 = 2;
 pub const COUNTER_TRUNCATED: u32 = 3;
-pub const COUNTERS: u32 = 4;
+/// Keys added to each LRU table (`COUNTER_LRU_ADDED + tables::T_*`).
+pub const COUNTER_LRU_ADDED: u32 = 4;
+/// Keys removed from each LRU table (`COUNTER_LRU_REMOVED + tables::T_*`).
+pub const COUNTER_LRU_REMOVED: u32 = COUNTER_LRU_ADDED + tables::LRU.len() as u32;
+/// Entries refused by each full fixed-size table (`COUNTER_TABLE_FULL + tables::F_*`).
+pub const COUNTER_TABLE_FULL: u32 = COUNTER_LRU_REMOVED + tables::LRU.len() as u32;
+pub const COUNTERS: u32 = COUNTER_TABLE_FULL + tables::FIXED.len() as u32;
+
+/// The kernel's tables, by eviction policy. Every table is bounded.
+///
+/// * LRU tables (per connection, per goroutine, per in-flight context) evict their least
+///   recently used entry when full. The kernel counts the keys it adds and removes; userspace
+///   counts the entries present, and `added - removed - present` were evicted.
+/// * Fixed tables (per process, per in-flight syscall) refuse a new entry when full and count
+///   the refusal; their entries end with the syscall, the thread or the process.
+pub mod tables {
+    pub const LRU: [&str; 9] = [
+        "CONNS", "THREAD_CTX", "CONN_TUPLE", "OUT_CTX", "IN_CTX", "GO_PARENT", "GO_SRV_CTX",
+        "GO_REQ_CTX", "GO_WRITER_CTX",
+    ];
+    pub const T_CONNS: u32 = 0;
+    pub const T_THREAD_CTX: u32 = 1;
+    pub const T_CONN_TUPLE: u32 = 2;
+    pub const T_OUT_CTX: u32 = 3;
+    pub const T_IN_CTX: u32 = 4;
+    pub const T_GO_PARENT: u32 = 5;
+    pub const T_GO_SRV_CTX: u32 = 6;
+    pub const T_GO_REQ_CTX: u32 = 7;
+    pub const T_GO_WRITER_CTX: u32 = 8;
+
+    pub const FIXED: [&str; 8] = [
+        "TRACED", "EXCLUDED", "ARGS", "CONNECT_FD", "NO_THREAD_LINK", "IOV_STATE", "GO_PROCS",
+        "GO_NEWPROC",
+    ];
+    pub const F_TRACED: u32 = 0;
+    pub const F_EXCLUDED: u32 = 1;
+    pub const F_ARGS: u32 = 2;
+    pub const F_CONNECT_FD: u32 = 3;
+    pub const F_NO_THREAD_LINK: u32 = 4;
+    pub const F_IOV_STATE: u32 = 5;
+    pub const F_GO_PROCS: u32 = 6;
+    pub const F_GO_NEWPROC: u32 = 7;
+}
 
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 24);

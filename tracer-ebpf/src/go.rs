@@ -25,7 +25,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
-use tracer_common::{GoProc, TraceCtx};
+use crate::{lru_del, lru_put, put};
+use tracer_common::{GoProc, TraceCtx, tables::*};
 
 /// Offset of `task_struct.thread.fsbase` in the running kernel (from BTF); 0 disables Go support.
 #[unsafe(no_mangle)]
@@ -129,7 +130,7 @@ fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
 pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(goid) = current_goid(tgid) {
-        let _ = GO_SRV_CTX.insert(&key(tgid, goid), t, 0);
+        lru_put(&GO_SRV_CTX, &key(tgid, goid), t, T_GO_SRV_CTX);
     }
 }
 
@@ -138,7 +139,7 @@ pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
 pub fn server_response(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(goid) = current_goid(tgid) {
-        let _ = GO_SRV_CTX.remove(&key(tgid, goid));
+        lru_del(&GO_SRV_CTX, &key(tgid, goid), T_GO_SRV_CTX);
     }
 }
 
@@ -160,6 +161,12 @@ fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
     unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) }
 }
 
+/// A thread exits: drops its `newproc1` in flight, if any.
+#[inline(always)]
+pub fn forget_thread(pid_tgid: u64) {
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+}
+
 /// `runtime.newproc1(fn, callergp *g, ...)` entry.
 #[uprobe]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
@@ -167,7 +174,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
     let (_, callergp, _) = regs(&ctx);
     if let Some(parent) = goid_of(callergp, &p) {
-        let _ = GO_NEWPROC.insert(&pid_tgid, &parent, 0);
+        let _ = put(&GO_NEWPROC, &pid_tgid, &parent, F_GO_NEWPROC);
     }
     0
 }
@@ -184,7 +191,7 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     let (newg, _, _) = regs(&ctx);
     if let Some(child) = goid_of(newg, &p) {
         if child != parent {
-            let _ = GO_PARENT.insert(&key(tgid, child), &parent, 0);
+            lru_put(&GO_PARENT, &key(tgid, child), &parent, T_GO_PARENT);
         }
     }
     0
@@ -200,10 +207,10 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let k = key(tgid, req);
     match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid)) {
         Some(c) => {
-            let _ = GO_REQ_CTX.insert(&k, &c, 0);
+            lru_put(&GO_REQ_CTX, &k, &c, T_GO_REQ_CTX);
         }
         None => {
-            let _ = GO_REQ_CTX.remove(&k);
+            lru_del(&GO_REQ_CTX, &k, T_GO_REQ_CTX);
         }
     }
     0
@@ -219,6 +226,6 @@ pub fn go_http_request_write(ctx: ProbeContext) -> u32 {
     let Some(goid) = goid_of(g, &p) else { return 0 };
     // SAFETY: plain data copied out of the map.
     let c = unsafe { GO_REQ_CTX.get(&key(tgid, req)) }.copied().unwrap_or_default();
-    let _ = GO_WRITER_CTX.insert(&key(tgid, goid), &c, 0);
+    lru_put(&GO_WRITER_CTX, &key(tgid, goid), &c, T_GO_WRITER_CTX);
     0
 }

@@ -45,7 +45,7 @@ use tracer_common::{
     COUNTERS, COUNTER_EVENTS, COUNTER_LOST, COUNTER_NOT_HTTP, DIR_EGRESS, DIR_INGRESS, MAX_IOVECS,
     MAX_PAYLOAD, PROTO_HTTP1, PROTO_OTHER, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
     SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
-    TAIL_PAYLOAD,
+    TAIL_PAYLOAD, COUNTER_LRU_ADDED, COUNTER_LRU_REMOVED, COUNTER_TABLE_FULL, tables::*,
 };
 
 // ---- configuration set by userspace before load -------------------------------------------------
@@ -168,6 +168,34 @@ fn bump(idx: u32) {
     }
 }
 
+/// Puts `v` in an LRU table, counting keys it did not hold: userspace compares the keys added and
+/// removed with the entries it finds to count evictions.
+#[inline(always)]
+fn lru_put<K, V>(map: &LruHashMap<K, V>, k: &K, v: &V, table: u32) {
+    // SAFETY: only presence is tested.
+    let new = unsafe { map.get(k) }.is_none();
+    if map.insert(k, v, 0).is_ok() && new {
+        bump(COUNTER_LRU_ADDED + table);
+    }
+}
+
+#[inline(always)]
+fn lru_del<K, V>(map: &LruHashMap<K, V>, k: &K, table: u32) {
+    if map.remove(k).is_ok() {
+        bump(COUNTER_LRU_REMOVED + table);
+    }
+}
+
+/// Puts `v` in a fixed-size table; a full table refuses the entry, and the refusal is counted.
+#[inline(always)]
+fn put<K, V>(map: &HashMap<K, V>, k: &K, v: &V, table: u32) -> bool {
+    let ok = map.insert(k, v, 0).is_ok();
+    if !ok {
+        bump(COUNTER_TABLE_FULL + table);
+    }
+    ok
+}
+
 #[inline(always)]
 fn traced(tgid: u32) -> bool {
     if tgid == cfg(&AGENT_TGID) {
@@ -247,10 +275,10 @@ fn split_request_start(state: &mut ConnState, key: u64, magic: &mut [u8; 4], htt
         if verdict != PROTO_UNKNOWN {
             state.plen = 0;
         }
-        let _ = CONNS.insert(&key, state, 0);
+        lru_put(&CONNS, &key, state, T_CONNS);
     } else if len < 4 {
         let _ = join_prefix(state, magic, len);
-        let _ = CONNS.insert(&key, state, 0);
+        lru_put(&CONNS, &key, state, T_CONNS);
     }
 }
 
@@ -312,7 +340,7 @@ pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
         _pad: [0; 2],
         ctx: EvCtx::default(),
     };
-    if ARGS.insert(&pid_tgid, &args, 0).is_err() {
+    if !put(&ARGS, &pid_tgid, &args, F_ARGS) {
         return 0;
     }
     // A client request must get its context before its bytes leave, so the TCP option can
@@ -418,21 +446,21 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
         if verdict == PROTO_HTTP1 {
             state.proto = PROTO_HTTP1;
             state.plen = 0;
-            let _ = CONNS.insert(&key, &state, 0);
+            lru_put(&CONNS, &key, &state, T_CONNS);
         } else if verdict == PROTO_UNKNOWN {
             // Fewer than four bytes so far: remember them and forward this piece, so a request
             // split into tiny writes is not lost.
-            let _ = CONNS.insert(&key, &state, 0);
+            lru_put(&CONNS, &key, &state, T_CONNS);
         } else if joined {
             // The joined prefix is not HTTP.
             state.proto = PROTO_OTHER;
-            let _ = CONNS.insert(&key, &state, 0);
+            lru_put(&CONNS, &key, &state, T_CONNS);
             bump(COUNTER_NOT_HTTP);
             return 0;
         } else {
             if state.proto != PROTO_OTHER {
                 state.proto = PROTO_OTHER;
-                let _ = CONNS.insert(&key, &state, 0);
+                lru_put(&CONNS, &key, &state, T_CONNS);
             }
             bump(COUNTER_NOT_HTTP);
             return 0;
@@ -467,7 +495,7 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
         tuple: ConnTuple::default(),
         ctx: EvCtx::default(),
     };
-    if IOV_STATE.insert(&pid_tgid, &st, 0).is_ok() {
+    if put(&IOV_STATE, &pid_tgid, &st, F_IOV_STATE) {
         // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
         let _ = unsafe { PROGS.tail_call(&ctx, 0) };
         let _ = IOV_STATE.remove(&pid_tgid);
@@ -537,7 +565,7 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
         unsafe { read_tuple(s.args.sk, &mut s.tuple) };
         if inet(s.tuple.family) {
             let key = tuple_key(&s.tuple);
-            let _ = CONN_TUPLE.insert(&conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, 0);
+            lru_put(&CONN_TUPLE, &conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, T_CONN_TUPLE);
         }
         if s.args.has_ctx != 0 {
             s.ctx = s.args.ctx;
@@ -736,7 +764,7 @@ fn client_context(pid_tgid: u64, now: u64, key: Option<&TupleKey>, ctx: &mut EvC
     if let Some(key) = key {
         if cfg(&PROPAGATION) == PROPAGATION_ON {
             let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
-            let _ = OUT_CTX.insert(key, &t, 0);
+            lru_put(&OUT_CTX, key, &t, T_OUT_CTX);
         }
     }
 }
@@ -760,7 +788,7 @@ fn request_context(
         if response {
             // A client got its response: its context no longer needs to travel.
             if v4 {
-                let _ = OUT_CTX.remove(&key);
+                lru_del(&OUT_CTX, &key, T_OUT_CTX);
             }
             return;
         }
@@ -773,7 +801,7 @@ fn request_context(
                 ctx.trace_id = c.trace_id;
                 ctx.parent_id = c.span_id;
                 ctx.flags |= CTX_REMOTE_PARENT;
-                let _ = IN_CTX.remove(&key);
+                lru_del(&IN_CTX, &key, T_IN_CTX);
             }
             _ => fresh_trace(ctx),
         }
@@ -781,15 +809,15 @@ fn request_context(
             if now.wrapping_sub(prev.ts_ns) < CTX_MAX_AGE_NS {
                 // The thread took a new request before answering the last one: it multiplexes
                 // requests, so its thread context cannot link calls to requests.
-                let _ = NO_THREAD_LINK.insert(&((pid_tgid >> 32) as u32), &1, 0);
+                put(&NO_THREAD_LINK, &((pid_tgid >> 32) as u32), &1, F_NO_THREAD_LINK);
             }
         }
         let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
-        let _ = THREAD_CTX.insert(&pid_tgid, &t, 0);
+        lru_put(&THREAD_CTX, &pid_tgid, &t, T_THREAD_CTX);
         go::server_request(pid_tgid, &t);
     } else if response {
         // The thread answered its request: it no longer works for that server span.
-        let _ = THREAD_CTX.remove(&pid_tgid);
+        lru_del(&THREAD_CTX, &pid_tgid, T_THREAD_CTX);
         go::server_response(pid_tgid);
     } else if ctx.flags == 0 {
         client_context(pid_tgid, now, None, ctx);
@@ -841,7 +869,7 @@ pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
                 // connect(2) is in progress on this thread: its fd names this socket.
                 if let Some(fd) = unsafe { CONNECT_FD.get(&pid_tgid) }.copied() {
                     if fd >= 0 {
-                        let _ = CONN_TUPLE.insert(&conn_key(tgid, fd as i32), &sockops_key(&ops), 0);
+                        lru_put(&CONN_TUPLE, &conn_key(tgid, fd as i32), &sockops_key(&ops), T_CONN_TUPLE);
                     }
                 }
             }
@@ -883,7 +911,7 @@ pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
                 let mut t = TraceCtx { ts_ns: unsafe { bpf_ktime_get_ns() }, ..TraceCtx::default() };
                 t.trace_id.copy_from_slice(&opt[4..20]);
                 t.span_id.copy_from_slice(&opt[20..28]);
-                let _ = IN_CTX.insert(&sockops_key(&ops), &t, 0);
+                lru_put(&IN_CTX, &sockops_key(&ops), &t, T_IN_CTX);
             }
         }
         _ => {}
@@ -937,7 +965,7 @@ pub fn sys_enter_conn(ctx: TracePointContext) -> u32 {
     let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1);
     // connect: remember its fd; accept: -1 marks "the fd is the return value".
     let fd: i64 = if nr == NR_CONNECT { arg(&ctx, 0) as i32 as i64 } else { -1 };
-    let _ = CONNECT_FD.insert(&pid_tgid, &fd, 0);
+    put(&CONNECT_FD, &pid_tgid, &fd, F_CONNECT_FD);
     0
 }
 
@@ -964,7 +992,7 @@ pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
     };
     let tgid = (pid_tgid >> 32) as u32;
     let state = ConnState { proto: PROTO_UNKNOWN, role, plen: 0, prefix: [0; 4], _pad: 0 };
-    let _ = CONNS.insert(&conn_key(tgid, fd), &state, 0);
+    lru_put(&CONNS, &conn_key(tgid, fd), &state, T_CONNS);
     if let Some(mut e) = EVENTS.reserve::<ConnEvent>(0) {
         let p = e.as_mut_ptr();
         unsafe {
@@ -990,9 +1018,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(&ctx, 0) as i32;
     let key = conn_key(tgid, fd);
-    let _ = CONN_TUPLE.remove(&key);
+    lru_del(&CONN_TUPLE, &key, T_CONN_TUPLE);
     let Some(state) = (unsafe { CONNS.get(&key) }).copied() else { return 0 };
-    let _ = CONNS.remove(&key);
+    lru_del(&CONNS, &key, T_CONNS);
     if state.proto != PROTO_HTTP1 && state.role == ROLE_UNKNOWN {
         return 0;
     }
@@ -1025,7 +1053,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let child = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }.unwrap_or(0) as u32;
     // Threads share the parent's tgid already; new processes inherit tracing.
     if parent != 0 && child != 0 && unsafe { TRACED.get(&parent) }.is_some() {
-        let _ = TRACED.insert(&child, &1, 0);
+        put(&TRACED, &child, &1, F_TRACED);
     }
     0
 }
@@ -1064,11 +1092,19 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // Per-thread entries normally end with their syscall; a thread that dies inside one (exit,
+    // a fatal signal) must not leave them behind.
+    let _ = ARGS.remove(&pid_tgid);
+    let _ = CONNECT_FD.remove(&pid_tgid);
+    let _ = IOV_STATE.remove(&pid_tgid);
+    go::forget_thread(pid_tgid);
+    lru_del(&THREAD_CTX, &pid_tgid, T_THREAD_CTX);
     if tgid != pid_tgid as u32 {
         return 0; // a thread, not the thread group
     }
     let was_traced = traced(tgid);
     let _ = TRACED.remove(&tgid);
+    let _ = NO_THREAD_LINK.remove(&tgid);
     if was_traced {
         proc_event(EventKind::Exit, pid_tgid);
     }

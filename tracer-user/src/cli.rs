@@ -70,4 +70,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPANS", default_value_t = 8192, env = "TRACER_EXPORT_QUEUE",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub export_queue: u32,
+    /// Connections the kernel tracks at once (each costs about 100 bytes of kernel memory in
+    /// two tables). Beyond it the least recently used are evicted, counted in the summary line
+    /// (`kernel_evictions`) and reported in a warning.
+    #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_CONNECTIONS, env = "TRACER_KERNEL_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub kernel_connections: u32,
 }

@@ -47,6 +47,9 @@ pub enum Scope {
     Selected,
 }
 
+/// Connections the kernel tracks at once by default (per host; least recently used evicted).
+pub const DEFAULT_CONNECTIONS: u32 = 65_536;
+
 /// The syscalls whose enter/exit carry socket payload.
 const DATA_SYSCALLS: &[&str] =
     &["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"];
@@ -72,6 +75,11 @@ impl Probes {
     /// `propagation` = `PROPAGATION_ON` the sockops program that carries trace context in a TCP
     /// option is attached to the cgroup v2 root.
     pub fn load(scope: Scope, propagation: u32) -> Result<Self, LoadError> {
+        Self::load_with(scope, propagation, DEFAULT_CONNECTIONS)
+    }
+
+    /// As [`Probes::load`], sizing the per-connection tables for `connections` connections.
+    pub fn load_with(scope: Scope, propagation: u32, connections: u32) -> Result<Self, LoadError> {
         let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
         let tracefs = kernel::tracefs()?;
         let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
@@ -89,6 +97,8 @@ impl Probes {
             .override_global("SOCK_OFF", &sock, true)
             .override_global("TP_OFF", &tp, true)
             .override_global("GO_FSBASE_OFF", &go_fsbase, true)
+            .map_max_entries("CONNS", connections)
+            .map_max_entries("CONN_TUPLE", connections)
             .load(EBPF_OBJECT)
             .map_err(LoadError::Load)?;
         let mut attached = 0;

@@ -91,11 +91,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
     crate::caps::check(args.propagation == crate::cli::Propagation::On)?;
     let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
-    let mut probes = Probes::load(scope, match args.propagation {
+    let mut probes = Probes::load_with(scope, match args.propagation {
         crate::cli::Propagation::Off => tracer_common::PROPAGATION_OFF,
         crate::cli::Propagation::SameHost => tracer_common::PROPAGATION_SAME_HOST,
         crate::cli::Propagation::On => tracer_common::PROPAGATION_ON,
-    }).context("loading the kernel programs (see `tracer doctor`)")?;
+    }, args.kernel_connections).context("loading the kernel programs (see `tracer doctor`)")?;
     let (events_ring, mut maps) = probes.take_maps()?;
     info!("{} tracepoints attached; tracing {}", probes.attached, match scope {
         Scope::All => "every process".to_string(),
@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::pin!(stop);
     let mut decode_errors = 0u64;
+    let (mut reported_evictions, mut reported_refusals) = (0u64, 0u64);
     // Exited processes keep their resource a while: their last spans may still be assembled.
     let mut exited: VecDeque<(Instant, u32)> = VecDeque::new();
 
@@ -244,6 +245,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
             }
             _ = stats.tick() => {
+                let census = census(&maps, &probes.ebpf);
+                if census.evicted() > reported_evictions || census.refused() > reported_refusals {
+                    warn!(
+                        "kernel tables full: {} entries evicted, {} refused so far ({}); raise --kernel-connections if this persists",
+                        census.evicted(),
+                        census.refused(),
+                        census.occupancy()
+                    );
+                    reported_evictions = census.evicted();
+                    reported_refusals = census.refused();
+                }
+                debug!("kernel tables {}", census.occupancy());
                 let k = maps.counters();
                 let e = exporter.stats();
                 debug!("kernel events={} lost={} not_http={}; decode_errors={decode_errors}; export {e:?}", k.events, k.lost, k.not_http);
@@ -261,6 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Drain what the kernel already wrote, then flush.
     drain!(ring.get_mut());
     drop(ring);
+    let census = census(&maps, &probes.ebpf);
     drop(probes);
     assembler.flush_exchanges(&mut exchanges);
     let now = Clock::mono_now_ns();
@@ -275,7 +289,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
          spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
          parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
-         process_evictions={}",
+         process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={}",
         k.events,
         k.lost,
         k.not_http,
@@ -287,9 +301,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         a.unmatched_responses,
         a.unanswered_requests,
         a.evictions,
-        processes.evictions()
+        processes.evictions(),
+        correlator.stats().evictions,
+        census.evicted(),
+        census.refused()
     );
+    debug!("kernel tables at stop: {}", census.occupancy());
     Ok(())
+}
+
+/// Counts the kernel's tables (see [`crate::tables`]).
+fn census(maps: &Maps, ebpf: &aya::Ebpf) -> crate::tables::Census {
+    use aya::maps::{IterableMap as _, Map};
+    crate::tables::census(&maps.counters, |name| match name {
+        "TRACED" => Some(maps.traced.map()),
+        "EXCLUDED" => Some(maps.excluded.map()),
+        "NO_THREAD_LINK" => Some(maps.no_thread_link.map()),
+        _ => match ebpf.map(name)? {
+            Map::HashMap(d) | Map::LruHashMap(d) => Some(d),
+            _ => None,
+        },
+    })
 }
 
 /// Hands completed exchanges to the correlator and collects the spans whose hold is over.

@@ -23,7 +23,10 @@
 //! 2-second phases) writes nothing, checks that every request of the 200 req/s phase became a
 //! span and makes no timing assertion.
 
+mod soak;
+
 use anyhow::{Context as _, anyhow, bail};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -49,6 +52,14 @@ pub struct BenchArgs {
     /// Servers to measure, comma-separated (default: go,python,nginx; go with --quick).
     #[arg(long, value_enum, value_delimiter = ',')]
     servers: Vec<ServerKind>,
+    /// Soak run instead of the benchmark: trace the Go fixture at a steady rate for this many
+    /// seconds (3600 for the hardening budget), sampling the agent's memory and tables every
+    /// minute; fails if a request is lost, memory grows or a table grows. Writes docs/soak.md.
+    #[arg(long, value_name = "SECS")]
+    soak: Option<u64>,
+    /// Requests per second of the soak run.
+    #[arg(long, value_name = "RATE", default_value_t = 1000)]
+    soak_rate: u64,
     /// Development: run only one part (servers or probe); prints the report, writes no docs.
     #[arg(long, hide = true, value_enum, default_value_t = Part::All)]
     part: Part,
@@ -74,6 +85,8 @@ impl BenchArgs {
             probe_writer: None,
             probe_count: 0,
             probe_payload: Payload::Raw,
+            soak: None,
+            soak_rate: 1000,
         }
     }
 }
@@ -227,6 +240,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if !crate::nix_is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    if let Some(seconds) = args.soak {
+        return soak::soak(seconds.max(60), args.soak_rate.max(1));
     }
     let plan = Plan::from_args(&args);
     let started = Instant::now();
@@ -899,6 +915,11 @@ impl StopStats {
 impl Agent {
     /// Starts `tracer run --pid ...` and waits for its ready file.
     fn start(bin: &Path, pids: &[u32], propagation: &str, endpoint: &str, dir: &Path) -> Result<Self> {
+        Self::start_logging(bin, pids, propagation, endpoint, dir, "info")
+    }
+
+    /// As `start`, with the agent's `RUST_LOG`.
+    fn start_logging(bin: &Path, pids: &[u32], propagation: &str, endpoint: &str, dir: &Path, rust_log: &str) -> Result<Self> {
         let ready = dir.join("agent.ready");
         let log = dir.join("agent.log");
         let _ = std::fs::remove_file(&ready);
@@ -910,7 +931,7 @@ impl Agent {
         cmd.args(["--propagation", propagation])
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")

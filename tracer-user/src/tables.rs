@@ -1,0 +1,138 @@
+//! A census of the kernel's tables: how full each is, how many entries the LRU tables evicted
+//! and how many the fixed tables refused.
+//!
+//! The kernel cannot report an LRU eviction when it happens, so it counts the keys it adds to and
+//! removes from each LRU table; the census counts the entries present, and
+//! `added - removed - present` entries were evicted. Fixed tables count their refusals directly.
+
+use aya::maps::{MapData, PerCpuArray};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
+use tracer_common::{COUNTER_LRU_ADDED, COUNTER_LRU_REMOVED, COUNTER_TABLE_FULL, tables};
+
+/// One table's use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableUse {
+    pub name: &'static str,
+    pub entries: u32,
+    pub capacity: u32,
+    /// LRU tables: entries evicted to make room since the agent started.
+    pub evicted: u64,
+    /// Fixed tables: entries refused because the table was full.
+    pub refused: u64,
+    pub lru: bool,
+}
+
+/// The census of every kernel table, with the totals the summary line reports.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub tables: Vec<TableUse>,
+}
+
+impl Census {
+    pub fn evicted(&self) -> u64 {
+        self.tables.iter().map(|t| t.evicted).sum()
+    }
+    pub fn refused(&self) -> u64 {
+        self.tables.iter().map(|t| t.refused).sum()
+    }
+    /// `NAME=entries/capacity` for every table, for the debug log and the soak run.
+    pub fn occupancy(&self) -> String {
+        self.tables.iter().map(|t| format!("{}={}/{}", t.name, t.entries, t.capacity)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Evictions implied by the kernel's add/remove counts and the entries present (never negative:
+/// the counts and the census are read at slightly different moments).
+pub fn evictions(added: u64, removed: u64, present: u32) -> u64 {
+    added.saturating_sub(removed).saturating_sub(present as u64)
+}
+
+/// Takes the census. `find` returns a table's map by name (tables the agent holds apart, like
+/// `TRACED`, as well as those left in the object).
+pub fn census<'a>(counters: &PerCpuArray<MapData, u64>, find: impl Fn(&str) -> Option<&'a MapData>) -> Census {
+    let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+    let mut out = Vec::with_capacity(tables::LRU.len() + tables::FIXED.len());
+    let mut one = |name: &'static str, lru: bool, idx: u32| {
+        let Some(map) = find(name) else { return };
+        let Ok(info) = map.info() else { return };
+        let capacity = info.max_entries();
+        let entries = count_keys(map.fd().as_fd(), info.key_size() as usize, capacity);
+        let (evicted, refused) = if lru {
+            (evictions(sum(COUNTER_LRU_ADDED + idx), sum(COUNTER_LRU_REMOVED + idx), entries), 0)
+        } else {
+            (0, sum(COUNTER_TABLE_FULL + idx))
+        };
+        out.push(TableUse { name, entries, capacity, evicted, refused, lru });
+    };
+    for (i, name) in tables::LRU.iter().enumerate() {
+        one(name, true, i as u32);
+    }
+    for (i, name) in tables::FIXED.iter().enumerate() {
+        one(name, false, i as u32);
+    }
+    Census { tables: out }
+}
+
+/// Counts the keys of a map with `BPF_MAP_GET_NEXT_KEY` (at most `cap`: a key deleted while the
+/// walk stands on it restarts the walk, which must not run forever).
+fn count_keys(fd: BorrowedFd<'_>, key_size: usize, cap: u32) -> u32 {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    let mut key = vec![0u8; key_size.max(1)];
+    let mut next = vec![0u8; key_size.max(1)];
+    let mut n = 0u32;
+    let mut first = true;
+    while n < cap {
+        let attr = Attr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: `attr` points at buffers of the map's key size that outlive the call.
+        let r = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const Attr, std::mem::size_of::<Attr>())
+        };
+        if r != 0 {
+            break; // ENOENT: no more keys
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evictions_are_what_was_added_and_neither_removed_nor_present() {
+        assert_eq!(evictions(100, 30, 50), 20);
+        assert_eq!(evictions(100, 30, 70), 0);
+        // Counts read a moment before the census: never negative.
+        assert_eq!(evictions(100, 30, 80), 0);
+        assert_eq!(evictions(5, 10, 0), 0);
+    }
+
+    #[test]
+    fn census_totals() {
+        let c = Census {
+            tables: vec![
+                TableUse { name: "CONNS", entries: 3, capacity: 8, evicted: 4, refused: 0, lru: true },
+                TableUse { name: "ARGS", entries: 1, capacity: 4, evicted: 0, refused: 2, lru: false },
+            ],
+        };
+        assert_eq!((c.evicted(), c.refused()), (4, 2));
+        assert_eq!(c.occupancy(), "CONNS=3/8 ARGS=1/4");
+    }
+}
