@@ -316,3 +316,55 @@ fn kernel_connection_table_evicts_and_counts() {
     assert!(sum["kernel_evictions"] >= (CONNS - TABLE) as u64, "{sum:?}");
     assert_eq!(sum["kernel_lost"], 0, "{sum:?}");
 }
+
+/// Whether the server listening on `port` has read everything sent to it on at least `n`
+/// connections (`ss`: the server side's receive queue is empty).
+fn server_read_all(port: u16, n: usize) -> bool {
+    let out = Command::new("ss").args(["-tnH", "state", "established", &format!("( sport = :{port} )")]).output();
+    let Ok(out) = out else { return false };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let queues: Vec<u64> = text.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    queues.len() >= n && queues.iter().all(|&q| q == 0)
+}
+
+/// A traced server SIGKILLed with half a request head read on one connection and a request body
+/// in progress on another: neither becomes a span, the requests it answered before keep theirs,
+/// another traced server is unaffected and the agent carries on.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn traced_server_killed_mid_request() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let victim = Service::go("go-victim").expect("go server");
+    let other = Service::go("go-other").expect("go server");
+    let agent = Agent::start(
+        &args(&["--pid", &victim.pid().to_string(), "--pid", &other.pid().to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    for _ in 0..3 {
+        assert_eq!(tracer_tests::harness::curl(&[&victim.url("/hello")]).unwrap(), "hello");
+    }
+    let mut half = TcpStream::connect(("127.0.0.1", victim.port)).unwrap();
+    half.write_all(b"GET /hello HTTP/1.1\r\nHo").unwrap();
+    let mut body = TcpStream::connect(("127.0.0.1", victim.port)).unwrap();
+    body.write_all(b"POST /echo HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\nabc").unwrap();
+    tracer_tests::harness::wait_until("the victim reads both", WAIT, || server_read_all(victim.port, 2)).unwrap();
+    drop(victim); // SIGKILL, reaped
+    let mut buf = [0u8; 64];
+    assert_eq!(body.read(&mut buf).unwrap_or(0), 0, "the killed server's connection closes");
+    for _ in 0..3 {
+        assert_eq!(tracer_tests::harness::curl(&[&other.url("/hello")]).unwrap(), "hello");
+    }
+    rt.block_on(rx.wait_for(|s| s.len() >= 6, WAIT)).expect("six spans");
+    let log = agent.stop().expect("the agent carries on and stops cleanly");
+    let spans = rx.spans();
+    let count = |svc: &str| spans.iter().filter(|s| s.service_name() == Some(svc)).count();
+    assert_eq!((count("go-victim"), count("go-other"), spans.len()), (3, 3, 6), "one span per answered request");
+    assert!(spans.iter().all(|s| s.attr("url.path").and_then(|v| v.as_str()) == Some("/hello")));
+    let sum = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    eprintln!("agent summary: {sum:?}");
+    assert!(sum["unanswered_requests"] >= 1, "the request in progress is counted as unanswered: {sum:?}");
+    assert_eq!((sum["decode_errors"], sum["kernel_lost"]), (0, 0), "{sum:?}");
+}

@@ -50,6 +50,15 @@ fn runs_with_exactly_the_documented_capabilities() {
         let agent = Agent::start_wrapped(&with_caps(caps), &a, &grpc_env(&rx))
             .unwrap_or_else(|e| panic!("agent with {caps:?}: {e:#}"));
         assert_eq!(cap_eff(agent.pid), want, "the agent holds exactly {caps:?}");
+        // The same, as capsh names it.
+        let decoded = Command::new("capsh").arg(format!("--decode={:#x}", cap_eff(agent.pid))).output().expect("capsh");
+        let decoded = String::from_utf8_lossy(&decoded.stdout);
+        let mut names: Vec<&str> = decoded.trim().split_once('=').map(|(_, n)| n.split(',').collect()).unwrap_or_default();
+        names.sort_unstable();
+        let mut expected: Vec<String> = caps.iter().map(|c| format!("cap_{c}")).collect();
+        expected.sort_unstable();
+        assert_eq!(names, expected, "capsh --decode of the agent's effective set: {decoded}");
+        eprintln!("agent's effective capabilities (capsh): {}", decoded.trim());
         for _ in 0..5 {
             assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
         }

@@ -248,10 +248,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let census = census(&maps, &probes.ebpf);
                 if census.evicted() > reported_evictions || census.refused() > reported_refusals {
                     warn!(
-                        "kernel tables full: {} entries evicted, {} refused so far ({}); raise --kernel-connections if this persists",
-                        census.evicted(),
-                        census.refused(),
-                        census.occupancy()
+                        "kernel tables full, entries lost so far: {} (connections: raise --kernel-connections)",
+                        census.losses()
                     );
                     reported_evictions = census.evicted();
                     reported_refusals = census.refused();
@@ -289,7 +287,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
          spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
          parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
-         process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={}",
+         process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
+         goroutine_evictions={}",
         k.events,
         k.lost,
         k.not_http,
@@ -304,7 +303,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         processes.evictions(),
         correlator.stats().evictions,
         census.evicted(),
-        census.refused()
+        census.refused(),
+        census.goroutines_evicted()
     );
     debug!("kernel tables at stop: {}", census.occupancy());
     Ok(())

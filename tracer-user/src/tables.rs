@@ -28,9 +28,30 @@ pub struct Census {
     pub tables: Vec<TableUse>,
 }
 
+/// The LRU table of goroutine ancestry. Go does not tell the kernel when a goroutine exits, so
+/// this table fills with exited goroutines on any busy Go service and then evicts the least
+/// recently used (mostly exited ones): its evictions are the policy at work, reported apart.
+pub const GOROUTINE_TABLE: &str = "GO_PARENT";
+
 impl Census {
+    /// Entries evicted from the tables of live state (connections, in-flight contexts): each may
+    /// have cost a span its link or its classification.
     pub fn evicted(&self) -> u64 {
-        self.tables.iter().map(|t| t.evicted).sum()
+        self.tables.iter().filter(|t| t.name != GOROUTINE_TABLE).map(|t| t.evicted).sum()
+    }
+    /// Goroutine ancestry entries evicted (see [`GOROUTINE_TABLE`]).
+    pub fn goroutines_evicted(&self) -> u64 {
+        self.tables.iter().filter(|t| t.name == GOROUTINE_TABLE).map(|t| t.evicted).sum()
+    }
+    /// `NAME evicted N` / `NAME refused N` for the tables that lost entries, goroutine ancestry
+    /// aside.
+    pub fn losses(&self) -> String {
+        self.tables
+            .iter()
+            .filter(|t| t.name != GOROUTINE_TABLE && (t.evicted > 0 || t.refused > 0))
+            .map(|t| if t.lru { format!("{} evicted {}", t.name, t.evicted) } else { format!("{} refused {}", t.name, t.refused) })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
     pub fn refused(&self) -> u64 {
         self.tables.iter().map(|t| t.refused).sum()
@@ -130,9 +151,11 @@ mod tests {
             tables: vec![
                 TableUse { name: "CONNS", entries: 3, capacity: 8, evicted: 4, refused: 0, lru: true },
                 TableUse { name: "ARGS", entries: 1, capacity: 4, evicted: 0, refused: 2, lru: false },
+                TableUse { name: "GO_PARENT", entries: 8, capacity: 8, evicted: 90, refused: 0, lru: true },
             ],
         };
-        assert_eq!((c.evicted(), c.refused()), (4, 2));
-        assert_eq!(c.occupancy(), "CONNS=3/8 ARGS=1/4");
+        assert_eq!((c.evicted(), c.refused(), c.goroutines_evicted()), (4, 2, 90));
+        assert_eq!(c.occupancy(), "CONNS=3/8 ARGS=1/4 GO_PARENT=8/8");
+        assert_eq!(c.losses(), "CONNS evicted 4, ARGS refused 2");
     }
 }
