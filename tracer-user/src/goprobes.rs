@@ -119,6 +119,11 @@ impl GoProbes {
         Self::default()
     }
 
+    /// Uprobe links attached, over every process.
+    pub fn attached_links(&self) -> usize {
+        self.procs.values().map(Vec::len).sum()
+    }
+
     pub fn is_attached(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
     }

@@ -17,3 +17,6 @@ pub mod run;
 pub mod caps;
 pub mod gobin;
 pub mod goprobes;
+pub mod metrics;
+pub mod metrics_otlp;
+pub mod watch;
