@@ -1024,6 +1024,57 @@ mod tests {
         agent_exports_over("http/protobuf", Protocol::Http).await;
     }
 
+    /// The agent's OTLP metrics (per-service resource, HTTP semantic-convention histograms)
+    /// arrive at the receiver with the counts, sums and attributes recorded.
+    async fn agent_metrics_over(protocol: tracer_user::export::Protocol, expect: Protocol, receiver: &Receiver) {
+        use tracer_user::export::OtlpConfig;
+        use tracer_user::metrics_otlp::{OtlpMetrics, metrics_config};
+        let traces = match expect {
+            Protocol::Grpc => OtlpConfig::new(protocol, receiver.grpc_endpoint()),
+            Protocol::Http => OtlpConfig::new(protocol, receiver.http_traces_url()),
+        };
+        let cfg = metrics_config(&traces, |_| None);
+        let metrics = tracer_user::metrics::Metrics::new().with_otlp(OtlpMetrics::new(cfg, Duration::from_millis(200)));
+        let api = ProcessResource {
+            pid: 1234,
+            service_name: "users-api".into(),
+            attributes: vec![("process.pid".into(), "1234".into()), ("host.name".into(), "h1".into())],
+        };
+        let web = ProcessResource { pid: 99, service_name: "web".into(), attributes: vec![] };
+        let (server, client) = records(7);
+        for _ in 0..3 {
+            metrics.observe(&api, &server);
+        }
+        metrics.observe(&web, &client);
+        metrics.shutdown().await;
+        let points = receiver
+            .wait_for_points(|p| p.iter().any(|p| p.metric == "http.client.request.duration"), WAIT)
+            .await
+            .unwrap();
+        let s = points.iter().rev().find(|p| p.metric == "http.server.request.duration").unwrap();
+        assert_eq!(s.protocol, expect);
+        assert_eq!((s.count, s.unit.as_str(), s.temporality), (3, "s", 2), "{s:?}");
+        assert!((s.sum - 3.0 * 0.0123).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.resource.get("service.name").map(String::as_str), Some("users-api"));
+        assert_eq!(s.resource.get("host.name").map(String::as_str), Some("h1"));
+        assert!(!s.resource.contains_key("process.pid"), "{s:?}");
+        assert_eq!(s.attr_str("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s.attributes.get("http.response.status_code"), Some(&AttrVal::Int(503)));
+        assert_eq!(s.attr_str("error.type").as_deref(), Some("503"));
+        assert_eq!(s.explicit_bounds, tracer_user::metrics::DURATION_BUCKETS.to_vec());
+        let c = points.iter().rev().find(|p| p.metric == "http.client.request.duration").unwrap();
+        assert_eq!(c.resource.get("service.name").map(String::as_str), Some("web"));
+        assert_eq!(c.count, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_metrics_over_grpc_and_http_protobuf() {
+        let receiver = Receiver::start().await.unwrap();
+        agent_metrics_over(tracer_user::export::Protocol::Grpc, Protocol::Grpc, &receiver).await;
+        let receiver = Receiver::start().await.unwrap();
+        agent_metrics_over(tracer_user::export::Protocol::HttpProtobuf, Protocol::Http, &receiver).await;
+    }
+
     async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(request).await.unwrap();
