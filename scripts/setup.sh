@@ -11,7 +11,7 @@ CARGO_FUZZ_VERSION=0.13.1
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

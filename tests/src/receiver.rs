@@ -38,6 +38,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -398,9 +404,69 @@ fn flatten(req: ExportTraceServiceRequest, protocol: Protocol) -> Vec<ReceivedSp
     out
 }
 
+/// One histogram data point as received over OTLP metrics (other metric kinds are ignored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedPoint {
+    pub metric: String,
+    pub unit: String,
+    /// Resource attributes, values rendered as strings.
+    pub resource: BTreeMap<String, String>,
+    pub attributes: BTreeMap<String, AttrVal>,
+    pub count: u64,
+    pub sum: f64,
+    pub bucket_counts: Vec<u64>,
+    pub explicit_bounds: Vec<f64>,
+    pub time_unix_nano: u64,
+    /// OTLP aggregation temporality (1 delta, 2 cumulative).
+    pub temporality: i32,
+    pub protocol: Protocol,
+}
+
+impl ReceivedPoint {
+    pub fn attr_str(&self, key: &str) -> Option<String> {
+        self.attributes.get(key).map(|v| match v.as_str() {
+            Some(s) => s.to_owned(),
+            None => v.to_string(),
+        })
+    }
+}
+
+fn flatten_metrics(req: ExportMetricsServiceRequest, protocol: Protocol) -> Vec<ReceivedPoint> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut out = Vec::new();
+    for rm in req.resource_metrics {
+        let resource: BTreeMap<String, String> = rm
+            .resource
+            .map(|r| attr_map(r.attributes).into_iter().map(|(k, v)| (k, v.to_string())).collect())
+            .unwrap_or_default();
+        for sm in rm.scope_metrics {
+            for m in sm.metrics {
+                let Some(Data::Histogram(h)) = m.data else { continue };
+                for p in h.data_points {
+                    out.push(ReceivedPoint {
+                        metric: m.name.clone(),
+                        unit: m.unit.clone(),
+                        resource: resource.clone(),
+                        attributes: attr_map(p.attributes),
+                        count: p.count,
+                        sum: p.sum.unwrap_or_default(),
+                        bucket_counts: p.bucket_counts,
+                        explicit_bounds: p.explicit_bounds,
+                        time_unix_nano: p.time_unix_nano,
+                        temporality: h.aggregation_temporality,
+                        protocol,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 struct Store {
     spans: Vec<ReceivedSpan>,
     requests: Vec<ReceivedRequest>,
+    points: Vec<ReceivedPoint>,
 }
 
 struct State {
@@ -409,6 +475,8 @@ struct State {
     count: watch::Sender<usize>,
     /// Milliseconds each export waits before it is accepted (a slow collector).
     delay_ms: AtomicU64,
+    /// Number of metric points stored.
+    points: watch::Sender<usize>,
 }
 
 impl State {
@@ -421,6 +489,13 @@ impl State {
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+    }
+
+    fn ingest_metrics(&self, req: ExportMetricsServiceRequest, protocol: Protocol) {
+        let points = flatten_metrics(req, protocol);
+        let mut store = self.lock();
+        store.points.extend(points);
+        self.points.send_replace(store.points.len());
     }
 
     fn ingest(
@@ -442,6 +517,17 @@ impl State {
 }
 
 struct GrpcService(Arc<State>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.ingest_metrics(request.into_inner(), Protocol::Grpc);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for GrpcService {
@@ -482,9 +568,11 @@ async fn handle_http(
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status, msg: &str| Ok(http_reply(status, "text/plain", msg.to_string()));
-    if req.uri().path() != "/v1/traces" {
-        return text(HttpStatus::NOT_FOUND, "only /v1/traces is served\n");
-    }
+    let metrics = match req.uri().path() {
+        "/v1/traces" => false,
+        "/v1/metrics" => true,
+        _ => return text(HttpStatus::NOT_FOUND, "only /v1/traces and /v1/metrics are served\n"),
+    };
     if req.method() != hyper::Method::POST {
         return text(HttpStatus::METHOD_NOT_ALLOWED, "use POST\n");
     }
@@ -517,6 +605,16 @@ async fn handle_http(
         Ok(body) => body.to_bytes(),
         Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("cannot read body: {e}\n")),
     };
+    if metrics {
+        return match ExportMetricsServiceRequest::decode(body) {
+            Ok(decoded) => {
+                state.ingest_metrics(decoded, Protocol::Http);
+                let reply = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+                Ok(http_reply(HttpStatus::OK, "application/x-protobuf", reply))
+            }
+            Err(e) => text(HttpStatus::BAD_REQUEST, &format!("invalid protobuf: {e}\n")),
+        };
+    }
     let decoded = match ExportTraceServiceRequest::decode(body) {
         Ok(decoded) => decoded,
         Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("invalid protobuf: {e}\n")),
@@ -605,16 +703,21 @@ impl Receiver {
             store: Mutex::new(Store {
                 spans: Vec::new(),
                 requests: Vec::new(),
+                points: Vec::new(),
             }),
             count: watch::Sender::new(0),
             delay_ms: AtomicU64::new(0),
+            points: watch::Sender::new(0),
         });
+        let metrics_service = MetricsServiceServer::new(GrpcService(state.clone()))
+            .max_decoding_message_size(MAX_MESSAGE);
         let service = TraceServiceServer::new(GrpcService(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE);
         let grpc_task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics_service)
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -668,6 +771,36 @@ impl Receiver {
             .get(from..)
             .map(<[_]>::to_vec)
             .unwrap_or_default()
+    }
+
+    /// Every histogram point received over OTLP metrics so far, in arrival order.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.state.lock().points.clone()
+    }
+
+    /// Waits until `pred` holds for the metric points received so far, re-checking on each
+    /// arrival. On timeout the error lists the last points of each series.
+    pub async fn wait_for_points(
+        &self,
+        pred: impl Fn(&[ReceivedPoint]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedPoint>, ReceiverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.state.points.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let points = self.points();
+            if pred(&points) {
+                return Ok(points);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                let mut dump = String::new();
+                for p in points.iter().rev().take(20) {
+                    let _ = writeln!(dump, "{} {:?} {:?} count={} sum={}", p.metric, p.resource.get("service.name"), p.attributes, p.count, p.sum);
+                }
+                return Err(ReceiverError::Timeout { timeout, received: points.len(), dump });
+            }
+        }
     }
 
     /// Every export request received so far.
@@ -889,6 +1022,57 @@ mod tests {
     #[tokio::test]
     async fn agent_exports_over_http_protobuf() {
         agent_exports_over("http/protobuf", Protocol::Http).await;
+    }
+
+    /// The agent's OTLP metrics (per-service resource, HTTP semantic-convention histograms)
+    /// arrive at the receiver with the counts, sums and attributes recorded.
+    async fn agent_metrics_over(protocol: tracer_user::export::Protocol, expect: Protocol, receiver: &Receiver) {
+        use tracer_user::export::OtlpConfig;
+        use tracer_user::metrics_otlp::{OtlpMetrics, metrics_config};
+        let traces = match expect {
+            Protocol::Grpc => OtlpConfig::new(protocol, receiver.grpc_endpoint()),
+            Protocol::Http => OtlpConfig::new(protocol, receiver.http_traces_url()),
+        };
+        let cfg = metrics_config(&traces, |_| None);
+        let metrics = tracer_user::metrics::Metrics::new().with_otlp(OtlpMetrics::new(cfg, Duration::from_millis(200)));
+        let api = ProcessResource {
+            pid: 1234,
+            service_name: "users-api".into(),
+            attributes: vec![("process.pid".into(), "1234".into()), ("host.name".into(), "h1".into())],
+        };
+        let web = ProcessResource { pid: 99, service_name: "web".into(), attributes: vec![] };
+        let (server, client) = records(7);
+        for _ in 0..3 {
+            metrics.observe(&api, &server);
+        }
+        metrics.observe(&web, &client);
+        metrics.shutdown().await;
+        let points = receiver
+            .wait_for_points(|p| p.iter().any(|p| p.metric == "http.client.request.duration"), WAIT)
+            .await
+            .unwrap();
+        let s = points.iter().rev().find(|p| p.metric == "http.server.request.duration").unwrap();
+        assert_eq!(s.protocol, expect);
+        assert_eq!((s.count, s.unit.as_str(), s.temporality), (3, "s", 2), "{s:?}");
+        assert!((s.sum - 3.0 * 0.0123).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.resource.get("service.name").map(String::as_str), Some("users-api"));
+        assert_eq!(s.resource.get("host.name").map(String::as_str), Some("h1"));
+        assert!(!s.resource.contains_key("process.pid"), "{s:?}");
+        assert_eq!(s.attr_str("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s.attributes.get("http.response.status_code"), Some(&AttrVal::Int(503)));
+        assert_eq!(s.attr_str("error.type").as_deref(), Some("503"));
+        assert_eq!(s.explicit_bounds, tracer_user::metrics::DURATION_BUCKETS.to_vec());
+        let c = points.iter().rev().find(|p| p.metric == "http.client.request.duration").unwrap();
+        assert_eq!(c.resource.get("service.name").map(String::as_str), Some("web"));
+        assert_eq!(c.count, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_metrics_over_grpc_and_http_protobuf() {
+        let receiver = Receiver::start().await.unwrap();
+        agent_metrics_over(tracer_user::export::Protocol::Grpc, Protocol::Grpc, &receiver).await;
+        let receiver = Receiver::start().await.unwrap();
+        agent_metrics_over(tracer_user::export::Protocol::HttpProtobuf, Protocol::Http, &receiver).await;
     }
 
     async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {

@@ -19,6 +19,12 @@ pub enum Command {
     /// OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf); with none set, spans print to stdout
     /// as a tree per trace.
     Run(RunArgs),
+    /// Show traces live in the terminal as they complete (one block per trace: spans indented
+    /// under their parent, a duration bar scaled to the trace, service, status, duration).
+    ///
+    /// Takes the same selectors as `run`. Keys: q quit, p pause, up/down/PgUp/PgDn scroll.
+    /// Spans also go to an OTLP collector when an endpoint is configured; never to stdout.
+    Watch(WatchArgs),
     /// Try each eBPF attach type for real and report what this kernel offers.
     Doctor,
     /// Show what the agent reads from Go executables: Go and module versions, where symbols
@@ -76,4 +82,71 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_CONNECTIONS, env = "TRACER_KERNEL_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub kernel_connections: u32,
+    /// Serve request metrics and the agent's health in the Prometheus text format on
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, value_name = "ADDR", env = "TRACER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Do not send the request metrics over OTLP (they are sent to the traces collector when
+    /// an OTLP endpoint is configured, every OTEL_METRIC_EXPORT_INTERVAL ms, default 60 s).
+    #[arg(long)]
+    pub no_otlp_metrics: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Show only traces that last at least this long (e.g. 50ms, 1.5s, 200us).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_duration: Option<std::time::Duration>,
+    /// Show only traces with at least one failed span.
+    #[arg(long)]
+    pub errors_only: bool,
+    /// Write the agent's log here (the terminal belongs to the view; without this file the log
+    /// is not kept).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
+}
+
+/// Parses `50ms`, `1.5s`, `200us`, `2m` (a number and a unit).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 50ms or 1.5s"))?;
+    let scale = match unit {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(format!("{text:?}: unit must be one of us, ms, s, m (e.g. 50ms)")),
+    };
+    std::time::Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_garbage() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "50", "ms", "5 parsecs", "-1s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn watch_takes_the_run_selectors_and_filters() {
+        let cli = Cli::try_parse_from(["tracer", "watch", "--pid", "12", "--exe", "py*", "--min-duration", "50ms", "--errors-only"]).unwrap();
+        let Command::Watch(w) = cli.command else { panic!("not watch") };
+        assert_eq!((w.run.pids, w.run.exes), (vec![12], vec!["py*".to_string()]));
+        assert_eq!(w.min_duration, Some(Duration::from_millis(50)));
+        assert!(w.errors_only);
+        assert!(Cli::try_parse_from(["tracer", "run", "--metrics-listen", "not-an-address"]).is_err());
+    }
 }

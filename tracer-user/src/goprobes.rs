@@ -11,7 +11,7 @@ use crate::gobin::GoBinary;
 use aya::{
     Ebpf,
     maps::HashMap as BpfHashMap,
-    programs::{UProbe, uprobe::{UProbeLinkId, UProbeScope}},
+    programs::{UProbe, uprobe::{UProbeLink, UProbeLinkId, UProbeScope}},
 };
 use log::{debug, info, warn};
 use std::collections::HashMap;
@@ -81,6 +81,10 @@ pub struct GoProbes {
     /// not hold up the event loop (short-lived processes would exit unidentified meanwhile).
     jobs: std::sync::mpsc::Sender<(ExeId, PathBuf)>,
     results: std::sync::mpsc::Receiver<Inspected>,
+    /// Links to detach. Detaching a uprobe waits for the kernel to quiesce (hundreds of
+    /// milliseconds for a process's set of probes): done on a thread of its own, so that the
+    /// event loop goes on handling exec events (a restarted service is traced at once).
+    reaper: std::sync::mpsc::Sender<Vec<UProbeLink>>,
 }
 
 impl Default for GoProbes {
@@ -103,6 +107,16 @@ impl Default for GoProbes {
                 }
             })
             .expect("spawning the Go inspection thread");
+        let (reaper, doomed) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+        std::thread::Builder::new()
+            .name("uprobe-detach".into())
+            .spawn(move || {
+                // Dropping a link detaches it.
+                for links in doomed {
+                    drop(links);
+                }
+            })
+            .expect("spawning the uprobe detach thread");
         Self {
             loaded: None,
             procs: HashMap::new(),
@@ -110,6 +124,7 @@ impl Default for GoProbes {
             waiting: HashMap::new(),
             jobs,
             results,
+            reaper,
         }
     }
 }
@@ -117,6 +132,11 @@ impl Default for GoProbes {
 impl GoProbes {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Uprobe links attached, over every process.
+    pub fn attached_links(&self) -> usize {
+        self.procs.values().map(Vec::len).sum()
     }
 
     pub fn is_attached(&self, pid: u32) -> bool {
@@ -226,7 +246,7 @@ impl GoProbes {
                 Ok(link) => links.push((*prog, link)),
                 Err(e) => {
                     warn!("pid {pid}: attaching {prog}: {e}; goroutine-aware linking off");
-                    detach_links(ebpf, links);
+                    detach_links(ebpf, links, &self.reaper);
                     return;
                 }
             }
@@ -235,13 +255,13 @@ impl GoProbes {
             Some(Ok(m)) => m,
             _ => {
                 warn!("map GO_PROCS missing; goroutine-aware linking off");
-                detach_links(ebpf, links);
+                detach_links(ebpf, links, &self.reaper);
                 return;
             }
         };
         if let Err(e) = procs.insert(&pid, &plan.proc, 0) {
             warn!("pid {pid}: GO_PROCS: {e}");
-            detach_links(ebpf, links);
+            detach_links(ebpf, links, &self.reaper);
             return;
         }
         info!("pid {pid}: Go {} probes attached (goroutine-aware linking)", plan.go_version);
@@ -257,14 +277,22 @@ impl GoProbes {
         if let Some(Ok(mut procs)) = ebpf.map_mut("GO_PROCS").map(BpfHashMap::<_, u32, GoProc>::try_from) {
             let _ = procs.remove(&pid);
         }
-        detach_links(ebpf, links);
+        detach_links(ebpf, links, &self.reaper);
     }
 }
 
-fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+/// Takes the links out of their programs and hands them to the detach thread (or detaches them
+/// here if that thread is gone).
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>, reaper: &std::sync::mpsc::Sender<Vec<UProbeLink>>) {
+    let mut owned = Vec::with_capacity(links.len());
     for (prog, link) in links {
         if let Some(p) = ebpf.program_mut(prog).and_then(|p| <&mut UProbe>::try_from(p).ok()) {
-            let _ = p.detach(link);
+            if let Ok(l) = p.take_link(link) {
+                owned.push(l);
+            }
         }
+    }
+    if let Err(std::sync::mpsc::SendError(owned)) = reaper.send(owned) {
+        drop(owned);
     }
 }

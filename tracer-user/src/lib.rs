@@ -18,3 +18,6 @@ pub mod caps;
 pub mod gobin;
 pub mod goprobes;
 pub mod tables;
+pub mod metrics;
+pub mod metrics_otlp;
+pub mod watch;

@@ -4,10 +4,25 @@ use clap::Parser as _;
 use tracer_user::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_timestamp_millis();
+    if let Command::Watch(w) = &cli.command {
+        // The terminal belongs to the view: the log goes to --log-file or nowhere.
+        match w.log_file.as_ref().map(std::fs::File::create) {
+            Some(Ok(file)) => {
+                logger.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Some(Err(e)) => {
+                eprintln!("tracer: --log-file: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            None => {
+                logger.filter_level(log::LevelFilter::Off);
+            }
+        }
+    }
+    logger.init();
     let result = match cli.command {
         Command::Doctor => {
             let report = tracer_user::doctor::run_checks();
@@ -18,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Command::GoInspect { offsets_table, binaries } => {
             tracer_user::gobin::inspect_command(&binaries, offsets_table)
         }
+        Command::Watch(args) => tracer_user::watch::main(args),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

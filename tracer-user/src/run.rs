@@ -85,10 +85,38 @@ impl Discovery {
     }
 }
 
+/// A finished span with its process's resource, as handed to a [`Hooks::tap`].
+pub type TappedSpan = (std::sync::Arc<crate::model::ProcessResource>, SpanRecord);
+
+/// What a caller other than `tracer run` (the `watch` view) adds to the agent loop.
+#[derive(Default)]
+pub struct Hooks {
+    /// Also receives every finished span (never blocks: a full channel drops the span there).
+    pub tap: Option<std::sync::mpsc::SyncSender<TappedSpan>>,
+    /// Stops the agent like SIGINT when notified.
+    pub stop: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Export over OTLP only when an endpoint is configured; never print spans to stdout.
+    pub otlp_only: bool,
+}
+
 /// Runs the agent until a signal or `--duration`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    run_with(args, Hooks::default()).await
+}
+
+/// [`run`] with the hooks of another front end.
+pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let selector = Selector::new(&args.pids, &args.exes, &args.ports)?;
     let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
+    let mut metrics = crate::metrics::Metrics::new();
+    if let (ExportConfig::Otlp(traces), false) = (&config, args.no_otlp_metrics) {
+        let env = |k: &str| std::env::var(k).ok();
+        let cfg = crate::metrics_otlp::metrics_config(traces, env);
+        metrics = metrics.with_otlp(crate::metrics_otlp::OtlpMetrics::new(cfg, crate::metrics_otlp::interval(env)));
+    }
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
     crate::caps::check(args.propagation == crate::cli::Propagation::On)?;
     let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
     let mut probes = Probes::load_with(scope, match args.propagation {
@@ -102,8 +130,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Scope::Selected => "selected processes".to_string(),
     });
 
-    let export_options = ExportOptions { queue_capacity: (args.export_queue as usize).max(1), ..ExportOptions::default() };
-    let exporter = export::spawn(config, export_options)?;
+    let export_options = ExportOptions {
+        queue_capacity: (args.export_queue as usize).max(1),
+        export_latency: Some(metrics.export_latency.clone()),
+        ..ExportOptions::default()
+    };
+    let exporter = if hooks.otlp_only && matches!(config, ExportConfig::Stdout) {
+        None
+    } else {
+        Some(export::spawn(config, export_options)?)
+    };
+    let sinks = Sinks { exporter: exporter.as_ref(), metrics: &metrics, tap: hooks.tap.as_ref() };
     let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new(), added: Vec::new() };
     let mut go = GoProbes::new();
     if scope == Scope::Selected {
@@ -130,6 +167,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut port_scan = tokio::time::interval(Duration::from_secs(1));
     let mut stats = tokio::time::interval(Duration::from_secs(10));
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let stop_hook = hooks.stop.clone();
+    let stop_requested = async {
+        match &stop_hook {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop_requested);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(Duration::from_secs);
@@ -217,7 +263,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 drain!(ring.get_mut());
                 let now = Clock::mono_now_ns();
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
-                export_spans(&exporter, &mut processes, &mut spans);
+                export_spans(&sinks, &mut processes, &mut spans);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -226,14 +272,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 guard.clear_ready();
                 let now = Clock::mono_now_ns();
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
-                export_spans(&exporter, &mut processes, &mut spans);
+                export_spans(&sinks, &mut processes, &mut spans);
             }
             _ = tick.tick() => {
                 let now = Clock::mono_now_ns();
                 assembler.on_tick_exchanges(now, &mut exchanges);
                 correlator.observe_in_flight(assembler.in_flight());
                 correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
-                export_spans(&exporter, &mut processes, &mut spans);
+                export_spans(&sinks, &mut processes, &mut spans);
                 while exited.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(30)) {
                     if let Some((_, pid)) = exited.pop_front() {
                         processes.forget(pid);
@@ -256,13 +302,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 debug!("kernel tables {}", census.occupancy());
                 let k = maps.counters();
-                let e = exporter.stats();
+                let e = exporter.as_ref().map(|e| e.stats()).unwrap_or_default();
                 debug!("kernel events={} lost={} not_http={}; decode_errors={decode_errors}; export {e:?}", k.events, k.lost, k.not_http);
                 debug!("assembler {:?}; correlator {:?}", assembler.stats(), correlator.stats());
                 if k.lost > 0 {
                     warn!("{} events lost in the kernel (ring buffer full)", k.lost);
                 }
             }
+            _ = health.tick() => {
+                let k = maps.counters();
+                let e = exporter.as_ref().map(|e| e.stats()).unwrap_or_default();
+                let traced = match scope {
+                    Scope::All => processes.len(),
+                    Scope::Selected => discovery.traced.len(),
+                };
+                metrics.update_health(crate::metrics::Health {
+                    kernel_events: k.events,
+                    kernel_lost: k.lost,
+                    decode_errors,
+                    spans_exported: e.exported,
+                    spans_dropped: e.dropped_queue_full + e.dropped_closed,
+                    spans_failed: e.spans_failed,
+                    probes_attached: (probes.attached + go.attached_links()) as u64,
+                    processes_traced: traced as u64,
+                });
+            }
+            _ = &mut stop_requested => { info!("quit: flushing and detaching"); break }
             _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break }
             _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break }
             _ = &mut stop => { info!("duration reached: flushing and detaching"); break }
@@ -278,10 +343,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let now = Clock::mono_now_ns();
     correlate(&mut correlator, &mut exchanges, now, &clock, &mut spans);
     correlator.flush(&clock, &mut spans);
-    export_spans(&exporter, &mut processes, &mut spans);
+    export_spans(&sinks, &mut processes, &mut spans);
+    drop(sinks);
+    drop(hooks);
     let k = maps.counters();
     let a = assembler.stats();
-    let e = exporter.shutdown().await;
+    let (e, ()) = tokio::join!(
+        async {
+            match exporter {
+                Some(e) => e.shutdown().await,
+                None => export::ExportStats::default(),
+            }
+        },
+        metrics.shutdown()
+    );
     // One machine-readable summary line (the benchmark and the tests read it).
     info!(
         "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={decode_errors} \
@@ -360,9 +435,22 @@ fn attach_go(discovery: &mut Discovery, maps: &mut Maps, ebpf: &mut aya::Ebpf, g
     }
 }
 
-fn export_spans(exporter: &export::ExportHandle, processes: &mut ProcessCache, spans: &mut Vec<SpanRecord>) {
+/// Where finished spans go: the exporter (if any), the metrics, the tap (if any).
+struct Sinks<'a> {
+    exporter: Option<&'a export::ExportHandle>,
+    metrics: &'a crate::metrics::Metrics,
+    tap: Option<&'a std::sync::mpsc::SyncSender<TappedSpan>>,
+}
+
+fn export_spans(sinks: &Sinks<'_>, processes: &mut ProcessCache, spans: &mut Vec<SpanRecord>) {
     for span in spans.drain(..) {
         let resource = processes.get(span.pid);
-        exporter.send(resource, span);
+        sinks.metrics.observe(&resource, &span);
+        if let Some(tap) = sinks.tap {
+            let _ = tap.try_send((resource.clone(), span.clone()));
+        }
+        if let Some(exporter) = sinks.exporter {
+            exporter.send(resource, span);
+        }
     }
 }

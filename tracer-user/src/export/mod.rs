@@ -71,6 +71,8 @@ pub struct ExportOptions {
     pub resource_idle_ttl: Duration,
     /// Stdout mode: a trace is printed this long after its last span arrived. Default 1 s.
     pub stdout_hold: Duration,
+    /// Records the duration of each OTLP export call (retries included), when set.
+    pub export_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Default for ExportOptions {
@@ -87,6 +89,7 @@ impl Default for ExportOptions {
             max_resources: 1024,
             resource_idle_ttl: Duration::from_secs(600),
             stdout_hold: Duration::from_secs(1),
+            export_latency: None,
         }
     }
 }

@@ -157,6 +157,7 @@ pub(crate) struct OtlpSink {
     idle_ttl: std::time::Duration,
     stats: Arc<StatsInner>,
     warn: WarnLimiter,
+    latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl OtlpSink {
@@ -225,6 +226,7 @@ impl OtlpSink {
             idle_ttl: opts.resource_idle_ttl,
             stats,
             warn: WarnLimiter::new(opts.warn_interval),
+            latency: opts.export_latency.clone(),
         };
         // Fail at startup, not on the first span, if the SDK rejects the configuration.
         sink.build_exporter(&ProcessResource {
@@ -340,11 +342,16 @@ impl OtlpSink {
                 }
             };
             let data: Vec<SpanData> = spans.into_iter().map(to_span_data).collect();
+            let latency = self.latency.clone();
             tasks.spawn(async move {
+                let started = std::time::Instant::now();
                 let result = match tokio::time::timeout(hard_limit, exporter.export(data)).await {
                     Ok(r) => r,
                     Err(_) => Err(OTelSdkError::Timeout(hard_limit)),
                 };
+                if let Some(h) = latency {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
                 (n, result)
             });
         }
