@@ -17,3 +17,6 @@ pub mod run;
 pub mod caps;
 pub mod gobin;
 pub mod goprobes;
+pub mod container;
+pub mod config;
+pub mod k8s;
