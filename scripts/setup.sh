@@ -7,6 +7,11 @@ NIGHTLY=nightly-2026-06-25
 STABLE=1.99.0
 BPF_LINKER_VERSION=0.13
 CARGO_FUZZ_VERSION=0.13.1
+# Helm renders deploy/helm/tracer in the deployment tests (tests/tests/deploy.rs). It is built
+# from its Go module at this version; the module's checksum is pinned too (and Go checks every
+# dependency against the module's go.sum).
+HELM_VERSION=v3.22.0
+HELM_MODULE_SUM=h1:n1if5iQgHYsujPAcO5oonH/KiSNUmqmUF0iGVjSF3AU=
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -42,6 +47,14 @@ fi
 if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${CARGO_FUZZ_VERSION}"; then
   log "cargo-fuzz ${CARGO_FUZZ_VERSION}"
   cargo "+${STABLE}" install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
+fi
+
+if ! helm version --template '{{.Version}}' 2>/dev/null | grep -q "^${HELM_VERSION%.*}"; then
+  log "helm ${HELM_VERSION} (built from its Go module)"
+  export PATH="$PATH:/usr/local/go/bin"
+  sum=$(cd /tmp && go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" | sed -n 's/^\t"Sum": "\(.*\)",$/\1/p')
+  [ "$sum" = "$HELM_MODULE_SUM" ] || { echo "[setup] helm module checksum mismatch: got '$sum'" >&2; exit 1; }
+  (cd /tmp && GOBIN=/usr/local/bin GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
 fi
 
 # Test fixtures: Go and Node ship with the machine; Java comes from apt above when missing.

@@ -48,6 +48,18 @@ const SYS_ADMIN: Need = Need {
     why: "attach uprobes to Go programs (goroutine-aware linking)",
 };
 
+/// The capabilities a deployment (container, systemd unit) grants the agent, without the `CAP_`
+/// prefix: the required ones, the optional ones it uses when present (`SYS_PTRACE`,
+/// `SYS_ADMIN`), and `NET_ADMIN` when propagation is `on`. The manifests in `deploy/` are tested
+/// against this list.
+pub fn deployment_capabilities(propagation_on: bool) -> Vec<&'static str> {
+    let mut caps = vec![BPF, PERFMON, SYS_PTRACE, SYS_ADMIN];
+    if propagation_on {
+        caps.push(NET_ADMIN);
+    }
+    caps.into_iter().map(|n| n.name.trim_start_matches("CAP_")).collect()
+}
+
 /// The effective capability set of this process (`CapEff` of /proc/self/status).
 pub fn effective() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -21,3 +21,6 @@ pub mod tables;
 pub mod metrics;
 pub mod metrics_otlp;
 pub mod watch;
+pub mod container;
+pub mod config;
+pub mod k8s;

@@ -7,6 +7,7 @@ use crate::model::ProcessResource;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Whether an executable is a Go program (it has Go's build-info or pcln sections).
 pub fn is_go_binary(path: &Path) -> bool {
@@ -27,6 +28,8 @@ pub struct ProcInfo {
     pub cmdline: Vec<String>,
     pub env_service_name: Option<String>,
     pub env_resource_attributes: Vec<(String, String)>,
+    /// The container the process runs in, from its cgroup.
+    pub container: Option<crate::container::ContainerId>,
 }
 
 impl ProcInfo {
@@ -60,7 +63,8 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> ProcInfo {
         .unwrap_or_default();
     let environ = std::fs::read(dir.join("environ")).map(|b| split_nul(&b)).unwrap_or_default();
     let (env_service_name, env_resource_attributes) = service_from_env(&environ);
-    ProcInfo { pid, exe, cmdline, env_service_name, env_resource_attributes }
+    let container = crate::container::of_pid(proc_root, pid);
+    ProcInfo { pid, exe, cmdline, env_service_name, env_resource_attributes, container }
 }
 
 fn split_nul(b: &[u8]) -> Vec<String> {
@@ -127,6 +131,13 @@ fn host_name() -> String {
 
 /// Builds the span resource of a process.
 pub fn resource_of(info: &ProcInfo, host: &str) -> ProcessResource {
+    resource_with_pod(info, host, None)
+}
+
+/// Builds the span resource of a process, with its pod's metadata when it runs in one. The
+/// process's own `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` name the service first, then
+/// the pod ([`crate::k8s::PodIdentity::service_name`]), then the executable.
+pub fn resource_with_pod(info: &ProcInfo, host: &str, pod: Option<&crate::k8s::PodIdentity>) -> ProcessResource {
     let service_name = info
         .env_service_name
         .clone()
@@ -136,6 +147,7 @@ pub fn resource_of(info: &ProcInfo, host: &str) -> ProcessResource {
                 .find(|(k, _)| k == "service.name")
                 .map(|(_, v)| v.clone())
         })
+        .or_else(|| pod.and_then(|p| p.service_name.clone()))
         .unwrap_or_else(|| info.exe_name());
     let mut attributes: Vec<(String, String)> = info
         .env_resource_attributes
@@ -150,6 +162,16 @@ pub fn resource_of(info: &ProcInfo, host: &str) -> ProcessResource {
     }
     if !host.is_empty() {
         attributes.push(("host.name".into(), host.to_owned()));
+    }
+    if let Some(c) = &info.container {
+        attributes.push(("container.id".into(), c.id.clone()));
+    }
+    if let Some(pod) = pod {
+        for (k, v) in &pod.attributes {
+            if !attributes.iter().any(|(have, _)| have == k) {
+                attributes.push((k.clone(), v.clone()));
+            }
+        }
     }
     attributes.push(("telemetry.distro.name".into(), "tracer".into()));
     attributes.push(("telemetry.distro.version".into(), env!("CARGO_PKG_VERSION").into()));
@@ -168,7 +190,13 @@ pub struct ProcessCache {
     by_pid: HashMap<u32, Arc<ProcessResource>>,
     max: usize,
     evictions: u64,
+    k8s: Option<crate::k8s::Cache>,
+    /// Processes in a container whose pod was not known when they were read: looked up again.
+    awaiting_pod: HashMap<u32, (ProcInfo, Instant)>,
 }
+
+/// How long a process's resource is completed once its pod appears.
+const POD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ProcessCache {
     pub fn new(proc_root: impl Into<PathBuf>) -> Self {
@@ -183,17 +211,56 @@ impl ProcessCache {
             by_pid: HashMap::new(),
             max: max.max(1),
             evictions: 0,
+            k8s: None,
+            awaiting_pod: HashMap::new(),
         }
     }
 
+    /// Adds Kubernetes metadata to the resources of processes in pods.
+    pub fn set_kubernetes(&mut self, cache: crate::k8s::Cache) {
+        self.k8s = Some(cache);
+    }
+
+    /// The Kubernetes cache, when metadata is on.
+    pub fn kubernetes(&self) -> Option<&crate::k8s::Cache> {
+        self.k8s.as_ref()
+    }
+
+    fn build(&mut self, info: ProcInfo) -> Arc<ProcessResource> {
+        let pod = match (&self.k8s, &info.container) {
+            (Some(k8s), Some(c)) => {
+                let pod = k8s.lookup(c);
+                if pod.is_none() {
+                    self.awaiting_pod.entry(info.pid).or_insert_with(|| (info.clone(), Instant::now()));
+                } else {
+                    self.awaiting_pod.remove(&info.pid);
+                }
+                pod
+            }
+            _ => None,
+        };
+        Arc::new(resource_with_pod(&info, &self.host, pod.as_ref()))
+    }
+
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        if let Some((info, since)) = self.awaiting_pod.get(&pid) {
+            if since.elapsed() > POD_WAIT {
+                self.awaiting_pod.remove(&pid);
+            } else {
+                let info = info.clone();
+                let r = self.build(info);
+                self.by_pid.insert(pid, r.clone());
+                return r;
+            }
+        }
         if let Some(r) = self.by_pid.get(&pid) {
             return r.clone();
         }
         if self.by_pid.len() >= self.max {
             self.make_room();
         }
-        let r = Arc::new(resource_of(&read_proc(&self.proc_root, pid), &self.host));
+        let info = read_proc(&self.proc_root, pid);
+        let r = self.build(info);
         self.by_pid.insert(pid, r.clone());
         r
     }
@@ -203,6 +270,7 @@ impl ProcessCache {
         let before = self.by_pid.len();
         let root = &self.proc_root;
         self.by_pid.retain(|pid, _| root.join(pid.to_string()).exists());
+        self.awaiting_pod.retain(|pid, _| root.join(pid.to_string()).exists());
         if self.by_pid.len() >= self.max {
             if let Some(&victim) = self.by_pid.keys().next() {
                 self.by_pid.remove(&victim);
@@ -223,11 +291,13 @@ impl ProcessCache {
     /// Re-reads a process after exec.
     pub fn refresh(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+        self.awaiting_pod.remove(&pid);
     }
 
     /// Forgets a process that exited.
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+        self.awaiting_pod.remove(&pid);
     }
 
     pub fn len(&self) -> usize {
@@ -268,6 +338,32 @@ mod tests {
         assert_eq!(resource_of(&info, "h").service_name, "checkout");
         let info = ProcInfo { env_service_name: None, env_resource_attributes: vec![], ..info };
         assert_eq!(resource_of(&info, "h").service_name, "python3.11");
+    }
+
+    #[test]
+    fn container_and_pod_attributes() {
+        let info = ProcInfo {
+            pid: 7,
+            exe: Some("/app/server".into()),
+            container: crate::container::from_cgroup_path("/system.slice/docker-1ebedb637aea644ece9c9eb3f93f41cbe6e5a96ce3961f665b83bd12363ab303.scope"),
+            ..Default::default()
+        };
+        let r = resource_of(&info, "h");
+        assert!(r.attributes.contains(&("container.id".into(), "1ebedb637aea644ece9c9eb3f93f41cbe6e5a96ce3961f665b83bd12363ab303".into())));
+        assert_eq!(r.service_name, "server");
+        let pod = crate::k8s::PodIdentity {
+            attributes: vec![("k8s.pod.name".into(), "api-1".into()), ("host.name".into(), "ignored".into())],
+            service_name: Some("api".into()),
+            ..Default::default()
+        };
+        let r = resource_with_pod(&info, "h", Some(&pod));
+        assert_eq!(r.service_name, "api");
+        assert!(r.attributes.contains(&("k8s.pod.name".into(), "api-1".into())));
+        assert!(r.attributes.contains(&("host.name".into(), "h".into())), "the process's own attributes win");
+        assert!(!r.attributes.contains(&("host.name".into(), "ignored".into())));
+        // The process's own environment names the service before the pod does.
+        let info = ProcInfo { env_service_name: Some("checkout".into()), ..info };
+        assert_eq!(resource_with_pod(&info, "h", Some(&pod)).service_name, "checkout");
     }
 
     #[test]

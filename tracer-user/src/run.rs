@@ -10,7 +10,7 @@ use crate::{
     clock::Clock,
     correlate::Correlator,
     cli::RunArgs,
-    discovery::{self, Selector},
+    discovery::{self, Candidate, Decision, PodMeta, PodState, Selector},
     events::{self, Event},
     goprobes::GoProbes,
     export::{self, ExportConfig, ExportOptions},
@@ -40,16 +40,66 @@ struct Discovery {
     traced: HashSet<u32>,
     /// Processes added since the last `take_added` (their Go probes are attached then).
     added: Vec<u32>,
+    /// Pod metadata, when Kubernetes is on.
+    k8s: Option<crate::k8s::Cache>,
+    /// Processes in containers whose pod is not known yet, with when they were first seen.
+    pending: std::collections::HashMap<u32, Instant>,
 }
+
+/// How long discovery waits for a container's pod before deciding without it.
+const POD_WAIT: Duration = Duration::from_secs(10);
 
 impl Discovery {
     fn consider(&mut self, maps: &mut Maps, pid: u32) {
+        self.consider_as(maps, pid, false);
+    }
+
+    fn consider_as(&mut self, maps: &mut Maps, pid: u32, by_port: bool) {
         if self.traced.contains(&pid) {
             return;
         }
         let info = crate::process::read_proc(&self.proc_root, pid);
-        if self.selector.matches_process(pid, info.exe.as_deref(), &info.cmdline) {
-            self.add(maps, pid, "selected");
+        let waited_enough = self.pending.get(&pid).is_some_and(|t| t.elapsed() > POD_WAIT);
+        let pod = match (&self.k8s, &info.container) {
+            (Some(k8s), Some(c)) if !waited_enough => k8s.lookup(c),
+            _ => None,
+        };
+        let pod_state = match (&pod, &self.k8s, &info.container) {
+            (Some(p), _, _) => PodState::Known(PodMeta { namespace: &p.namespace, name: &p.name, labels: &p.labels }),
+            (None, Some(_), Some(_)) if !waited_enough => PodState::Pending,
+            _ => PodState::None,
+        };
+        let candidate = Candidate {
+            pid,
+            exe: info.exe.as_deref(),
+            cmdline: &info.cmdline,
+            container: info.container.as_ref(),
+            pod: pod_state,
+            by_port,
+        };
+        match self.selector.decide(&candidate) {
+            Decision::Trace => {
+                self.pending.remove(&pid);
+                self.add(maps, pid, if by_port { "listening on a selected port" } else { "selected" });
+            }
+            Decision::Wait => {
+                self.pending.entry(pid).or_insert_with(Instant::now);
+            }
+            Decision::Skip => {
+                self.pending.remove(&pid);
+            }
+        }
+    }
+
+    /// Decides again on the processes that waited for their pod.
+    fn retry_pending(&mut self, maps: &mut Maps) {
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            if !self.proc_root.join(pid.to_string()).exists() {
+                self.pending.remove(&pid);
+                continue;
+            }
+            self.consider(maps, pid);
         }
     }
 
@@ -80,7 +130,45 @@ impl Discovery {
         }
         let inodes = discovery::listening_inodes(&self.proc_root, &self.selector.ports);
         for pid in discovery::pids_with_sockets(&self.proc_root, &inodes) {
-            self.add(maps, pid, "listening on a selected port");
+            // Exclusions still apply.
+            self.consider_as(maps, pid, true);
+        }
+    }
+}
+
+/// Starts the Kubernetes metadata cache when configured or running in a cluster. Never fails:
+/// without a reachable cluster the agent runs on, without pod metadata, and says so.
+async fn start_kubernetes(settings: &crate::config::Settings) -> Option<crate::k8s::Cache> {
+    use crate::cli::KubernetesMode;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+    match settings.kubernetes {
+        KubernetesMode::Off => return None,
+        KubernetesMode::Auto if !in_cluster => {
+            info!("kubernetes: not running in a cluster (KUBERNETES_SERVICE_HOST unset); no pod metadata");
+            return None;
+        }
+        _ => {}
+    }
+    let node = match &settings.node_name {
+        Some(n) => n.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+            warn!("kubernetes: NODE_NAME is not set; assuming the node is named after the host ({host:?})");
+            host
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), crate::k8s::Cache::start(&node)).await {
+        Ok(Ok(cache)) => {
+            info!("kubernetes: pod metadata on (node {node})");
+            Some(cache)
+        }
+        Ok(Err(e)) => {
+            warn!("kubernetes: no pod metadata: cannot reach the API server: {e:#}");
+            None
+        }
+        Err(_) => {
+            warn!("kubernetes: no pod metadata: the API server did not answer within 10 s");
+            None
         }
     }
 }
@@ -106,24 +194,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// [`run`] with the hooks of another front end.
 pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
-    let selector = Selector::new(&args.pids, &args.exes, &args.ports)?;
-    let config = ExportConfig::from_env().context("OTLP exporter configuration")?;
+    let settings = crate::config::load(&args)?;
+    let mut selector = Selector::from_spec(&settings.selectors)?;
+    // The agent's own container (when it runs in one) is never traced.
+    selector.exclude_own_container(crate::container::of_pid(std::path::Path::new(PROC), std::process::id()).map(|c| c.id));
+    let config: ExportConfig = settings.export.clone();
+    info!("export to {config}");
     let mut metrics = crate::metrics::Metrics::new();
-    if let (ExportConfig::Otlp(traces), false) = (&config, args.no_otlp_metrics) {
+    if let (ExportConfig::Otlp(traces), true) = (&config, settings.otlp_metrics) {
         let env = |k: &str| std::env::var(k).ok();
         let cfg = crate::metrics_otlp::metrics_config(traces, env);
         metrics = metrics.with_otlp(crate::metrics_otlp::OtlpMetrics::new(cfg, crate::metrics_otlp::interval(env)));
     }
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = settings.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
-    crate::caps::check(args.propagation == crate::cli::Propagation::On)?;
-    let scope = if selector.is_all() { Scope::All } else { Scope::Selected };
-    let mut probes = Probes::load_with(scope, match args.propagation {
+    crate::caps::check(settings.propagation == crate::cli::Propagation::On)?;
+    let k8s = start_kubernetes(&settings).await;
+    if selector.has_pod_selectors() && k8s.is_none() {
+        warn!("namespace, pod and label selectors match nothing without Kubernetes pod metadata");
+    }
+    let scope = if selector.is_all() && !selector.has_exclusions(k8s.is_some()) { Scope::All } else { Scope::Selected };
+    let mut probes = Probes::load_with(scope, match settings.propagation {
         crate::cli::Propagation::Off => tracer_common::PROPAGATION_OFF,
         crate::cli::Propagation::SameHost => tracer_common::PROPAGATION_SAME_HOST,
         crate::cli::Propagation::On => tracer_common::PROPAGATION_ON,
-    }, args.kernel_connections).context("loading the kernel programs (see `tracer doctor`)")?;
+    }, settings.kernel_connections).context("loading the kernel programs (see `tracer doctor`)")?;
     let (events_ring, mut maps) = probes.take_maps()?;
     info!("{} tracepoints attached; tracing {}", probes.attached, match scope {
         Scope::All => "every process".to_string(),
@@ -131,7 +227,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     });
 
     let export_options = ExportOptions {
-        queue_capacity: (args.export_queue as usize).max(1),
+        queue_capacity: (settings.export_queue as usize).max(1),
         export_latency: Some(metrics.export_latency.clone()),
         ..ExportOptions::default()
     };
@@ -141,7 +237,14 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         Some(export::spawn(config, export_options)?)
     };
     let sinks = Sinks { exporter: exporter.as_ref(), metrics: &metrics, tap: hooks.tap.as_ref() };
-    let mut discovery = Discovery { selector, proc_root: PROC.into(), traced: HashSet::new(), added: Vec::new() };
+    let mut discovery = Discovery {
+        selector,
+        proc_root: PROC.into(),
+        traced: HashSet::new(),
+        added: Vec::new(),
+        k8s: k8s.clone(),
+        pending: std::collections::HashMap::new(),
+    };
     let mut go = GoProbes::new();
     if scope == Scope::Selected {
         discovery.scan(&mut maps);
@@ -149,16 +252,19 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         // The processes selected at start are probed before the agent reports ready.
         go.poll(&mut probes.ebpf, true);
     }
-    if let Some(path) = &args.ready_file {
+    if let Some(path) = &settings.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
     }
 
     let clock = Clock::now();
     let mut assembler = Assembler::new(clock);
-    let mut correlator = Correlator::new(args.propagation, CORRELATION_HOLD);
+    let mut correlator = Correlator::new(settings.propagation, CORRELATION_HOLD);
     let mut exchanges: Vec<Exchange> = Vec::with_capacity(64);
     let mut processes = ProcessCache::new(PROC);
+    if let Some(k8s) = k8s {
+        processes.set_kubernetes(k8s);
+    }
     let mut spans: Vec<SpanRecord> = Vec::with_capacity(256);
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
     // AsyncFd (which owns the ring buffer) lives.
@@ -178,7 +284,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     tokio::pin!(stop_requested);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = args.duration.map(Duration::from_secs);
+    let deadline = settings.duration.map(Duration::from_secs);
     let stop = async {
         match deadline {
             Some(d) => tokio::time::sleep(d).await,
@@ -288,6 +394,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
             }
             _ = port_scan.tick(), if scope == Scope::Selected => {
                 discovery.scan_ports(&mut maps);
+                discovery.retry_pending(&mut maps);
                 attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
             }
             _ = stats.tick() => {
