@@ -17,3 +17,5 @@ pub mod run;
 pub mod caps;
 pub mod gobin;
 pub mod goprobes;
+pub mod netrpc;
+pub mod goroute;
