@@ -32,6 +32,15 @@ fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
     Ok(())
 }
 
+/// The one span of `svc` of that kind in a trace.
+fn one<'a>(t: &[&'a ReceivedSpan], svc: &str, kind: SpanKind) -> Result<&'a ReceivedSpan, String> {
+    let v: Vec<_> = t.iter().copied().filter(|s| s.service_name() == Some(svc) && s.kind == kind).collect();
+    match v.as_slice() {
+        [s] => Ok(*s),
+        v => Err(format!("{} {svc} {kind:?} spans", v.len())),
+    }
+}
+
 fn str_attr<'a>(s: &'a ReceivedSpan, key: &str) -> Option<&'a str> {
     s.attr(key).and_then(|v| v.as_str())
 }
@@ -158,13 +167,6 @@ fn netrpc_chain_from_http_handler_and_back_to_http() {
     for s in &spans {
         traces.entry(s.trace_id.as_str()).or_default().push(s);
     }
-    let one = |t: &[&ReceivedSpan], svc: &str, kind: SpanKind| -> Result<&ReceivedSpan, String> {
-        let v: Vec<_> = t.iter().copied().filter(|s| s.service_name() == Some(svc) && s.kind == kind).collect();
-        match v.as_slice() {
-            [s] => Ok(*s),
-            v => Err(format!("{} {svc} {kind:?} spans", v.len())),
-        }
-    };
     let check = |t: &[&ReceivedSpan]| -> Result<&'static str, String> {
         let http_srv = one(t, "web", SpanKind::Server)?;
         if http_srv.parent_span_id.is_some() {

@@ -202,11 +202,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             Ok(Event::Exit { ts_ns, tgid })
         }
         Some(EventKind::GoRpc) => crate::netrpc::decode(b, ts_ns, tgid, tid).map(Event::GoRpc),
-        Some(EventKind::GoRoute) => match crate::goroute::decode(b, tgid)? {
-            Some(r) => Ok(Event::GoRoute(r)),
-            // Too long to carry: the span keeps its name.
-            None => Err(DecodeError::Inconsistent { field: "route", value: 0, len: 0 }),
-        },
+        Some(EventKind::GoRoute) => crate::goroute::decode(b, tgid).map(Event::GoRoute),
     }
 }
 

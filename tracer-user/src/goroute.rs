@@ -25,8 +25,9 @@ pub struct Route {
     pub pattern: String,
 }
 
-/// Decodes a [`GoRouteEvent`] record; `Ok(None)` for a pattern too long to be carried.
-pub fn decode(b: &[u8], tgid: u32) -> Result<Option<Route>, DecodeError> {
+/// Decodes a [`GoRouteEvent`] record. A pattern too long to be carried (or unreadable) comes
+/// empty, and the span keeps its plain name.
+pub fn decode(b: &[u8], tgid: u32) -> Result<Route, DecodeError> {
     let need = size_of::<GoRouteEvent>();
     if b.len() < need {
         return Err(DecodeError::Short { len: b.len(), need });
@@ -35,14 +36,11 @@ pub fn decode(b: &[u8], tgid: u32) -> Result<Option<Route>, DecodeError> {
     if len as usize > ROUTE_LEN {
         return Err(DecodeError::Inconsistent { field: "len", value: len, len: ROUTE_LEN as u32 });
     }
-    if len == 0 {
-        return Ok(None);
-    }
     let mut span_id = [0u8; 8];
     span_id.copy_from_slice(&b[offset_of!(GoRouteEvent, span_id)..][..8]);
     let p = offset_of!(GoRouteEvent, pattern);
     let pattern = String::from_utf8_lossy(&b[p..p + len as usize]).into_owned();
-    Ok(Some(Route { tgid, span_id, pattern }))
+    Ok(Route { tgid, span_id, pattern })
 }
 
 /// `http.route` of a ServeMux pattern `[METHOD ][HOST]/[PATH]`: the path from its first `/`
@@ -118,6 +116,36 @@ mod tests {
         assert_eq!(http_route("GET  /x"), Some("/x"));
         assert_eq!(http_route("GET"), None);
         assert_eq!(http_route(""), None);
+    }
+
+    fn record(pattern: &str) -> Vec<u8> {
+        let mut p = [0u8; ROUTE_LEN];
+        p[..pattern.len()].copy_from_slice(pattern.as_bytes());
+        let ev = GoRouteEvent {
+            header: tracer_common::EventHeader { kind: 17, _pad: 0, ts_ns: 1, pid_tgid: 5 << 32 },
+            span_id: [7; 8],
+            len: pattern.len() as u32,
+            truncated: 0,
+            pattern: p,
+        };
+        // SAFETY: a #[repr(C)] plain-data struct viewed as its bytes.
+        unsafe { std::slice::from_raw_parts((&ev as *const GoRouteEvent).cast::<u8>(), size_of::<GoRouteEvent>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_and_applies_to_the_server_span() {
+        let r = decode(&record("GET /items/{id}"), 5).expect("decodes");
+        assert_eq!(r, Route { tgid: 5, span_id: [7; 8], pattern: "GET /items/{id}".into() });
+        let mut routes = Routes::default();
+        routes.insert(&r);
+        // An empty pattern (too long for the kernel to carry) is no route.
+        routes.insert(&decode(&record(""), 5).expect("decodes"));
+        assert_eq!(routes.len(), 1);
+        let mut bad = record("/x");
+        bad[offset_of!(GoRouteEvent, len)..][..4].copy_from_slice(&999u32.to_ne_bytes());
+        assert!(decode(&bad, 5).is_err());
+        assert!(decode(&bad[..30], 5).is_err());
     }
 
     #[test]
