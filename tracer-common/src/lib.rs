@@ -28,6 +28,10 @@ pub enum EventKind {
     Exit = 4,
     /// accept/connect completed: [`ConnEvent`].
     Conn = 5,
+    /// A Go net/rpc call completed, client or server side: [`GoRpcEvent`].
+    GoRpc = 16,
+    /// A Go net/http server matched a request to a route pattern: [`GoRouteEvent`].
+    GoRoute = 17,
 }
 
 impl EventKind {
@@ -38,6 +42,8 @@ impl EventKind {
             3 => Self::Exec,
             4 => Self::Exit,
             5 => Self::Conn,
+            16 => Self::GoRpc,
+            17 => Self::GoRoute,
             _ => return None,
         })
     }
@@ -263,6 +269,70 @@ pub struct GoProc {
     pub goid_off: u64,
 }
 
+/// Where a traced Go process's net/rpc probes find the connection's addresses (kernel map
+/// `RPC_PROCS`, keyed by tgid): offsets of `net.netFD.laddr` / `raddr` and of `net.TCPAddr.IP` /
+/// `Port`, from DWARF or the version-keyed table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRpcProc {
+    pub netfd_laddr: u32,
+    pub netfd_raddr: u32,
+    pub tcpaddr_ip: u32,
+    pub tcpaddr_port: u32,
+}
+
+/// Bytes of a net/rpc `Service.Method` name carried in a [`GoRpcEvent`].
+pub const RPC_METHOD_LEN: usize = 64;
+
+/// `GoRpcEvent::flags`: the call failed (the server method returned an error, or the client's
+/// call completed with one).
+pub const RPC_ERROR: u8 = 1;
+/// The parent is the span of a request the same process handles (goroutine ancestry).
+pub const RPC_LOCAL_PARENT: u8 = 2;
+/// The parent is the peer client's span (server side; same host).
+pub const RPC_REMOTE_PARENT: u8 = 4;
+
+/// A completed net/rpc call seen by uprobes in a Go process. `header.ts_ns` is its end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoRpcEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: no parent.
+    pub parent_id: [u8; 8],
+    /// The request's sequence number on its connection.
+    pub seq: u64,
+    /// The connection as the process sees it (zero when it was not a TCP connection).
+    pub tuple: TupleKey,
+    /// `ROLE_CLIENT` or `ROLE_SERVER`.
+    pub role: u8,
+    /// `RPC_*` bits.
+    pub flags: u8,
+    /// Bytes of `method` used.
+    pub method_len: u8,
+    pub _pad: u8,
+    pub method: [u8; RPC_METHOD_LEN],
+}
+
+/// Bytes of a route pattern carried in a [`GoRouteEvent`].
+pub const ROUTE_LEN: usize = 128;
+
+/// The pattern a Go `http.ServeMux` matched for the request whose server span is `span_id`
+/// (e.g. `GET /items/{id}`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoRouteEvent {
+    pub header: EventHeader,
+    pub span_id: [u8; 8],
+    /// Bytes of `pattern` used.
+    pub len: u32,
+    /// The pattern was longer than [`ROUTE_LEN`] (and is not used).
+    pub truncated: u32,
+    pub pattern: [u8; ROUTE_LEN],
+}
+
 /// Indices of the per-CPU counters map.
 pub const COUNTER_EVENTS: u32 = 0;
 pub const COUNTER_LOST: u32 = 1;
@@ -327,6 +397,9 @@ const _: () = {
     assert!(core::mem::size_of::<TpOffsets>() == 24);
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<GoProc>() == 16);
+    assert!(core::mem::size_of::<NetRpcProc>() == 16);
+    assert!(core::mem::size_of::<GoRouteEvent>() == 24 + 8 + 8 + ROUTE_LEN);
+    assert!(core::mem::size_of::<GoRpcEvent>() == 24 + 8 + 16 + 8 + 8 + 8 + 12 + 4 + RPC_METHOD_LEN);
 };
 
 #[cfg(feature = "user")]
@@ -343,4 +416,6 @@ mod pod {
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoProc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetRpcProc {}
 }

@@ -18,6 +18,8 @@
 
 mod capability;
 mod go;
+mod netrpc;
+mod httproute;
 
 use aya_ebpf::{
     helpers::{

@@ -169,6 +169,10 @@ pub struct Exchange {
     pub parent_is_remote: bool,
     /// Trace context the kernel attached to the event that started the request, if any.
     pub kernel_ctx: Option<KernelCtx>,
+    /// Not HTTP: a Go net/rpc call reported by uprobes (`crate::netrpc`).
+    pub rpc: Option<Box<crate::netrpc::RpcCall>>,
+    /// `http.route`: the pattern a Go ServeMux matched (`crate::goroute`).
+    pub route: Option<String>,
 }
 
 /// Where an exchange's initial trace id and parent came from (see the module docs).
@@ -244,6 +248,8 @@ impl Exchange {
             parent_span_id,
             parent_is_remote: parent_span_id.is_some() && parent_is_remote,
             kernel_ctx,
+            rpc: None,
+            route: None,
         }
     }
 
@@ -307,7 +313,7 @@ impl Exchange {
     pub fn to_span(&self, clock: &Clock) -> SpanRecord {
         let mut attrs = Vec::with_capacity(16);
         let method = self.request.method.as_str();
-        let name = if KNOWN_METHODS.contains(&method) {
+        let mut name = if KNOWN_METHODS.contains(&method) {
             attrs.push(Attr::str("http.request.method", method));
             method.to_owned()
         } else {
@@ -317,6 +323,12 @@ impl Exchange {
         };
         if let Some(path) = &self.request.path {
             attrs.push(Attr::str("url.path", path.as_str()));
+        }
+        if let Some(route) = &self.route {
+            attrs.push(Attr::str("http.route", route.as_str()));
+            if self.kind == SpanKind::Server && KNOWN_METHODS.contains(&method) {
+                name = format!("{method} {route}");
+            }
         }
         attrs.push(Attr::str(
             "network.protocol.version",
@@ -375,7 +387,7 @@ impl Exchange {
                 status = SpanStatus::Error(format!("HTTP {}", resp.status));
             }
         }
-        SpanRecord {
+        let mut span = SpanRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent_span_id,
@@ -387,7 +399,11 @@ impl Exchange {
             attributes: attrs,
             status,
             pid: self.tgid,
+        };
+        if let Some(rpc) = &self.rpc {
+            rpc.fill_span(&mut span);
         }
+        span
     }
 }
 
@@ -669,6 +685,7 @@ pub struct Assembler {
     conns: HashMap<(u32, i32), Conn>,
     stats: AssemblerStats,
     scratch: Vec<Exchange>,
+    routes: crate::goroute::Routes,
 }
 
 impl Assembler {
@@ -683,6 +700,7 @@ impl Assembler {
             conns: HashMap::default(),
             stats: AssemblerStats::default(),
             scratch: Vec::new(),
+            routes: crate::goroute::Routes::default(),
         }
     }
 
@@ -733,6 +751,12 @@ impl Assembler {
 
     /// Like [`Assembler::on_event`], but hands out exchanges.
     pub fn on_event_exchanges(&mut self, ev: &Event, out: &mut Vec<Exchange>) {
+        let start = out.len();
+        self.on_event_inner(ev, out);
+        self.routes.apply(&mut out[start..]);
+    }
+
+    fn on_event_inner(&mut self, ev: &Event, out: &mut Vec<Exchange>) {
         match ev {
             Event::Data(d) => self.on_data(d, out),
             Event::Close { tgid, fd, .. } => self.close((*tgid, *fd), out),
@@ -751,11 +775,19 @@ impl Assembler {
                 }
             }
             Event::Exec { .. } => {}
+            Event::GoRpc(call) => out.push(call.to_exchange()),
+            Event::GoRoute(r) => self.routes.insert(r),
         }
     }
 
     /// Like [`Assembler::on_tick`], but hands out exchanges.
     pub fn on_tick_exchanges(&mut self, now_mono_ns: u64, out: &mut Vec<Exchange>) {
+        let start = out.len();
+        self.on_tick_inner(now_mono_ns, out);
+        self.routes.apply(&mut out[start..]);
+    }
+
+    fn on_tick_inner(&mut self, now_mono_ns: u64, out: &mut Vec<Exchange>) {
         let config = self.config;
         let idle = |c: &Conn| now_mono_ns.saturating_sub(c.last_activity_ns);
         let mut due: Vec<_> = self
@@ -793,6 +825,12 @@ impl Assembler {
 
     /// Like [`Assembler::flush`], but hands out exchanges.
     pub fn flush_exchanges(&mut self, out: &mut Vec<Exchange>) {
+        let start = out.len();
+        self.flush_inner(out);
+        self.routes.apply(&mut out[start..]);
+    }
+
+    fn flush_inner(&mut self, out: &mut Vec<Exchange>) {
         let mut keys: Vec<_> = self.conns.keys().copied().collect();
         keys.sort_unstable();
         let mut cx = Cx { config: &self.config, stats: &mut self.stats, out };

@@ -933,6 +933,8 @@ mod tests {
             parent_span_id: None,
             parent_is_remote: false,
             kernel_ctx: None,
+            rpc: None,
+            route: None,
         }
     }
 

@@ -19,6 +19,10 @@ pub enum Event {
     Conn { ts_ns: u64, tgid: u32, tid: u32, fd: i32, role: u8 },
     Exec { ts_ns: u64, tgid: u32, ppid: u32 },
     Exit { ts_ns: u64, tgid: u32 },
+    /// A Go net/rpc call completed (`crate::netrpc`).
+    GoRpc(crate::netrpc::RpcCall),
+    /// A Go ServeMux matched a route pattern (`crate::goroute`).
+    GoRoute(crate::goroute::Route),
 }
 
 /// Trace context the kernel assigned to the request this event starts.
@@ -197,6 +201,8 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             need(b, size_of::<ProcEvent>())?;
             Ok(Event::Exit { ts_ns, tgid })
         }
+        Some(EventKind::GoRpc) => crate::netrpc::decode(b, ts_ns, tgid, tid).map(Event::GoRpc),
+        Some(EventKind::GoRoute) => crate::goroute::decode(b, tgid).map(Event::GoRoute),
     }
 }
 

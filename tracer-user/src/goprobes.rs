@@ -24,6 +24,9 @@ use tracer_common::GoProc;
 const NEWPROC1: &str = "runtime.newproc1";
 const ROUNDTRIP: &str = "net/http.(*Transport).roundTrip";
 const REQUEST_WRITE: &str = "net/http.(*Request).write";
+const MUX_SERVE: &str = "net/http.(*ServeMux).ServeHTTP";
+const FIND_HANDLER: &str = "net/http.(*ServeMux).findHandler";
+const MUX_HANDLER: &str = "net/http.(*ServeMux).Handler";
 /// Present when net/http's client transport is linked in: then both client probes are needed.
 const WRITE_LOOP: &str = "net/http.(*persistConn).writeLoop";
 
@@ -34,6 +37,10 @@ pub struct Plan {
     pub proc: GoProc,
     /// (kernel program, file offsets)
     pub points: Vec<(&'static str, Vec<u64>)>,
+    /// net/rpc probes' offsets (`crate::netrpc`), when the program uses net/rpc.
+    pub rpc: Option<tracer_common::NetRpcProc>,
+    /// Why the program's net/rpc calls are not traced although it uses net/rpc.
+    pub rpc_off: Option<String>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -58,11 +65,29 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         points.push(("go_http_roundtrip", vec![rt.file_offset]));
         points.push(("go_http_request_write", vec![w.file_offset]));
     }
-    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points })
+    // http.route (crate::goroute): the pattern ServeMux matched, at each RET of the function
+    // that returns it (Go 1.22+: findHandler; Go 1.21: Handler).
+    let finder = if bin.build.go_semver().is_some_and(|v| v >= (1, 22, 0)) { FIND_HANDLER } else { MUX_HANDLER };
+    if bin.func(MUX_SERVE).is_some() {
+        match bin.ret_offsets(finder) {
+            Some(rets) if !rets.is_empty() => points.push(("go_http_route_ret", rets)),
+            _ => warn!("{v}: no RET found in {finder}; spans carry no http.route"),
+        }
+    }
+    let (rpc, rpc_off) = match crate::netrpc::plan(bin) {
+        Ok(Some((rpc, rpc_points))) => {
+            points.extend(rpc_points);
+            (Some(rpc), None)
+        }
+        Ok(None) => (None, None),
+        Err(why) => (None, Some(why)),
+    };
+    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, rpc, rpc_off })
 }
 
 /// Programs of the eBPF object this module attaches.
-const PROGRAMS: &[&str] = &["go_newproc1", "go_newproc1_ret", "go_http_roundtrip", "go_http_request_write"];
+const PROGRAMS: &[&str] =
+    &["go_newproc1", "go_newproc1_ret", "go_http_roundtrip", "go_http_request_write", "go_http_route_ret"];
 
 type ExeId = (u64, u64, u64, i64);
 
@@ -148,7 +173,7 @@ impl GoProbes {
             return ok;
         }
         let mut ok = true;
-        for name in PROGRAMS {
+        for name in PROGRAMS.iter().chain(crate::netrpc::PROGRAMS) {
             let r = ebpf
                 .program_mut(name)
                 .ok_or_else(|| "missing from the object".to_string())
@@ -205,7 +230,12 @@ impl GoProbes {
             };
             let (id, name, p) = r;
             match &p {
-                Some(Ok(plan)) => debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points),
+                Some(Ok(plan)) => {
+                    debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points);
+                    if let Some(why) = &plan.rpc_off {
+                        warn!("{}: net/rpc calls not traced ({why})", name.display());
+                    }
+                }
                 Some(Err(why)) => warn!(
                     "{}: goroutine-aware linking off for this Go program ({why}); its client \
                      requests are not linked to its server spans",
@@ -251,6 +281,15 @@ impl GoProbes {
                 }
             }
         }
+        if let Some(rpc) = &plan.rpc {
+            let r = match ebpf.map_mut("RPC_PROCS").map(BpfHashMap::<_, u32, tracer_common::NetRpcProc>::try_from) {
+                Some(Ok(mut m)) => m.insert(&pid, rpc, 0).map_err(|e| e.to_string()),
+                _ => Err("map RPC_PROCS missing".to_string()),
+            };
+            if let Err(e) = r {
+                warn!("pid {pid}: net/rpc probes: {e}");
+            }
+        }
         let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut("GO_PROCS").map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
             _ => {
@@ -276,6 +315,9 @@ impl GoProbes {
         let Some(links) = self.procs.remove(&pid) else { return };
         if let Some(Ok(mut procs)) = ebpf.map_mut("GO_PROCS").map(BpfHashMap::<_, u32, GoProc>::try_from) {
             let _ = procs.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut("RPC_PROCS").map(BpfHashMap::<_, u32, tracer_common::NetRpcProc>::try_from) {
+            let _ = m.remove(&pid);
         }
         detach_links(ebpf, links, &self.reaper);
     }

@@ -24,3 +24,5 @@ pub mod watch;
 pub mod container;
 pub mod config;
 pub mod k8s;
+pub mod netrpc;
+pub mod goroute;

@@ -316,6 +316,10 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                     }
                 }
             }
+            // A process whose only traffic is net/rpc has no data events: read it now.
+            Event::GoRpc(c) if !processes.contains(c.tgid) => {
+                let _ = processes.get(c.tgid);
+            }
             Event::Exec { tgid, .. } => {
                 // Exec events wake the agent at once (data events are batched): read the new
                 // program's identity now, while even a short-lived process is still there.

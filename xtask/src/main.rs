@@ -151,7 +151,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--test", "e2e_metrics", "--test", "e2e_watch", "--test", "e2e_discovery", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--test", "e2e_metrics", "--test", "e2e_watch", "--test", "e2e_discovery", "--test", "e2e_netrpc", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)

@@ -313,6 +313,13 @@ pub const PROBED_FUNCS: &[&str] = &[
     "runtime.newproc1",
     "net/http.(*Transport).roundTrip",
     "net/http.(*Request).write",
+    "net/http.(*ServeMux).findHandler",
+    "net/http.(*ServeMux).Handler",
+    crate::netrpc::CLIENT_SEND,
+    crate::netrpc::CLIENT_WRITE,
+    crate::netrpc::CALL_DONE,
+    crate::netrpc::SERVER_CALL,
+    crate::netrpc::SERVER_RESPOND,
 ];
 
 /// `tracer go-inspect`: a human-readable summary of each binary, or (with `offsets_table`) the
