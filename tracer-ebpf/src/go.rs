@@ -37,14 +37,14 @@ const MAX_DEPTH: u32 = 8;
 /// `(tgid, goroutine id)` or `(tgid, object address)`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GoKey {
+pub(crate) struct GoKey {
     tgid: u32,
     _pad: u32,
     id: u64,
 }
 
 #[inline(always)]
-fn key(tgid: u32, id: u64) -> GoKey {
+pub(crate) fn key(tgid: u32, id: u64) -> GoKey {
     GoKey { tgid, _pad: 0, id }
 }
 
@@ -63,7 +63,7 @@ static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0
 
 /// Goroutine -> the server span it is handling (set when it reads a request).
 #[map]
-static GO_SRV_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static GO_SRV_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
 
 /// `*http.Request` -> the caller's context, from `roundTrip` until the request is written.
 #[map]
@@ -76,13 +76,13 @@ static GO_REQ_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16
 static GO_WRITER_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn proc_info(tgid: u32) -> Option<GoProc> {
+pub(crate) fn proc_info(tgid: u32) -> Option<GoProc> {
     // SAFETY: plain data copied out of the map.
     unsafe { GO_PROCS.get(&tgid) }.copied()
 }
 
 #[inline(always)]
-fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
+pub(crate) fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
     if g == 0 {
         return None;
     }
@@ -111,7 +111,7 @@ fn current_goid(tgid: u32) -> Option<u64> {
 
 /// The server span of the nearest goroutine, from `goid` up its creators, handling a request.
 #[inline(always)]
-fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
+pub(crate) fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
     let mut id = goid;
     for _ in 0..MAX_DEPTH {
         let k = key(tgid, id);

@@ -18,6 +18,7 @@
 
 mod capability;
 mod go;
+mod grpc;
 
 use aya_ebpf::{
     helpers::{

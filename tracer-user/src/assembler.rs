@@ -750,7 +750,8 @@ impl Assembler {
                     self.close(key, out);
                 }
             }
-            Event::Exec { .. } => {}
+            // gRPC calls are complete spans from uprobes (`grpc` module), not socket data.
+            Event::Exec { .. } | Event::Grpc(_) => {}
         }
     }
 

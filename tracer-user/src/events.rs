@@ -11,6 +11,8 @@ use tracer_common::{
     TAIL_PAYLOAD,
 };
 
+pub use crate::grpc::GrpcCall;
+
 /// A decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -19,6 +21,8 @@ pub enum Event {
     Conn { ts_ns: u64, tgid: u32, tid: u32, fd: i32, role: u8 },
     Exec { ts_ns: u64, tgid: u32, ppid: u32 },
     Exit { ts_ns: u64, tgid: u32 },
+    /// A finished gRPC call (uprobes on grpc-go).
+    Grpc(GrpcCall),
 }
 
 /// Trace context the kernel assigned to the request this event starts.
@@ -197,6 +201,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             need(b, size_of::<ProcEvent>())?;
             Ok(Event::Exit { ts_ns, tgid })
         }
+        Some(EventKind::Grpc) => crate::grpc::decode(b, ts_ns, tgid, tid).map(Event::Grpc),
     }
 }
 

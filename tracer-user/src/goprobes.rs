@@ -19,7 +19,7 @@ use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracer_common::GoProc;
+use tracer_common::{GoProc, GrpcProc};
 
 const NEWPROC1: &str = "runtime.newproc1";
 const ROUNDTRIP: &str = "net/http.(*Transport).roundTrip";
@@ -34,6 +34,8 @@ pub struct Plan {
     pub proc: GoProc,
     /// (kernel program, file offsets)
     pub points: Vec<(&'static str, Vec<u64>)>,
+    /// grpc-go offsets when the binary links grpc-go and has what its probes need (`grpc.rs`).
+    pub grpc: Option<GrpcProc>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -58,7 +60,18 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         points.push(("go_http_roundtrip", vec![rt.file_offset]));
         points.push(("go_http_request_write", vec![w.file_offset]));
     }
-    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points })
+    let grpc = match crate::grpc::plan(bin) {
+        Ok(Some((g, pts))) => {
+            points.extend(pts);
+            Some(g)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("grpc-go spans off for this Go {v} program: {e}");
+            None
+        }
+    };
+    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, grpc })
 }
 
 /// Programs of the eBPF object this module attaches.
@@ -128,7 +141,7 @@ impl GoProbes {
             return ok;
         }
         let mut ok = true;
-        for name in PROGRAMS {
+        for name in PROGRAMS.iter().chain(crate::grpc::PROGRAMS) {
             let r = ebpf
                 .program_mut(name)
                 .ok_or_else(|| "missing from the object".to_string())
@@ -231,6 +244,19 @@ impl GoProbes {
                 }
             }
         }
+        if let Some(g) = &plan.grpc {
+            let r = ebpf
+                .map_mut("GRPC_PROCS")
+                .map(BpfHashMap::<_, u32, GrpcProc>::try_from)
+                .ok_or_else(|| "map missing".to_string())
+                .and_then(|m| m.map_err(|e| e.to_string()))
+                .and_then(|mut m| m.insert(&pid, g, 0).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                warn!("pid {pid}: GRPC_PROCS: {e}");
+                detach_links(ebpf, links);
+                return;
+            }
+        }
         let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut("GO_PROCS").map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
             _ => {
@@ -244,7 +270,11 @@ impl GoProbes {
             detach_links(ebpf, links);
             return;
         }
-        info!("pid {pid}: Go {} probes attached (goroutine-aware linking)", plan.go_version);
+        info!(
+            "pid {pid}: Go {} probes attached (goroutine-aware linking{})",
+            plan.go_version,
+            if plan.grpc.is_some() { ", grpc-go spans" } else { "" }
+        );
         self.procs.insert(pid, links);
     }
 
@@ -256,6 +286,9 @@ impl GoProbes {
         let Some(links) = self.procs.remove(&pid) else { return };
         if let Some(Ok(mut procs)) = ebpf.map_mut("GO_PROCS").map(BpfHashMap::<_, u32, GoProc>::try_from) {
             let _ = procs.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut("GRPC_PROCS").map(BpfHashMap::<_, u32, GrpcProc>::try_from) {
+            let _ = m.remove(&pid);
         }
         detach_links(ebpf, links);
     }

@@ -17,3 +17,4 @@ pub mod run;
 pub mod caps;
 pub mod gobin;
 pub mod goprobes;
+pub mod grpc;

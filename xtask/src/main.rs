@@ -136,6 +136,14 @@ fn build_fixtures() -> anyhow::Result<()> {
         }
         run(&mut cmd)?;
     }
+    // gRPC services (tests/e2e_grpc.rs): a module of their own, so the Go fixtures above keep
+    // building with Go 1.21 while grpc-go needs a newer one.
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./...")
+        .current_dir(root().join("tests/fixtures/grpc"))
+        .env("CGO_ENABLED", "0"))?;
     Ok(())
 }
 
@@ -151,7 +159,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--test", "e2e_grpc", "--"])
         .args(["--ignored", "--test-threads=1", "--nocapture"])
         .args(filter)
         .env("TRACER_BIN", &agent)
