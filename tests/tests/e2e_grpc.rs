@@ -94,7 +94,11 @@ fn grpc_span(s: &ReceivedSpan, method: &str, code: i64) -> Result<(), String> {
 }
 
 fn grpc_server(name: &str, extra: &[&str]) -> Service {
-    let mut cmd = Command::new(fixtures_bin().join("grpcsvc"));
+    grpc_server_of("grpcsvc", name, extra)
+}
+
+fn grpc_server_of(fixture: &str, name: &str, extra: &[&str]) -> Service {
+    let mut cmd = Command::new(fixtures_bin().join(fixture));
     cmd.args(["-role", "server"]).args(extra).env("OTEL_SERVICE_NAME", name);
     Service::start(name, cmd).expect("gRPC service")
 }
@@ -103,18 +107,17 @@ fn attached(agent: &Agent, pid: u32) -> bool {
     agent.log_text().lines().any(|l| l.contains(&format!("pid {pid}: Go ")) && l.contains("grpc-go spans"))
 }
 
-/// Two Go processes: five unary calls, one failing with NOT_FOUND and one server-streaming call.
-/// Exactly one client and one server span per call, in one trace, the server the child of the
-/// client, with the RPC attributes and status codes.
-#[test]
-#[ignore = "needs root and the built agent: cargo xtask e2e"]
-fn grpc_unary_and_streaming_between_processes() {
+/// Two Go processes (both `fixture`, a build of tests/fixtures/grpc): five unary calls, one
+/// failing with NOT_FOUND and one server-streaming call. Exactly one client and one server span
+/// per call, in one trace, the server the child of the client, with the RPC attributes and
+/// status codes.
+fn run_unary_and_streaming(fixture: &str) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let server = grpc_server("grpc-server", &[]);
+    let server = grpc_server_of(fixture, "grpc-server", &[]);
     let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Command::new(fixtures_bin().join("grpcsvc"))
+    let mut client = Command::new(fixtures_bin().join(fixture))
         .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
         .env("OTEL_SERVICE_NAME", "grpc-client")
         .stdin(Stdio::piped())
@@ -159,6 +162,32 @@ fn grpc_unary_and_streaming_between_processes() {
     let want: BTreeMap<(String, i64), usize> =
         [(("Check".to_string(), 0), 5), (("Check".to_string(), 5), 1), (("Watch".to_string(), 0), 1)].into();
     assert_eq!(seen, want, "calls by method and status code");
+    eprintln!("{fixture}: {calls} calls, {} spans, all linked", spans.len());
+}
+
+/// grpc-go 1.70 (the handler gets a `*ServerStream`), offsets from DWARF.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn grpc_unary_and_streaming_between_processes() {
+    run_unary_and_streaming("grpcsvc");
+}
+
+/// grpc-go 1.68 (the handler gets a `*Stream`, `WriteStatus`) and 1.59 (before the 1.60 layout
+/// change), offsets from DWARF.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn grpc_older_releases() {
+    run_unary_and_streaming("grpcsvc-grpc1.68.2");
+    run_unary_and_streaming("grpcsvc-grpc1.59.0");
+}
+
+/// Stripped builds (`-s -w`: symbols from pclntab, no DWARF, no itab symbols): offsets from the
+/// generated grpc-go and Go tables.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn grpc_stripped() {
+    run_unary_and_streaming("grpcsvc-stripped");
+    run_unary_and_streaming("grpcsvc-grpc1.59.0-stripped");
 }
 
 /// The five-service chain: `gateway` (HTTP server) calls `svc-a` and `svc-d` over gRPC, each

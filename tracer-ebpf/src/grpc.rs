@@ -184,8 +184,9 @@ fn status_of(itab: u64, data: u64, p: &GrpcProc) -> Option<u32> {
         return None;
     }
     let hash: u32 = read(itab + 16).unwrap_or(0);
-    if p.errstring_hash != 0 && hash == p.errstring_hash {
-        // *errors.errorString{s string}: "EOF" is io.EOF, a stream's normal end.
+    if p.errstring_hash == 0 || hash == p.errstring_hash {
+        // *errors.errorString{s string}: "EOF" is io.EOF, a stream's normal end. Without the
+        // itab's type hash (stripped binaries) the shape alone is checked.
         let len: u64 = read(data + 8).unwrap_or(0);
         if len == 3 {
             let sp: u64 = read(data).unwrap_or(0);
@@ -193,7 +194,9 @@ fn status_of(itab: u64, data: u64, p: &GrpcProc) -> Option<u32> {
                 return None;
             }
         }
-        return Some(2);
+        if p.errstring_hash != 0 {
+            return Some(2);
+        }
     }
     if p.status_err_hash != 0 && hash != p.status_err_hash {
         return Some(2); // not a status error: UNKNOWN, as status.FromError says

@@ -8,7 +8,14 @@
 //! binaries than every listed release get none, and the probes that need the field stay off.
 
 /// Fields the agent reads: `(struct, field)`.
-pub const FIELDS: &[(&str, &str)] = &[("runtime.g", "goid")];
+pub const FIELDS: &[(&str, &str)] = &[
+    ("runtime.g", "goid"),
+    // The connection addresses the gRPC probes read (`grpc.rs`).
+    ("net.netFD", "laddr"),
+    ("net.netFD", "raddr"),
+    ("net.TCPAddr", "IP"),
+    ("net.TCPAddr", "Port"),
+];
 
 include!("offsets_table.rs");
 
