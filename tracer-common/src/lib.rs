@@ -28,6 +28,8 @@ pub enum EventKind {
     Exit = 4,
     /// accept/connect completed: [`ConnEvent`].
     Conn = 5,
+    /// A gRPC call ended (client or server side, from uprobes): [`GrpcEvent`].
+    Grpc = 6,
     /// A Go net/rpc call completed, client or server side: [`GoRpcEvent`].
     GoRpc = 16,
     /// A Go net/http server matched a request to a route pattern: [`GoRouteEvent`].
@@ -42,6 +44,7 @@ impl EventKind {
             3 => Self::Exec,
             4 => Self::Exit,
             5 => Self::Conn,
+            6 => Self::Grpc,
             16 => Self::GoRpc,
             17 => Self::GoRoute,
             _ => return None,
@@ -296,6 +299,26 @@ pub const RPC_REMOTE_PARENT: u8 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GoRpcEvent {
+/// Bytes of a gRPC method name (`/package.Service/Method`) kept; longer names are cut.
+pub const GRPC_METHOD_MAX: usize = 128;
+
+/// `GrpcEvent::kind`.
+pub const GRPC_CLIENT: u8 = 1;
+pub const GRPC_SERVER: u8 = 2;
+/// `GrpcEvent::flags`: `status` holds the call's gRPC status code.
+pub const GRPC_HAS_STATUS: u8 = 1;
+/// The call was a stream (`ClientConn.NewStream`), not a unary `Invoke`.
+pub const GRPC_STREAM: u8 = 2;
+/// The parent span is the client span of another process on this host (server side).
+pub const GRPC_REMOTE_PARENT: u8 = 4;
+/// `tuple` holds the connection's addresses.
+pub const GRPC_HAS_TUPLE: u8 = 8;
+
+/// A finished grpc-go call seen by uprobes (kernel side: `tracer-ebpf/src/grpc.rs`). The header's
+/// `ts_ns` is the end; `tuple` is oriented like data events (local = this process).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GrpcEvent {
     pub header: EventHeader,
     pub start_ns: u64,
     pub trace_id: [u8; 16],
@@ -332,6 +355,54 @@ pub struct GoRouteEvent {
     pub truncated: u32,
     pub pattern: [u8; ROUTE_LEN],
 }
+
+    pub tuple: ConnTuple,
+    pub stream_id: u32,
+    pub status: u32,
+    /// `GRPC_CLIENT` or `GRPC_SERVER`.
+    pub kind: u8,
+    /// `GRPC_*` flag bits.
+    pub flags: u8,
+    pub method_len: u16,
+    pub _pad: u32,
+    pub method: [u8; GRPC_METHOD_MAX],
+}
+
+/// Field offsets and type hashes a traced grpc-go binary needs (kernel map `GRPC_PROCS`, keyed by
+/// tgid), read from its DWARF or the version-keyed table. `NONE` marks an absent field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrpcProc {
+    /// `transport.ServerStream.Stream` (grpc >= 1.69, where the server handler gets a
+    /// `*ServerStream` embedding `*Stream`); `GRPC_NONE` when `handleStream` gets a `*Stream`.
+    pub server_stream_stream: u64,
+    /// `transport.Stream.id` and `.method`.
+    pub stream_id: u64,
+    pub stream_method: u64,
+    /// `transport.http2Server.conn` and `transport.loopyWriter.conn` (`net.Conn` interfaces).
+    pub server_conn: u64,
+    pub loopy_conn: u64,
+    /// `transport.headerFrame.streamID`.
+    pub hdr_stream_id: u64,
+    /// `net.netFD.laddr` / `.raddr` (`net.Addr` interfaces holding `*net.TCPAddr`).
+    pub netfd_laddr: u64,
+    pub netfd_raddr: u64,
+    /// `net.TCPAddr.IP` (a byte slice) and `.Port`.
+    pub tcpaddr_ip: u64,
+    pub tcpaddr_port: u64,
+    /// `internal/status.Error.s` (`*status.Status`), `status.Status.s` (`*spb.Status`) and
+    /// `spb.Status.Code`.
+    pub status_err_s: u64,
+    pub status_s: u64,
+    pub spb_code: u64,
+    /// Type hash of `*internal/status.Error` and `*errors.errorString` as found in their `error`
+    /// itabs (0: unknown; then any non-nil error is status UNKNOWN unless it reads as a code).
+    pub status_err_hash: u32,
+    pub errstring_hash: u32,
+}
+
+/// `GrpcProc` offset of a field the binary does not have.
+pub const GRPC_NONE: u64 = u64::MAX;
 
 /// Indices of the per-CPU counters map.
 pub const COUNTER_EVENTS: u32 = 0;
@@ -400,6 +471,8 @@ const _: () = {
     assert!(core::mem::size_of::<NetRpcProc>() == 16);
     assert!(core::mem::size_of::<GoRouteEvent>() == 24 + 8 + 8 + ROUTE_LEN);
     assert!(core::mem::size_of::<GoRpcEvent>() == 24 + 8 + 16 + 8 + 8 + 8 + 12 + 4 + RPC_METHOD_LEN);
+    assert!(core::mem::size_of::<GrpcEvent>() == 24 + 8 + 32 + 40 + 16 + GRPC_METHOD_MAX);
+    assert!(core::mem::size_of::<GrpcProc>() == 13 * 8 + 8);
 };
 
 #[cfg(feature = "user")]
@@ -418,4 +491,5 @@ mod pod {
     unsafe impl aya::Pod for super::GoProc {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetRpcProc {}
+    unsafe impl aya::Pod for super::GrpcProc {}
 }

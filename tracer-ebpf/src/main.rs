@@ -20,6 +20,7 @@ mod capability;
 mod go;
 mod netrpc;
 mod httproute;
+mod grpc;
 
 use aya_ebpf::{
     helpers::{

@@ -774,7 +774,8 @@ impl Assembler {
                     self.close(key, out);
                 }
             }
-            Event::Exec { .. } => {}
+            // gRPC calls are complete spans from uprobes (`grpc` module), not socket data.
+            Event::Exec { .. } | Event::Grpc(_) => {}
             Event::GoRpc(call) => out.push(call.to_exchange()),
             Event::GoRoute(r) => self.routes.insert(r),
         }

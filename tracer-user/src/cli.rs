@@ -34,6 +34,10 @@ pub enum Command {
         /// (used by `cargo xtask go-offsets`).
         #[arg(long)]
         offsets_table: bool,
+        /// Print grpc-go struct offsets as the version-keyed table source instead, keyed by
+        /// each binary's grpc-go module version (used by `cargo xtask go-offsets`).
+        #[arg(long)]
+        grpc_offsets_table: bool,
         #[arg(required = true)]
         binaries: Vec<std::path::PathBuf>,
     },

@@ -11,6 +11,8 @@ use tracer_common::{
     TAIL_PAYLOAD,
 };
 
+pub use crate::grpc::GrpcCall;
+
 /// A decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -23,6 +25,8 @@ pub enum Event {
     GoRpc(crate::netrpc::RpcCall),
     /// A Go ServeMux matched a route pattern (`crate::goroute`).
     GoRoute(crate::goroute::Route),
+    /// A finished gRPC call (uprobes on grpc-go).
+    Grpc(GrpcCall),
 }
 
 /// Trace context the kernel assigned to the request this event starts.
@@ -203,6 +207,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
         }
         Some(EventKind::GoRpc) => crate::netrpc::decode(b, ts_ns, tgid, tid).map(Event::GoRpc),
         Some(EventKind::GoRoute) => crate::goroute::decode(b, tgid).map(Event::GoRoute),
+        Some(EventKind::Grpc) => crate::grpc::decode(b, ts_ns, tgid, tid).map(Event::Grpc),
     }
 }
 

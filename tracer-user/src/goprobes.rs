@@ -19,7 +19,7 @@ use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracer_common::GoProc;
+use tracer_common::{GoProc, GrpcProc};
 
 const NEWPROC1: &str = "runtime.newproc1";
 const ROUNDTRIP: &str = "net/http.(*Transport).roundTrip";
@@ -41,6 +41,8 @@ pub struct Plan {
     pub rpc: Option<tracer_common::NetRpcProc>,
     /// Why the program's net/rpc calls are not traced although it uses net/rpc.
     pub rpc_off: Option<String>,
+    /// grpc-go offsets when the binary links grpc-go and has what its probes need (`grpc.rs`).
+    pub grpc: Option<GrpcProc>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -82,7 +84,18 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         Ok(None) => (None, None),
         Err(why) => (None, Some(why)),
     };
-    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, rpc, rpc_off })
+    let grpc = match crate::grpc::plan(bin) {
+        Ok(Some((g, pts))) => {
+            points.extend(pts);
+            Some(g)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("grpc-go spans off for this Go {v} program: {e}");
+            None
+        }
+    };
+    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, rpc, rpc_off, grpc })
 }
 
 /// Programs of the eBPF object this module attaches.
@@ -173,7 +186,7 @@ impl GoProbes {
             return ok;
         }
         let mut ok = true;
-        for name in PROGRAMS.iter().chain(crate::netrpc::PROGRAMS) {
+        for name in PROGRAMS.iter().chain(crate::netrpc::PROGRAMS).chain(crate::grpc::PROGRAMS) {
             let r = ebpf
                 .program_mut(name)
                 .ok_or_else(|| "missing from the object".to_string())
@@ -290,6 +303,19 @@ impl GoProbes {
                 warn!("pid {pid}: net/rpc probes: {e}");
             }
         }
+        if let Some(g) = &plan.grpc {
+            let r = ebpf
+                .map_mut("GRPC_PROCS")
+                .map(BpfHashMap::<_, u32, GrpcProc>::try_from)
+                .ok_or_else(|| "map missing".to_string())
+                .and_then(|m| m.map_err(|e| e.to_string()))
+                .and_then(|mut m| m.insert(&pid, g, 0).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                warn!("pid {pid}: GRPC_PROCS: {e}");
+                detach_links(ebpf, links, &self.reaper);
+                return;
+            }
+        }
         let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut("GO_PROCS").map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
             _ => {
@@ -303,7 +329,11 @@ impl GoProbes {
             detach_links(ebpf, links, &self.reaper);
             return;
         }
-        info!("pid {pid}: Go {} probes attached (goroutine-aware linking)", plan.go_version);
+        info!(
+            "pid {pid}: Go {} probes attached (goroutine-aware linking{})",
+            plan.go_version,
+            if plan.grpc.is_some() { ", grpc-go spans" } else { "" }
+        );
         self.procs.insert(pid, links);
     }
 
@@ -317,6 +347,9 @@ impl GoProbes {
             let _ = procs.remove(&pid);
         }
         if let Some(Ok(mut m)) = ebpf.map_mut("RPC_PROCS").map(BpfHashMap::<_, u32, tracer_common::NetRpcProc>::try_from) {
+            let _ = m.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut("GRPC_PROCS").map(BpfHashMap::<_, u32, GrpcProc>::try_from) {
             let _ = m.remove(&pid);
         }
         detach_links(ebpf, links, &self.reaper);

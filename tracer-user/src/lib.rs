@@ -26,3 +26,4 @@ pub mod config;
 pub mod k8s;
 pub mod netrpc;
 pub mod goroute;
+pub mod grpc;

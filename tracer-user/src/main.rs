@@ -30,8 +30,12 @@ fn main() -> std::process::ExitCode {
             let _ = std::hint::black_box(tracer_user::doctor::tracer_doctor_uprobe_target());
             Ok(())
         }
-        Command::GoInspect { offsets_table, binaries } => {
-            tracer_user::gobin::inspect_command(&binaries, offsets_table)
+        Command::GoInspect { offsets_table, grpc_offsets_table, binaries } => {
+            if grpc_offsets_table {
+                tracer_user::grpc::offsets_table_command(&binaries)
+            } else {
+                tracer_user::gobin::inspect_command(&binaries, offsets_table)
+            }
         }
         Command::Watch(args) => tracer_user::watch::main(args),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()

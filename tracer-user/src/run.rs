@@ -356,6 +356,8 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                 let rec = Bytes::copy_from_slice(&item);
                 drop(item);
                 match events::decode(&rec) {
+                    // gRPC calls carry their final ids from the kernel: straight to export.
+                    Ok(Event::Grpc(call)) => spans.push(call.to_span(&clock)),
                     Ok(ev) => handle(ev, &mut assembler, &mut processes, &mut discovery, &mut maps, &mut exchanges, &mut exited, &mut probes.ebpf, &mut go),
                     Err(e) => {
                         decode_errors += 1;

@@ -519,6 +519,7 @@ fn event_time(ev: &Event) -> u64 {
         | Event::Conn { ts_ns, .. }
         | Event::Exec { ts_ns, .. }
         | Event::Exit { ts_ns, .. } => *ts_ns,
+        Event::Grpc(g) => g.end_ns,
     }
 }
 

@@ -208,6 +208,15 @@ impl GoBinary {
         offsets::lookup(strukt, field, v).map(|o| (o, OffsetSource::Table))
     }
 
+    /// `len` bytes at `offset` into the data symbol `name` (ELF symbol table only: stripped
+    /// binaries have none).
+    pub fn symbol_bytes(&self, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let file = object::File::parse(&*self.data).ok()?;
+        let sym = file.symbols().find(|s| s.name() == Ok(name))?;
+        let start = usize::try_from(self.file_offset(sym.address().checked_add(offset)?)?).ok()?;
+        self.data.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+
     /// Offset of a struct field from DWARF only.
     pub fn dwarf_field_offset(&self, strukt: &str, field: &str) -> Result<Option<u64>, GoBinError> {
         let file = object::File::parse(&*self.data)?;

@@ -10,7 +10,7 @@
 /// Fields the agent reads: `(struct, field)`.
 pub const FIELDS: &[(&str, &str)] = &[
     ("runtime.g", "goid"),
-    // net/rpc probes (`crate::netrpc`): a connection's addresses.
+    // A connection's addresses, read by the net/rpc (`crate::netrpc`) and gRPC (`grpc.rs`) probes.
     ("net.netFD", "laddr"),
     ("net.netFD", "raddr"),
     ("net.TCPAddr", "IP"),

@@ -1,0 +1,530 @@
+//! grpc-go calls as spans, linked to their callers and, on one host, to their peers.
+//!
+//! gRPC runs over HTTP/2, which the syscall programs do not parse; its spans come from uprobes on
+//! grpc-go itself (function exits are probed at each RET instruction, never with uretprobes):
+//!
+//! * **Client, unary**: `(*ClientConn).Invoke` entry (caller goroutine; method string in RDI,
+//!   RSI) chooses the span's ids — a child of the server span the goroutine or its creators are
+//!   handling (`go::ancestor_ctx`), else a new trace — and its RETs emit the span with the
+//!   status read from the returned `error` (RAX itab, RBX data).
+//! * **Client, streaming**: `(*ClientConn).NewStream` entry likewise (method in RSI, R8); its
+//!   RETs move the call under the returned `*clientStream` (RBX); `(*clientStream).finish(err)`
+//!   entry emits it (`io.EOF` is a normal end).
+//! * **Hand-off to the writer**: the HTTP/2 HEADERS frame of a new stream is written by the
+//!   transport's loopy writer goroutine, and the stream id is chosen under the control buffer's
+//!   lock. `(*controlBuffer).executeAndPut(f, item)` entry on the caller goroutine (with a
+//!   non-nil `f`: only `NewStream` passes one) remembers the call's context under the queued
+//!   item's address; `(*loopyWriter).originateStream(str, hdr)` entry, on the writer goroutine
+//!   just before the frame is written, reads `hdr.streamID` and the connection's addresses
+//!   (`loopyWriter.conn` -> `*net.TCPConn` -> `netFD.laddr/raddr`) and publishes the client
+//!   context under (connection, stream id) in `GRPC_PEER` — before any byte of the call leaves.
+//! * **Server**: `(*Server).handleStream(t, stream)` runs the handler synchronously on its
+//!   goroutine. Entry reads the stream id and method (`*ServerStream` embedding `*Stream` from
+//!   grpc 1.69, `*Stream` before) and the connection (`http2Server.conn`), takes the client
+//!   context a traced caller on this host published for that (connection, stream id) as parent
+//!   (same-host pairing, nothing on the wire changes), and sets `GO_SRV_CTX` for the goroutine
+//!   so the handler's own calls (HTTP or gRPC, from it or goroutines it starts) become
+//!   children. `(*http2Server).writeStatus`/`WriteStatus(s, st)` entry records the status code
+//!   (`st.s.Code`); the RETs of `handleStream` emit the span.
+//!
+//! Offsets come from userspace per process (`GRPC_PROCS`); every map is bounded (LRU where a
+//! missed exit could leak).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap},
+    programs::ProbeContext,
+};
+use core::ffi::c_void;
+use tracer_common::{
+    ConnTuple, EventKind, GrpcEvent, GrpcProc, TraceCtx, GRPC_CLIENT, GRPC_HAS_STATUS,
+    GRPC_HAS_TUPLE, GRPC_METHOD_MAX, GRPC_NONE, GRPC_REMOTE_PARENT, GRPC_SERVER, GRPC_STREAM,
+    PROPAGATION_OFF,
+};
+
+use crate::go::{self, GoKey};
+
+/// A client or server call in flight.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Call {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_id: [u8; 8],
+    start_ns: u64,
+    tuple: ConnTuple,
+    stream_id: u32,
+    status: u32,
+    flags: u8,
+    _pad: u8,
+    method_len: u16,
+    _pad2: u32,
+    method: [u8; GRPC_METHOD_MAX],
+}
+
+/// Connection (client and server address, IPv4 or the low 32 bits of IPv6) and HTTP/2 stream.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PeerKey {
+    client_addr: [u8; 4],
+    server_addr: [u8; 4],
+    client_port: u16,
+    server_port: u16,
+    stream_id: u32,
+}
+
+/// Traced grpc-go processes and their offsets.
+#[map]
+static GRPC_PROCS: HashMap<u32, GrpcProc> = HashMap::with_max_entries(4096, 0);
+
+/// Client calls between `Invoke`/`NewStream` entry and exit, by caller goroutine.
+#[map]
+static GRPC_CALL: LruHashMap<GoKey, Call> = LruHashMap::with_max_entries(16384, 0);
+
+/// Client streams after `NewStream` returned, by `*clientStream`.
+#[map]
+static GRPC_STREAM_CALL: LruHashMap<GoKey, Call> = LruHashMap::with_max_entries(16384, 0);
+
+/// Context of a client call by the address of its queued HEADERS item, until the writer takes it.
+#[map]
+static GRPC_HDR: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Client connection addresses by client span id (set when its HEADERS are written).
+#[map]
+static GRPC_TUPLE: LruHashMap<[u8; 8], ConnTuple> = LruHashMap::with_max_entries(16384, 0);
+
+/// Context of a traced client's call by connection and stream id, for the server on this host.
+#[map]
+static GRPC_PEER: LruHashMap<PeerKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Server calls in flight, by handler goroutine.
+#[map]
+static GRPC_SRV: LruHashMap<GoKey, Call> = LruHashMap::with_max_entries(16384, 0);
+
+#[derive(Clone, Copy)]
+struct Regs {
+    rax: u64,
+    rbx: u64,
+    rcx: u64,
+    rdi: u64,
+    rsi: u64,
+    r8: u64,
+    r14: u64,
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> Regs {
+    // SAFETY: the uprobe's saved user registers.
+    unsafe {
+        let r = &*ctx.regs;
+        Regs { rax: r.rax, rbx: r.rbx, rcx: r.rcx, rdi: r.rdi, rsi: r.rsi, r8: r.r8, r14: r.r14 }
+    }
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper (faults are errors, not crashes).
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn grpc_proc(tgid: u32) -> Option<GrpcProc> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { GRPC_PROCS.get(&tgid) }.copied()
+}
+
+/// Copies a Go string into `c.method`.
+#[inline(always)]
+fn copy_method(c: &mut Call, ptr: u64, len: u64) {
+    let n = if len >= GRPC_METHOD_MAX as u64 { GRPC_METHOD_MAX as u64 } else { len & (GRPC_METHOD_MAX as u64 - 1) };
+    // SAFETY: bounded copy into the map value through the probe helper.
+    let r = unsafe { raw_read(c.method.as_mut_ptr() as *mut c_void, n as u32, ptr as *const c_void) };
+    c.method_len = if r == 0 { n as u16 } else { 0 };
+}
+
+/// The addresses of a `net.Conn` holding a `*net.TCPConn`: local, remote.
+#[inline(always)]
+fn conn_tuple(conn_data: u64, p: &GrpcProc) -> Option<ConnTuple> {
+    // *net.TCPConn -> conn{fd *netFD}
+    let fd: u64 = read(conn_data)?;
+    let laddr: u64 = read(fd + p.netfd_laddr + 8)?;
+    let raddr: u64 = read(fd + p.netfd_raddr + 8)?;
+    let mut t = ConnTuple::default();
+    let (lip, lport) = tcp_addr(laddr, p)?;
+    let (rip, rport) = tcp_addr(raddr, p)?;
+    t.family = 2;
+    t.saddr[..4].copy_from_slice(&lip);
+    t.daddr[..4].copy_from_slice(&rip);
+    t.sport = lport;
+    t.dport = rport;
+    Some(t)
+}
+
+/// IPv4 address (the last four bytes of the IP slice) and port of a `*net.TCPAddr`.
+#[inline(always)]
+fn tcp_addr(a: u64, p: &GrpcProc) -> Option<([u8; 4], u16)> {
+    let ip: u64 = read(a + p.tcpaddr_ip)?;
+    let len: u64 = read(a + p.tcpaddr_ip + 8)?;
+    if len != 4 && len != 16 {
+        return None;
+    }
+    let v4: [u8; 4] = read(ip + len - 4)?;
+    let port: u64 = read(a + p.tcpaddr_port)?;
+    Some((v4, port as u16))
+}
+
+/// The gRPC status code of a returned `error` (itab, data); `None` for a nil error or `io.EOF`.
+#[inline(always)]
+fn status_of(itab: u64, data: u64, p: &GrpcProc) -> Option<u32> {
+    if itab == 0 {
+        return None;
+    }
+    let hash: u32 = read(itab + 16).unwrap_or(0);
+    if p.errstring_hash == 0 || hash == p.errstring_hash {
+        // *errors.errorString{s string}: "EOF" is io.EOF, a stream's normal end. Without the
+        // itab's type hash (stripped binaries) the shape alone is checked.
+        let len: u64 = read(data + 8).unwrap_or(0);
+        if len == 3 {
+            let sp: u64 = read(data).unwrap_or(0);
+            if read::<[u8; 3]>(sp) == Some(*b"EOF") {
+                return None;
+            }
+        }
+        if p.errstring_hash != 0 {
+            return Some(2);
+        }
+    }
+    if p.status_err_hash != 0 && hash != p.status_err_hash {
+        return Some(2); // not a status error: UNKNOWN, as status.FromError says
+    }
+    let st: u64 = read(data + p.status_err_s).unwrap_or(0);
+    Some(code_of(st, p).unwrap_or(2))
+}
+
+/// `(*status.Status).s.Code`; 0 (OK) for a nil `s`.
+#[inline(always)]
+fn code_of(st: u64, p: &GrpcProc) -> Option<u32> {
+    if st == 0 {
+        return Some(0);
+    }
+    let spb: u64 = read(st + p.status_s)?;
+    if spb == 0 {
+        return Some(0);
+    }
+    let code: i32 = read(spb + p.spb_code)?;
+    if (0..=16).contains(&code) { Some(code as u32) } else { None }
+}
+
+#[inline(always)]
+fn new_ids(c: &mut Call, parent: Option<TraceCtx>) {
+    let s = crate::random_bytes8();
+    c.span_id = s;
+    match parent {
+        Some(p) => {
+            c.trace_id = p.trace_id;
+            c.parent_id = p.span_id;
+        }
+        None => {
+            c.trace_id[..8].copy_from_slice(&crate::random_bytes8());
+            c.trace_id[8..].copy_from_slice(&crate::random_bytes8());
+            c.parent_id = [0; 8];
+        }
+    }
+}
+
+const EMPTY: Call = Call {
+    trace_id: [0; 16],
+    span_id: [0; 8],
+    parent_id: [0; 8],
+    start_ns: 0,
+    tuple: ConnTuple { family: 0, sport: 0, dport: 0, _pad: 0, saddr: [0; 16], daddr: [0; 16] },
+    stream_id: 0,
+    status: 0,
+    flags: 0,
+    _pad: 0,
+    method_len: 0,
+    _pad2: 0,
+    method: [0; GRPC_METHOD_MAX],
+};
+
+/// A client call starts on the current goroutine.
+#[inline(always)]
+fn client_start(r: &Regs, method_ptr: u64, method_len: u64, flags: u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(gp) = go::proc_info(tgid) else { return };
+    if grpc_proc(tgid).is_none() {
+        return;
+    }
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return };
+    let k = go::key(tgid, goid);
+    if GRPC_CALL.insert(&k, &EMPTY, 0).is_err() {
+        return;
+    }
+    let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return };
+    // SAFETY: the map value just inserted for this goroutine.
+    let c = unsafe { &mut *c };
+    new_ids(c, go::ancestor_ctx(tgid, goid));
+    c.start_ns = unsafe { bpf_ktime_get_ns() };
+    c.flags = flags;
+    copy_method(c, method_ptr, method_len);
+}
+
+#[inline(always)]
+fn emit(tgid_pid: u64, kind: u8, c: &Call) {
+    let Some(mut e) = crate::EVENTS.reserve::<GrpcEvent>(0) else {
+        crate::bump(tracer_common::COUNTER_LOST);
+        return;
+    };
+    let p = e.as_mut_ptr();
+    // SAFETY: the reserved record, fully written before submit.
+    unsafe {
+        (*p).header.kind = EventKind::Grpc as u32;
+        (*p).header._pad = 0;
+        (*p).header.ts_ns = bpf_ktime_get_ns();
+        (*p).header.pid_tgid = tgid_pid;
+        (*p).start_ns = c.start_ns;
+        (*p).trace_id = c.trace_id;
+        (*p).span_id = c.span_id;
+        (*p).parent_id = c.parent_id;
+        (*p).tuple = c.tuple;
+        (*p).stream_id = c.stream_id;
+        (*p).status = c.status;
+        (*p).kind = kind;
+        (*p).flags = c.flags;
+        (*p).method_len = c.method_len;
+        (*p)._pad = 0;
+        (*p).method = c.method;
+    }
+    e.submit(0);
+}
+
+/// Emits a client call with the status of `err` (itab, data) and forgets it.
+#[inline(always)]
+fn client_end(pid_tgid: u64, c: *mut Call, itab: u64, data: u64, p: &GrpcProc) {
+    // SAFETY: a live map value; the caller removes it after this.
+    let c = unsafe { &mut *c };
+    if let Some(code) = status_of(itab, data, p) {
+        c.status = code;
+    } else {
+        c.status = 0;
+    }
+    c.flags |= GRPC_HAS_STATUS;
+    // SAFETY: plain data copied out of the map.
+    if let Some(t) = unsafe { GRPC_TUPLE.get(&c.span_id) }.copied() {
+        c.tuple = t;
+        c.flags |= GRPC_HAS_TUPLE;
+        let _ = GRPC_TUPLE.remove(&c.span_id);
+    }
+    emit(pid_tgid, GRPC_CLIENT, c);
+}
+
+/// `(*ClientConn).Invoke(cc, ctx, method string, args, reply, opts...)` entry.
+#[uprobe]
+pub fn grpc_invoke(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    client_start(&r, r.rdi, r.rsi, 0);
+    0
+}
+
+/// Each RET of `(*ClientConn).Invoke`: the error in RAX (itab), RBX (data).
+#[uprobe]
+pub fn grpc_invoke_ret(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (Some(gp), Some(p)) = (go::proc_info(tgid), grpc_proc(tgid)) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let k = go::key(tgid, goid);
+    let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return 0 };
+    client_end(pid_tgid, c, r.rax, r.rbx, &p);
+    let _ = GRPC_CALL.remove(&k);
+    0
+}
+
+/// `(*ClientConn).NewStream(cc, ctx, desc, method string, opts...)` entry.
+#[uprobe]
+pub fn grpc_new_stream(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    client_start(&r, r.rsi, r.r8, GRPC_STREAM);
+    0
+}
+
+/// Each RET of `(*ClientConn).NewStream`: `ClientStream` in RAX, RBX; error in RCX, RDI.
+#[uprobe]
+pub fn grpc_new_stream_ret(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (Some(gp), Some(p)) = (go::proc_info(tgid), grpc_proc(tgid)) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let k = go::key(tgid, goid);
+    let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return 0 };
+    if r.rcx != 0 || r.rbx == 0 {
+        client_end(pid_tgid, c, r.rcx, r.rdi, &p);
+    } else {
+        // SAFETY: a live map value, copied by the map update.
+        let _ = GRPC_STREAM_CALL.insert(&go::key(tgid, r.rbx), unsafe { &*c }, 0);
+    }
+    let _ = GRPC_CALL.remove(&k);
+    0
+}
+
+/// `(*clientStream).finish(cs, err error)` entry: cs in RAX, err in RBX, RCX.
+#[uprobe]
+pub fn grpc_stream_finish(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = grpc_proc(tgid) else { return 0 };
+    let k = go::key(tgid, r.rax);
+    let Some(c) = GRPC_STREAM_CALL.get_ptr_mut(&k) else { return 0 };
+    client_end(pid_tgid, c, r.rbx, r.rcx, &p);
+    let _ = GRPC_STREAM_CALL.remove(&k);
+    0
+}
+
+/// `(*controlBuffer).executeAndPut(c, f func() bool, it cbItem)` entry: `f` in RBX, the item's
+/// data pointer in RDI.
+#[uprobe]
+pub fn grpc_execute_and_put(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    if r.rbx == 0 || r.rdi == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(gp) = go::proc_info(tgid) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    // SAFETY: plain data copied out of the map.
+    let Some(c) = (unsafe { GRPC_CALL.get(&go::key(tgid, goid)) }) else { return 0 };
+    let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: 0 };
+    let _ = GRPC_HDR.insert(&go::key(tgid, r.rdi), &t, 0);
+    0
+}
+
+/// `(*loopyWriter).originateStream(l, str *outStream, hdr *headerFrame)` entry, on the writer
+/// goroutine before the HEADERS frame is written: l in RAX, hdr in RCX.
+#[uprobe]
+pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = grpc_proc(tgid) else { return 0 };
+    let hk = go::key(tgid, r.rcx);
+    // SAFETY: plain data copied out of the map.
+    let Some(c) = (unsafe { GRPC_HDR.get(&hk) }).copied() else { return 0 };
+    let _ = GRPC_HDR.remove(&hk);
+    let Some(sid) = read::<u32>(r.rcx + p.hdr_stream_id) else { return 0 };
+    let Some(conn) = read::<u64>(r.rax + p.loopy_conn + 8) else { return 0 };
+    let Some(t) = conn_tuple(conn, &p) else { return 0 };
+    let _ = GRPC_TUPLE.insert(&c.span_id, &t, 0);
+    if crate::cfg(&crate::PROPAGATION) == PROPAGATION_OFF {
+        return 0;
+    }
+    let key = PeerKey {
+        client_addr: [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]],
+        server_addr: [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]],
+        client_port: t.sport,
+        server_port: t.dport,
+        stream_id: sid,
+    };
+    let v = TraceCtx { ts_ns: unsafe { bpf_ktime_get_ns() }, ..c };
+    let _ = GRPC_PEER.insert(&key, &v, 0);
+    0
+}
+
+/// `(*Server).handleStream(s, t ServerTransport, stream)` entry: t's data in RCX, the stream
+/// (`*ServerStream` or `*Stream`) in RDI.
+#[uprobe]
+pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (Some(gp), Some(p)) = (go::proc_info(tgid), grpc_proc(tgid)) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let stream = if p.server_stream_stream == GRPC_NONE {
+        r.rdi
+    } else {
+        match read::<u64>(r.rdi + p.server_stream_stream) {
+            Some(s) => s,
+            None => return 0,
+        }
+    };
+    let k = go::key(tgid, goid);
+    if GRPC_SRV.insert(&k, &EMPTY, 0).is_err() {
+        return 0;
+    }
+    let Some(c) = GRPC_SRV.get_ptr_mut(&k) else { return 0 };
+    // SAFETY: the map value just inserted for this goroutine.
+    let c = unsafe { &mut *c };
+    c.start_ns = unsafe { bpf_ktime_get_ns() };
+    c.stream_id = read::<u32>(stream + p.stream_id).unwrap_or(0);
+    let mptr: u64 = read(stream + p.stream_method).unwrap_or(0);
+    let mlen: u64 = read(stream + p.stream_method + 8).unwrap_or(0);
+    copy_method(c, mptr, mlen);
+    let mut parent = None;
+    if let Some(t) = read::<u64>(r.rcx + p.server_conn + 8).and_then(|conn| conn_tuple(conn, &p)) {
+        c.tuple = t;
+        c.flags |= GRPC_HAS_TUPLE;
+        if crate::cfg(&crate::PROPAGATION) != PROPAGATION_OFF {
+            let key = PeerKey {
+                client_addr: [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]],
+                server_addr: [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]],
+                client_port: t.dport,
+                server_port: t.sport,
+                stream_id: c.stream_id,
+            };
+            // SAFETY: plain data copied out of the map.
+            parent = unsafe { GRPC_PEER.get(&key) }.copied();
+            if parent.is_some() {
+                let _ = GRPC_PEER.remove(&key);
+                c.flags |= GRPC_REMOTE_PARENT;
+            }
+        }
+    }
+    new_ids(c, parent);
+    let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: c.start_ns };
+    let _ = go::GO_SRV_CTX.insert(&k, &t, 0);
+    0
+}
+
+/// `(*http2Server).writeStatus(t, s, st *status.Status)` entry (`WriteStatus` before 1.69), on
+/// the handler goroutine: st in RCX.
+#[uprobe]
+pub fn grpc_write_status(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (Some(gp), Some(p)) = (go::proc_info(tgid), grpc_proc(tgid)) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let Some(c) = GRPC_SRV.get_ptr_mut(&go::key(tgid, goid)) else { return 0 };
+    // SAFETY: this goroutine's live map value.
+    let c = unsafe { &mut *c };
+    if c.flags & GRPC_HAS_STATUS == 0 {
+        c.status = code_of(r.rcx, &p).unwrap_or(2);
+        c.flags |= GRPC_HAS_STATUS;
+    }
+    0
+}
+
+/// Each RET of `(*Server).handleStream`: the handler is done.
+#[uprobe]
+pub fn grpc_handle_stream_ret(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(gp) = go::proc_info(tgid) else { return 0 };
+    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let k = go::key(tgid, goid);
+    let _ = go::GO_SRV_CTX.remove(&k);
+    let Some(c) = GRPC_SRV.get_ptr_mut(&k) else { return 0 };
+    // SAFETY: this goroutine's live map value, removed right after.
+    emit(pid_tgid, GRPC_SERVER, unsafe { &*c });
+    let _ = GRPC_SRV.remove(&k);
+    0
+}
