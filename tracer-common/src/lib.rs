@@ -28,9 +28,9 @@ pub enum EventKind {
     Exit = 4,
     /// accept/connect completed: [`ConnEvent`].
     Conn = 5,
+    /// A Go net/rpc call completed, client or server side: [`GoRpcEvent`].
     /// A gRPC call ended (client or server side, from uprobes): [`GrpcEvent`].
     Grpc = 6,
-    /// A Go net/rpc call completed, client or server side: [`GoRpcEvent`].
     GoRpc = 16,
     /// A Go net/http server matched a request to a route pattern: [`GoRouteEvent`].
     GoRoute = 17,
@@ -299,26 +299,6 @@ pub const RPC_REMOTE_PARENT: u8 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GoRpcEvent {
-/// Bytes of a gRPC method name (`/package.Service/Method`) kept; longer names are cut.
-pub const GRPC_METHOD_MAX: usize = 128;
-
-/// `GrpcEvent::kind`.
-pub const GRPC_CLIENT: u8 = 1;
-pub const GRPC_SERVER: u8 = 2;
-/// `GrpcEvent::flags`: `status` holds the call's gRPC status code.
-pub const GRPC_HAS_STATUS: u8 = 1;
-/// The call was a stream (`ClientConn.NewStream`), not a unary `Invoke`.
-pub const GRPC_STREAM: u8 = 2;
-/// The parent span is the client span of another process on this host (server side).
-pub const GRPC_REMOTE_PARENT: u8 = 4;
-/// `tuple` holds the connection's addresses.
-pub const GRPC_HAS_TUPLE: u8 = 8;
-
-/// A finished grpc-go call seen by uprobes (kernel side: `tracer-ebpf/src/grpc.rs`). The header's
-/// `ts_ns` is the end; `tuple` is oriented like data events (local = this process).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GrpcEvent {
     pub header: EventHeader,
     pub start_ns: u64,
     pub trace_id: [u8; 16],
@@ -356,6 +336,32 @@ pub struct GoRouteEvent {
     pub pattern: [u8; ROUTE_LEN],
 }
 
+/// Bytes of a gRPC method name (`/package.Service/Method`) kept; longer names are cut.
+pub const GRPC_METHOD_MAX: usize = 128;
+
+/// `GrpcEvent::kind`.
+pub const GRPC_CLIENT: u8 = 1;
+pub const GRPC_SERVER: u8 = 2;
+/// `GrpcEvent::flags`: `status` holds the call's gRPC status code.
+pub const GRPC_HAS_STATUS: u8 = 1;
+/// The call was a stream (`ClientConn.NewStream`), not a unary `Invoke`.
+pub const GRPC_STREAM: u8 = 2;
+/// The parent span is the client span of another process on this host (server side).
+pub const GRPC_REMOTE_PARENT: u8 = 4;
+/// `tuple` holds the connection's addresses.
+pub const GRPC_HAS_TUPLE: u8 = 8;
+
+/// A finished grpc-go call seen by uprobes (kernel side: `tracer-ebpf/src/grpc.rs`). The header's
+/// `ts_ns` is the end; `tuple` is oriented like data events (local = this process).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GrpcEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: no parent.
+    pub parent_id: [u8; 8],
     pub tuple: ConnTuple,
     pub stream_id: u32,
     pub status: u32,
@@ -469,10 +475,10 @@ const _: () = {
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<GoProc>() == 16);
     assert!(core::mem::size_of::<NetRpcProc>() == 16);
-    assert!(core::mem::size_of::<GoRouteEvent>() == 24 + 8 + 8 + ROUTE_LEN);
-    assert!(core::mem::size_of::<GoRpcEvent>() == 24 + 8 + 16 + 8 + 8 + 8 + 12 + 4 + RPC_METHOD_LEN);
     assert!(core::mem::size_of::<GrpcEvent>() == 24 + 8 + 32 + 40 + 16 + GRPC_METHOD_MAX);
     assert!(core::mem::size_of::<GrpcProc>() == 13 * 8 + 8);
+    assert!(core::mem::size_of::<GoRouteEvent>() == 24 + 8 + 8 + ROUTE_LEN);
+    assert!(core::mem::size_of::<GoRpcEvent>() == 24 + 8 + 16 + 8 + 8 + 8 + 12 + 4 + RPC_METHOD_LEN);
 };
 
 #[cfg(feature = "user")]
@@ -491,5 +497,6 @@ mod pod {
     unsafe impl aya::Pod for super::GoProc {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetRpcProc {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::GrpcProc {}
 }
