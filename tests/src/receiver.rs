@@ -1089,7 +1089,7 @@ mod tests {
         let addr = receiver.http_addr();
         let json = b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
         assert!(raw_http(addr, json).await.starts_with("HTTP/1.1 415"));
-        let other = b"GET /v1/metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let other = b"GET /v1/logs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
         assert!(raw_http(addr, other).await.starts_with("HTTP/1.1 404"));
         let garbage = b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 3\r\nconnection: close\r\n\r\n\xff\xff\xff";
         assert!(raw_http(addr, garbage).await.starts_with("HTTP/1.1 400"));

@@ -404,7 +404,7 @@ mod tests {
     fn server_status_semantics() {
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
         let span = |code| {
-            let b = record(GRPC_SERVER, GRPC_HAS_STATUS | GRPC_REMOTE_PARENT | GRPC_STREAM, "/a.B/C", code);
+            let b = record(GRPC_SERVER, GRPC_HAS_STATUS | GRPC_REMOTE_PARENT | GRPC_STREAM | GRPC_HAS_TUPLE, "/a.B/C", code);
             decode(&b, 300, 1, 1).unwrap().to_span(&clock)
         };
         // ... but not for the server, which answered correctly.

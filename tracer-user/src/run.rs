@@ -293,7 +293,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     };
     tokio::pin!(stop);
     let mut decode_errors = 0u64;
-    let (mut reported_evictions, mut reported_refusals) = (0u64, 0u64);
+    let (mut reported_evictions, mut reported_refusals, mut reported_lost) = (0u64, 0u64, 0u64);
     // Exited processes keep their resource a while: their last spans may still be assembled.
     let mut exited: VecDeque<(Instant, u32)> = VecDeque::new();
 
@@ -418,8 +418,9 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                 let e = exporter.as_ref().map(|e| e.stats()).unwrap_or_default();
                 debug!("kernel events={} lost={} not_http={}; decode_errors={decode_errors}; export {e:?}", k.events, k.lost, k.not_http);
                 debug!("assembler {:?}; correlator {:?}", assembler.stats(), correlator.stats());
-                if k.lost > 0 {
-                    warn!("{} events lost in the kernel (ring buffer full)", k.lost);
+                if k.lost > reported_lost {
+                    warn!("{} events lost in the kernel so far (ring buffer full: the agent was not scheduled in time)", k.lost);
+                    reported_lost = k.lost;
                 }
             }
             _ = health.tick() => {

@@ -108,7 +108,8 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
         if trace.error { "ERROR" } else { "OK" }
     );
     let fill = width.saturating_sub(head.chars().count());
-    rows.push(Row { text: format!("{head}{}", "-".repeat(fill)), header: true, error: trace.error, bar: None });
+    // A narrow terminal cuts the header like every other row.
+    rows.push(Row { text: fit(&format!("{head}{}", "-".repeat(fill)), width), header: true, error: trace.error, bar: None });
 
     // Columns: name (tree) | service | status | duration | bar.
     let bar_w = (width / 5).clamp(10, 40);

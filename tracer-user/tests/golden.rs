@@ -520,6 +520,8 @@ fn event_time(ev: &Event) -> u64 {
         | Event::Exec { ts_ns, .. }
         | Event::Exit { ts_ns, .. } => *ts_ns,
         Event::Grpc(g) => g.end_ns,
+        Event::GoRpc(c) => c.end_ns,
+        Event::GoRoute(_) => unreachable!("golden cases hold no route events"),
     }
 }
 
