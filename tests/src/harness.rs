@@ -411,3 +411,28 @@ pub fn raise_nofile() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// `bpftool -j ARGS`, parsed (an empty array when it prints nothing).
+pub fn bpftool(a: &[&str]) -> serde_json::Value {
+    let out = run_ok(std::process::Command::new("bpftool").arg("-j").args(a)).expect("bpftool");
+    serde_json::from_str(&out).unwrap_or(serde_json::Value::Array(Vec::new()))
+}
+
+/// Ids of the BPF programs that process `pid` holds, through program or link file descriptors
+/// (`prog_id:` in /proc/<pid>/fdinfo).
+pub fn prog_ids_of(pid: u32) -> std::collections::BTreeSet<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// Ids of every BPF program loaded in the kernel.
+pub fn live_prog_ids() -> std::collections::BTreeSet<u64> {
+    bpftool(&["prog", "show"]).as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+}

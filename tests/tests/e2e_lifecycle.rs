@@ -4,39 +4,16 @@
 //! disturbing each other. The agent's kernel objects are found through the file descriptors of
 //! its pid, so other agents running on the machine do not confuse the test.
 
-use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 use tracer_tests::harness::{
-    Agent, Service, args, curl, grpc_env, require_root, rt, run_ok, summary, wait_until,
+    Agent, Service, args, bpftool, curl, grpc_env, live_prog_ids, prog_ids_of, require_root, rt, summary,
+    wait_until,
 };
 use tracer_tests::receiver::Receiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn bpftool(a: &[&str]) -> Value {
-    let out = run_ok(Command::new("bpftool").arg("-j").args(a)).expect("bpftool");
-    serde_json::from_str(&out).unwrap_or(Value::Array(Vec::new()))
-}
-
-/// Ids of the BPF programs that process `pid` holds, through program or link file descriptors
-/// (`prog_id:` in /proc/<pid>/fdinfo).
-fn prog_ids_of(pid: u32) -> BTreeSet<u64> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
-                .collect::<Vec<u64>>()
-        })
-        .collect()
-}
-
-fn live_prog_ids() -> BTreeSet<u64> {
-    bpftool(&["prog", "show"]).as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
-}
 
 fn cgroup2_root() -> String {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

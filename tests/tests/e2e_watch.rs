@@ -4,12 +4,11 @@
 //! second run, with SIGTERM), and checks the exit status, the terminal left in cooked mode and
 //! that none of the agent's programs stays loaded.
 
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::harness::{Service, agent_bin, curl, require_root, run_ok, wait_until};
+use tracer_tests::harness::{Service, agent_bin, curl, live_prog_ids, prog_ids_of, require_root, run_ok, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,27 +53,6 @@ impl Drop for Tmux {
     }
 }
 
-fn bpftool(a: &[&str]) -> Value {
-    let out = run_ok(Command::new("bpftool").arg("-j").args(a)).expect("bpftool");
-    serde_json::from_str(&out).unwrap_or(Value::Array(Vec::new()))
-}
-
-/// Ids of the BPF programs that process `pid` holds (`prog_id:` in /proc/<pid>/fdinfo).
-fn prog_ids_of(pid: u32) -> BTreeSet<u64> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
-                .collect::<Vec<u64>>()
-        })
-        .collect()
-}
-
-fn live_prog_ids() -> BTreeSet<u64> {
-    bpftool(&["prog", "show"]).as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
-}
 
 struct Run {
     tmux: Tmux,
