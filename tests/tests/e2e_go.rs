@@ -3,71 +3,17 @@
 //! across Go processes, for stripped, PIE, cgo and older-Go builds of the same fixture.
 //! Run as root with `cargo xtask e2e go_`.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tracer_tests::harness::{
     Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt, run_ok,
 };
+use tracer_tests::traces::{child_of, of, one, tally};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn by_trace(spans: &[ReceivedSpan]) -> BTreeMap<String, Vec<&ReceivedSpan>> {
-    let mut m: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
-    for s in spans {
-        m.entry(s.trace_id.clone()).or_default().push(s);
-    }
-    m
-}
-
-fn of<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Vec<&'a ReceivedSpan> {
-    spans.iter().copied().filter(|s| s.service_name() == Some(service) && s.kind == kind).collect()
-}
-
-fn one<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Result<&'a ReceivedSpan, String> {
-    match of(spans, service, kind).as_slice() {
-        [s] => Ok(s),
-        v => Err(format!("{} {service} {kind:?} spans", v.len())),
-    }
-}
-
-/// `child` has `parent` as parent and lies within it.
-fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
-    if child.parent_span_id.as_deref() != Some(parent.span_id.as_str()) {
-        return Err(format!(
-            "{} {} ({:?}) is not a child of {} {} ({:?})",
-            child.service_name().unwrap_or("?"),
-            child.name,
-            child.kind,
-            parent.service_name().unwrap_or("?"),
-            parent.name,
-            parent.kind
-        ));
-    }
-    if child.start_unix_nano < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano {
-        return Err(format!("{} outside its parent {}", child.name, parent.name));
-    }
-    Ok(())
-}
-
-/// Counts complete traces with `check`, collecting what was wrong with the others.
-fn tally(spans: &[ReceivedSpan], check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>) -> (usize, usize, BTreeMap<String, usize>) {
-    let traces = by_trace(spans);
-    let mut problems = BTreeMap::new();
-    let complete = traces
-        .values()
-        .filter(|t| match check(t) {
-            Ok(()) => true,
-            Err(e) => {
-                *problems.entry(e).or_insert(0) += 1;
-                false
-            }
-        })
-        .count();
-    (complete, traces.len(), problems)
-}
 
 /// Runs `n` requests at concurrency `c` with the Go load client, untraced.
 fn load(url: &str, n: usize, c: usize) {

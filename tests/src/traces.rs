@@ -1,0 +1,60 @@
+//! Checks on received traces shared by the end-to-end tests.
+
+use crate::receiver::{ReceivedSpan, SpanKind};
+use std::collections::BTreeMap;
+
+/// Spans grouped by trace id.
+pub fn by_trace(spans: &[ReceivedSpan]) -> BTreeMap<String, Vec<&ReceivedSpan>> {
+    let mut m: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for s in spans {
+        m.entry(s.trace_id.clone()).or_default().push(s);
+    }
+    m
+}
+
+pub fn of<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Vec<&'a ReceivedSpan> {
+    spans.iter().copied().filter(|s| s.service_name() == Some(service) && s.kind == kind).collect()
+}
+
+pub fn one<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Result<&'a ReceivedSpan, String> {
+    match of(spans, service, kind).as_slice() {
+        [s] => Ok(s),
+        v => Err(format!("{} {service} {kind:?} spans", v.len())),
+    }
+}
+
+/// `child` has `parent` as parent and lies within it.
+pub fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
+    if child.parent_span_id.as_deref() != Some(parent.span_id.as_str()) {
+        return Err(format!(
+            "{} {} ({:?}) is not a child of {} {} ({:?})",
+            child.service_name().unwrap_or("?"),
+            child.name,
+            child.kind,
+            parent.service_name().unwrap_or("?"),
+            parent.name,
+            parent.kind
+        ));
+    }
+    if child.start_unix_nano < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano {
+        return Err(format!("{} outside its parent {}", child.name, parent.name));
+    }
+    Ok(())
+}
+
+/// Counts complete traces with `check`, collecting what was wrong with the others.
+pub fn tally(spans: &[ReceivedSpan], check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>) -> (usize, usize, BTreeMap<String, usize>) {
+    let traces = by_trace(spans);
+    let mut problems = BTreeMap::new();
+    let complete = traces
+        .values()
+        .filter(|t| match check(t) {
+            Ok(()) => true,
+            Err(e) => {
+                *problems.entry(e).or_insert(0) += 1;
+                false
+            }
+        })
+        .count();
+    (complete, traces.len(), problems)
+}
