@@ -25,7 +25,9 @@
 //!   (same-host pairing, nothing on the wire changes), and sets `GO_SRV_CTX` for the goroutine
 //!   so the handler's own calls (HTTP or gRPC, from it or goroutines it starts) become
 //!   children. `(*http2Server).writeStatus`/`WriteStatus(s, st)` entry records the status code
-//!   (`st.s.Code`); the RETs of `handleStream` emit the span.
+//!   (`st.s.Code`) and the span's end (the status is the last thing a call writes; ending there
+//!   keeps the server span inside its client's even when the goroutine is descheduled after it);
+//!   the RETs of `handleStream` emit the span.
 //!
 //! Offsets come from userspace per process (`GRPC_PROCS`); every map is bounded (LRU where a
 //! missed exit could leak).
@@ -53,6 +55,9 @@ struct Call {
     span_id: [u8; 8],
     parent_id: [u8; 8],
     start_ns: u64,
+    /// When the server queued its status (0 until then): the server span's end, so it ends
+    /// before the client can see the reply, whatever the goroutine does after.
+    end_ns: u64,
     tuple: ConnTuple,
     stream_id: u32,
     status: u32,
@@ -241,6 +246,7 @@ const EMPTY: Call = Call {
     span_id: [0; 8],
     parent_id: [0; 8],
     start_ns: 0,
+    end_ns: 0,
     tuple: ConnTuple { family: 0, sport: 0, dport: 0, _pad: 0, saddr: [0; 16], daddr: [0; 16] },
     stream_id: 0,
     status: 0,
@@ -285,7 +291,7 @@ fn emit(tgid_pid: u64, kind: u8, c: &Call) {
     unsafe {
         (*p).header.kind = EventKind::Grpc as u32;
         (*p).header._pad = 0;
-        (*p).header.ts_ns = bpf_ktime_get_ns();
+        (*p).header.ts_ns = if c.end_ns != 0 { c.end_ns } else { bpf_ktime_get_ns() };
         (*p).header.pid_tgid = tgid_pid;
         (*p).start_ns = c.start_ns;
         (*p).trace_id = c.trace_id;
@@ -508,6 +514,8 @@ pub fn grpc_write_status(ctx: ProbeContext) -> u32 {
     if c.flags & GRPC_HAS_STATUS == 0 {
         c.status = code_of(r.rcx, &p).unwrap_or(2);
         c.flags |= GRPC_HAS_STATUS;
+        // SAFETY: a BPF helper without arguments.
+        c.end_ns = unsafe { bpf_ktime_get_ns() };
     }
     0
 }
