@@ -773,6 +773,14 @@ impl Receiver {
             .unwrap_or_default()
     }
 
+    /// Removes and returns the spans received so far (and forgets the export requests), for a
+    /// consumer that streams them elsewhere and must not hold them all (an hour-long soak).
+    pub fn take_spans(&self) -> Vec<ReceivedSpan> {
+        let mut store = self.state.lock();
+        store.requests.clear();
+        std::mem::take(&mut store.spans)
+    }
+
     /// Every histogram point received over OTLP metrics so far, in arrival order.
     pub fn points(&self) -> Vec<ReceivedPoint> {
         self.state.lock().points.clone()
