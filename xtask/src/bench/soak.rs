@@ -10,6 +10,9 @@ use super::*;
 struct Sample {
     at_s: u64,
     rss_kib: u64,
+    /// The receiver's resident memory (it keeps nothing; a slow receiver would hold the agent's
+    /// export queue full).
+    receiver_rss_kib: u64,
     requests: u64,
     spans: u64,
     /// Table name -> entries (kernel tables, assembler connections, correlator nodes and
@@ -42,6 +45,19 @@ fn table_sizes(log: &str) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// The 1-minute load average, as /proc/loadavg prints it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "?".into())
+}
+
+/// This process's nice value (children inherit it).
+fn own_nice() -> String {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(16).map(str::to_string)))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -83,6 +99,7 @@ pub fn soak(seconds: u64, rate: u64) -> Result<()> {
     )?;
     let started = Instant::now();
     let machine = Machine::read();
+    let load_at_start = load_average();
     let mut samples = Vec::new();
     let (mut requests, mut errors) = (0u64, 0u64);
     eprintln!("soak: {seconds} s at {rate} req/s on the Go fixture, sampling every minute");
@@ -97,6 +114,7 @@ pub fn soak(seconds: u64, rate: u64) -> Result<()> {
         let s = Sample {
             at_s: started.elapsed().as_secs(),
             rss_kib: rss_kib(agent.pid())?,
+            receiver_rss_kib: rss_kib(receiver.proc.pid())?,
             requests,
             spans: receiver.server_spans(),
             tables: table_sizes(&log),
@@ -145,6 +163,13 @@ pub fn soak(seconds: u64, rate: u64) -> Result<()> {
         "* Load: the Go fixture traced by `tracer run --pid` (same-host), {rate} req/s open loop on {FIXED_CONNECTIONS} \
          keep-alive connections, new connections every minute; spans exported over OTLP/gRPC to the project's receiver."
     );
+    let _ = writeln!(
+        md,
+        "* Scheduling: the soak's processes (agent, fixture, load, receiver) ran at nice {}; load average (1 min) {} at the start, {} at the end",
+        own_nice(),
+        load_at_start,
+        load_average()
+    );
     let _ = writeln!(md, "* Requests: {} ({} errors); spans received: {}; kernel events lost: {}; spans dropped: {}", last.requests, errors, last.spans, stop.kernel_lost, stop.spans_dropped);
     let _ = writeln!(md, "* Agent resident memory: first sample {:.1} MB, last {:.1} MB, peak (VmHWM) {:.1} MB\n",
         samples[0].rss_kib as f64 / 1024.0, last.rss_kib as f64 / 1024.0, peak_kib as f64 / 1024.0);
@@ -154,8 +179,8 @@ pub fn soak(seconds: u64, rate: u64) -> Result<()> {
          of the first third's, after a warm-up of a tenth; likewise every table within 10 % + 64 entries).\n",
         if failures.is_empty() { "PASS".to_string() } else { format!("FAIL: {}", failures.join("; ")) }
     );
-    let _ = writeln!(md, "| minute | RSS MB | requests | spans | {} |", names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(md, "| ---: | ---: | ---: | ---: |{}", " ---: |".repeat(names.len()));
+    let _ = writeln!(md, "| minute | RSS MB | receiver RSS MB | requests | spans | {} |", names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |{}", " ---: |".repeat(names.len()));
     let every = (samples.len() / 30).max(1);
     for (i, s) in samples.iter().enumerate() {
         if i % every != 0 && i + 1 != samples.len() {
@@ -163,9 +188,10 @@ pub fn soak(seconds: u64, rate: u64) -> Result<()> {
         }
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} |",
             s.at_s.div_ceil(60),
             s.rss_kib as f64 / 1024.0,
+            s.receiver_rss_kib as f64 / 1024.0,
             s.requests,
             s.spans,
             names.iter().map(|n| s.tables.get(*n).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(" | ")
