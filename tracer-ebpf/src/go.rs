@@ -126,6 +126,53 @@ pub(crate) fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
 }
 
 /// A Go server read a request on the current goroutine: remember its span for the goroutine.
+/// A user-memory read through the probe helper; `None` for a null address or a fault (a fault
+/// is an error, never a crash).
+#[inline(always)]
+pub fn read<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// Where a Go connection's addresses live: `net.netFD.laddr` / `.raddr` (`net.Addr` interfaces
+/// holding `*net.TCPAddr`) and `net.TCPAddr.IP` (a byte slice) / `.Port`.
+pub struct NetOffsets {
+    pub netfd_laddr: u64,
+    pub netfd_raddr: u64,
+    pub tcpaddr_ip: u64,
+    pub tcpaddr_port: u64,
+}
+
+/// IPv4 address (the last four bytes of the IP slice, which also holds IPv4 in 16-byte form)
+/// and port of a `*net.TCPAddr`.
+#[inline(always)]
+fn tcp_addr(a: u64, o: &NetOffsets) -> Option<([u8; 4], u16)> {
+    let ip: u64 = read(a + o.tcpaddr_ip)?;
+    let len: u64 = read(a + o.tcpaddr_ip + 8)?;
+    if len != 4 && len != 16 {
+        return None;
+    }
+    let v4: [u8; 4] = read(ip + len - 4)?;
+    let port: u64 = read(a + o.tcpaddr_port)?;
+    if port == 0 || port > 65535 {
+        return None;
+    }
+    Some((v4, port as u16))
+}
+
+/// The (local, remote) IPv4 addresses and ports of a `*net.TCPConn` (`TCPConn{conn{fd
+/// *netFD}}`, so the `*netFD` is its first word).
+#[inline(always)]
+pub fn tcp_conn_addrs(tcp_conn: u64, o: &NetOffsets) -> Option<(([u8; 4], u16), ([u8; 4], u16))> {
+    let fd: u64 = read(tcp_conn)?;
+    let laddr: u64 = read(fd + o.netfd_laddr + 8)?;
+    let raddr: u64 = read(fd + o.netfd_raddr + 8)?;
+    Some((tcp_addr(laddr, o)?, tcp_addr(raddr, o)?))
+}
+
 #[inline(always)]
 pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
     let tgid = (pid_tgid >> 32) as u32;

@@ -33,7 +33,7 @@
 //! missed exit could leak).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
@@ -45,7 +45,7 @@ use tracer_common::{
     PROPAGATION_OFF,
 };
 
-use crate::go::{self, GoKey};
+use crate::go::{self, GoKey, read};
 
 /// A client or server call in flight.
 #[repr(C)]
@@ -128,15 +128,6 @@ fn regs(ctx: &ProbeContext) -> Regs {
 }
 
 #[inline(always)]
-fn read<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    // SAFETY: user memory read through the probe helper (faults are errors, not crashes).
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
-
-#[inline(always)]
 fn grpc_proc(tgid: u32) -> Option<GrpcProc> {
     // SAFETY: plain data copied out of the map.
     unsafe { GRPC_PROCS.get(&tgid) }.copied()
@@ -154,32 +145,20 @@ fn copy_method(c: &mut Call, ptr: u64, len: u64) {
 /// The addresses of a `net.Conn` holding a `*net.TCPConn`: local, remote.
 #[inline(always)]
 fn conn_tuple(conn_data: u64, p: &GrpcProc) -> Option<ConnTuple> {
-    // *net.TCPConn -> conn{fd *netFD}
-    let fd: u64 = read(conn_data)?;
-    let laddr: u64 = read(fd + p.netfd_laddr + 8)?;
-    let raddr: u64 = read(fd + p.netfd_raddr + 8)?;
+    let o = go::NetOffsets {
+        netfd_laddr: p.netfd_laddr,
+        netfd_raddr: p.netfd_raddr,
+        tcpaddr_ip: p.tcpaddr_ip,
+        tcpaddr_port: p.tcpaddr_port,
+    };
+    let ((lip, lport), (rip, rport)) = go::tcp_conn_addrs(conn_data, &o)?;
     let mut t = ConnTuple::default();
-    let (lip, lport) = tcp_addr(laddr, p)?;
-    let (rip, rport) = tcp_addr(raddr, p)?;
     t.family = 2;
     t.saddr[..4].copy_from_slice(&lip);
     t.daddr[..4].copy_from_slice(&rip);
     t.sport = lport;
     t.dport = rport;
     Some(t)
-}
-
-/// IPv4 address (the last four bytes of the IP slice) and port of a `*net.TCPAddr`.
-#[inline(always)]
-fn tcp_addr(a: u64, p: &GrpcProc) -> Option<([u8; 4], u16)> {
-    let ip: u64 = read(a + p.tcpaddr_ip)?;
-    let len: u64 = read(a + p.tcpaddr_ip + 8)?;
-    if len != 4 && len != 16 {
-        return None;
-    }
-    let v4: [u8; 4] = read(ip + len - 4)?;
-    let port: u64 = read(a + p.tcpaddr_port)?;
-    Some((v4, port as u16))
 }
 
 /// The gRPC status code of a returned `error` (itab, data); `None` for a nil error or `io.EOF`.

@@ -22,9 +22,9 @@
 //!
 //! Every map is an LRU keyed by process: a call whose end is never seen cannot leak.
 
-use crate::go::{GO_SRV_CTX, GoKey, ancestor_ctx, goid_of, key, proc_info};
+use crate::go::{self, read, GO_SRV_CTX, GoKey, ancestor_ctx, goid_of, key, proc_info};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
@@ -64,41 +64,17 @@ struct CallKey {
 #[map]
 static RPC_OUT: LruHashMap<CallKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
 
-#[inline(always)]
-fn read<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    // SAFETY: user memory read through the probe helper (a fault is an error, not a crash).
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
-
-/// IPv4 address and port of a `*net.TCPAddr` (the last four bytes of its IP, which also holds
-/// IPv4 in 16-byte form).
-#[inline(always)]
-fn tcp_addr(addr: u64, o: &NetRpcProc) -> Option<([u8; 4], u16)> {
-    let ip: u64 = read(addr + o.tcpaddr_ip as u64)?;
-    let len: u64 = read(addr + o.tcpaddr_ip as u64 + 8)?;
-    if len != 4 && len != 16 {
-        return None;
-    }
-    let a: [u8; 4] = read(ip + len - 4)?;
-    let port: u64 = read(addr + o.tcpaddr_port as u64)?;
-    if port == 0 || port > 65535 {
-        return None;
-    }
-    Some((a, port as u16))
-}
-
 /// The addresses of a connection held as an `io.ReadWriteCloser` whose value is a
-/// `*net.TCPConn` (`TCPConn{conn{fd *netFD}}`, so the `*netFD` is its first word).
+/// `*net.TCPConn`.
 #[inline(always)]
 fn conn_tuple(conn: u64, o: &NetRpcProc) -> Option<TupleKey> {
-    let fd: u64 = read(conn)?;
-    let laddr: u64 = read(fd + o.netfd_laddr as u64 + 8)?;
-    let raddr: u64 = read(fd + o.netfd_raddr as u64 + 8)?;
-    let (la, lp) = tcp_addr(laddr, o)?;
-    let (ra, rp) = tcp_addr(raddr, o)?;
+    let o = go::NetOffsets {
+        netfd_laddr: o.netfd_laddr as u64,
+        netfd_raddr: o.netfd_raddr as u64,
+        tcpaddr_ip: o.tcpaddr_ip as u64,
+        tcpaddr_port: o.tcpaddr_port as u64,
+    };
+    let ((la, lp), (ra, rp)) = go::tcp_conn_addrs(conn, &o)?;
     Some(TupleKey { local_addr: la, remote_addr: ra, local_port: lp, remote_port: rp })
 }
 
