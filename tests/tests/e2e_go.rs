@@ -7,83 +7,19 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tracer_tests::harness::{
-    Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt, run_ok,
+    Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt,
 };
-use tracer_tests::traces::{child_of, of, one, tally};
-use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
+use tracer_tests::traces::{child_of, one, tally};
+use tracer_tests::scenarios;
+use tracer_tests::receiver::{Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 
-/// Runs `n` requests at concurrency `c` with the Go load client, untraced.
-fn load(url: &str, n: usize, c: usize) {
-    let mut cmd = Command::new(fixtures_bin().join("httpclient"));
-    cmd.args(["-url", url, "-n", &n.to_string(), "-c", &c.to_string()]);
-    let out = run_ok(&mut cmd).expect("load client");
-    assert!(out.contains(&format!("\"ok\":{n}")) && out.contains("\"200\":"), "{out}");
-}
-
-/// One trace of a fan-out request: the fan-out server span, its two client spans (made from
-/// goroutines three levels below the handler) and the two downstream server spans.
-fn check_fanout(t: &[&ReceivedSpan], [a, b, c]: [&str; 3]) -> Result<(), String> {
-    if t.len() != 5 {
-        return Err(format!("{} spans", t.len()));
-    }
-    let a_srv = one(t, a, SpanKind::Server)?;
-    if a_srv.parent_span_id.is_some() {
-        return Err("the fan-out server span has a parent".into());
-    }
-    let clients = of(t, a, SpanKind::Client);
-    if clients.len() != 2 {
-        return Err(format!("{} client spans", clients.len()));
-    }
-    for cl in &clients {
-        child_of(cl, a_srv)?;
-    }
-    let b_srv = one(t, b, SpanKind::Server)?;
-    let c_srv = one(t, c, SpanKind::Server)?;
-    let parent_of = |s: &ReceivedSpan| clients.iter().position(|cl| Some(cl.span_id.as_str()) == s.parent_span_id.as_deref());
-    match (parent_of(b_srv), parent_of(c_srv)) {
-        (Some(x), Some(y)) if x != y => {
-            child_of(b_srv, clients[x])?;
-            child_of(c_srv, clients[y])
-        }
-        other => Err(format!("downstream servers' parents among the client spans: {other:?}")),
-    }
-}
-
 /// A fan-out service (`fixture`: a build of cmd/fanout) calling two Go services from nested
 /// goroutines: every request is one trace whose two client spans are children of its server span.
 fn run_fanout(fixture: &str) {
-    require_root();
-    let rt = rt();
-    let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let name = format!("{fixture}-svc");
-    let mut cmd = Command::new(fixtures_bin().join(fixture));
-    cmd.env("OTEL_SERVICE_NAME", &name);
-    let a = Service::start(&name, cmd).expect("fan-out service");
-    let b = Service::go("left-go").expect("go b");
-    let c = Service::go("right-go").expect("go c");
-    let agent = Agent::start(
-        &args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(), "--pid", &c.pid().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
-    assert!(
-        agent.log_text().contains(&format!("pid {}: Go ", a.pid())),
-        "Go probes not attached to the fan-out service:\n{}",
-        agent.log_text()
-    );
-    let n = 100;
-    let url = a.url(&format!("/fanout?url={}&url={}", encode(&b.url("/hello")), encode(&c.url("/hello"))));
-    load(&url, n, 10);
-    rt.block_on(rx.wait_for(|s| s.len() >= 5 * n, WAIT)).expect("all spans");
-    agent.stop().expect("agent stops");
-    let spans = rx.spans();
-    let (complete, traces, problems) = tally(&spans, |t| check_fanout(t, [&name, "left-go", "right-go"]));
-    eprintln!("fan-out ({fixture}): {complete}/{n} complete traces, {} spans, {traces} traces", spans.len());
-    assert_eq!(spans.len(), 5 * n, "exactly five spans per request");
-    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:?}");
+    scenarios::fanout(&fixtures_bin().join(fixture), fixture, 100);
 }
 
 #[test]

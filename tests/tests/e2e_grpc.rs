@@ -5,112 +5,22 @@
 //! edge right. The services are `tests/fixtures/grpc` (grpc-go 1.70, its generated health
 //! service). Run as root with `cargo xtask e2e grpc`.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-use tracer_tests::harness::{Agent, Service, args, fixtures_bin, grpc_env, require_root, rt, run_ok};
-use tracer_tests::traces::{by_trace, child_of, of, one, tally};
-use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
+use tracer_tests::harness::{Agent, Service, fixtures_bin, grpc_env, require_root, rt, run_ok};
+use tracer_tests::traces::{child_of, of, one, tally};
+use tracer_tests::scenarios::{self, grpc_attached as attached, grpc_server_of, grpc_span, int_attr, str_attr};
+use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-
-fn str_attr<'a>(s: &'a ReceivedSpan, k: &str) -> Option<&'a str> {
-    s.attr(k).and_then(|v| v.as_str())
-}
-
-fn int_attr(s: &ReceivedSpan, k: &str) -> Option<i64> {
-    s.attr(k).and_then(|v| v.as_int())
-}
-
-/// A gRPC span of `grpc.health.v1.Health/<method>` with the RPC attributes and `code`.
-fn grpc_span(s: &ReceivedSpan, method: &str, code: i64) -> Result<(), String> {
-    let want_name = format!("grpc.health.v1.Health/{method}");
-    let got = (
-        s.name.as_str(),
-        str_attr(s, "rpc.system"),
-        str_attr(s, "rpc.service"),
-        str_attr(s, "rpc.method"),
-        int_attr(s, "rpc.grpc.status_code"),
-    );
-    let want = (want_name.as_str(), Some("grpc"), Some("grpc.health.v1.Health"), Some(method), Some(code));
-    if got != want {
-        return Err(format!("{:?} span {got:?}, want {want:?}", s.kind));
-    }
-    Ok(())
-}
-
 fn grpc_server(name: &str, extra: &[&str]) -> Service {
-    grpc_server_of("grpcsvc", name, extra)
+    grpc_server_of(&fixtures_bin().join("grpcsvc"), name, extra)
 }
 
-fn grpc_server_of(fixture: &str, name: &str, extra: &[&str]) -> Service {
-    let mut cmd = Command::new(fixtures_bin().join(fixture));
-    cmd.args(["-role", "server"]).args(extra).env("OTEL_SERVICE_NAME", name);
-    Service::start(name, cmd).expect("gRPC service")
-}
 
-fn attached(agent: &Agent, pid: u32) -> bool {
-    agent.log_text().lines().any(|l| l.contains(&format!("pid {pid}: Go ")) && l.contains("grpc-go spans"))
-}
-
-/// Two Go processes (both `fixture`, a build of tests/fixtures/grpc): five unary calls, one
-/// failing with NOT_FOUND and one server-streaming call. Exactly one client and one server span
-/// per call, in one trace, the server the child of the client, with the RPC attributes and
-/// status codes.
 fn run_unary_and_streaming(fixture: &str) {
-    require_root();
-    let rt = rt();
-    let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let server = grpc_server_of(fixture, "grpc-server", &[]);
-    let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Command::new(fixtures_bin().join(fixture))
-        .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
-        .env("OTEL_SERVICE_NAME", "grpc-client")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let agent = Agent::start(
-        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
-    assert!(attached(&agent, server.pid()) && attached(&agent, client.id()), "{}", agent.log_text());
-    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
-    let out = client.wait_with_output().expect("client runs");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"), "client failed: {out:?}");
-    let calls = 7;
-    rt.block_on(rx.wait_for(|s| s.len() >= 2 * calls, WAIT)).expect("all spans");
-    agent.stop().expect("agent stops");
-    let spans = rx.spans();
-    assert_eq!(spans.len(), 2 * calls, "exactly two spans per call: {spans:#?}");
-    let traces = by_trace(&spans);
-    assert_eq!(traces.len(), calls, "one trace per call");
-    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
-    for t in traces.values() {
-        let cl = one(t, "grpc-client", SpanKind::Client).unwrap();
-        let srv = one(t, "grpc-server", SpanKind::Server).unwrap();
-        assert_eq!(cl.parent_span_id, None, "the client span is a root");
-        child_of(srv, cl).unwrap();
-        let method = str_attr(cl, "rpc.method").unwrap_or("").to_string();
-        let code = int_attr(cl, "rpc.grpc.status_code").unwrap_or(-1);
-        grpc_span(cl, &method, code).unwrap();
-        grpc_span(srv, &method, code).unwrap();
-        for s in [cl, srv] {
-            assert_eq!(int_attr(s, "server.port"), Some(i64::from(server.port)), "{s:?}");
-            assert_eq!(str_attr(s, "server.address"), Some("127.0.0.1"));
-        }
-        // NOT_FOUND: an error for the caller, not for the server (RPC conventions).
-        let client_status = if code == 0 { StatusCode::Unset } else { StatusCode::Error };
-        assert_eq!((cl.status_code, srv.status_code), (client_status, StatusCode::Unset), "{method} {code}");
-        *seen.entry((method, code)).or_insert(0) += 1;
-    }
-    let want: BTreeMap<(String, i64), usize> =
-        [(("Check".to_string(), 0), 5), (("Check".to_string(), 5), 1), (("Watch".to_string(), 0), 1)].into();
-    assert_eq!(seen, want, "calls by method and status code");
-    eprintln!("{fixture}: {calls} calls, {} spans, all linked", spans.len());
+    scenarios::grpc_unary_and_streaming(&fixtures_bin().join(fixture), fixture);
 }
 
 /// grpc-go 1.70 (the handler gets a `*ServerStream`), offsets from DWARF.

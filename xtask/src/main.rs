@@ -10,6 +10,7 @@
 
 mod bench;
 mod fuzz;
+mod gomatrix;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -44,11 +45,15 @@ enum Task {
     /// Regenerate the Go struct-offset table (tracer-user/src/gobin/offsets_table.rs) from real
     /// builds with each Go release in GO_RELEASES (fetched with GOTOOLCHAIN) and the local Go.
     GoOffsets,
+    /// Trace Go fixtures built with every Go release (1.21 to the newest, via GOTOOLCHAIN) in
+    /// every build mode (plain, stripped, PIE, cgo) and grpc-go releases; prints a result per
+    /// cell and writes docs/go-matrix.md (needs root). `--quick`: the CI subset.
+    GoMatrix(gomatrix::GoMatrixArgs),
 }
 
 /// Go releases the offset table is measured on: the last patch of each supported minor release
 /// (the local toolchain is added). Fields that change within a minor release would need more.
-const GO_RELEASES: &[&str] = &["go1.21.13", "go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14"];
+const GO_RELEASES: &[&str] = gomatrix::GO_MATRIX;
 
 fn go_offsets() -> anyhow::Result<()> {
     let agent = build_agent()?;
@@ -305,6 +310,7 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["test", "--release"]))?;
             fuzz::fuzz(&fuzz::FuzzArgs { seconds: fuzz::CI_SECONDS, targets: Vec::new() })?;
             e2e(&[])?;
+            gomatrix::go_matrix(&gomatrix::GoMatrixArgs { quick: true })?;
             // Smoke run of the benchmark: it works end to end and every request becomes a span
             // (no timing assertions; the full benchmark is `cargo xtask bench`).
             bench::bench(bench::BenchArgs::quick())
@@ -315,5 +321,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::bench(args),
         Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::GoOffsets => go_offsets(),
+        Task::GoMatrix(args) => gomatrix::go_matrix(&args),
     }
 }

@@ -1,0 +1,275 @@
+//! The scenarios several end-to-end tests run, each parameterised by the fixture binary it
+//! traces, so the Go support tests and the Go version matrix (`cargo xtask go-matrix`) check the
+//! same outcomes. Each panics with what is wrong.
+
+use crate::harness::{Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt, run_ok, wait_until};
+use crate::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
+use crate::traces::{by_trace, child_of, of, one, tally};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+// ---- net/http fan-out --------------------------------------------------------------------------
+
+/// Runs `n` requests at concurrency `c` with the Go load client, untraced.
+pub fn load(url: &str, n: usize, c: usize) {
+    let mut cmd = Command::new(fixtures_bin().join("httpclient"));
+    cmd.args(["-url", url, "-n", &n.to_string(), "-c", &c.to_string()]);
+    let out = run_ok(&mut cmd).expect("load client");
+    assert!(out.contains(&format!("\"ok\":{n}")) && out.contains("\"200\":"), "{out}");
+}
+
+/// One trace of a fan-out request: the fan-out server span, its two client spans (made from
+/// goroutines three levels below the handler) and the two downstream server spans.
+fn check_fanout(t: &[&ReceivedSpan], [a, b, c]: [&str; 3]) -> Result<(), String> {
+    if t.len() != 5 {
+        return Err(format!("{} spans", t.len()));
+    }
+    let a_srv = one(t, a, SpanKind::Server)?;
+    if a_srv.parent_span_id.is_some() {
+        return Err("the fan-out server span has a parent".into());
+    }
+    let clients = of(t, a, SpanKind::Client);
+    if clients.len() != 2 {
+        return Err(format!("{} client spans", clients.len()));
+    }
+    for cl in &clients {
+        child_of(cl, a_srv)?;
+    }
+    let b_srv = one(t, b, SpanKind::Server)?;
+    let c_srv = one(t, c, SpanKind::Server)?;
+    let parent_of = |s: &ReceivedSpan| clients.iter().position(|cl| Some(cl.span_id.as_str()) == s.parent_span_id.as_deref());
+    match (parent_of(b_srv), parent_of(c_srv)) {
+        (Some(x), Some(y)) if x != y => {
+            child_of(b_srv, clients[x])?;
+            child_of(c_srv, clients[y])
+        }
+        other => Err(format!("downstream servers' parents among the client spans: {other:?}")),
+    }
+}
+
+/// A fan-out service (`bin`: a build of tests/fixtures/go/cmd/fanout) calling two Go services
+/// from nested goroutines: every one of `n` requests is one trace whose two client spans are
+/// children of its server span. Panics with what is wrong.
+pub fn fanout(bin: &Path, label: &str, n: usize) {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let name = format!("{label}-svc");
+    let mut cmd = Command::new(bin);
+    cmd.env("OTEL_SERVICE_NAME", &name);
+    let a = Service::start(&name, cmd).expect("fan-out service");
+    let b = Service::go("left-go").expect("go b");
+    let c = Service::go("right-go").expect("go c");
+    let agent = Agent::start(
+        &args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(), "--pid", &c.pid().to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    assert!(
+        agent.log_text().contains(&format!("pid {}: Go ", a.pid())),
+        "Go probes not attached to the fan-out service:\n{}",
+        agent.log_text()
+    );
+    let url = a.url(&format!("/fanout?url={}&url={}", encode(&b.url("/hello")), encode(&c.url("/hello"))));
+    load(&url, n, 10);
+    rt.block_on(rx.wait_for(|s| s.len() >= 5 * n, WAIT)).expect("all spans");
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    let (complete, traces, problems) = tally(&spans, |t| check_fanout(t, [&name, "left-go", "right-go"]));
+    eprintln!("fan-out ({label}): {complete}/{n} complete traces, {} spans, {traces} traces", spans.len());
+    assert_eq!(spans.len(), 5 * n, "exactly five spans per request");
+    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:?}");
+}
+
+// ---- grpc-go -----------------------------------------------------------------------------------
+
+pub fn str_attr<'a>(s: &'a ReceivedSpan, k: &str) -> Option<&'a str> {
+    s.attr(k).and_then(|v| v.as_str())
+}
+
+pub fn int_attr(s: &ReceivedSpan, k: &str) -> Option<i64> {
+    s.attr(k).and_then(|v| v.as_int())
+}
+
+/// A gRPC span of `grpc.health.v1.Health/<method>` with the RPC attributes and `code`.
+pub fn grpc_span(s: &ReceivedSpan, method: &str, code: i64) -> Result<(), String> {
+    let want_name = format!("grpc.health.v1.Health/{method}");
+    let got = (
+        s.name.as_str(),
+        str_attr(s, "rpc.system"),
+        str_attr(s, "rpc.service"),
+        str_attr(s, "rpc.method"),
+        int_attr(s, "rpc.grpc.status_code"),
+    );
+    let want = (want_name.as_str(), Some("grpc"), Some("grpc.health.v1.Health"), Some(method), Some(code));
+    if got != want {
+        return Err(format!("{:?} span {got:?}, want {want:?}", s.kind));
+    }
+    Ok(())
+}
+
+/// A gRPC server from `bin` (a build of tests/fixtures/grpc).
+pub fn grpc_server_of(bin: &Path, name: &str, extra: &[&str]) -> Service {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-role", "server"]).args(extra).env("OTEL_SERVICE_NAME", name);
+    Service::start(name, cmd).expect("gRPC service")
+}
+
+pub fn grpc_attached(agent: &Agent, pid: u32) -> bool {
+    agent.log_text().lines().any(|l| l.contains(&format!("pid {pid}: Go ")) && l.contains("grpc-go spans"))
+}
+
+/// Two Go processes (both `bin`, a build of tests/fixtures/grpc): five unary calls, one
+/// failing with NOT_FOUND and one server-streaming call. Exactly one client and one server span
+/// per call, in one trace, the server the child of the client, with the RPC attributes and
+/// status codes.
+pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let server = grpc_server_of(bin, "grpc-server", &[]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut client = Command::new(bin)
+        .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
+        .env("OTEL_SERVICE_NAME", "grpc-client")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let agent = Agent::start(
+        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    assert!(grpc_attached(&agent, server.pid()) && grpc_attached(&agent, client.id()), "{}", agent.log_text());
+    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
+    let out = client.wait_with_output().expect("client runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"), "client failed: {out:?}");
+    let calls = 7;
+    rt.block_on(rx.wait_for(|s| s.len() >= 2 * calls, WAIT)).expect("all spans");
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 2 * calls, "exactly two spans per call: {spans:#?}");
+    let traces = by_trace(&spans);
+    assert_eq!(traces.len(), calls, "one trace per call");
+    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for t in traces.values() {
+        let cl = one(t, "grpc-client", SpanKind::Client).unwrap();
+        let srv = one(t, "grpc-server", SpanKind::Server).unwrap();
+        assert_eq!(cl.parent_span_id, None, "the client span is a root");
+        child_of(srv, cl).unwrap();
+        let method = str_attr(cl, "rpc.method").unwrap_or("").to_string();
+        let code = int_attr(cl, "rpc.grpc.status_code").unwrap_or(-1);
+        grpc_span(cl, &method, code).unwrap();
+        grpc_span(srv, &method, code).unwrap();
+        for s in [cl, srv] {
+            assert_eq!(int_attr(s, "server.port"), Some(i64::from(server.port)), "{s:?}");
+            assert_eq!(str_attr(s, "server.address"), Some("127.0.0.1"));
+        }
+        // NOT_FOUND: an error for the caller, not for the server (RPC conventions).
+        let client_status = if code == 0 { StatusCode::Unset } else { StatusCode::Error };
+        assert_eq!((cl.status_code, srv.status_code), (client_status, StatusCode::Unset), "{method} {code}");
+        *seen.entry((method, code)).or_insert(0) += 1;
+    }
+    let want: BTreeMap<(String, i64), usize> =
+        [(("Check".to_string(), 0), 5), (("Check".to_string(), 5), 1), (("Watch".to_string(), 0), 1)].into();
+    assert_eq!(seen, want, "calls by method and status code");
+    eprintln!("{label}: {calls} calls, {} spans, all linked", spans.len());
+}
+
+// ---- net/rpc -----------------------------------------------------------------------------------
+
+/// A run of `bin` (a build of tests/fixtures/go/cmd/netrpc) in `mode`.
+pub fn netrpc(bin: &Path, mode: &str, extra: &[&str], service: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.arg(mode).args(extra).env("OTEL_SERVICE_NAME", service);
+    c
+}
+
+/// Waits until the agent attached its Go probes to `pid`.
+pub fn wait_attached(agent: &Agent, pid: u32) {
+    wait_until("Go probes attached", WAIT, || agent.log_text().contains(&format!("pid {pid}: Go ")))
+        .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
+}
+
+/// `n` calls over ONE connection, `c` in flight, every fifth to a method that returns an error:
+/// each client span has exactly one server span, its child, of the same method, within it, with
+/// the same error status.
+pub fn netrpc_paired(bin: &Path, label: &str, n: usize, c: usize) {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let server = Service::start("rpc-server", netrpc(bin, "server", &[], "rpc-server")).expect("rpc server");
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut client = netrpc(bin, "client", &["-wait", "-addr", &addr, "-n", &n.to_string(), "-c", &c.to_string()], "rpc-client")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let agent = Agent::start(
+        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
+        &grpc_env(&rx),
+    )
+    .expect("agent");
+    wait_attached(&agent, server.pid());
+    wait_attached(&agent, client.id());
+    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
+    let out = client.wait_with_output().expect("client runs");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let failing = n / 5;
+    assert!(out.contains(&format!("{{\"ok\":{},\"failed\":{failing},\"wrong\":0}}", n - failing)), "{out}");
+    rt.block_on(rx.wait_for(|s| s.len() >= 2 * n, WAIT)).expect("all spans");
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    let clients: Vec<_> = spans.iter().filter(|s| s.service_name() == Some("rpc-client")).collect();
+    let servers: Vec<_> = spans.iter().filter(|s| s.service_name() == Some("rpc-server")).collect();
+    eprintln!("net/rpc ({label}): {} client spans, {} server spans, {} in all", clients.len(), servers.len(), spans.len());
+    assert_eq!((clients.len(), servers.len(), spans.len()), (n, n, 2 * n), "one client and one server span per call");
+    let by_id: HashMap<&str, &ReceivedSpan> = clients.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let mut children: HashMap<&str, usize> = HashMap::new();
+    let mut problems: BTreeMap<String, usize> = BTreeMap::new();
+    for srv in &servers {
+        let parent = srv.parent_span_id.as_deref().and_then(|p| by_id.get(p));
+        let r = match parent {
+            None => Err("server span without its client span as parent".to_string()),
+            Some(cl) => {
+                *children.entry(cl.span_id.as_str()).or_default() += 1;
+                child_of(srv, cl).and_then(|()| {
+                    if srv.name != cl.name {
+                        Err(format!("server {} paired with client {}", srv.name, cl.name))
+                    } else if srv.status_code != cl.status_code {
+                        Err(format!("{}: server status {:?}, client {:?}", srv.name, srv.status_code, cl.status_code))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+        };
+        if let Err(e) = r {
+            *problems.entry(e).or_default() += 1;
+        }
+    }
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(children.len(), n, "every client span has exactly one server span");
+    assert!(children.values().all(|&c| c == 1));
+    for s in &spans {
+        assert_eq!(str_attr(s, "rpc.system"), Some("go_net_rpc"), "{}", s.name);
+        assert_eq!(str_attr(s, "rpc.service"), Some("Calculator"));
+        let failed = s.name == "Calculator.Fail";
+        assert!(failed || s.name == "Calculator.Add", "span name {}", s.name);
+        assert_eq!(str_attr(s, "rpc.method"), Some(if failed { "Fail" } else { "Add" }));
+        assert_eq!(s.status_code == StatusCode::Error, failed, "{} status {:?}", s.name, s.status_code);
+        assert_eq!(s.kind, if s.service_name() == Some("rpc-client") { SpanKind::Client } else { SpanKind::Server });
+    }
+    for cl in &clients {
+        assert!(cl.parent_span_id.is_none(), "a client span of the bare client has a parent");
+        assert_eq!(cl.attr("server.port").and_then(|v| v.as_int()), Some(i64::from(server.port)));
+    }
+    let failed = clients.iter().filter(|s| s.status_code == StatusCode::Error).count();
+    assert_eq!(failed, failing, "error status exactly on the failing calls");
+}
