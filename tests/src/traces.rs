@@ -25,6 +25,12 @@ pub fn one<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Res
 
 /// `child` has `parent` as parent and lies within it.
 pub fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
+    child_within(child, parent, 0)
+}
+
+/// `child` is a child of `parent` and lies inside it, give or take `skew_ns` (spans recorded by
+/// agents on different hosts carry different clocks).
+pub fn child_within(child: &ReceivedSpan, parent: &ReceivedSpan, skew_ns: u64) -> Result<(), String> {
     if child.parent_span_id.as_deref() != Some(parent.span_id.as_str()) {
         return Err(format!(
             "{} {} ({:?}) is not a child of {} {} ({:?})",
@@ -36,7 +42,10 @@ pub fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), Strin
             parent.kind
         ));
     }
-    if child.start_unix_nano < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano {
+    if child.trace_id != parent.trace_id {
+        return Err(format!("{} is in another trace than its parent {}", child.name, parent.name));
+    }
+    if child.start_unix_nano + skew_ns < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano + skew_ns {
         return Err(format!("{} outside its parent {}", child.name, parent.name));
     }
     Ok(())

@@ -12,6 +12,7 @@ use tracer_tests::harness::{
     Agent, Service, TwoHosts, args, curl, encode, fixtures_bin, fixtures_src, grpc_env, python_bin,
     require_root, rt, run_ok, wait_until,
 };
+use tracer_tests::traces::{by_trace, child_of, child_within, one};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,43 +20,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// server host's last write may return a few hundred ns after the client host's read did; the
 /// agent only clamps edges whose two sides it recorded itself.
 const HOST_SKEW_NS: u64 = 1_000_000;
-
-fn by_trace(spans: &[ReceivedSpan]) -> BTreeMap<String, Vec<&ReceivedSpan>> {
-    let mut m: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
-    for s in spans {
-        m.entry(s.trace_id.clone()).or_default().push(s);
-    }
-    m
-}
-
-fn one<'a>(spans: &[&'a ReceivedSpan], service: &str, kind: SpanKind) -> Result<&'a ReceivedSpan, String> {
-    let found: Vec<_> = spans.iter().filter(|s| s.service_name() == Some(service) && s.kind == kind).collect();
-    match found.as_slice() {
-        [s] => Ok(s),
-        _ => Err(format!("{} {service} {kind:?} spans", found.len())),
-    }
-}
-
-fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) -> Result<(), String> {
-    child_within(child, parent, 0)
-}
-
-/// `child` is a child of `parent` and lies inside it, give or take `skew_ns` (spans recorded by
-/// agents on different hosts carry different clocks).
-fn child_within(child: &ReceivedSpan, parent: &ReceivedSpan, skew_ns: u64) -> Result<(), String> {
-    if child.parent_span_id.as_deref() != Some(parent.span_id.as_str()) {
-        return Err(format!("{} is not a child of {}", child.name, parent.name));
-    }
-    if child.start_unix_nano + skew_ns < parent.start_unix_nano
-        || child.end_unix_nano > parent.end_unix_nano + skew_ns
-    {
-        return Err(format!(
-            "child {}..{} outside parent {}..{}",
-            child.start_unix_nano, child.end_unix_nano, parent.start_unix_nano, parent.end_unix_nano
-        ));
-    }
-    Ok(())
-}
 
 /// Checks one trace of the chain a -> b -> c: five spans with every edge right.
 fn check_chain(spans: &[&ReceivedSpan], services: [&str; 3]) -> Result<(), String> {
