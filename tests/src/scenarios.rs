@@ -8,10 +8,26 @@ use crate::traces::{by_trace, child_of, of, one, tally};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_secs(90);
+
+/// Traces `server` and `client` (a command that, given `-wait`, waits for a line on stdin before
+/// its calls): starts the client, starts the agent on both, checks with `attached` that the
+/// probes are on each pid, releases the client and returns the agent and the client's output.
+fn traced_pair(rx: &Receiver, server: &Service, mut client: Command, attached: impl Fn(&Agent, u32)) -> (Agent, Output) {
+    let mut client = client.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("client");
+    let agent = Agent::start(
+        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
+        &grpc_env(rx),
+    )
+    .expect("agent");
+    attached(&agent, server.pid());
+    attached(&agent, client.id());
+    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
+    (agent, client.wait_with_output().expect("client runs"))
+}
 
 // ---- net/http fan-out --------------------------------------------------------------------------
 
@@ -134,21 +150,11 @@ pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let server = grpc_server_of(bin, "grpc-server", &[]);
     let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = Command::new(bin)
-        .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
-        .env("OTEL_SERVICE_NAME", "grpc-client")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let agent = Agent::start(
-        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
-    assert!(grpc_attached(&agent, server.pid()) && grpc_attached(&agent, client.id()), "{}", agent.log_text());
-    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
-    let out = client.wait_with_output().expect("client runs");
+    let mut client = Command::new(bin);
+    client.args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"]).env("OTEL_SERVICE_NAME", "grpc-client");
+    let (agent, out) = traced_pair(&rx, &server, client, |agent, pid| {
+        assert!(grpc_attached(agent, pid), "grpc probes not attached to {pid}:\n{}", agent.log_text())
+    });
     assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"), "client failed: {out:?}");
     let calls = 7;
     rt.block_on(rx.wait_for(|s| s.len() >= 2 * calls, WAIT)).expect("all spans");
@@ -206,20 +212,8 @@ pub fn netrpc_paired(bin: &Path, label: &str, n: usize, c: usize) {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let server = Service::start("rpc-server", netrpc(bin, "server", &[], "rpc-server")).expect("rpc server");
     let addr = format!("127.0.0.1:{}", server.port);
-    let mut client = netrpc(bin, "client", &["-wait", "-addr", &addr, "-n", &n.to_string(), "-c", &c.to_string()], "rpc-client")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let agent = Agent::start(
-        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
-    wait_attached(&agent, server.pid());
-    wait_attached(&agent, client.id());
-    client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
-    let out = client.wait_with_output().expect("client runs");
+    let client = netrpc(bin, "client", &["-wait", "-addr", &addr, "-n", &n.to_string(), "-c", &c.to_string()], "rpc-client");
+    let (agent, out) = traced_pair(&rx, &server, client, wait_attached);
     let out = String::from_utf8_lossy(&out.stdout);
     let failing = n / 5;
     assert!(out.contains(&format!("{{\"ok\":{},\"failed\":{failing},\"wrong\":0}}", n - failing)), "{out}");
