@@ -62,8 +62,10 @@ impl Census {
     }
 }
 
-/// Evictions implied by the kernel's add/remove counts and the entries present (never negative:
-/// the counts and the census are read at slightly different moments).
+/// Evictions implied by the kernel's add/remove counts and the entries present. With `added`
+/// read before the census and `removed` after it, this is a lower bound: every entry alive when
+/// `added` was read is, by the end of the census, seen, counted as removed, or evicted. (With
+/// both read after the census, a short-lived entry added meanwhile showed as an eviction.)
 pub fn evictions(added: u64, removed: u64, present: u32) -> u64 {
     added.saturating_sub(removed).saturating_sub(present as u64)
 }
@@ -77,9 +79,12 @@ pub fn census<'a>(counters: &PerCpuArray<MapData, u64>, find: impl Fn(&str) -> O
         let Some(map) = find(name) else { return };
         let Ok(info) = map.info() else { return };
         let capacity = info.max_entries();
+        // Added counted before the walk, removed after it: an entry added or removed while the
+        // walk runs can then only lower the estimate, never show as an eviction that was not.
+        let added = if lru { sum(COUNTER_LRU_ADDED + idx) } else { 0 };
         let entries = count_keys(map.fd().as_fd(), info.key_size() as usize, capacity);
         let (evicted, refused) = if lru {
-            (evictions(sum(COUNTER_LRU_ADDED + idx), sum(COUNTER_LRU_REMOVED + idx), entries), 0)
+            (evictions(added, sum(COUNTER_LRU_REMOVED + idx), entries), 0)
         } else {
             (0, sum(COUNTER_TABLE_FULL + idx))
         };
