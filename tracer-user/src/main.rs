@@ -3,12 +3,6 @@
 use clap::Parser as _;
 use tracer_user::cli::{Cli, Command};
 
-/// mimalloc hands memory the agent frees back to the system within milliseconds. With glibc's
-/// allocator and its per-thread arenas, the hour soak saw resident memory step up by ~9 MB
-/// after a burst and never come down, though the agent's tables and queues stayed flat.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
