@@ -105,13 +105,18 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
             grpc.push((go, "plain", "1.70.0"));
         }
     }
+    // One go.mod per release, made (with `go mod tidy` where none is committed) once for all
+    // its cells.
+    let mut modfiles: BTreeMap<&str, Option<PathBuf>> = BTreeMap::new();
     for (go, mode, release) in grpc {
+        if !modfiles.contains_key(release) {
+            modfiles.insert(release, grpc_modfile(release, out)?);
+        }
         let dir = out.join(format!("{go}-{mode}"));
         std::fs::create_dir_all(&dir)?;
         let bin = dir.join(format!("grpcsvc-{release}"));
         let flags: &[&str] = if mode == "stripped" { &["-ldflags=-s -w"] } else { &[] };
-        let modfile = grpc_modfile(release, out)?;
-        go_build(&grpc_src, go, flags, "0", &bin, "./cmd/grpcsvc", modfile.as_deref())?;
+        go_build(&grpc_src, go, flags, "0", &bin, "./cmd/grpcsvc", modfiles[release].as_deref())?;
         cells.push(Cell { go: go.into(), mode: mode.into(), component: format!("grpc-go {release}"), bin });
     }
     Ok(cells)
