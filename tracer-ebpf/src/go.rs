@@ -16,6 +16,11 @@
 //!   `net/http.(*Request).write` (writeLoop goroutine, `*Request` in RAX) hands it to the
 //!   goroutine that then writes the bytes.
 //!
+//! An "entry" probe of a Go function (here, in `grpc.rs` and `netrpc.rs`) sits past the
+//! function's stack-bound check, not on its first instruction: a call that has to grow its
+//! stack runs the first instructions again after `runtime.morestack`, and a probe there would
+//! fire twice for one call (userspace finds the place, `GoBinary::body_offset`).
+//!
 //! Only processes userspace put in `GO_PROCS` (after attaching their uprobes) are handled; every
 //! map is bounded, and state a missed return could leak lives in LRU maps.
 

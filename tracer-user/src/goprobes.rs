@@ -55,17 +55,19 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
     let (goid_off, _) = bin
         .field_offset("runtime.g", "goid")
         .ok_or_else(|| format!("no offset of runtime.g.goid for {v} (no DWARF, not in the table)"))?;
-    let newproc = bin.func(NEWPROC1).ok_or_else(|| format!("no {NEWPROC1}"))?;
+    // Entry probes go past each function's stack check (`GoBinary::body_offset`): a call that
+    // grows its stack runs its first instructions twice.
+    let newproc = bin.body_offset(NEWPROC1).ok_or_else(|| format!("no {NEWPROC1}"))?;
     let rets = bin.ret_offsets(NEWPROC1).unwrap_or_default();
     if rets.is_empty() {
         return Err(format!("no RET instruction found in {NEWPROC1}"));
     }
-    let mut points = vec![("go_newproc1", vec![newproc.file_offset]), ("go_newproc1_ret", rets)];
+    let mut points = vec![("go_newproc1", vec![newproc]), ("go_newproc1_ret", rets)];
     if bin.func(WRITE_LOOP).is_some() {
-        let rt = bin.func(ROUNDTRIP).ok_or_else(|| format!("net/http client without {ROUNDTRIP}"))?;
-        let w = bin.func(REQUEST_WRITE).ok_or_else(|| format!("net/http client without {REQUEST_WRITE}"))?;
-        points.push(("go_http_roundtrip", vec![rt.file_offset]));
-        points.push(("go_http_request_write", vec![w.file_offset]));
+        let rt = bin.body_offset(ROUNDTRIP).ok_or_else(|| format!("net/http client without {ROUNDTRIP}"))?;
+        let w = bin.body_offset(REQUEST_WRITE).ok_or_else(|| format!("net/http client without {REQUEST_WRITE}"))?;
+        points.push(("go_http_roundtrip", vec![rt]));
+        points.push(("go_http_request_write", vec![w]));
     }
     // http.route (crate::goroute): the pattern ServeMux matched, at each RET of the function
     // that returns it (Go 1.22+: findHandler; Go 1.21: Handler).

@@ -328,7 +328,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<(GrpcProc, Vec<(&'static str, Vec<u
         status_err_hash: hash("go:itab.*google.golang.org/grpc/internal/status.Error,error"),
         errstring_hash: hash("go:itab.*errors.errorString,error"),
     };
-    let entry = |name: &str| bin.func(name).map(|f| vec![f.file_offset]).ok_or_else(|| format!("no {name}"));
+    let entry = |name: &str| bin.body_offset(name).map(|o| vec![o]).ok_or_else(|| format!("no {name}"));
     let rets = |name: &str| match bin.ret_offsets(name) {
         Some(r) if !r.is_empty() => Ok(r),
         _ => Err(format!("no RET instruction found in {name}")),

@@ -246,7 +246,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<(NetRpcProc, Vec<(&'static str, Vec
         tcpaddr_port: off("net.TCPAddr", "Port")?,
     };
     let mut points = Vec::new();
-    let entry = |name: &str| bin.func(name).map(|f| vec![f.file_offset]).ok_or_else(|| format!("no {name}"));
+    let entry = |name: &str| bin.body_offset(name).map(|o| vec![o]).ok_or_else(|| format!("no {name}"));
     if client {
         points.push(("go_rpc_client_send", entry(CLIENT_SEND)?));
         points.push(("go_rpc_client_done", entry(CALL_DONE)?));

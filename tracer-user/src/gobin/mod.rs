@@ -14,7 +14,7 @@ pub mod buildinfo;
 pub mod offsets;
 pub mod pclntab;
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -196,6 +196,16 @@ impl GoBinary {
         Some(ret_offsets(code, f.addr, f.file_offset))
     }
 
+    /// File offset where a function's body starts, past its stack-bound check: where an entry
+    /// probe goes (see [`body_start`]).
+    pub fn body_offset(&self, name: &str) -> Option<u64> {
+        let f = self.funcs.get(name)?;
+        let start = usize::try_from(f.file_offset).ok()?;
+        let end = start.checked_add(usize::try_from(f.size).ok()?)?;
+        let code = self.data.get(start..end)?;
+        Some(f.file_offset + body_start(code, f.addr))
+    }
+
     /// Offset of `field` in struct `strukt` (Go names, e.g. `runtime.g`, `goid`): from DWARF
     /// when the binary has it, else from the version-keyed table.
     pub fn field_offset(&self, strukt: &str, field: &str) -> Option<(u64, OffsetSource)> {
@@ -237,6 +247,34 @@ pub fn ret_offsets(code: &[u8], addr: u64, file_off: u64) -> Vec<u64> {
         }
     }
     out
+}
+
+/// How far into `code` (a Go function at virtual address `addr`) its body starts.
+///
+/// A Go function opens by comparing the stack pointer (or, for a big frame, the frame's lowest
+/// address) with `g.stackguard0` (`CMP reg, [R14+0x10]`) and branching, when the stack is too
+/// small, to a block that calls `runtime.morestack` and then jumps back to the function's FIRST
+/// instruction. A probe there fires twice for a call that grows its stack, and a probe that
+/// takes something (a published context) would find it gone the second time. Past the check's
+/// conditional branch every call passes exactly once, with its arguments still in registers
+/// (the check only touches R12 and the flags). Functions without the check (nosplit) start at 0.
+pub fn body_start(code: &[u8], addr: u64) -> u64 {
+    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut checked = false;
+    for ins in dec.iter().take(6) {
+        if ins.is_invalid() {
+            break;
+        }
+        // JBE (JLS in Go's assembler); JB for the overflow test of a frame beyond StackBig comes
+        // before the comparison.
+        if checked && ins.mnemonic() == Mnemonic::Jbe {
+            return ins.next_ip() - addr;
+        }
+        if ins.mnemonic() == Mnemonic::Cmp && ins.memory_base() == Register::R14 && ins.memory_displacement64() == 0x10 {
+            checked = true;
+        }
+    }
+    0
 }
 
 /// Offset of `g` from the thread pointer. Go's own linker places `runtime.tlsg` so that `g` is

@@ -253,3 +253,45 @@ fn ret_scan_on_handmade_code() {
     let code = [0x55, 0xc3, 0xf3, 0x0f, 0x1e, 0xfa, 0xb8, 1, 0, 0, 0, 0xc2, 8, 0];
     assert_eq!(ret_offsets(&code, 0x1000, 0x200), vec![0x201, 0x20b]);
 }
+
+#[test]
+fn body_starts_past_the_stack_check() {
+    // (*loopyWriter).originateStream, grpc-go 1.70 / Go 1.25: CMP RSP, [R14+0x10]; JBE; PUSH RBP
+    let small = [0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xe2, 0, 0, 0, 0x55, 0x48, 0x89, 0xe5];
+    assert_eq!(body_start(&small, 0x830ea0), 10);
+    // (*Server).handleStream: LEA R12, [RSP-0x160]; CMP R12, [R14+0x10]; JBE; PUSH RBP
+    let big = [
+        0x4c, 0x8d, 0xa4, 0x24, 0xa0, 0xfe, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x6a, 0x10, 0, 0,
+        0x55,
+    ];
+    assert_eq!(body_start(&big, 0x8c5600), 18);
+    // A frame beyond StackBig: MOV R12, RSP; SUB R12, 0x3000; JB; CMP R12, [R14+0x10]; JBE
+    let huge = [
+        0x49, 0x89, 0xe4, 0x49, 0x81, 0xec, 0x00, 0x30, 0, 0, 0x0f, 0x82, 0x40, 0, 0, 0, 0x4d, 0x3b, 0x66,
+        0x10, 0x0f, 0x86, 0x30, 0, 0, 0, 0x55,
+    ];
+    assert_eq!(body_start(&huge, 0x1000), 26);
+    // No check (a nosplit leaf): the body starts at the entry.
+    assert_eq!(body_start(&[0x48, 0x89, 0xc3, 0xc3], 0x1000), 0);
+    // Another comparison with R14 that is not the stack bound is not taken for one.
+    assert_eq!(body_start(&[0x49, 0x3b, 0x46, 0x18, 0x0f, 0x86, 0, 0, 0, 0, 0x55], 0x1000), 0);
+}
+
+#[test]
+fn body_offsets_land_past_the_check_in_real_builds() {
+    let Some(b) = builds() else { return };
+    for path in [&b.plain, &b.pie, &b.cgo, &b.stripped] {
+        let bin = GoBinary::open(path).unwrap();
+        let data = std::fs::read(path).unwrap();
+        for name in PROBED {
+            let f = bin.func(name).unwrap();
+            let body = bin.body_offset(name).unwrap();
+            let code = &data[f.file_offset as usize..body as usize];
+            // The skipped prologue ends with the check's JBE (0f 86 rel32 or 76 rel8).
+            assert!(body > f.file_offset, "{name}: no stack check found in {}", path.display());
+            let n = code.len();
+            let jbe = (n >= 6 && code[n - 6..n - 4] == [0x0f, 0x86]) || (n >= 2 && code[n - 2] == 0x76);
+            assert!(jbe, "{name}: prologue {code:02x?}");
+        }
+    }
+}
