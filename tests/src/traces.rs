@@ -51,6 +51,24 @@ pub fn child_within(child: &ReceivedSpan, parent: &ReceivedSpan, skew_ns: u64) -
     Ok(())
 }
 
+/// A trace's tree in one line, for reports: each span as `service:kind`, followed by `<-` and its
+/// parent's, `(root)` without one or `(parent absent)` when its parent is not in the trace.
+pub fn shape(spans: &[&ReceivedSpan]) -> String {
+    let label = |s: &ReceivedSpan| format!("{}:{:?}", s.service_name().unwrap_or("?"), s.kind).to_lowercase();
+    let mut parts: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            let parent = match &s.parent_span_id {
+                None => "(root)".to_string(),
+                Some(p) => spans.iter().find(|x| &x.span_id == p).map_or("(parent absent)".to_string(), |x| label(x)),
+            };
+            format!("{}<-{parent}", label(s))
+        })
+        .collect();
+    parts.sort();
+    parts.join(" ")
+}
+
 /// Counts complete traces with `check`, collecting what was wrong with the others.
 pub fn tally(spans: &[ReceivedSpan], check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>) -> (usize, usize, BTreeMap<String, usize>) {
     let traces = by_trace(spans);

@@ -7,8 +7,8 @@
 
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::harness::{Agent, Service, fixtures_bin, grpc_env, require_root, rt, run_ok};
-use tracer_tests::traces::{child_of, of, one, tally};
+use tracer_tests::harness::{Agent, Service, fixtures_bin, grpc_env, require_root, rt, run_ok, summary};
+use tracer_tests::traces::{child_of, of, one, shape, tally};
 use tracer_tests::scenarios::{self, grpc_attached as attached, grpc_server_of, grpc_span, int_attr, str_attr};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
@@ -82,12 +82,12 @@ fn grpc_five_service_chain() {
     let out = run_ok(&mut load).expect("load client");
     assert!(out.contains(&format!("\"ok\":{n}")) && out.contains("\"200\":"), "{out}");
     rt.block_on(rx.wait_for(|s| s.len() >= 9 * n, WAIT)).expect("all spans");
-    agent.stop().expect("agent stops");
+    let log = agent.stop().expect("agent stops");
     let spans = rx.spans();
     let port = |s: &ReceivedSpan| int_attr(s, "server.port");
     let (complete, traces, problems) = tally(&spans, |t| {
         if t.len() != 9 {
-            return Err(format!("{} spans", t.len()));
+            return Err(format!("{} spans: {}", t.len(), shape(t)));
         }
         let gw_srv = one(t, "gateway", SpanKind::Server)?;
         if gw_srv.parent_span_id.is_some() {
@@ -127,6 +127,8 @@ fn grpc_five_service_chain() {
         Ok(())
     });
     eprintln!("five-service chain: {complete}/{n} complete traces, {} spans, {traces} traces", spans.len());
+    let sum = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    eprintln!("agent summary: {sum:?}");
     assert_eq!(spans.len(), 9 * n, "exactly nine spans per request");
-    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:?}");
+    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:#?}; agent summary: {sum:?}");
 }

@@ -415,13 +415,21 @@ pub const COUNTER_EVENTS: u32 = 0;
 pub const COUNTER_LOST: u32 = 1;
 pub const COUNTER_NOT_HTTP: u32 = 2;
 pub const COUNTER_TRUNCATED: u32 = 3;
+/// gRPC HEADERS frames of a new stream written with no traced call known for them (the stream
+/// cannot be paired with its server).
+pub const COUNTER_GRPC_NO_CALL: u32 = COUNTER_TABLE_FULL + tables::FIXED.len() as u32;
+/// gRPC streams whose connection addresses or stream id could not be read (client or server).
+pub const COUNTER_GRPC_NO_ADDR: u32 = COUNTER_GRPC_NO_CALL + 1;
+/// gRPC server calls without a traced client on this host for their stream (callers on other
+/// hosts or untraced processes, or a pairing missed).
+pub const COUNTER_GRPC_UNPAIRED: u32 = COUNTER_GRPC_NO_CALL + 2;
 /// Keys added to each LRU table (`COUNTER_LRU_ADDED + tables::T_*`).
 pub const COUNTER_LRU_ADDED: u32 = 4;
 /// Keys removed from each LRU table (`COUNTER_LRU_REMOVED + tables::T_*`).
 pub const COUNTER_LRU_REMOVED: u32 = COUNTER_LRU_ADDED + tables::LRU.len() as u32;
 /// Entries refused by each full fixed-size table (`COUNTER_TABLE_FULL + tables::F_*`).
 pub const COUNTER_TABLE_FULL: u32 = COUNTER_LRU_REMOVED + tables::LRU.len() as u32;
-pub const COUNTERS: u32 = COUNTER_TABLE_FULL + tables::FIXED.len() as u32;
+pub const COUNTERS: u32 = COUNTER_GRPC_NO_CALL + 3;
 
 /// The kernel's tables, by eviction policy. Every table is bounded.
 ///
@@ -431,9 +439,10 @@ pub const COUNTERS: u32 = COUNTER_TABLE_FULL + tables::FIXED.len() as u32;
 /// * Fixed tables (per process, per in-flight syscall) refuse a new entry when full and count
 ///   the refusal; their entries end with the syscall, the thread or the process.
 pub mod tables {
-    pub const LRU: [&str; 9] = [
+    pub const LRU: [&str; 19] = [
         "CONNS", "THREAD_CTX", "CONN_TUPLE", "OUT_CTX", "IN_CTX", "GO_PARENT", "GO_SRV_CTX",
-        "GO_REQ_CTX", "GO_WRITER_CTX",
+        "GO_REQ_CTX", "GO_WRITER_CTX", "GRPC_CALL", "GRPC_STREAM_CALL", "GRPC_HDR", "GRPC_TUPLE",
+        "GRPC_PEER", "GRPC_SRV", "RPC_SENDING", "RPC_CLIENT", "RPC_SERVER", "RPC_OUT",
     ];
     pub const T_CONNS: u32 = 0;
     pub const T_THREAD_CTX: u32 = 1;
@@ -444,6 +453,16 @@ pub mod tables {
     pub const T_GO_SRV_CTX: u32 = 6;
     pub const T_GO_REQ_CTX: u32 = 7;
     pub const T_GO_WRITER_CTX: u32 = 8;
+    pub const T_GRPC_CALL: u32 = 9;
+    pub const T_GRPC_STREAM_CALL: u32 = 10;
+    pub const T_GRPC_HDR: u32 = 11;
+    pub const T_GRPC_TUPLE: u32 = 12;
+    pub const T_GRPC_PEER: u32 = 13;
+    pub const T_GRPC_SRV: u32 = 14;
+    pub const T_RPC_SENDING: u32 = 15;
+    pub const T_RPC_CLIENT: u32 = 16;
+    pub const T_RPC_SERVER: u32 = 17;
+    pub const T_RPC_OUT: u32 = 18;
 
     pub const FIXED: [&str; 8] = [
         "TRACED", "EXCLUDED", "ARGS", "CONNECT_FD", "NO_THREAD_LINK", "IOV_STATE", "GO_PROCS",

@@ -40,12 +40,13 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    ConnTuple, EventKind, GrpcEvent, GrpcProc, TraceCtx, GRPC_CLIENT, GRPC_HAS_STATUS,
-    GRPC_HAS_TUPLE, GRPC_METHOD_MAX, GRPC_NONE, GRPC_REMOTE_PARENT, GRPC_SERVER, GRPC_STREAM,
-    PROPAGATION_OFF,
+    tables::*, ConnTuple, EventKind, GrpcEvent, GrpcProc, TraceCtx, COUNTER_GRPC_NO_ADDR,
+    COUNTER_GRPC_NO_CALL, COUNTER_GRPC_UNPAIRED, GRPC_CLIENT, GRPC_HAS_STATUS, GRPC_HAS_TUPLE,
+    GRPC_METHOD_MAX, GRPC_NONE, GRPC_REMOTE_PARENT, GRPC_SERVER, GRPC_STREAM, PROPAGATION_OFF,
 };
 
 use crate::go::{self, GoKey, read};
+use crate::{bump, lru_del, lru_put};
 
 /// A client or server call in flight.
 #[repr(C)]
@@ -65,6 +66,10 @@ struct Call {
     _pad: u8,
     method_len: u16,
     _pad2: u32,
+    /// The itab of the first item the call queued with a check (`executeAndPut` with `f`): its
+    /// HEADERS frame. Later items of the call are published only with the same itab, so a
+    /// retried attempt's HEADERS are and a cleanup queued by the caller is not.
+    hdr_itab: u64,
     method: [u8; GRPC_METHOD_MAX],
 }
 
@@ -233,6 +238,7 @@ const EMPTY: Call = Call {
     _pad: 0,
     method_len: 0,
     _pad2: 0,
+    hdr_itab: 0,
     method: [0; GRPC_METHOD_MAX],
 };
 
@@ -247,7 +253,7 @@ fn client_start(r: &Regs, method_ptr: u64, method_len: u64, flags: u8) {
     }
     let Some(goid) = go::goid_of(r.r14, &gp) else { return };
     let k = go::key(tgid, goid);
-    if GRPC_CALL.insert(&k, &EMPTY, 0).is_err() {
+    if !lru_put(&GRPC_CALL, &k, &EMPTY, T_GRPC_CALL) {
         return;
     }
     let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return };
@@ -303,7 +309,7 @@ fn client_end(pid_tgid: u64, c: *mut Call, itab: u64, data: u64, p: &GrpcProc) {
     if let Some(t) = unsafe { GRPC_TUPLE.get(&c.span_id) }.copied() {
         c.tuple = t;
         c.flags |= GRPC_HAS_TUPLE;
-        let _ = GRPC_TUPLE.remove(&c.span_id);
+        lru_del(&GRPC_TUPLE, &c.span_id, T_GRPC_TUPLE);
     }
     emit(pid_tgid, GRPC_CLIENT, c);
 }
@@ -327,7 +333,7 @@ pub fn grpc_invoke_ret(ctx: ProbeContext) -> u32 {
     let k = go::key(tgid, goid);
     let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return 0 };
     client_end(pid_tgid, c, r.rax, r.rbx, &p);
-    let _ = GRPC_CALL.remove(&k);
+    lru_del(&GRPC_CALL, &k, T_GRPC_CALL);
     0
 }
 
@@ -353,9 +359,9 @@ pub fn grpc_new_stream_ret(ctx: ProbeContext) -> u32 {
         client_end(pid_tgid, c, r.rcx, r.rdi, &p);
     } else {
         // SAFETY: a live map value, copied by the map update.
-        let _ = GRPC_STREAM_CALL.insert(&go::key(tgid, r.rbx), unsafe { &*c }, 0);
+        lru_put(&GRPC_STREAM_CALL, &go::key(tgid, r.rbx), unsafe { &*c }, T_GRPC_STREAM_CALL);
     }
-    let _ = GRPC_CALL.remove(&k);
+    lru_del(&GRPC_CALL, &k, T_GRPC_CALL);
     0
 }
 
@@ -369,12 +375,15 @@ pub fn grpc_stream_finish(ctx: ProbeContext) -> u32 {
     let k = go::key(tgid, r.rax);
     let Some(c) = GRPC_STREAM_CALL.get_ptr_mut(&k) else { return 0 };
     client_end(pid_tgid, c, r.rbx, r.rcx, &p);
-    let _ = GRPC_STREAM_CALL.remove(&k);
+    lru_del(&GRPC_STREAM_CALL, &k, T_GRPC_STREAM_CALL);
     0
 }
 
 /// `(*controlBuffer).executeAndPut(c, f func() bool, it cbItem)` entry: `f` in RBX, the item's
-/// data pointer in RDI.
+/// itab in RCX and data pointer in RDI. Within a call, the first such item is its stream's
+/// HEADERS frame (`NewStream`). When the caller itself ends the stream (cancelled, failed), the
+/// stream's cleanup (`closeStream`) follows on the same goroutine with another item type; it is
+/// left out, or its entry would stay in `GRPC_HDR` until evicted.
 #[uprobe]
 pub fn grpc_execute_and_put(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
@@ -385,10 +394,16 @@ pub fn grpc_execute_and_put(ctx: ProbeContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(gp) = go::proc_info(tgid) else { return 0 };
     let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
-    // SAFETY: plain data copied out of the map.
-    let Some(c) = (unsafe { GRPC_CALL.get(&go::key(tgid, goid)) }) else { return 0 };
+    let Some(c) = GRPC_CALL.get_ptr_mut(&go::key(tgid, goid)) else { return 0 };
+    // SAFETY: this goroutine's live map value.
+    let c = unsafe { &mut *c };
+    if c.hdr_itab == 0 {
+        c.hdr_itab = r.rcx;
+    } else if c.hdr_itab != r.rcx {
+        return 0;
+    }
     let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: 0 };
-    let _ = GRPC_HDR.insert(&go::key(tgid, r.rdi), &t, 0);
+    lru_put(&GRPC_HDR, &go::key(tgid, r.rdi), &t, T_GRPC_HDR);
     0
 }
 
@@ -402,12 +417,18 @@ pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
     let Some(p) = grpc_proc(tgid) else { return 0 };
     let hk = go::key(tgid, r.rcx);
     // SAFETY: plain data copied out of the map.
-    let Some(c) = (unsafe { GRPC_HDR.get(&hk) }).copied() else { return 0 };
-    let _ = GRPC_HDR.remove(&hk);
-    let Some(sid) = read::<u32>(r.rcx + p.hdr_stream_id) else { return 0 };
-    let Some(conn) = read::<u64>(r.rax + p.loopy_conn + 8) else { return 0 };
-    let Some(t) = conn_tuple(conn, &p) else { return 0 };
-    let _ = GRPC_TUPLE.insert(&c.span_id, &t, 0);
+    let Some(c) = (unsafe { GRPC_HDR.get(&hk) }).copied() else {
+        bump(COUNTER_GRPC_NO_CALL);
+        return 0;
+    };
+    lru_del(&GRPC_HDR, &hk, T_GRPC_HDR);
+    let sid = read::<u32>(r.rcx + p.hdr_stream_id);
+    let t = read::<u64>(r.rax + p.loopy_conn + 8).and_then(|conn| conn_tuple(conn, &p));
+    let (Some(sid), Some(t)) = (sid, t) else {
+        bump(COUNTER_GRPC_NO_ADDR);
+        return 0;
+    };
+    lru_put(&GRPC_TUPLE, &c.span_id, &t, T_GRPC_TUPLE);
     if crate::cfg(&crate::PROPAGATION) == PROPAGATION_OFF {
         return 0;
     }
@@ -419,7 +440,7 @@ pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
         stream_id: sid,
     };
     let v = TraceCtx { ts_ns: unsafe { bpf_ktime_get_ns() }, ..c };
-    let _ = GRPC_PEER.insert(&key, &v, 0);
+    lru_put(&GRPC_PEER, &key, &v, T_GRPC_PEER);
     0
 }
 
@@ -441,7 +462,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
         }
     };
     let k = go::key(tgid, goid);
-    if GRPC_SRV.insert(&k, &EMPTY, 0).is_err() {
+    if !lru_put(&GRPC_SRV, &k, &EMPTY, T_GRPC_SRV) {
         return 0;
     }
     let Some(c) = GRPC_SRV.get_ptr_mut(&k) else { return 0 };
@@ -453,7 +474,11 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
     let mlen: u64 = read(stream + p.stream_method + 8).unwrap_or(0);
     copy_method(c, mptr, mlen);
     let mut parent = None;
-    if let Some(t) = read::<u64>(r.rcx + p.server_conn + 8).and_then(|conn| conn_tuple(conn, &p)) {
+    let tuple = read::<u64>(r.rcx + p.server_conn + 8).and_then(|conn| conn_tuple(conn, &p));
+    if tuple.is_none() || c.stream_id == 0 {
+        bump(COUNTER_GRPC_NO_ADDR);
+    }
+    if let Some(t) = tuple {
         c.tuple = t;
         c.flags |= GRPC_HAS_TUPLE;
         if crate::cfg(&crate::PROPAGATION) != PROPAGATION_OFF {
@@ -467,14 +492,16 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
             // SAFETY: plain data copied out of the map.
             parent = unsafe { GRPC_PEER.get(&key) }.copied();
             if parent.is_some() {
-                let _ = GRPC_PEER.remove(&key);
+                lru_del(&GRPC_PEER, &key, T_GRPC_PEER);
                 c.flags |= GRPC_REMOTE_PARENT;
+            } else {
+                bump(COUNTER_GRPC_UNPAIRED);
             }
         }
     }
     new_ids(c, parent);
     let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: c.start_ns };
-    let _ = go::GO_SRV_CTX.insert(&k, &t, 0);
+    lru_put(&go::GO_SRV_CTX, &k, &t, T_GO_SRV_CTX);
     0
 }
 
@@ -508,10 +535,10 @@ pub fn grpc_handle_stream_ret(ctx: ProbeContext) -> u32 {
     let Some(gp) = go::proc_info(tgid) else { return 0 };
     let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
     let k = go::key(tgid, goid);
-    let _ = go::GO_SRV_CTX.remove(&k);
+    lru_del(&go::GO_SRV_CTX, &k, T_GO_SRV_CTX);
     let Some(c) = GRPC_SRV.get_ptr_mut(&k) else { return 0 };
     // SAFETY: this goroutine's live map value, removed right after.
     emit(pid_tgid, GRPC_SERVER, unsafe { &*c });
-    let _ = GRPC_SRV.remove(&k);
+    lru_del(&GRPC_SRV, &k, T_GRPC_SRV);
     0
 }

@@ -174,12 +174,14 @@ fn bump(idx: u32) {
 /// Puts `v` in an LRU table, counting keys it did not hold: userspace compares the keys added and
 /// removed with the entries it finds to count evictions.
 #[inline(always)]
-fn lru_put<K, V>(map: &LruHashMap<K, V>, k: &K, v: &V, table: u32) {
+fn lru_put<K, V>(map: &LruHashMap<K, V>, k: &K, v: &V, table: u32) -> bool {
     // SAFETY: only presence is tested.
     let new = unsafe { map.get(k) }.is_none();
-    if map.insert(k, v, 0).is_ok() && new {
+    let ok = map.insert(k, v, 0).is_ok();
+    if ok && new {
         bump(COUNTER_LRU_ADDED + table);
     }
+    ok
 }
 
 #[inline(always)]

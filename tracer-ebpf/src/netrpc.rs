@@ -30,9 +30,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use core::ffi::c_void;
+use crate::{lru_del, lru_put};
 use tracer_common::{
     EventKind, GoRpcEvent, NetRpcProc, RPC_ERROR, RPC_LOCAL_PARENT, RPC_METHOD_LEN, RPC_REMOTE_PARENT,
-    ROLE_CLIENT, ROLE_SERVER, TraceCtx, TupleKey,
+    ROLE_CLIENT, ROLE_SERVER, TraceCtx, TupleKey, tables::*,
 };
 
 /// Traced Go processes with net/rpc probes, and where connection addresses are.
@@ -177,7 +178,7 @@ pub fn go_rpc_client_send(ctx: ProbeContext) -> u32 {
     let Some(p) = proc_info(tgid) else { return 0 };
     let r = regs(&ctx);
     let Some(goid) = goid_of(r.r14, &p) else { return 0 };
-    let _ = RPC_SENDING.insert(&key(tgid, goid), &r.rbx, 0);
+    lru_put(&RPC_SENDING, &key(tgid, goid), &r.rbx, T_RPC_SENDING);
     0
 }
 
@@ -195,7 +196,7 @@ pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
     let gk = key(tgid, goid);
     // SAFETY: plain data copied out of the map before the entry is removed.
     let Some(call) = (unsafe { RPC_SENDING.get(&gk) }).copied() else { return 0 };
-    let _ = RPC_SENDING.remove(&gk);
+    lru_del(&RPC_SENDING, &gk, T_RPC_SENDING);
     let mut ev = blank(pid_tgid, ROLE_CLIENT);
     if read_request(req, &mut ev).is_none() {
         return 0;
@@ -212,9 +213,9 @@ pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
         ev.tuple = t;
         let k = CallKey { conn: t, _pad: 0, seq: ev.seq };
         let c = TraceCtx { trace_id: ev.trace_id, span_id: ev.span_id, ts_ns: ev.start_ns };
-        let _ = RPC_OUT.insert(&k, &c, 0);
+        lru_put(&RPC_OUT, &k, &c, T_RPC_OUT);
     }
-    let _ = RPC_CLIENT.insert(&key(tgid, call), &ev, 0);
+    lru_put(&RPC_CLIENT, &key(tgid, call), &ev, T_RPC_CLIENT);
     0
 }
 
@@ -236,10 +237,10 @@ pub fn go_rpc_client_done(ctx: ProbeContext) -> u32 {
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     if ev.tuple.local_port != 0 {
         let ck = CallKey { conn: ev.tuple, _pad: 0, seq: ev.seq };
-        let _ = RPC_OUT.remove(&ck);
+        lru_del(&RPC_OUT, &ck, T_RPC_OUT);
     }
     emit(ev);
-    let _ = RPC_CLIENT.remove(&k);
+    lru_del(&RPC_CLIENT, &k, T_RPC_CLIENT);
     0
 }
 
@@ -287,8 +288,8 @@ pub fn go_rpc_server_call(ctx: ProbeContext) -> u32 {
     }
     let gk = key(tgid, goid);
     let t = TraceCtx { trace_id: ev.trace_id, span_id: ev.span_id, ts_ns: ev.start_ns };
-    let _ = GO_SRV_CTX.insert(&gk, &t, 0);
-    let _ = RPC_SERVER.insert(&gk, &ev, 0);
+    lru_put(&GO_SRV_CTX, &gk, &t, T_GO_SRV_CTX);
+    lru_put(&RPC_SERVER, &gk, &ev, T_RPC_SERVER);
     0
 }
 
@@ -310,7 +311,7 @@ pub fn go_rpc_server_respond(ctx: ProbeContext) -> u32 {
     // SAFETY: helper without arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     emit(ev);
-    let _ = RPC_SERVER.remove(&gk);
-    let _ = GO_SRV_CTX.remove(&gk);
+    lru_del(&RPC_SERVER, &gk, T_RPC_SERVER);
+    lru_del(&GO_SRV_CTX, &gk, T_GO_SRV_CTX);
     0
 }

@@ -188,6 +188,11 @@ pub struct KernelCounters {
     pub events: u64,
     pub lost: u64,
     pub not_http: u64,
+    /// gRPC streams opened with no traced call known, with unreadable addresses, and server
+    /// calls without a traced client on this host (see `tracer_common::COUNTER_GRPC_*`).
+    pub grpc_no_call: u64,
+    pub grpc_no_addr: u64,
+    pub grpc_unpaired: u64,
 }
 
 impl Maps {
@@ -200,6 +205,9 @@ impl Maps {
             events: sum(tracer_common::COUNTER_EVENTS),
             lost: sum(tracer_common::COUNTER_LOST),
             not_http: sum(tracer_common::COUNTER_NOT_HTTP),
+            grpc_no_call: sum(tracer_common::COUNTER_GRPC_NO_CALL),
+            grpc_no_addr: sum(tracer_common::COUNTER_GRPC_NO_ADDR),
+            grpc_unpaired: sum(tracer_common::COUNTER_GRPC_UNPAIRED),
         }
     }
 }

@@ -477,7 +477,8 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
          spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
          parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
          process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
-         goroutine_evictions={}",
+         goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
+         grpc_servers_unpaired={}",
         k.events,
         k.lost,
         k.not_http,
@@ -493,7 +494,10 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         correlator.stats().evictions,
         census.evicted(),
         census.refused(),
-        census.goroutines_evicted()
+        census.goroutines_evicted(),
+        k.grpc_no_call,
+        k.grpc_no_addr,
+        k.grpc_unpaired
     );
     debug!("kernel tables at stop: {}", census.occupancy());
     Ok(())
