@@ -415,6 +415,12 @@ pub const COUNTER_EVENTS: u32 = 0;
 pub const COUNTER_LOST: u32 = 1;
 pub const COUNTER_NOT_HTTP: u32 = 2;
 pub const COUNTER_TRUNCATED: u32 = 3;
+/// Keys added to each LRU table (`COUNTER_LRU_ADDED + tables::T_*`).
+pub const COUNTER_LRU_ADDED: u32 = 4;
+/// Keys removed from each LRU table (`COUNTER_LRU_REMOVED + tables::T_*`).
+pub const COUNTER_LRU_REMOVED: u32 = COUNTER_LRU_ADDED + tables::LRU.len() as u32;
+/// Entries refused by each full fixed-size table (`COUNTER_TABLE_FULL + tables::F_*`).
+pub const COUNTER_TABLE_FULL: u32 = COUNTER_LRU_REMOVED + tables::LRU.len() as u32;
 /// gRPC HEADERS frames of a new stream written with no traced call known for them (the stream
 /// cannot be paired with its server).
 pub const COUNTER_GRPC_NO_CALL: u32 = COUNTER_TABLE_FULL + tables::FIXED.len() as u32;
@@ -423,13 +429,7 @@ pub const COUNTER_GRPC_NO_ADDR: u32 = COUNTER_GRPC_NO_CALL + 1;
 /// gRPC server calls without a traced client on this host for their stream (callers on other
 /// hosts or untraced processes, or a pairing missed).
 pub const COUNTER_GRPC_UNPAIRED: u32 = COUNTER_GRPC_NO_CALL + 2;
-/// Keys added to each LRU table (`COUNTER_LRU_ADDED + tables::T_*`).
-pub const COUNTER_LRU_ADDED: u32 = 4;
-/// Keys removed from each LRU table (`COUNTER_LRU_REMOVED + tables::T_*`).
-pub const COUNTER_LRU_REMOVED: u32 = COUNTER_LRU_ADDED + tables::LRU.len() as u32;
-/// Entries refused by each full fixed-size table (`COUNTER_TABLE_FULL + tables::F_*`).
-pub const COUNTER_TABLE_FULL: u32 = COUNTER_LRU_REMOVED + tables::LRU.len() as u32;
-pub const COUNTERS: u32 = COUNTER_GRPC_NO_CALL + 3;
+pub const COUNTERS: u32 = COUNTER_GRPC_UNPAIRED + 1;
 
 /// The kernel's tables, by eviction policy. Every table is bounded.
 ///

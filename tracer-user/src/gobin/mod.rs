@@ -189,21 +189,23 @@ impl GoBinary {
     /// File offsets of every `RET` instruction of a function (for uprobes standing in for
     /// return probes). Empty when the function has none (e.g. it ends in a tail jump).
     pub fn ret_offsets(&self, name: &str) -> Option<Vec<u64>> {
-        let f = self.funcs.get(name)?;
-        let start = usize::try_from(f.file_offset).ok()?;
-        let end = start.checked_add(usize::try_from(f.size).ok()?)?;
-        let code = self.data.get(start..end)?;
+        let (f, code) = self.code(name)?;
         Some(ret_offsets(code, f.addr, f.file_offset))
     }
 
     /// File offset where a function's body starts, past its stack-bound check: where an entry
     /// probe goes (see [`body_start`]).
     pub fn body_offset(&self, name: &str) -> Option<u64> {
+        let (f, code) = self.code(name)?;
+        Some(f.file_offset + body_start(code, f.addr))
+    }
+
+    /// A function and its machine code.
+    fn code(&self, name: &str) -> Option<(&GoFunc, &[u8])> {
         let f = self.funcs.get(name)?;
         let start = usize::try_from(f.file_offset).ok()?;
         let end = start.checked_add(usize::try_from(f.size).ok()?)?;
-        let code = self.data.get(start..end)?;
-        Some(f.file_offset + body_start(code, f.addr))
+        Some((f, self.data.get(start..end)?))
     }
 
     /// Offset of `field` in struct `strukt` (Go names, e.g. `runtime.g`, `goid`): from DWARF
