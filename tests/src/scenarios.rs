@@ -165,7 +165,7 @@ pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
     assert_eq!(traces.len(), calls, "one trace per call");
     let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
     for t in traces.values() {
-        let cl = one(t, "grpc-client", SpanKind::Client).unwrap();
+        let cl = one(t, "grpc-client", SpanKind::Client).unwrap_or_else(|e| panic!("{e}: {:#?}", t.iter().map(|s| (s.service_name(), s.kind, &s.name, &s.parent_span_id, &s.span_id, s.start_unix_nano, s.end_unix_nano)).collect::<Vec<_>>()));
         let srv = one(t, "grpc-server", SpanKind::Server).unwrap();
         assert_eq!(cl.parent_span_id, None, "the client span is a root");
         child_of(srv, cl).unwrap();

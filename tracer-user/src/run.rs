@@ -237,6 +237,10 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         Some(export::spawn(config, export_options)?)
     };
     let sinks = Sinks { exporter: exporter.as_ref(), metrics: &metrics, tap: hooks.tap.as_ref() };
+    let mut processes = ProcessCache::new(PROC);
+    if let Some(k8s) = &k8s {
+        processes.set_kubernetes(k8s.clone());
+    }
     let mut discovery = Discovery {
         selector,
         proc_root: PROC.into(),
@@ -248,7 +252,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let mut go = GoProbes::new();
     if scope == Scope::Selected {
         discovery.scan(&mut maps);
-        attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
+        attach_go(&mut discovery, &mut processes, &mut maps, &mut probes.ebpf, &mut go);
         // The processes selected at start are probed before the agent reports ready.
         go.poll(&mut probes.ebpf, true);
     }
@@ -261,10 +265,6 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let mut assembler = Assembler::new(clock);
     let mut correlator = Correlator::new(settings.propagation, CORRELATION_HOLD);
     let mut exchanges: Vec<Exchange> = Vec::with_capacity(64);
-    let mut processes = ProcessCache::new(PROC);
-    if let Some(k8s) = k8s {
-        processes.set_kubernetes(k8s);
-    }
     let mut spans: Vec<SpanRecord> = Vec::with_capacity(256);
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
     // AsyncFd (which owns the ring buffer) lives.
@@ -401,7 +401,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
             _ = port_scan.tick(), if scope == Scope::Selected => {
                 discovery.scan_ports(&mut maps);
                 discovery.retry_pending(&mut maps);
-                attach_go(&mut discovery, &mut maps, &mut probes.ebpf, &mut go);
+                attach_go(&mut discovery, &mut processes, &mut maps, &mut probes.ebpf, &mut go);
             }
             _ = stats.tick() => {
                 release_free_memory();
@@ -560,9 +560,12 @@ fn mark_runtime(maps: &mut Maps, pid: u32) -> bool {
     false
 }
 
-/// Attaches the Go probes to the Go programs among the processes discovery just selected.
-fn attach_go(discovery: &mut Discovery, maps: &mut Maps, ebpf: &mut aya::Ebpf, go: &mut GoProbes) {
+/// Reads the identity of the processes discovery just selected, while they surely run (one that
+/// exits right after its last request would otherwise be read too late, when its first span is
+/// exported), and attaches the Go probes to the Go programs among them.
+fn attach_go(discovery: &mut Discovery, processes: &mut ProcessCache, maps: &mut Maps, ebpf: &mut aya::Ebpf, go: &mut GoProbes) {
     for pid in std::mem::take(&mut discovery.added) {
+        let _ = processes.get(pid);
         if mark_runtime(maps, pid) {
             go.attach(ebpf, pid);
         }
