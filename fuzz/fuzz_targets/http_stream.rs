@@ -5,7 +5,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tracer_common::{MAX_PAYLOAD, TAIL_PAYLOAD};
-use tracer_user::http::{MessageKind, ResponseHint, StreamParser};
+use tracer_user::protocols::http1::framing::{MessageKind, ResponseHint, StreamParser};
 
 fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let kind = if u.arbitrary()? { MessageKind::Response } else { MessageKind::Request };

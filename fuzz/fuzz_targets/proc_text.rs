@@ -16,6 +16,6 @@ fuzz_target!(|data: &[u8]| {
     let environ: Vec<String> = text.split('\0').map(str::to_owned).collect();
     let _ = process::service_from_env(&environ);
     for field in ["fd", "count", "ret", "sk", "__syscall_nr"] {
-        let _ = kernel::field_offset(&text, field);
+        let _ = kernel::btf::field_offset(&text, field);
     }
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_user::http::parse_traceparent;
+use tracer_user::protocols::http1::framing::parse_traceparent;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(tp) = parse_traceparent(data) {

@@ -32,18 +32,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode as HttpStatus};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -64,11 +58,7 @@ pub enum ReceiverError {
         source: std::io::Error,
     },
     #[error("condition not met within {timeout:?}; received {received} spans:\n{dump}")]
-    Timeout {
-        timeout: Duration,
-        received: usize,
-        dump: String,
-    },
+    Timeout { timeout: Duration, received: usize, dump: String },
 }
 
 /// The OTLP transport a span arrived on.
@@ -182,12 +172,7 @@ impl AttrVal {
             Some(Value::BoolValue(b)) => Self::Bool(b),
             Some(Value::DoubleValue(d)) => Self::Double(d),
             Some(Value::BytesValue(b)) => Self::Bytes(b),
-            Some(Value::ArrayValue(a)) => Self::Array(
-                a.values
-                    .into_iter()
-                    .map(|v| Self::from_any(Some(v)))
-                    .collect(),
-            ),
+            Some(Value::ArrayValue(a)) => Self::Array(a.values.into_iter().map(|v| Self::from_any(Some(v))).collect()),
             Some(Value::KvlistValue(kv)) => Self::Map(attr_map(kv.values)),
             Some(Value::StringValueStrindex(_)) | None => Self::Empty,
         }
@@ -238,18 +223,14 @@ impl fmt::Display for AttrVal {
 }
 
 fn attr_map(kvs: Vec<KeyValue>) -> BTreeMap<String, AttrVal> {
-    kvs.into_iter()
-        .map(|kv| (kv.key, AttrVal::from_any(kv.value)))
-        .collect()
+    kvs.into_iter().map(|kv| (kv.key, AttrVal::from_any(kv.value))).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// One span as received, flattened with its resource and scope.
@@ -328,29 +309,11 @@ impl fmt::Display for ReceivedSpan {
             self.duration(),
         )?;
         if self.status_code != StatusCode::Unset {
-            write!(
-                f,
-                " status={}({:?})",
-                self.status_code.as_str(),
-                self.status_message
-            )?;
+            write!(f, " status={}({:?})", self.status_code.as_str(), self.status_message)?;
         }
-        let attrs: Vec<String> = self
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.to_json()))
-            .collect();
-        let res: Vec<String> = self
-            .resource
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        write!(
-            f,
-            " attrs={{{}}} resource={{{}}}",
-            attrs.join(", "),
-            res.join(", ")
-        )
+        let attrs: Vec<String> = self.attributes.iter().map(|(k, v)| format!("{k}={}", v.to_json())).collect();
+        let res: Vec<String> = self.resource.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, " attrs={{{}}} resource={{{}}}", attrs.join(", "), res.join(", "))
     }
 }
 
@@ -368,23 +331,16 @@ fn flatten(req: ExportTraceServiceRequest, protocol: Protocol) -> Vec<ReceivedSp
     for rs in req.resource_spans {
         let resource: BTreeMap<String, String> = rs
             .resource
-            .map(|r| {
-                attr_map(r.attributes)
-                    .into_iter()
-                    .map(|(k, v)| (k, v.to_string()))
-                    .collect()
-            })
+            .map(|r| attr_map(r.attributes).into_iter().map(|(k, v)| (k, v.to_string())).collect())
             .unwrap_or_default();
         for ss in rs.scope_spans {
-            let (scope_name, scope_version) =
-                ss.scope.map(|s| (s.name, s.version)).unwrap_or_default();
+            let (scope_name, scope_version) = ss.scope.map(|s| (s.name, s.version)).unwrap_or_default();
             for span in ss.spans {
                 let status = span.status.unwrap_or_default();
                 out.push(ReceivedSpan {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
-                    parent_span_id: (!span.parent_span_id.is_empty())
-                        .then(|| hex(&span.parent_span_id)),
+                    parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
                     name: span.name,
                     kind: SpanKind::from_i32(span.kind),
                     start_unix_nano: span.start_time_unix_nano,
@@ -498,19 +454,10 @@ impl State {
         self.points.send_replace(store.points.len());
     }
 
-    fn ingest(
-        &self,
-        req: ExportTraceServiceRequest,
-        protocol: Protocol,
-        headers: BTreeMap<String, String>,
-    ) {
+    fn ingest(&self, req: ExportTraceServiceRequest, protocol: Protocol, headers: BTreeMap<String, String>) {
         let spans = flatten(req, protocol);
         let mut store = self.lock();
-        store.requests.push(ReceivedRequest {
-            protocol,
-            headers,
-            spans: spans.len(),
-        });
+        store.requests.push(ReceivedRequest { protocol, headers, spans: spans.len() });
         store.spans.extend(spans);
         self.count.send_replace(store.spans.len());
     }
@@ -544,17 +491,11 @@ impl TraceService for GrpcService {
             .collect();
         self.0.slow_down().await;
         self.0.ingest(request.into_inner(), Protocol::Grpc, headers);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
-fn http_reply(
-    status: HttpStatus,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn http_reply(status: HttpStatus, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
@@ -563,10 +504,7 @@ fn http_reply(
     resp
 }
 
-async fn handle_http(
-    req: Request<Incoming>,
-    state: Arc<State>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle_http(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status, msg: &str| Ok(http_reply(status, "text/plain", msg.to_string()));
     let metrics = match req.uri().path() {
         "/v1/traces" => false,
@@ -576,25 +514,14 @@ async fn handle_http(
     if req.method() != hyper::Method::POST {
         return text(HttpStatus::METHOD_NOT_ALLOWED, "use POST\n");
     }
-    let header = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let content_type = header(hyper::header::CONTENT_TYPE);
     if !content_type.starts_with("application/x-protobuf") {
-        return text(
-            HttpStatus::UNSUPPORTED_MEDIA_TYPE,
-            "only application/x-protobuf is supported\n",
-        );
+        return text(HttpStatus::UNSUPPORTED_MEDIA_TYPE, "only application/x-protobuf is supported\n");
     }
     let encoding = header(hyper::header::CONTENT_ENCODING);
     if !(encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")) {
-        return text(
-            HttpStatus::UNSUPPORTED_MEDIA_TYPE,
-            "compressed bodies are not supported\n",
-        );
+        return text(HttpStatus::UNSUPPORTED_MEDIA_TYPE, "compressed bodies are not supported\n");
     }
     let headers = req
         .headers()
@@ -621,10 +548,7 @@ async fn handle_http(
     };
     state.slow_down().await;
     state.ingest(decoded, Protocol::Http, headers);
-    let reply = ExportTraceServiceResponse {
-        partial_success: None,
-    }
-    .encode_to_vec();
+    let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
     Ok(http_reply(HttpStatus::OK, "application/x-protobuf", reply))
 }
 
@@ -644,9 +568,7 @@ async fn serve_http(listener: TcpListener, state: Arc<State>) {
         let state = state.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| handle_http(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -679,40 +601,25 @@ impl Receiver {
     /// Starts the receivers on the given addresses (port 0: ephemeral).
     pub async fn start_on(grpc: SocketAddr, http: SocketAddr) -> Result<Self, ReceiverError> {
         let bind = |protocol, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ReceiverError::Bind {
-                    protocol,
-                    addr,
-                    source,
-                })
+            TcpListener::bind(addr).await.map_err(|source| ReceiverError::Bind { protocol, addr, source })
         };
         let grpc_listener = bind(Protocol::Grpc, grpc).await?;
         let http_listener = bind(Protocol::Http, http).await?;
         let local = |l: &TcpListener, protocol, addr| {
-            l.local_addr().map_err(|source| ReceiverError::Bind {
-                protocol,
-                addr,
-                source,
-            })
+            l.local_addr().map_err(|source| ReceiverError::Bind { protocol, addr, source })
         };
         let grpc_addr = local(&grpc_listener, Protocol::Grpc, grpc)?;
         let http_addr = local(&http_listener, Protocol::Http, http)?;
 
         let state = Arc::new(State {
-            store: Mutex::new(Store {
-                spans: Vec::new(),
-                requests: Vec::new(),
-                points: Vec::new(),
-            }),
+            store: Mutex::new(Store { spans: Vec::new(), requests: Vec::new(), points: Vec::new() }),
             count: watch::Sender::new(0),
             delay_ms: AtomicU64::new(0),
             points: watch::Sender::new(0),
         });
-        let metrics_service = MetricsServiceServer::new(GrpcService(state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE);
-        let service = TraceServiceServer::new(GrpcService(state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE);
+        let metrics_service =
+            MetricsServiceServer::new(GrpcService(state.clone())).max_decoding_message_size(MAX_MESSAGE);
+        let service = TraceServiceServer::new(GrpcService(state.clone())).max_decoding_message_size(MAX_MESSAGE);
         let grpc_task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             let _ = tonic::transport::Server::builder()
@@ -722,12 +629,7 @@ impl Receiver {
                 .await;
         });
         let http_task = tokio::spawn(serve_http(http_listener, state.clone()));
-        Ok(Self {
-            grpc_addr,
-            http_addr,
-            state,
-            tasks: vec![grpc_task, http_task],
-        })
+        Ok(Self { grpc_addr, http_addr, state, tasks: vec![grpc_task, http_task] })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -765,12 +667,7 @@ impl Receiver {
 
     /// Spans from index `from` on (for incremental consumers).
     pub fn spans_since(&self, from: usize) -> Vec<ReceivedSpan> {
-        self.state
-            .lock()
-            .spans
-            .get(from..)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
+        self.state.lock().spans.get(from..).map(<[_]>::to_vec).unwrap_or_default()
     }
 
     /// Removes and returns the spans received so far (and forgets the export requests), for a
@@ -804,7 +701,15 @@ impl Receiver {
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 let mut dump = String::new();
                 for p in points.iter().rev().take(20) {
-                    let _ = writeln!(dump, "{} {:?} {:?} count={} sum={}", p.metric, p.resource.get("service.name"), p.attributes, p.count, p.sum);
+                    let _ = writeln!(
+                        dump,
+                        "{} {:?} {:?} count={} sum={}",
+                        p.metric,
+                        p.resource.get("service.name"),
+                        p.attributes,
+                        p.count,
+                        p.sum
+                    );
                 }
                 return Err(ReceiverError::Timeout { timeout, received: points.len(), dump });
             }
@@ -848,17 +753,10 @@ impl Receiver {
                 }
             }
             // The sender lives in `self.state`, so `changed` cannot fail while we borrow self.
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 let store = self.state.lock();
                 let dump = store.spans.iter().map(|s| format!("  {s}\n")).collect();
-                return Err(ReceiverError::Timeout {
-                    timeout,
-                    received: store.spans.len(),
-                    dump,
-                });
+                return Err(ReceiverError::Timeout { timeout, received: store.spans.len(), dump });
             }
         }
     }
@@ -880,8 +778,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tracer_user::export::{self, ExportConfig, ExportOptions};
     use tracer_user::model::{
-        Attr, AttrValue, ProcessResource, SpanId, SpanKind as AgentKind, SpanRecord, SpanStatus,
-        TraceId,
+        Attr, AttrValue, ProcessResource, SpanId, SpanKind as AgentKind, SpanRecord, SpanStatus, TraceId,
     };
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -900,10 +797,7 @@ mod tests {
             attributes: vec![
                 Attr::str("http.request.method", "GET"),
                 Attr::int("http.response.status_code", 503),
-                Attr {
-                    key: "tracer.test",
-                    value: AttrValue::Bool(true),
-                },
+                Attr { key: "tracer.test", value: AttrValue::Bool(true) },
             ],
             status: SpanStatus::Error("upstream unavailable".into()),
             pid: 1234,
@@ -916,10 +810,7 @@ mod tests {
             kind: AgentKind::Client,
             start: start + Duration::from_millis(1),
             end: start + Duration::from_millis(4),
-            attributes: vec![
-                Attr::str("server.address", "db"),
-                Attr::int("server.port", 5432),
-            ],
+            attributes: vec![Attr::str("server.address", "db"), Attr::int("server.port", 5432)],
             status: SpanStatus::Unset,
             pid: 99,
             ..server.clone()
@@ -938,15 +829,9 @@ mod tests {
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "x-tenant=team%20a".to_string(),
-            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20a".to_string()),
         ];
-        let config = ExportConfig::from_lookup(|k| {
-            env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-        })
-        .unwrap();
+        let config = ExportConfig::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).unwrap();
         let handle = export::spawn(config, ExportOptions::default()).unwrap();
 
         let python = StdArc::new(ProcessResource {
@@ -975,50 +860,31 @@ mod tests {
         assert_eq!(server.kind, SpanKind::Server);
         assert_eq!(server.start_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(server.end_unix_nano - server.start_unix_nano, 12_300_000);
-        assert_eq!(
-            server.attr("http.request.method"),
-            Some(&AttrVal::Str("GET".into()))
-        );
-        assert_eq!(
-            server.attr("http.response.status_code"),
-            Some(&AttrVal::Int(503))
-        );
+        assert_eq!(server.attr("http.request.method"), Some(&AttrVal::Str("GET".into())));
+        assert_eq!(server.attr("http.response.status_code"), Some(&AttrVal::Int(503)));
         assert_eq!(server.attr("tracer.test"), Some(&AttrVal::Bool(true)));
         assert_eq!(server.status_code, StatusCode::Error);
         assert_eq!(server.status_message, "upstream unavailable");
         assert_eq!(server.service_name(), Some("users-api"));
-        assert_eq!(
-            server.resource.get("process.pid").map(String::as_str),
-            Some("1234")
-        );
+        assert_eq!(server.resource.get("process.pid").map(String::as_str), Some("1234"));
         assert_eq!(server.scope_name, "tracer");
         assert_eq!(server.scope_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(server.flags & 0x300, 0x300, "parent marked remote");
 
         let client = spans.iter().find(|s| s.span_id == "22".repeat(8)).unwrap();
         assert_eq!(client.trace_id, trace);
-        assert_eq!(
-            client.parent_span_id.as_deref(),
-            Some(server.span_id.as_str())
-        );
+        assert_eq!(client.parent_span_id.as_deref(), Some(server.span_id.as_str()));
         assert_eq!(client.kind, SpanKind::Client);
         assert_eq!(client.status_code, StatusCode::Unset);
         assert_eq!(client.attr("server.port"), Some(&AttrVal::Int(5432)));
         assert_eq!(client.service_name(), Some("postgres"));
-        assert_eq!(
-            client.resource.get("process.pid").map(String::as_str),
-            Some("99")
-        );
+        assert_eq!(client.resource.get("process.pid").map(String::as_str), Some("99"));
 
         let requests = receiver.requests();
         assert!(!requests.is_empty());
         for r in &requests {
             assert_eq!(r.protocol, expect);
-            assert_eq!(
-                r.headers.get("x-tenant").map(String::as_str),
-                Some("team a"),
-                "{r:?}"
-            );
+            assert_eq!(r.headers.get("x-tenant").map(String::as_str), Some("team a"), "{r:?}");
         }
     }
 
@@ -1036,7 +902,7 @@ mod tests {
     /// arrive at the receiver with the counts, sums and attributes recorded.
     async fn agent_metrics_over(protocol: tracer_user::export::Protocol, expect: Protocol, receiver: &Receiver) {
         use tracer_user::export::OtlpConfig;
-        use tracer_user::metrics_otlp::{OtlpMetrics, metrics_config};
+        use tracer_user::metrics::otlp::{OtlpMetrics, metrics_config};
         let traces = match expect {
             Protocol::Grpc => OtlpConfig::new(protocol, receiver.grpc_endpoint()),
             Protocol::Http => OtlpConfig::new(protocol, receiver.http_traces_url()),
@@ -1049,7 +915,21 @@ mod tests {
             attributes: vec![("process.pid".into(), "1234".into()), ("host.name".into(), "h1".into())],
         };
         let web = ProcessResource { pid: 99, service_name: "web".into(), attributes: vec![] };
-        let (server, client) = records(7);
+        use tracer_user::protocols::shape::{MetricLabels, MetricPoint};
+        let server = MetricPoint {
+            pid: 1234,
+            kind: AgentKind::Server,
+            duration_s: 0.0123,
+            server: (None, None),
+            labels: MetricLabels::Http { method: "GET".into(), status: Some(503), error_type: Some("503".into()) },
+        };
+        let client = MetricPoint {
+            pid: 99,
+            kind: AgentKind::Client,
+            duration_s: 0.003,
+            server: (Some("db".into()), Some(5432)),
+            labels: MetricLabels::Http { method: "GET".into(), status: None, error_type: None },
+        };
         for _ in 0..3 {
             metrics.observe(&api, &server);
         }
@@ -1069,7 +949,7 @@ mod tests {
         assert_eq!(s.attr_str("http.request.method").as_deref(), Some("GET"));
         assert_eq!(s.attributes.get("http.response.status_code"), Some(&AttrVal::Int(503)));
         assert_eq!(s.attr_str("error.type").as_deref(), Some("503"));
-        assert_eq!(s.explicit_bounds, tracer_user::metrics::DURATION_BUCKETS.to_vec());
+        assert_eq!(s.explicit_bounds, tracer_user::metrics::labels::DURATION_BUCKETS.to_vec());
         let c = points.iter().rev().find(|p| p.metric == "http.client.request.duration").unwrap();
         assert_eq!(c.resource.get("service.name").map(String::as_str), Some("web"));
         assert_eq!(c.count, 1);
@@ -1113,20 +993,12 @@ mod tests {
         let receiver = StdArc::new(Receiver::start().await.unwrap());
         let waiter = {
             let receiver = receiver.clone();
-            tokio::spawn(async move {
-                receiver
-                    .wait_for(|s| s.iter().any(|s| s.name == "GET /users"), WAIT)
-                    .await
-            })
+            tokio::spawn(async move { receiver.wait_for(|s| s.iter().any(|s| s.name == "GET /users"), WAIT).await })
         };
         let mut config = export::OtlpConfig::new(export::Protocol::Grpc, receiver.grpc_endpoint());
         config.timeout = Duration::from_secs(5);
         let handle = export::spawn(ExportConfig::Otlp(config), ExportOptions::default()).unwrap();
-        let resource = StdArc::new(ProcessResource {
-            pid: 1234,
-            service_name: "users-api".into(),
-            attributes: vec![],
-        });
+        let resource = StdArc::new(ProcessResource { pid: 1234, service_name: "users-api".into(), attributes: vec![] });
         let started = SystemTime::now();
         handle.send(resource, records(9).0);
         handle.shutdown().await;
@@ -1134,19 +1006,10 @@ mod tests {
         assert_eq!(spans.len(), 1);
         assert!(started.elapsed().unwrap() < WAIT);
 
-        let err = receiver
-            .wait_for(|s| s.len() >= 2, Duration::from_millis(100))
-            .await
-            .unwrap_err();
+        let err = receiver.wait_for(|s| s.len() >= 2, Duration::from_millis(100)).await.unwrap_err();
         let msg = err.to_string();
-        assert!(
-            matches!(err, ReceiverError::Timeout { received: 1, .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("\"GET /users\"") && msg.contains("service.name=users-api"),
-            "{msg}"
-        );
+        assert!(matches!(err, ReceiverError::Timeout { received: 1, .. }), "{msg}");
+        assert!(msg.contains("\"GET /users\"") && msg.contains("service.name=users-api"), "{msg}");
 
         receiver.clear();
         assert!(receiver.spans().is_empty());

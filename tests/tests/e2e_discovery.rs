@@ -40,7 +40,7 @@ fn traced_at(log: &str, pid: u32) -> Option<SystemTime> {
 
 #[test]
 fn log_timestamps_parse() {
-    let t = line_time("[2026-11-21T11:45:27.123Z INFO  tracer_user::run] tracing pid 5 (selected)").unwrap();
+    let t = line_time("[2026-11-21T11:45:27.123Z INFO  tracer_user::agent] tracing pid 5 (selected)").unwrap();
     assert_eq!(t.duration_since(UNIX_EPOCH).unwrap(), Duration::from_millis(1_795_261_527_123));
     assert_eq!(line_time("tracing pid 5"), None);
 }
@@ -65,10 +65,7 @@ fn a_service_started_after_the_agent_is_traced_and_again_after_a_restart() {
         assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
         let pid = go.pid();
         let spans = rt
-            .block_on(rx.wait_for(
-                |s| s.iter().any(|s| s.resource.get("process.pid") == Some(&pid.to_string())),
-                WAIT,
-            ))
+            .block_on(rx.wait_for(|s| s.iter().any(|s| s.resource.get("process.pid") == Some(&pid.to_string())), WAIT))
             .unwrap_or_else(|e| panic!("{round}: the first request of pid {pid} is traced: {e}\n{}", agent.log_text()));
         let span = spans.iter().find(|s| s.resource.get("process.pid") == Some(&pid.to_string())).unwrap();
         assert_eq!(span.service_name(), Some("go-discovered"));

@@ -13,7 +13,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `setpriv` arguments that exec the agent with exactly `caps` (names without `cap_`): uid 0
 /// stays, but the `noroot` securebits stop it from regaining every capability on exec.
 fn with_caps(caps: &[&str]) -> Vec<String> {
-    let list: String = std::iter::once("-all".to_string()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+    let list: String =
+        std::iter::once("-all".to_string()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
     vec![
         "setpriv".into(),
         "--securebits=+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked".into(),
@@ -26,7 +27,7 @@ fn with_caps(caps: &[&str]) -> Vec<String> {
 
 fn cap_eff(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    tracer_user::caps::parse_cap_eff(&status).expect("CapEff")
+    tracer_user::kernel::caps::parse_cap_eff(&status).expect("CapEff")
 }
 
 fn bits(caps: &[u32]) -> u64 {
@@ -36,13 +37,17 @@ fn bits(caps: &[u32]) -> u64 {
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn runs_with_exactly_the_documented_capabilities() {
-    use tracer_user::caps::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
+    use tracer_user::kernel::caps::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
     require_root();
     let rt = rt();
     let go = Service::go("go-caps").expect("go server");
     for (caps, extra, want) in [
         (&["bpf", "perfmon"][..], &[][..], bits(&[CAP_BPF, CAP_PERFMON])),
-        (&["bpf", "perfmon", "net_admin"][..], &["--propagation", "on"][..], bits(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN])),
+        (
+            &["bpf", "perfmon", "net_admin"][..],
+            &["--propagation", "on"][..],
+            bits(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]),
+        ),
     ] {
         let rx = rt.block_on(Receiver::start()).expect("receiver");
         let mut a = args(&["--pid", &go.pid().to_string()]);
@@ -53,7 +58,8 @@ fn runs_with_exactly_the_documented_capabilities() {
         // The same, as capsh names it.
         let decoded = Command::new("capsh").arg(format!("--decode={:#x}", cap_eff(agent.pid))).output().expect("capsh");
         let decoded = String::from_utf8_lossy(&decoded.stdout);
-        let mut names: Vec<&str> = decoded.trim().split_once('=').map(|(_, n)| n.split(',').collect()).unwrap_or_default();
+        let mut names: Vec<&str> =
+            decoded.trim().split_once('=').map(|(_, n)| n.split(',').collect()).unwrap_or_default();
         names.sort_unstable();
         let mut expected: Vec<String> = caps.iter().map(|c| format!("cap_{c}")).collect();
         expected.sort_unstable();

@@ -53,6 +53,16 @@ pub enum Propagation {
     On,
 }
 
+impl From<Propagation> for tracer_common::Propagation {
+    fn from(p: Propagation) -> Self {
+        match p {
+            Propagation::Off => Self::Off,
+            Propagation::SameHost => Self::SameHost,
+            Propagation::On => Self::On,
+        }
+    }
+}
+
 /// Whether to read pod metadata from the Kubernetes API; see `RunArgs::kubernetes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -203,7 +213,18 @@ mod tests {
 
     #[test]
     fn watch_takes_the_run_selectors_and_filters() {
-        let cli = Cli::try_parse_from(["tracer", "watch", "--pid", "12", "--exe", "py*", "--min-duration", "50ms", "--errors-only"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "watch",
+            "--pid",
+            "12",
+            "--exe",
+            "py*",
+            "--min-duration",
+            "50ms",
+            "--errors-only",
+        ])
+        .unwrap();
         let Command::Watch(w) = cli.command else { panic!("not watch") };
         assert_eq!((w.run.pids, w.run.exes), (vec![12], vec!["py*".to_string()]));
         assert_eq!(w.min_duration, Some(Duration::from_millis(50)));

@@ -35,8 +35,8 @@
 //! OTLP header values are never logged nor shown in errors.
 
 use crate::cli::{KubernetesMode, Propagation, RunArgs};
-use crate::discovery::{SelectorSpec, DEFAULT_EXCLUDED_NAMESPACES};
-use crate::export::{config as otlp, ExportConfig};
+use crate::discovery::{DEFAULT_EXCLUDED_NAMESPACES, SelectorSpec};
+use crate::export::{ExportConfig, config as otlp};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,12 +191,7 @@ pub fn split_list(s: &str) -> Vec<String> {
     out.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
 }
 
-fn int_list<T: TryFrom<i64>>(
-    where_: &str,
-    values: &[i64],
-    what: &str,
-    min: i64,
-) -> Result<Vec<T>, ConfigError> {
+fn int_list<T: TryFrom<i64>>(where_: &str, values: &[i64], what: &str, min: i64) -> Result<Vec<T>, ConfigError> {
     values
         .iter()
         .enumerate()
@@ -227,17 +222,14 @@ fn env_int_list<T: TryFrom<i64>>(
 fn parse_enum<T: clap::ValueEnum>(var: &str, raw: Option<String>) -> Result<Option<T>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     T::from_str(raw.trim(), true).map(Some).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
+        let names: Vec<String> =
+            T::value_variants().iter().filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned())).collect();
         ConfigError(format!("{var}: {raw:?} is not one of {}", names.join(", ")))
     })
 }
 
 fn parse_u64(var: &str, raw: Option<String>, what: &str) -> Result<Option<u64>, ConfigError> {
-    raw.map(|r| r.trim().parse::<u64>().map_err(|_| ConfigError(format!("{var}: {r:?} is not {what}"))))
-        .transpose()
+    raw.map(|r| r.trim().parse::<u64>().map_err(|_| ConfigError(format!("{var}: {r:?} is not {what}")))).transpose()
 }
 
 /// Resolves the settings from the flags, an environment lookup and the configuration file's
@@ -272,16 +264,24 @@ pub fn resolve(
         pids: pick(nonempty(args.pids.clone()), env_int_list("TRACER_PIDS", env("TRACER_PIDS"), "pid", 1)?, file_pids)
             .unwrap_or_default(),
         exes: pick(nonempty(args.exes.clone()), env_list("TRACER_EXES"), s.exes.clone()).unwrap_or_default(),
-        ports: pick(nonempty(args.ports.clone()), env_int_list("TRACER_PORTS", env("TRACER_PORTS"), "port", 1)?, file_ports)
-            .unwrap_or_default(),
+        ports: pick(
+            nonempty(args.ports.clone()),
+            env_int_list("TRACER_PORTS", env("TRACER_PORTS"), "port", 1)?,
+            file_ports,
+        )
+        .unwrap_or_default(),
         containers: pick(nonempty(args.containers.clone()), env_list("TRACER_CONTAINERS"), s.containers.clone())
             .unwrap_or_default(),
         namespaces: pick(nonempty(args.namespaces.clone()), env_list("TRACER_NAMESPACES"), s.namespaces.clone())
             .unwrap_or_default(),
         pods: pick(nonempty(args.pods.clone()), env_list("TRACER_PODS"), s.pods.clone()).unwrap_or_default(),
         labels: pick(flag_labels, env_labels, file_labels).unwrap_or_default(),
-        exclude_exes: pick(nonempty(args.exclude_exes.clone()), env_list("TRACER_EXCLUDE_EXES"), f.exclude.exes.clone())
-            .unwrap_or_default(),
+        exclude_exes: pick(
+            nonempty(args.exclude_exes.clone()),
+            env_list("TRACER_EXCLUDE_EXES"),
+            f.exclude.exes.clone(),
+        )
+        .unwrap_or_default(),
         exclude_namespaces: pick(
             nonempty(args.exclude_namespaces.clone()),
             env_list("TRACER_EXCLUDE_NAMESPACES"),
@@ -292,26 +292,33 @@ pub fn resolve(
     // Validate globs and ids here, so a bad one is named before anything starts.
     crate::discovery::Selector::from_spec(&selectors).map_err(|e| ConfigError(e.to_string()))?;
 
-    let propagation = pick(args.propagation, parse_enum("TRACER_PROPAGATION", env("TRACER_PROPAGATION"))?, f.propagation)
-        .unwrap_or_default();
-    let duration = pick(args.duration, parse_u64("TRACER_DURATION", env("TRACER_DURATION"), "a number of seconds")?, f.duration);
+    let propagation =
+        pick(args.propagation, parse_enum("TRACER_PROPAGATION", env("TRACER_PROPAGATION"))?, f.propagation)
+            .unwrap_or_default();
+    let duration =
+        pick(args.duration, parse_u64("TRACER_DURATION", env("TRACER_DURATION"), "a number of seconds")?, f.duration);
     let ready_file = pick(args.ready_file.clone(), env("TRACER_READY_FILE").map(PathBuf::from), f.ready_file.clone());
     let file_queue = f
         .export
         .queue
         .map(|q| {
-            u32::try_from(q)
-                .ok()
-                .filter(|q| *q >= 1)
-                .ok_or_else(|| ConfigError(format!("{}: {q} is not a queue size (1 to {})", at("export.queue"), u32::MAX)))
+            u32::try_from(q).ok().filter(|q| *q >= 1).ok_or_else(|| {
+                ConfigError(format!("{}: {q} is not a queue size (1 to {})", at("export.queue"), u32::MAX))
+            })
         })
         .transpose()?;
     let env_queue = parse_u64("TRACER_EXPORT_QUEUE", env("TRACER_EXPORT_QUEUE"), "a queue size")?
-        .map(|q| u32::try_from(q).ok().filter(|q| *q >= 1).ok_or_else(|| ConfigError(format!("TRACER_EXPORT_QUEUE: {q} is not a queue size (1 to {})", u32::MAX))))
+        .map(|q| {
+            u32::try_from(q)
+                .ok()
+                .filter(|q| *q >= 1)
+                .ok_or_else(|| ConfigError(format!("TRACER_EXPORT_QUEUE: {q} is not a queue size (1 to {})", u32::MAX)))
+        })
         .transpose()?;
     let export_queue = pick(args.export_queue, env_queue, file_queue).unwrap_or(DEFAULT_EXPORT_QUEUE);
-    let kubernetes = pick(args.kubernetes, parse_enum("TRACER_KUBERNETES", env("TRACER_KUBERNETES"))?, f.kubernetes.enabled)
-        .unwrap_or_default();
+    let kubernetes =
+        pick(args.kubernetes, parse_enum("TRACER_KUBERNETES", env("TRACER_KUBERNETES"))?, f.kubernetes.enabled)
+            .unwrap_or_default();
     let node_name = pick(args.node_name.clone(), env("NODE_NAME"), f.kubernetes.node_name.clone());
 
     let connections = |source: &str, v: i64| {
@@ -330,7 +337,7 @@ pub fn resolve(
         })
         .transpose()?;
     let kernel_connections =
-        pick(args.kernel_connections, env_conns, file_conns).unwrap_or(crate::loader::DEFAULT_CONNECTIONS);
+        pick(args.kernel_connections, env_conns, file_conns).unwrap_or(crate::kernel::loader::DEFAULT_CONNECTIONS);
     let addr = |source: &str, v: &str| {
         v.trim()
             .parse::<std::net::SocketAddr>()
@@ -394,11 +401,33 @@ fn resolve_export(
         .as_ref()
         .map(|h| h.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join(","));
     // (generic variable, signal variable, flag value, flag name, file value, file field)
-    let groups: [(&str, &str, Option<String>, &str, Option<String>, &str); 5] = [
-        (otlp::ENDPOINT, otlp::TRACES_ENDPOINT, args.otlp_endpoint.clone(), "--otlp-endpoint", file.endpoint.clone(), "export.otlp.endpoint"),
-        (otlp::PROTOCOL, otlp::TRACES_PROTOCOL, args.otlp_protocol.clone(), "--otlp-protocol", file.protocol.clone(), "export.otlp.protocol"),
+    type Group<'a> = (&'a str, &'a str, Option<String>, &'a str, Option<String>, &'a str);
+    let groups: [Group<'_>; 5] = [
+        (
+            otlp::ENDPOINT,
+            otlp::TRACES_ENDPOINT,
+            args.otlp_endpoint.clone(),
+            "--otlp-endpoint",
+            file.endpoint.clone(),
+            "export.otlp.endpoint",
+        ),
+        (
+            otlp::PROTOCOL,
+            otlp::TRACES_PROTOCOL,
+            args.otlp_protocol.clone(),
+            "--otlp-protocol",
+            file.protocol.clone(),
+            "export.otlp.protocol",
+        ),
         (otlp::HEADERS, otlp::TRACES_HEADERS, flag_headers, "--otlp-header", file_headers, "export.otlp.headers"),
-        (otlp::TIMEOUT, otlp::TRACES_TIMEOUT, args.otlp_timeout_ms.map(|t| t.to_string()), "--otlp-timeout-ms", file.timeout_ms.map(|t| t.to_string()), "export.otlp.timeout_ms"),
+        (
+            otlp::TIMEOUT,
+            otlp::TRACES_TIMEOUT,
+            args.otlp_timeout_ms.map(|t| t.to_string()),
+            "--otlp-timeout-ms",
+            file.timeout_ms.map(|t| t.to_string()),
+            "export.otlp.timeout_ms",
+        ),
         (otlp::INSECURE, otlp::TRACES_INSECURE, None, "", file.insecure.map(|b| b.to_string()), "export.otlp.insecure"),
     ];
     let mut values: BTreeMap<&str, String> = BTreeMap::new();
@@ -436,14 +465,18 @@ fn resolve_export(
 
 /// Reads the process environment and the configuration file (`--config` or `TRACER_CONFIG`).
 pub fn load(args: &RunArgs) -> anyhow::Result<Settings> {
-    let path = args.config.clone().or_else(|| std::env::var_os("TRACER_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let path =
+        args.config.clone().or_else(|| std::env::var_os("TRACER_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
     for var in otlp::ALL_VARS {
         if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(var) {
             anyhow::bail!("{var} is not valid UTF-8");
         }
     }
     let text = match &path {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading the configuration file {}: {e}", p.display()))?),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading the configuration file {}: {e}", p.display()))?,
+        ),
         None => None,
     };
     let name = path.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default();
@@ -578,7 +611,10 @@ kubernetes:
     #[test]
     fn errors_name_file_field_and_value() {
         let a = RunArgs::default();
-        assert_eq!(err(&a, &[], "selectors:\n  ports: [80, 70000]\n"), "tracer.yaml: selectors.ports[1]: 70000 is not a valid port");
+        assert_eq!(
+            err(&a, &[], "selectors:\n  ports: [80, 70000]\n"),
+            "tracer.yaml: selectors.ports[1]: 70000 is not a valid port"
+        );
         assert_eq!(err(&a, &[], "selectors:\n  pids: [-3]\n"), "tracer.yaml: selectors.pids[0]: -3 is not a valid pid");
         let e = err(&a, &[], "selectors:\n  port: [80]\n");
         assert!(e.starts_with("tracer.yaml: selectors: unknown field `port`"), "{e}");
@@ -587,19 +623,38 @@ kubernetes:
         let e = err(&a, &[], "propagation: sideways\n");
         assert!(e.starts_with("tracer.yaml: propagation: unknown variant `sideways`"), "{e}");
         let e = err(&a, &[], "selectors:\n  exes: python3\n");
-        assert!(e.starts_with("tracer.yaml: selectors.exes: invalid type: string \"python3\", expected a sequence"), "{e}");
-        assert_eq!(err(&a, &[], "export:\n  queue: 0\n"), "tracer.yaml: export.queue: 0 is not a queue size (1 to 4294967295)");
+        assert!(
+            e.starts_with("tracer.yaml: selectors.exes: invalid type: string \"python3\", expected a sequence"),
+            "{e}"
+        );
+        assert_eq!(
+            err(&a, &[], "export:\n  queue: 0\n"),
+            "tracer.yaml: export.queue: 0 is not a queue size (1 to 4294967295)"
+        );
         let e = err(&a, &[], "export:\n  otlp: {protocol: http/json, endpoint: 'http://c:4317'}\n");
-        assert_eq!(e, "tracer.yaml: export.otlp.protocol: \"http/json\" is not supported; use \"grpc\" or \"http/protobuf\"");
+        assert_eq!(
+            e,
+            "tracer.yaml: export.otlp.protocol: \"http/json\" is not supported; use \"grpc\" or \"http/protobuf\""
+        );
         let e = err(&a, &[], "export:\n  otlp: {endpoint: 'collector:4317'}\n");
         assert!(e.starts_with("tracer.yaml: export.otlp.endpoint: \"collector:4317\" is not a valid endpoint"), "{e}");
         let e = err(&a, &[], "selectors:\n  exes: ['[']\n");
         assert!(e.starts_with("--exe \"[\" is not a valid glob"), "{e}");
         // Environment and flag errors name the variable or flag.
         assert_eq!(err(&a, &[("TRACER_PORTS", "80,x")], ""), "TRACER_PORTS[1]: \"x\" is not a valid port");
-        assert_eq!(err(&a, &[("TRACER_PROPAGATION", "maybe")], ""), "TRACER_PROPAGATION: \"maybe\" is not one of off, same-host, on");
-        let flag = RunArgs { otlp_protocol: Some("thrift".into()), otlp_endpoint: Some("http://c:4317".into()), ..RunArgs::default() };
-        assert_eq!(err(&flag, &[], ""), "--otlp-protocol: \"thrift\" is not supported; use \"grpc\" or \"http/protobuf\"");
+        assert_eq!(
+            err(&a, &[("TRACER_PROPAGATION", "maybe")], ""),
+            "TRACER_PROPAGATION: \"maybe\" is not one of off, same-host, on"
+        );
+        let flag = RunArgs {
+            otlp_protocol: Some("thrift".into()),
+            otlp_endpoint: Some("http://c:4317".into()),
+            ..RunArgs::default()
+        };
+        assert_eq!(
+            err(&flag, &[], ""),
+            "--otlp-protocol: \"thrift\" is not supported; use \"grpc\" or \"http/protobuf\""
+        );
         // A header's value is never part of an error.
         let e = err(&a, &[], "export:\n  otlp: {endpoint: 'http://c:4317', headers: {'bad name': 'hunter2'}}\n");
         assert!(e.contains("export.otlp.headers") && !e.contains("hunter2"), "{e}");
@@ -628,7 +683,11 @@ mod agent_option_tests {
         assert_eq!(s.kernel_connections, 1000);
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert!(!s.otlp_metrics);
-        let env = [("TRACER_KERNEL_CONNECTIONS", "2000"), ("TRACER_METRICS_LISTEN", "127.0.0.1:9100"), ("TRACER_OTLP_METRICS", "true")];
+        let env = [
+            ("TRACER_KERNEL_CONNECTIONS", "2000"),
+            ("TRACER_METRICS_LISTEN", "127.0.0.1:9100"),
+            ("TRACER_OTLP_METRICS", "true"),
+        ];
         let s = resolve_with(&RunArgs::default(), &env, file).unwrap();
         assert_eq!((s.kernel_connections, s.metrics_listen.unwrap().port(), s.otlp_metrics), (2000, 9100, true));
         let args = RunArgs {
@@ -640,7 +699,10 @@ mod agent_option_tests {
         let s = resolve_with(&args, &env, file).unwrap();
         assert_eq!((s.kernel_connections, s.metrics_listen.unwrap().port(), s.otlp_metrics), (3000, 9200, false));
         let s = resolve_with(&RunArgs::default(), &[], "").unwrap();
-        assert_eq!((s.kernel_connections, s.metrics_listen, s.otlp_metrics), (crate::loader::DEFAULT_CONNECTIONS, None, true));
+        assert_eq!(
+            (s.kernel_connections, s.metrics_listen, s.otlp_metrics),
+            (crate::kernel::loader::DEFAULT_CONNECTIONS, None, true)
+        );
     }
 
     #[test]

@@ -25,17 +25,13 @@ fn main() -> std::process::ExitCode {
     logger.init();
     let result = match cli.command {
         Command::Doctor => {
-            let report = tracer_user::doctor::run_checks();
-            tracer_user::doctor::print(&report);
-            let _ = std::hint::black_box(tracer_user::doctor::tracer_doctor_uprobe_target());
+            let report = tracer_user::kernel::doctor::run_checks();
+            tracer_user::kernel::doctor::print(&report);
+            let _ = std::hint::black_box(tracer_user::kernel::doctor::tracer_doctor_uprobe_target());
             Ok(())
         }
         Command::GoInspect { offsets_table, grpc_offsets_table, binaries } => {
-            if grpc_offsets_table {
-                tracer_user::grpc::offsets_table_command(&binaries)
-            } else {
-                tracer_user::gobin::inspect_command(&binaries, offsets_table)
-            }
+            tracer_user::golang::inspect_command(&binaries, offsets_table, grpc_offsets_table)
         }
         Command::Watch(args) => tracer_user::watch::main(args),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
@@ -43,7 +39,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tracer_user::run::run(args))),
+            .and_then(|rt| rt.block_on(tracer_user::agent::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -22,10 +22,10 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
+use crate::agent::{Hooks, TappedSpan};
 use crate::cli::WatchArgs;
 use crate::export::stdout::format_duration;
 use crate::model::{AttrValue, SpanId, SpanKind, SpanStatus, TraceId};
-use crate::run::{Hooks, TappedSpan};
 
 /// A trace is complete once none of its spans arrived for this long. The correlator already
 /// holds related spans back until they can be linked, so they arrive close together.
@@ -109,7 +109,12 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
     );
     let fill = width.saturating_sub(head.chars().count());
     // A narrow terminal cuts the header like every other row.
-    rows.push(Row { text: fit(&format!("{head}{}", "-".repeat(fill)), width), header: true, error: trace.error, bar: None });
+    rows.push(Row {
+        text: fit(&format!("{head}{}", "-".repeat(fill)), width),
+        header: true,
+        error: trace.error,
+        bar: None,
+    });
 
     // Columns: name (tree) | service | status | duration | bar.
     let bar_w = (width / 5).clamp(10, 40);
@@ -128,11 +133,11 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
             span.name,
             indent = depth * 2
         );
-        if let Some(AttrValue::Str(path)) = span.attr("url.path") {
-            if !span.name.contains(path.as_str()) {
-                name.push(' ');
-                name.push_str(path);
-            }
+        if let Some(AttrValue::Str(path)) = span.attr("url.path")
+            && !span.name.contains(path.as_str())
+        {
+            name.push(' ');
+            name.push_str(path);
         }
         let status = match (span.attr("http.response.status_code"), &span.status) {
             (Some(AttrValue::Int(code)), _) => code.to_string(),
@@ -246,11 +251,8 @@ impl View {
             .filter(|(_, (_, last))| all || now.duration_since(*last) >= TRACE_QUIET)
             .map(|(id, _)| *id)
             .collect();
-        let mut traces: Vec<Trace> = done
-            .into_iter()
-            .filter_map(|id| self.pending.remove(&id))
-            .map(|(spans, _)| Trace::new(spans))
-            .collect();
+        let mut traces: Vec<Trace> =
+            done.into_iter().filter_map(|id| self.pending.remove(&id)).map(|(spans, _)| Trace::new(spans)).collect();
         traces.sort_by_key(|t| t.start);
         for t in traces {
             if !t.passes(&self.filter) {
@@ -364,10 +366,7 @@ pub fn main(args: WatchArgs) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("tracer watch draws in a terminal and stdout is not one (`tracer run` prints spans as text)");
     }
-    let colours = colours_wanted(
-        std::env::var("NO_COLOR").ok().as_deref(),
-        std::env::var("TERM").ok().as_deref(),
-    );
+    let colours = colours_wanted(std::env::var("NO_COLOR").ok().as_deref(), std::env::var("TERM").ok().as_deref());
     let filter = Filter { min_duration: args.min_duration, errors_only: args.errors_only };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -377,7 +376,7 @@ pub fn main(args: WatchArgs) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel(TAP_CAPACITY);
     let stop = Arc::new(tokio::sync::Notify::new());
     let hooks = Hooks { tap: Some(tx), stop: Some(stop.clone()), otlp_only: true };
-    let agent = rt.spawn(crate::run::run_with(args.run, hooks));
+    let agent = rt.spawn(crate::agent::run_with(args.run, hooks));
 
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let mut view = View::new(filter);
@@ -452,7 +451,17 @@ mod tests {
     use super::*;
     use crate::model::{Attr, ProcessResource, SpanRecord};
 
-    fn span(trace: u8, id: u8, parent: Option<u8>, service: &str, kind: SpanKind, code: i64, start_ms: u64, ms: u64) -> TappedSpan {
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        trace: u8,
+        id: u8,
+        parent: Option<u8>,
+        service: &str,
+        kind: SpanKind,
+        code: i64,
+        start_ms: u64,
+        ms: u64,
+    ) -> TappedSpan {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let error = (kind == SpanKind::Server && code >= 500) || (kind == SpanKind::Client && code >= 400);
         (
@@ -466,7 +475,10 @@ mod tests {
                 kind,
                 start: t0 + Duration::from_millis(start_ms),
                 end: t0 + Duration::from_millis(start_ms + ms),
-                attributes: vec![Attr::str("url.path", format!("/p{id}")), Attr::int("http.response.status_code", code)],
+                attributes: vec![
+                    Attr::str("url.path", format!("/p{id}")),
+                    Attr::int("http.response.status_code", code),
+                ],
                 status: if error { SpanStatus::Error(format!("HTTP {code}")) } else { SpanStatus::Unset },
                 pid: 9,
             },

@@ -61,18 +61,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tracer_common::{CloseEvent, ConnEvent, ConnTuple, EventHeader, EventKind, ProcEvent};
-use tracer_user::assembler::Assembler;
-use tracer_user::cli::Propagation;
+use tracer_common::{ConnTuple, Propagation, Proto, Role, Syscall};
+use tracer_user::agent::pipeline::{Pipeline, PipelineConfig};
+use tracer_user::capture::event::{Data, Event, KernelCtx};
+use tracer_user::capture::{decode, encode};
 use tracer_user::clock::Clock;
-use tracer_user::correlate::Correlator;
-use tracer_user::events::{self, Data, Event, KernelCtx};
 use tracer_user::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
 
 /// One `key=value` or bare word.
@@ -164,9 +162,7 @@ impl Fields {
     }
 
     fn text(&mut self, key: &str) -> Result<Option<String>, String> {
-        self.take(key)
-            .map(|v| String::from_utf8(v).map_err(|_| format!("{key}: not UTF-8")))
-            .transpose()
+        self.take(key).map(|v| String::from_utf8(v).map_err(|_| format!("{key}: not UTF-8"))).transpose()
     }
 
     fn num(&mut self, key: &str) -> Result<Option<u64>, String> {
@@ -185,19 +181,17 @@ impl Fields {
         self.num(key)?.ok_or_else(|| format!("missing {key}="))
     }
 
-    fn role(&mut self) -> Result<u8, String> {
+    fn role(&mut self) -> Result<Role, String> {
         match self.text("role")?.as_deref() {
-            None | Some("unknown") => Ok(tracer_common::ROLE_UNKNOWN),
-            Some("client") => Ok(tracer_common::ROLE_CLIENT),
-            Some("server") => Ok(tracer_common::ROLE_SERVER),
+            None | Some("unknown") => Ok(Role::Unknown),
+            Some("client") => Ok(Role::Client),
+            Some("server") => Ok(Role::Server),
             Some(r) => Err(format!("unknown role {r}")),
         }
     }
 
     fn addr(&mut self, key: &str) -> Result<Option<SocketAddr>, String> {
-        self.text(key)?
-            .map(|s| s.parse().map_err(|_| format!("{key}={s}: not an address")))
-            .transpose()
+        self.text(key)?.map(|s| s.parse().map_err(|_| format!("{key}={s}: not an address"))).transpose()
     }
 
     /// Fails on words nobody asked for (typos).
@@ -224,17 +218,6 @@ fn tuple(local: SocketAddr, remote: SocketAddr) -> Result<ConnTuple, String> {
         _ => return Err("local and remote of different families".into()),
     }
     Ok(t)
-}
-
-/// A record with an [`EventHeader`] the way the kernel writes it.
-fn record(kind: EventKind, size: usize, ts_ns: u64, tgid: u32, tid: u32) -> Vec<u8> {
-    let mut b = vec![0u8; size];
-    let put = |b: &mut Vec<u8>, off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
-    put(&mut b, offset_of!(EventHeader, kind), &(kind as u32).to_ne_bytes());
-    put(&mut b, offset_of!(EventHeader, ts_ns), &ts_ns.to_ne_bytes());
-    let pid_tgid = (u64::from(tgid) << 32) | u64::from(tid);
-    put(&mut b, offset_of!(EventHeader, pid_tgid), &pid_tgid.to_ne_bytes());
-    b
 }
 
 enum Step {
@@ -264,13 +247,7 @@ fn kernel_ctx(s: &str) -> Result<KernelCtx, String> {
     let mut parts = s.split('/');
     let trace_id = hex::<16>(parts.next().unwrap_or_default())?;
     let span_id = hex::<8>(parts.next().ok_or("ctx needs TRACE/SPAN")?)?;
-    let mut k = KernelCtx {
-        trace_id,
-        span_id,
-        parent_id: None,
-        remote_parent: false,
-        thread_parent: false,
-    };
+    let mut k = KernelCtx { trace_id, span_id, parent_id: None, remote_parent: false, thread_parent: false };
     for p in parts {
         match p {
             "remote" => k.remote_parent = true,
@@ -314,16 +291,13 @@ fn parse_events(text: &str) -> Result<Case, String> {
         let fd = f.num("fd").map_err(err)?.unwrap_or(3) as i32;
         let rec = match verb.as_str() {
             "tuple" => {
-                let local =
-                    f.addr("local").map_err(err)?.ok_or_else(|| err("missing local=".into()))?;
-                let remote =
-                    f.addr("remote").map_err(err)?.ok_or_else(|| err("missing remote=".into()))?;
+                let local = f.addr("local").map_err(err)?.ok_or_else(|| err("missing local=".into()))?;
+                let remote = f.addr("remote").map_err(err)?.ok_or_else(|| err("missing remote=".into()))?;
                 tuples.insert((tgid, fd), tuple(local, remote).map_err(err)?);
                 None
             }
             "data" => {
-                let egress = match (f.flags.contains(&"in".into()), f.flags.contains(&"out".into()))
-                {
+                let egress = match (f.flags.contains(&"in".into()), f.flags.contains(&"out".into())) {
                     (true, false) => false,
                     (false, true) => true,
                     _ => return Err(err("data needs exactly one of in/out".into())),
@@ -333,9 +307,7 @@ fn parse_events(text: &str) -> Result<Case, String> {
                 let tail = f.take("tail").unwrap_or_default();
                 let len = f.num("len").map_err(err)?.unwrap_or((head.len() + tail.len()) as u64);
                 let mut t = *tuples.get(&(tgid, fd)).unwrap_or(&default_tuple);
-                if let (Some(l), Some(r)) =
-                    (f.addr("local").map_err(err)?, f.addr("remote").map_err(err)?)
-                {
+                if let (Some(l), Some(r)) = (f.addr("local").map_err(err)?, f.addr("remote").map_err(err)?) {
                     t = tuple(l, r).map_err(err)?;
                 }
                 let d = Data {
@@ -350,42 +322,30 @@ fn parse_events(text: &str) -> Result<Case, String> {
                         .unwrap_or(0xffff_8880_0000_0000 | u64::from(tgid) << 16 | fd as u64),
                     tuple: t,
                     egress,
-                    syscall: f.num("sys").map_err(err)?.map_or(
-                        if egress { tracer_common::SYS_WRITE } else { tracer_common::SYS_READ },
-                        |s| s as u8,
-                    ),
-                    role: f.role().map_err(err)?,
-                    ctx: f
-                        .text("ctx")
+                    syscall: f
+                        .num("sys")
                         .map_err(err)?
-                        .as_deref()
-                        .map(kernel_ctx)
-                        .transpose()
-                        .map_err(err)?,
+                        .map_or(if egress { Syscall::Write as u8 } else { Syscall::Read as u8 }, |s| s as u8),
+                    role: f.role().map_err(err)?,
+                    proto: Proto::Http1,
+                    ctx: f.text("ctx").map_err(err)?.as_deref().map(kernel_ctx).transpose().map_err(err)?,
                     len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
                     head: Bytes::from(head),
                     tail: Bytes::from(tail),
                 };
-                Some(events::encode_data(&d))
+                Some(encode::data(&d))
             }
             "conn" => {
                 let at = f.need("at").map_err(err)?;
-                let mut b = record(EventKind::Conn, size_of::<ConnEvent>(), at, tgid, tid);
-                let off = offset_of!(ConnEvent, fd);
-                b[off..off + 4].copy_from_slice(&fd.to_ne_bytes());
-                b[offset_of!(ConnEvent, role)] = f.role().map_err(err)?;
-                Some(b)
+                Some(encode::conn(at, tgid, tid, fd, f.role().map_err(err)?))
             }
             "close" => {
                 let at = f.need("at").map_err(err)?;
-                let mut b = record(EventKind::Close, size_of::<CloseEvent>(), at, tgid, tid);
-                let off = offset_of!(CloseEvent, fd);
-                b[off..off + 4].copy_from_slice(&fd.to_ne_bytes());
-                Some(b)
+                Some(encode::close(at, tgid, tid, fd))
             }
             "exit" => {
                 let at = f.need("at").map_err(err)?;
-                Some(record(EventKind::Exit, size_of::<ProcEvent>(), at, tgid, tid))
+                Some(encode::exit(at, tgid))
             }
             "tick" => {
                 steps.push(Step::Tick(f.need("at").map_err(err)?));
@@ -395,7 +355,7 @@ fn parse_events(text: &str) -> Result<Case, String> {
         };
         f.done().map_err(err)?;
         if let Some(rec) = rec {
-            let ev = events::decode(&Bytes::from(rec)).map_err(|e| err(format!("decode: {e}")))?;
+            let ev = decode::decode(&Bytes::from(rec)).map_err(|e| err(format!("decode: {e}")))?;
             steps.push(Step::Event(ev));
         }
     }
@@ -447,7 +407,7 @@ impl Names {
     }
 }
 
-fn render(text: &str, spans: &[SpanRecord], asm: &Assembler, corr: &Correlator) -> String {
+fn render(text: &str, spans: &[SpanRecord], pipeline: &Pipeline) -> String {
     let mut out = String::new();
     let mut names = Names::new(text, spans);
     for (i, s) in spans.iter().enumerate() {
@@ -480,19 +440,20 @@ fn render(text: &str, spans: &[SpanRecord], asm: &Assembler, corr: &Correlator) 
             let _ = writeln!(out, "  {k} = {v}");
         }
     }
-    let st = asm.stats();
+    let all = pipeline.stats();
+    let (st, streams) = (all.protocols, all.streams);
     let _ = writeln!(
         out,
         "stats: spans_emitted={} parse_errors={} evictions={} connections={} unanswered_requests={} expired_requests={} unmatched_responses={}",
         st.spans_emitted,
         st.parse_errors,
-        st.evictions,
-        st.connections,
+        streams.evictions,
+        streams.connections,
         st.unanswered_requests,
         st.expired_requests,
         st.unmatched_responses
     );
-    let c = corr.stats();
+    let c = all.correlator;
     let _ = writeln!(
         out,
         "correlator: received={} emitted={} thread_links={} pairs={} pair_conflicts={} unpaired={} held_longer={} forced={} late_links={} evictions={} id_collisions={}",
@@ -520,43 +481,33 @@ fn event_time(ev: &Event) -> u64 {
         | Event::Exec { ts_ns, .. }
         | Event::Exit { ts_ns, .. } => *ts_ns,
         Event::Grpc(g) => g.end_ns,
-        Event::GoRpc(c) => c.end_ns,
-        Event::GoRoute(_) => unreachable!("golden cases hold no route events"),
+        Event::NetRpc(c) => c.end_ns,
+        Event::Route(_) => unreachable!("golden cases hold no route events"),
     }
 }
 
 fn run(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let case = parse_events(&text)?;
-    let clock = Clock::fixed(UNIX_EPOCH);
-    let mut asm = Assembler::new(clock);
-    let mut corr = Correlator::new(case.mode, Duration::from_secs(1));
-    let mut exchanges = Vec::new();
+    let config = PipelineConfig::new(case.mode, Duration::from_secs(1));
+    let mut pipeline = Pipeline::new(Clock::fixed(UNIX_EPOCH), config);
     let mut spans = Vec::new();
     let mut now = 0;
     for step in &case.steps {
         match step {
             Step::Event(ev) => {
                 now = now.max(event_time(ev));
-                asm.on_event_exchanges(ev, &mut exchanges);
+                pipeline.feed(ev, now);
             }
             Step::Tick(at) => {
                 now = now.max(*at);
-                asm.on_tick_exchanges(*at, &mut exchanges);
-                corr.observe_in_flight(asm.in_flight());
+                pipeline.tick(now);
             }
         }
-        for ex in exchanges.drain(..) {
-            corr.push(ex, now);
-        }
-        corr.poll(now, &clock, &mut spans);
+        pipeline.poll(now, &mut spans);
     }
-    asm.flush_exchanges(&mut exchanges);
-    for ex in exchanges.drain(..) {
-        corr.push(ex, now);
-    }
-    corr.flush(&clock, &mut spans);
-    Ok(render(&text, &spans, &asm, &corr))
+    pipeline.finish(now, &mut spans);
+    Ok(render(&text, &spans, &pipeline))
 }
 
 fn first_difference(want: &str, got: &str) -> String {

@@ -96,12 +96,7 @@ pub struct OtlpConfig {
 impl OtlpConfig {
     /// A configuration with no headers and the default timeout.
     pub fn new(protocol: Protocol, endpoint: impl Into<String>) -> Self {
-        Self {
-            protocol,
-            endpoint: endpoint.into(),
-            headers: Vec::new(),
-            timeout: DEFAULT_TIMEOUT,
-        }
+        Self { protocol, endpoint: endpoint.into(), headers: Vec::new(), timeout: DEFAULT_TIMEOUT }
     }
 
     fn header_names(&self) -> Vec<&str> {
@@ -114,10 +109,7 @@ impl fmt::Debug for OtlpConfig {
         f.debug_struct("OtlpConfig")
             .field("protocol", &self.protocol)
             .field("endpoint", &self.endpoint)
-            .field(
-                "headers",
-                &format_args!("{:?} (values redacted)", self.header_names()),
-            )
+            .field("headers", &format_args!("{:?} (values redacted)", self.header_names()))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -125,11 +117,7 @@ impl fmt::Debug for OtlpConfig {
 
 impl fmt::Display for OtlpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "otlp {} {} (timeout {:?}",
-            self.protocol, self.endpoint, self.timeout
-        )?;
+        write!(f, "otlp {} {} (timeout {:?}", self.protocol, self.endpoint, self.timeout)?;
         if !self.headers.is_empty() {
             write!(f, ", headers: {}", self.header_names().join(", "))?;
         }
@@ -155,16 +143,10 @@ pub enum ConfigError {
     InvalidTimeout { var: &'static str, value: String },
     #[error("{var}: entry {index} is not of the form key=value")]
     MalformedHeader { var: &'static str, index: usize },
-    #[error(
-        "{var}: header {key:?} has an invalid name or value (bad percent-encoding or characters)"
-    )]
+    #[error("{var}: header {key:?} has an invalid name or value (bad percent-encoding or characters)")]
     InvalidHeader { var: &'static str, key: String },
     #[error("{var}={value:?} is not a valid endpoint: {reason}")]
-    InvalidEndpoint {
-        var: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidEndpoint { var: &'static str, value: String, reason: &'static str },
     #[error("{var} is not valid UTF-8")]
     NotUnicode { var: &'static str },
 }
@@ -184,9 +166,7 @@ impl ExportConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
         let first = |signal: &'static str, generic: &'static str| {
-            get(signal)
-                .map(|v| (signal, v))
-                .or_else(|| get(generic).map(|v| (generic, v)))
+            get(signal).map(|v| (signal, v)).or_else(|| get(generic).map(|v| (generic, v)))
         };
 
         let protocol = match first(TRACES_PROTOCOL, PROTOCOL) {
@@ -202,15 +182,8 @@ impl ExportConfig {
             return Ok(ExportConfig::Stdout);
         };
         let raw_endpoint = raw_endpoint.trim().to_string();
-        let insecure = first(TRACES_INSECURE, INSECURE)
-            .is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("true"));
-        let endpoint = resolve_endpoint(
-            endpoint_var,
-            &raw_endpoint,
-            protocol,
-            endpoint_var == ENDPOINT,
-            insecure,
-        )?;
+        let insecure = first(TRACES_INSECURE, INSECURE).is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("true"));
+        let endpoint = resolve_endpoint(endpoint_var, &raw_endpoint, protocol, endpoint_var == ENDPOINT, insecure)?;
 
         let mut headers = Vec::new();
         for var in [HEADERS, TRACES_HEADERS] {
@@ -230,12 +203,7 @@ impl ExportConfig {
             },
         };
 
-        Ok(ExportConfig::Otlp(OtlpConfig {
-            protocol,
-            endpoint,
-            headers,
-            timeout,
-        }))
+        Ok(ExportConfig::Otlp(OtlpConfig { protocol, endpoint, headers, timeout }))
     }
 }
 
@@ -247,14 +215,8 @@ fn resolve_endpoint(
     generic: bool,
     insecure: bool,
 ) -> Result<String, ConfigError> {
-    let invalid = |reason| ConfigError::InvalidEndpoint {
-        var,
-        value: raw.to_string(),
-        reason,
-    };
-    let has_scheme = raw
-        .split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#']));
+    let invalid = |reason| ConfigError::InvalidEndpoint { var, value: raw.to_string(), reason };
+    let has_scheme = raw.split_once("://").is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#']));
     let endpoint = if has_scheme {
         raw.to_string()
     } else if protocol == Protocol::Grpc && insecure {
@@ -271,9 +233,7 @@ fn resolve_endpoint(
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err(invalid(
-                "https:// needs TLS, which this build does not support; use http://",
-            ));
+            return Err(invalid("https:// needs TLS, which this build does not support; use http://"));
         }
         _ => return Err(invalid("scheme must be http://")),
     }
@@ -296,17 +256,12 @@ fn parse_headers(var: &'static str, input: &str) -> Result<Vec<(String, String)>
         if entry.is_empty() {
             continue;
         }
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or(ConfigError::MalformedHeader { var, index })?;
+        let (key, value) = entry.split_once('=').ok_or(ConfigError::MalformedHeader { var, index })?;
         let key = key.trim();
         if key.is_empty() {
             return Err(ConfigError::MalformedHeader { var, index });
         }
-        let bad = || ConfigError::InvalidHeader {
-            var,
-            key: key.to_string(),
-        };
+        let bad = || ConfigError::InvalidHeader { var, key: key.to_string() };
         let key = percent_decode(key).ok_or_else(bad)?.to_ascii_lowercase();
         let value = percent_decode(value.trim()).ok_or_else(bad)?;
         // Validate here so a bad header fails at startup, not on every export.
@@ -342,10 +297,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(vars: &[(&str, &str)]) -> Result<ExportConfig, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ExportConfig::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -359,10 +311,7 @@ mod tests {
     #[test]
     fn no_endpoint_is_stdout() {
         assert_eq!(parse(&[]), Ok(ExportConfig::Stdout));
-        assert_eq!(
-            parse(&[(ENDPOINT, ""), (PROTOCOL, "grpc")]),
-            Ok(ExportConfig::Stdout)
-        );
+        assert_eq!(parse(&[(ENDPOINT, ""), (PROTOCOL, "grpc")]), Ok(ExportConfig::Stdout));
     }
 
     #[test]
@@ -389,46 +338,25 @@ mod tests {
     fn http_generic_endpoint_gets_signal_path() {
         let c = otlp(&[(ENDPOINT, "http://c:4318"), (PROTOCOL, "http/protobuf")]);
         assert_eq!(c.endpoint, "http://c:4318/v1/traces");
-        let c = otlp(&[
-            (ENDPOINT, "http://c:4318/base/"),
-            (PROTOCOL, "http/protobuf"),
-        ]);
+        let c = otlp(&[(ENDPOINT, "http://c:4318/base/"), (PROTOCOL, "http/protobuf")]);
         assert_eq!(c.endpoint, "http://c:4318/base/v1/traces");
     }
 
     #[test]
     fn signal_protocol_wins_over_generic() {
-        let c = otlp(&[
-            (ENDPOINT, "http://c:4318"),
-            (PROTOCOL, "grpc"),
-            (TRACES_PROTOCOL, "http/protobuf"),
-        ]);
+        let c = otlp(&[(ENDPOINT, "http://c:4318"), (PROTOCOL, "grpc"), (TRACES_PROTOCOL, "http/protobuf")]);
         assert_eq!(c.protocol, Protocol::HttpProtobuf);
-        let c = otlp(&[
-            (ENDPOINT, "http://c:4317"),
-            (PROTOCOL, "http/protobuf"),
-            (TRACES_PROTOCOL, "grpc"),
-        ]);
+        let c = otlp(&[(ENDPOINT, "http://c:4317"), (PROTOCOL, "http/protobuf"), (TRACES_PROTOCOL, "grpc")]);
         assert_eq!(c.protocol, Protocol::Grpc);
         assert_eq!(c.endpoint, "http://c:4317");
     }
 
     #[test]
     fn unsupported_protocol_names_variable_and_value() {
-        let err =
-            parse(&[(ENDPOINT, "http://c:4318"), (TRACES_PROTOCOL, "http/json")]).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::UnsupportedProtocol {
-                var: TRACES_PROTOCOL,
-                value: "http/json".into()
-            }
-        );
+        let err = parse(&[(ENDPOINT, "http://c:4318"), (TRACES_PROTOCOL, "http/json")]).unwrap_err();
+        assert_eq!(err, ConfigError::UnsupportedProtocol { var: TRACES_PROTOCOL, value: "http/json".into() });
         let msg = err.to_string();
-        assert!(
-            msg.contains(TRACES_PROTOCOL) && msg.contains("http/json"),
-            "{msg}"
-        );
+        assert!(msg.contains(TRACES_PROTOCOL) && msg.contains("http/json"), "{msg}");
         // Validated even in stdout mode: a typo should not silently disable export later.
         assert!(parse(&[(PROTOCOL, "thrift")]).is_err());
     }
@@ -437,10 +365,7 @@ mod tests {
     fn headers_are_decoded_merged_and_redacted() {
         let c = otlp(&[
             (ENDPOINT, "http://c:4317"),
-            (
-                HEADERS,
-                "Authorization=Basic%20c2VjcmV0 , x-tenant=a,x-keep=1",
-            ),
+            (HEADERS, "Authorization=Basic%20c2VjcmV0 , x-tenant=a,x-keep=1"),
             (TRACES_HEADERS, "x-tenant=b%2Cc"),
         ]);
         assert_eq!(
@@ -451,11 +376,7 @@ mod tests {
                 ("x-tenant".to_string(), "b,c".to_string()),
             ]
         );
-        for shown in [
-            format!("{c:?}"),
-            c.to_string(),
-            ExportConfig::Otlp(c.clone()).to_string(),
-        ] {
+        for shown in [format!("{c:?}"), c.to_string(), ExportConfig::Otlp(c.clone()).to_string()] {
             assert!(!shown.contains("c2VjcmV0"), "header value leaked: {shown}");
             assert!(shown.contains("authorization"), "{shown}");
         }
@@ -464,25 +385,9 @@ mod tests {
     #[test]
     fn bad_headers_are_rejected_without_value() {
         let err = parse(&[(ENDPOINT, "http://c:4317"), (HEADERS, "a=1,novalue")]).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::MalformedHeader {
-                var: HEADERS,
-                index: 1
-            }
-        );
-        let err = parse(&[
-            (ENDPOINT, "http://c:4317"),
-            (TRACES_HEADERS, "key=sec%zzret"),
-        ])
-        .unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::InvalidHeader {
-                var: TRACES_HEADERS,
-                key: "key".into()
-            }
-        );
+        assert_eq!(err, ConfigError::MalformedHeader { var: HEADERS, index: 1 });
+        let err = parse(&[(ENDPOINT, "http://c:4317"), (TRACES_HEADERS, "key=sec%zzret")]).unwrap_err();
+        assert_eq!(err, ConfigError::InvalidHeader { var: TRACES_HEADERS, key: "key".into() });
         assert!(!err.to_string().contains("sec"));
         assert!(parse(&[(ENDPOINT, "http://c:4317"), (HEADERS, "bad key=1")]).is_err());
     }
@@ -491,29 +396,16 @@ mod tests {
     fn timeout_precedence_and_validation() {
         let c = otlp(&[(ENDPOINT, "http://c:4317"), (TIMEOUT, "2500")]);
         assert_eq!(c.timeout, Duration::from_millis(2500));
-        let c = otlp(&[
-            (ENDPOINT, "http://c:4317"),
-            (TIMEOUT, "2500"),
-            (TRACES_TIMEOUT, "700"),
-        ]);
+        let c = otlp(&[(ENDPOINT, "http://c:4317"), (TIMEOUT, "2500"), (TRACES_TIMEOUT, "700")]);
         assert_eq!(c.timeout, Duration::from_millis(700));
         let err = parse(&[(ENDPOINT, "http://c:4317"), (TIMEOUT, "10s")]).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::InvalidTimeout {
-                var: TIMEOUT,
-                value: "10s".into()
-            }
-        );
+        assert_eq!(err, ConfigError::InvalidTimeout { var: TIMEOUT, value: "10s".into() });
     }
 
     #[test]
     fn endpoint_validation() {
         let err = parse(&[(ENDPOINT, "https://c:4317")]).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::InvalidEndpoint { var: ENDPOINT, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ConfigError::InvalidEndpoint { var: ENDPOINT, .. }), "{err}");
         assert!(parse(&[(TRACES_ENDPOINT, "c:4317")]).is_err());
         assert!(parse(&[(ENDPOINT, "c:4318"), (PROTOCOL, "http/protobuf")]).is_err());
         assert!(parse(&[(ENDPOINT, "http://")]).is_err());

@@ -173,19 +173,12 @@ pub(crate) struct WarnLimiter {
 
 impl WarnLimiter {
     pub(crate) fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: None,
-            suppressed: 0,
-        }
+        Self { every, last: None, suppressed: 0 }
     }
 
     pub(crate) fn warn(&mut self, msg: &str) {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.every)
-        {
+        if self.last.is_some_and(|last| now.duration_since(last) < self.every) {
             self.suppressed += 1;
             return;
         }
@@ -215,9 +208,7 @@ impl ExportSender {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -263,20 +254,12 @@ impl ExportHandle {
     /// returns the final counters. Spans sent afterwards through an [`ExportSender`] are
     /// counted as `dropped_closed`.
     pub fn shutdown(self) -> impl Future<Output = ExportStats> + Send {
-        let ExportHandle {
-            sender,
-            shutdown_tx,
-            mut join,
-            shutdown_timeout,
-        } = self;
+        let ExportHandle { sender, shutdown_tx, mut join, shutdown_timeout } = self;
         async move {
             let deadline = Instant::now() + shutdown_timeout;
             let _ = shutdown_tx.send(deadline);
             // The task honours the deadline itself; the grace period only covers scheduling.
-            if tokio::time::timeout_at(deadline + Duration::from_millis(500), &mut join)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline + Duration::from_millis(500), &mut join).await.is_err() {
                 log::warn!("span exporter did not stop within {shutdown_timeout:?}; aborting it");
                 join.abort();
             }
@@ -297,19 +280,13 @@ pub fn spawn_with_stdout(
     out: Box<dyn std::io::Write + Send>,
 ) -> Result<ExportHandle, ExportError> {
     if opts.queue_capacity == 0 {
-        return Err(ExportError::InvalidOptions {
-            reason: "queue_capacity must be at least 1",
-        });
+        return Err(ExportError::InvalidOptions { reason: "queue_capacity must be at least 1" });
     }
     if opts.batch_size == 0 {
-        return Err(ExportError::InvalidOptions {
-            reason: "batch_size must be at least 1",
-        });
+        return Err(ExportError::InvalidOptions { reason: "batch_size must be at least 1" });
     }
     if opts.flush_interval.is_zero() {
-        return Err(ExportError::InvalidOptions {
-            reason: "flush_interval must be positive",
-        });
+        return Err(ExportError::InvalidOptions { reason: "flush_interval must be positive" });
     }
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let stats = Arc::new(StatsInner::default());
@@ -331,19 +308,9 @@ pub fn spawn_with_stdout(
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let shutdown_timeout = opts.shutdown_timeout;
-    let task = Task {
-        rx,
-        sink,
-        opts,
-        stats: stats.clone(),
-    };
+    let task = Task { rx, sink, opts, stats: stats.clone() };
     let join = runtime.spawn(task.run(shutdown_rx));
-    Ok(ExportHandle {
-        sender: ExportSender { tx, stats },
-        shutdown_tx,
-        join,
-        shutdown_timeout,
-    })
+    Ok(ExportHandle { sender: ExportSender { tx, stats }, shutdown_tx, join, shutdown_timeout })
 }
 
 enum Sink {
@@ -386,11 +353,8 @@ impl Task {
         let batch_size = self.opts.batch_size;
         let stdout = matches!(self.sink, Sink::Stdout(_));
         // Stdout mode ticks faster so a trace prints soon after its hold time expires.
-        let period = if stdout {
-            self.opts.flush_interval.min(Duration::from_millis(250))
-        } else {
-            self.opts.flush_interval
-        };
+        let period =
+            if stdout { self.opts.flush_interval.min(Duration::from_millis(250)) } else { self.opts.flush_interval };
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut drops = DropReporter::new(self.opts.warn_interval);
@@ -442,10 +406,7 @@ impl Task {
             }
             let n = buf.len() as u64;
             let batch = std::mem::take(&mut buf);
-            if tokio::time::timeout_at(deadline, self.sink.handle(batch))
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, self.sink.handle(batch)).await.is_err() {
                 // Out of time: the in-flight batch and everything still queued are lost.
                 let mut lost = n;
                 while self.rx.try_recv().is_ok() {
@@ -468,19 +429,14 @@ struct DropReporter {
 
 impl DropReporter {
     fn new(every: Duration) -> Self {
-        Self {
-            reported: 0,
-            warn: WarnLimiter::new(every),
-        }
+        Self { reported: 0, warn: WarnLimiter::new(every) }
     }
 
     fn report(&mut self, stats: &StatsInner) {
         let dropped = stats.dropped_queue_full.load(Ordering::Relaxed);
         if dropped > self.reported {
             let before = self.warn.suppressed;
-            self.warn.warn(&format!(
-                "span export queue full: {dropped} spans dropped so far"
-            ));
+            self.warn.warn(&format!("span export queue full: {dropped} spans dropped so far"));
             if self.warn.suppressed == before {
                 self.reported = dropped;
             }
@@ -497,11 +453,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn resource() -> Arc<ProcessResource> {
-        Arc::new(ProcessResource {
-            pid: 42,
-            service_name: "svc".into(),
-            attributes: vec![],
-        })
+        Arc::new(ProcessResource { pid: 42, service_name: "svc".into(), attributes: vec![] })
     }
 
     fn record(trace: u8, id: u8) -> SpanRecord {
@@ -513,9 +465,7 @@ mod tests {
             name: format!("GET /{id}"),
             kind: SpanKind::Server,
             start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            end: SystemTime::UNIX_EPOCH
-                + Duration::from_secs(1_700_000_000)
-                + Duration::from_millis(3),
+            end: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(3),
             attributes: vec![Attr::int("http.response.status_code", 200)],
             status: SpanStatus::Unset,
             pid: 42,
@@ -537,15 +487,10 @@ mod tests {
     #[tokio::test]
     async fn full_queue_drops_and_counts_without_blocking() {
         let buf = Buf::default();
-        let opts = ExportOptions {
-            queue_capacity: 4,
-            ..Default::default()
-        };
+        let opts = ExportOptions { queue_capacity: 4, ..Default::default() };
         let handle = spawn_with_stdout(ExportConfig::Stdout, opts, Box::new(buf.clone())).unwrap();
         // Current-thread runtime: the task cannot run until we yield, so exactly 4 fit.
-        let accepted = (0..10)
-            .filter(|i| handle.send(resource(), record(1, *i)))
-            .count();
+        let accepted = (0..10).filter(|i| handle.send(resource(), record(1, *i))).count();
         assert_eq!(accepted, 4);
         let stats = handle.stats();
         assert_eq!((stats.queued, stats.dropped_queue_full), (4, 6));
@@ -553,10 +498,7 @@ mod tests {
         let stats = handle.shutdown().await;
         assert_eq!(stats.exported, 4, "{stats:?}");
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            out.starts_with("trace 01010101010101010101010101010101\n"),
-            "{out}"
-        );
+        assert!(out.starts_with("trace 01010101010101010101010101010101\n"), "{out}");
         assert_eq!(out.lines().count(), 5, "{out}");
         assert!(!sender.send(resource(), record(2, 1)));
         assert_eq!(sender.stats().dropped_closed, 1);
@@ -565,11 +507,7 @@ mod tests {
     #[tokio::test]
     async fn collector_down_counts_failures_and_shutdown_is_bounded() {
         // Bind and drop a listener to get a port that refuses connections.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
             let mut cfg = OtlpConfig::new(protocol, format!("http://127.0.0.1:{port}"));
             cfg.timeout = Duration::from_secs(2);
@@ -587,11 +525,7 @@ mod tests {
             }
             let started = std::time::Instant::now();
             let stats = handle.shutdown().await;
-            assert!(
-                started.elapsed() < Duration::from_secs(4),
-                "{protocol}: shutdown took {:?}",
-                started.elapsed()
-            );
+            assert!(started.elapsed() < Duration::from_secs(4), "{protocol}: shutdown took {:?}", started.elapsed());
             assert_eq!(stats.queued, 5);
             assert_eq!(stats.exported, 0, "{protocol}: {stats:?}");
             assert_eq!(stats.spans_failed, 5, "{protocol}: {stats:?}");
@@ -601,14 +535,8 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_bad_options_and_needs_no_collector_to_start() {
-        let opts = ExportOptions {
-            batch_size: 0,
-            ..Default::default()
-        };
-        assert!(matches!(
-            spawn(ExportConfig::Stdout, opts),
-            Err(ExportError::InvalidOptions { .. })
-        ));
+        let opts = ExportOptions { batch_size: 0, ..Default::default() };
+        assert!(matches!(spawn(ExportConfig::Stdout, opts), Err(ExportError::InvalidOptions { .. })));
         // Lazy connection: starting against an absent collector is fine.
         let cfg = OtlpConfig::new(Protocol::Grpc, "http://127.0.0.1:9");
         let handle = spawn(ExportConfig::Otlp(cfg), ExportOptions::default()).unwrap();
@@ -617,9 +545,6 @@ mod tests {
 
     #[test]
     fn spawn_outside_runtime_is_an_error() {
-        assert!(matches!(
-            spawn(ExportConfig::Stdout, ExportOptions::default()),
-            Err(ExportError::NoRuntime)
-        ));
+        assert!(matches!(spawn(ExportConfig::Stdout, ExportOptions::default()), Err(ExportError::NoRuntime)));
     }
 }

@@ -17,13 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags,
-    TraceId as OtelTraceId, TraceState,
+    SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::{
-    RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
-    tonic_types::metadata::MetadataMap,
+    RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig, tonic_types::metadata::MetadataMap,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
@@ -40,11 +38,8 @@ pub const SCOPE_NAME: &str = "tracer";
 /// Instrumentation scope version: this crate's version.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
-    InstrumentationScope::builder(SCOPE_NAME)
-        .with_version(SCOPE_VERSION)
-        .build()
-});
+static SCOPE: LazyLock<InstrumentationScope> =
+    LazyLock::new(|| InstrumentationScope::builder(SCOPE_NAME).with_version(SCOPE_VERSION).build());
 
 /// The instrumentation scope (`tracer` + crate version) attached to every span.
 pub fn scope() -> InstrumentationScope {
@@ -70,9 +65,7 @@ pub fn to_span_data(span: SpanRecord) -> SpanData {
     );
     SpanData {
         span_context,
-        parent_span_id: span
-            .parent_span_id
-            .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
+        parent_span_id: span.parent_span_id.map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
         parent_span_is_remote: span.parent_span_id.is_some() && span.parent_is_remote,
         span_kind: match span.kind {
             SpanKind::Server => OtelSpanKind::Server,
@@ -82,11 +75,7 @@ pub fn to_span_data(span: SpanRecord) -> SpanData {
         start_time: span.start,
         // A clock step must not produce a negative duration on the wire.
         end_time: span.end.max(span.start),
-        attributes: span
-            .attributes
-            .into_iter()
-            .map(|a| KeyValue::new(a.key, attr_value(a.value)))
-            .collect(),
+        attributes: span.attributes.into_iter().map(|a| KeyValue::new(a.key, attr_value(a.value))).collect(),
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),
@@ -101,11 +90,7 @@ pub fn to_span_data(span: SpanRecord) -> SpanData {
 /// The OTLP resource of a traced process: its attributes, then `service.name`.
 pub fn to_resource(res: &ProcessResource) -> Resource {
     Resource::builder_empty()
-        .with_attributes(
-            res.attributes
-                .iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-        )
+        .with_attributes(res.attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .with_service_name(res.service_name.clone())
         .build()
 }
@@ -122,24 +107,14 @@ impl ResourceKey {
     pub(crate) fn of(res: &ProcessResource) -> Self {
         let mut attributes = res.attributes.clone();
         attributes.sort();
-        Self {
-            service_name: res.service_name.clone(),
-            attributes,
-        }
+        Self { service_name: res.service_name.clone(), attributes }
     }
 }
 
 /// The transport shared by every per-resource exporter.
 enum Transport {
-    Grpc {
-        channel: tonic::transport::Channel,
-        metadata: MetadataMap,
-    },
-    Http {
-        client: reqwest::Client,
-        endpoint: String,
-        headers: HashMap<String, String>,
-    },
+    Grpc { channel: tonic::transport::Channel, metadata: MetadataMap },
+    Http { client: reqwest::Client, endpoint: String, headers: HashMap<String, String> },
 }
 
 struct Slot {
@@ -162,15 +137,8 @@ pub(crate) struct OtlpSink {
 
 impl OtlpSink {
     /// Builds the shared transport. Must run inside a Tokio runtime (tonic's lazy channel).
-    pub(crate) fn new(
-        cfg: &OtlpConfig,
-        opts: &ExportOptions,
-        stats: Arc<StatsInner>,
-    ) -> Result<Self, ExportError> {
-        let invalid_endpoint = |reason: String| ExportError::InvalidEndpoint {
-            endpoint: cfg.endpoint.clone(),
-            reason,
-        };
+    pub(crate) fn new(cfg: &OtlpConfig, opts: &ExportOptions, stats: Arc<StatsInner>) -> Result<Self, ExportError> {
+        let invalid_endpoint = |reason: String| ExportError::InvalidEndpoint { endpoint: cfg.endpoint.clone(), reason };
         let transport = match cfg.protocol {
             Protocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
@@ -185,33 +153,18 @@ impl OtlpSink {
                         http::HeaderValue::from_str(value).map_err(|_| bad())?,
                     );
                 }
-                Transport::Grpc {
-                    channel: endpoint.connect_lazy(),
-                    metadata: MetadataMap::from_headers(headers),
-                }
+                Transport::Grpc { channel: endpoint.connect_lazy(), metadata: MetadataMap::from_headers(headers) }
             }
             Protocol::HttpProtobuf => {
-                let _: http::Uri = cfg
-                    .endpoint
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| invalid_endpoint(e.to_string()))?;
+                let _: http::Uri =
+                    cfg.endpoint.parse().map_err(|e: http::uri::InvalidUri| invalid_endpoint(e.to_string()))?;
                 let client = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .build()
-                    .map_err(|e| ExportError::HttpClient {
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| ExportError::HttpClient { reason: e.to_string() })?;
                 // The SDK percent-decodes header values again; escape '%' so it is a no-op.
-                let headers = cfg
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.replace('%', "%25")))
-                    .collect();
-                Transport::Http {
-                    client,
-                    endpoint: cfg.endpoint.clone(),
-                    headers,
-                }
+                let headers = cfg.headers.iter().map(|(k, v)| (k.clone(), v.replace('%', "%25"))).collect();
+                Transport::Http { client, endpoint: cfg.endpoint.clone(), headers }
             }
         };
         let sink = Self {
@@ -229,18 +182,11 @@ impl OtlpSink {
             latency: opts.export_latency.clone(),
         };
         // Fail at startup, not on the first span, if the SDK rejects the configuration.
-        sink.build_exporter(&ProcessResource {
-            pid: 0,
-            service_name: String::new(),
-            attributes: Vec::new(),
-        })?;
+        sink.build_exporter(&ProcessResource { pid: 0, service_name: String::new(), attributes: Vec::new() })?;
         Ok(sink)
     }
 
-    fn build_exporter(
-        &self,
-        res: &ProcessResource,
-    ) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+    fn build_exporter(&self, res: &ProcessResource) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
         let built = match &self.transport {
             Transport::Grpc { channel, metadata } => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -249,11 +195,7 @@ impl OtlpSink {
                 .with_timeout(self.timeout)
                 .with_retry_policy(self.retry.clone())
                 .build(),
-            Transport::Http {
-                client,
-                endpoint,
-                headers,
-            } => opentelemetry_otlp::SpanExporter::builder()
+            Transport::Http { client, endpoint, headers } => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(endpoint.clone())
@@ -280,23 +222,12 @@ impl OtlpSink {
         }
         if self.exporters.len() >= self.max_resources {
             // Evict the least recently used; O(n) but only on a miss at the cap.
-            if let Some(oldest) = self
-                .exporters
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| k.clone())
-            {
+            if let Some(oldest) = self.exporters.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone()) {
                 self.exporters.remove(&oldest);
             }
         }
         let exporter = Arc::new(self.build_exporter(res)?);
-        self.exporters.insert(
-            key,
-            Slot {
-                exporter: exporter.clone(),
-                last_used: now,
-            },
-        );
+        self.exporters.insert(key, Slot { exporter: exporter.clone(), last_used: now });
         Ok(exporter)
     }
 
@@ -313,14 +244,9 @@ impl OtlpSink {
             });
             groups[idx].1.push(span);
         }
-        let mut by_key: HashMap<ResourceKey, (Arc<ProcessResource>, Vec<SpanRecord>)> =
-            HashMap::new();
+        let mut by_key: HashMap<ResourceKey, (Arc<ProcessResource>, Vec<SpanRecord>)> = HashMap::new();
         for (res, spans) in groups {
-            by_key
-                .entry(ResourceKey::of(&res))
-                .or_insert_with(|| (res, Vec::new()))
-                .1
-                .extend(spans);
+            by_key.entry(ResourceKey::of(&res)).or_insert_with(|| (res, Vec::new())).1.extend(spans);
         }
 
         let mut tasks = JoinSet::new();
@@ -331,13 +257,7 @@ impl OtlpSink {
             let exporter = match self.exporter_for(key, &res, now) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.record_failure(
-                        n,
-                        &format!(
-                            "cannot create exporter for service {:?}: {e}",
-                            res.service_name
-                        ),
-                    );
+                    self.record_failure(n, &format!("cannot create exporter for service {:?}: {e}", res.service_name));
                     continue;
                 }
             };
@@ -358,9 +278,7 @@ impl OtlpSink {
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((n, Ok(()))) => self.stats.add_exported(n),
-                Ok((n, Err(e))) => {
-                    self.record_failure(n, &format!("OTLP export of {n} spans failed: {e}"))
-                }
+                Ok((n, Err(e))) => self.record_failure(n, &format!("OTLP export of {n} spans failed: {e}")),
                 Err(e) => self.record_failure(0, &format!("OTLP export task failed: {e}")),
             }
         }
@@ -374,8 +292,7 @@ impl OtlpSink {
     /// Periodic housekeeping: drop exporters idle for longer than the TTL.
     pub(crate) fn tick(&mut self, now: Instant) {
         let ttl = self.idle_ttl;
-        self.exporters
-            .retain(|_, slot| now.duration_since(slot.last_used) < ttl);
+        self.exporters.retain(|_, slot| now.duration_since(slot.last_used) < ttl);
     }
 
     /// Number of live per-resource exporters.
@@ -414,10 +331,7 @@ mod tests {
             attributes: vec![
                 Attr::str("http.request.method", "GET"),
                 Attr::int("http.response.status_code", 500),
-                Attr {
-                    key: "tracer.truncated",
-                    value: AttrValue::Bool(true),
-                },
+                Attr { key: "tracer.truncated", value: AttrValue::Bool(true) },
             ],
             status: SpanStatus::Error("boom".into()),
             pid: 1234,
@@ -428,10 +342,7 @@ mod tests {
     fn span_record_to_span_data() {
         let d = to_span_data(record());
         assert_eq!(d.span_context.trace_id().to_bytes(), [0x4b; 16]);
-        assert_eq!(
-            d.span_context.span_id().to_bytes(),
-            [1, 2, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(d.span_context.span_id().to_bytes(), [1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(d.span_context.is_sampled());
         assert!(!d.span_context.is_remote());
         assert_eq!(d.parent_span_id.to_bytes(), [9; 8]);
@@ -470,41 +381,18 @@ mod tests {
 
     #[tokio::test]
     async fn exporter_pool_is_per_resource_and_bounded() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cfg = OtlpConfig::new(Protocol::Grpc, format!("http://127.0.0.1:{port}"));
-        let opts = ExportOptions {
-            max_resources: 2,
-            max_retries: 0,
-            ..Default::default()
-        };
+        let opts = ExportOptions { max_resources: 2, max_retries: 0, ..Default::default() };
         let stats = Arc::new(StatsInner::default());
         let mut sink = OtlpSink::new(&cfg, &opts, stats.clone()).unwrap();
-        let res = |name: &str| {
-            Arc::new(ProcessResource {
-                pid: 1,
-                service_name: name.into(),
-                attributes: vec![],
-            })
-        };
+        let res = |name: &str| Arc::new(ProcessResource { pid: 1, service_name: name.into(), attributes: vec![] });
         let a = res("a");
         let a_again = res("a"); // equal content, distinct Arc: same exporter, same export call
-        sink.export(vec![
-            (a, record()),
-            (a_again, record()),
-            (res("b"), record()),
-        ])
-        .await;
+        sink.export(vec![(a, record()), (a_again, record()), (res("b"), record())]).await;
         assert_eq!(sink.resources(), 2);
         let s = stats.snapshot();
-        assert_eq!(
-            (s.export_failures, s.spans_failed, s.exported),
-            (2, 3, 0),
-            "one failed call per resource"
-        );
+        assert_eq!((s.export_failures, s.spans_failed, s.exported), (2, 3, 0), "one failed call per resource");
         sink.export(vec![(res("c"), record())]).await;
         assert_eq!(sink.resources(), 2, "LRU eviction keeps the cap");
         sink.tick(Instant::now() + opts.resource_idle_ttl);
@@ -516,10 +404,7 @@ mod tests {
         let res = ProcessResource {
             pid: 7,
             service_name: "checkout".into(),
-            attributes: vec![
-                ("process.pid".into(), "7".into()),
-                ("service.name".into(), "ignored".into()),
-            ],
+            attributes: vec![("process.pid".into(), "7".into()), ("service.name".into(), "ignored".into())],
         };
         let r = to_resource(&res);
         assert_eq!(r.get(&"service.name".into()), Some(Value::from("checkout")));

@@ -73,24 +73,13 @@ fn render_tree(out: &mut String, spans: &[(Arc<ProcessResource>, SpanRecord)], m
                 continue; // duplicate span ids: print each record once
             }
             let (res, span) = &spans[i];
-            let _ = writeln!(
-                out,
-                "{:indent$}{}",
-                "",
-                span_line(res, span),
-                indent = depth * 2
-            );
+            let _ = writeln!(out, "{:indent$}{}", "", span_line(res, span), indent = depth * 2);
             if let Some(kids) = children.get(&span.span_id) {
                 stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
             }
         }
         // Spans only reachable through a parent cycle: print them at the root.
-        match members
-            .iter()
-            .copied()
-            .filter(|&i| !printed[i])
-            .min_by(order)
-        {
+        match members.iter().copied().filter(|&i| !printed[i]).min_by(order) {
             Some(i) => stack.push((i, 1)),
             None => break,
         }
@@ -177,26 +166,18 @@ impl StdoutSink {
 
     pub(crate) fn push(&mut self, batch: Vec<Item>, now: Instant) {
         for item in batch {
-            let p = self
-                .pending
-                .entry(item.1.trace_id)
-                .or_insert_with(|| Pending {
-                    spans: Vec::new(),
-                    first_seen: now,
-                    last_seen: now,
-                });
+            let p = self.pending.entry(item.1.trace_id).or_insert_with(|| Pending {
+                spans: Vec::new(),
+                first_seen: now,
+                last_seen: now,
+            });
             p.last_seen = now;
             p.spans.push(item);
             self.held += 1;
         }
         // Bound memory: print the oldest traces early rather than hold without limit.
         while self.held > self.max_held {
-            let Some(oldest) = self
-                .pending
-                .iter()
-                .min_by_key(|(_, p)| p.first_seen)
-                .map(|(id, _)| *id)
-            else {
+            let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.first_seen).map(|(id, _)| *id) else {
                 break;
             };
             self.emit(vec![oldest]);
@@ -209,8 +190,7 @@ impl StdoutSink {
             .pending
             .iter()
             .filter(|(_, p)| {
-                now.duration_since(p.last_seen) >= self.hold
-                    || now.duration_since(p.first_seen) >= self.max_age
+                now.duration_since(p.last_seen) >= self.hold || now.duration_since(p.first_seen) >= self.max_age
             })
             .map(|(id, _)| *id)
             .collect();
@@ -225,10 +205,7 @@ impl StdoutSink {
     }
 
     fn emit(&mut self, ids: Vec<TraceId>) {
-        let mut traces: Vec<Pending> = ids
-            .into_iter()
-            .filter_map(|id| self.pending.remove(&id))
-            .collect();
+        let mut traces: Vec<Pending> = ids.into_iter().filter_map(|id| self.pending.remove(&id)).collect();
         if traces.is_empty() {
             return;
         }
@@ -240,16 +217,11 @@ impl StdoutSink {
             n += p.spans.len() as u64;
             text.push_str(&render_trace(&p.spans));
         }
-        match self
-            .out
-            .write_all(text.as_bytes())
-            .and_then(|()| self.out.flush())
-        {
+        match self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush()) {
             Ok(()) => self.stats.add_exported(n),
             Err(e) => {
                 self.stats.add_failure(n);
-                self.warn
-                    .warn(&format!("cannot write spans to stdout: {e}"));
+                self.warn.warn(&format!("cannot write spans to stdout: {e}"));
             }
         }
     }
@@ -267,11 +239,7 @@ mod tests {
     }
 
     fn res(name: &str, pid: u32) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource {
-            pid,
-            service_name: name.into(),
-            attributes: vec![],
-        })
+        Arc::new(ProcessResource { pid, service_name: name.into(), attributes: vec![] })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -304,64 +272,17 @@ mod tests {
     fn renders_nested_tree_with_orphans_at_root() {
         let py = res("python3", 1234);
         let db = res("postgres", 99);
-        let mut root = span(
-            0x4b,
-            1,
-            None,
-            SpanKind::Server,
-            "GET /users",
-            0,
-            12_300,
-            1234,
-        );
-        root.attributes
-            .push(Attr::int("http.response.status_code", 200));
-        let mut call = span(
-            0x4b,
-            2,
-            Some(1),
-            SpanKind::Client,
-            "GET",
-            1_000,
-            3_100,
-            1234,
-        );
-        call.attributes
-            .push(Attr::int("http.response.status_code", 500));
+        let mut root = span(0x4b, 1, None, SpanKind::Server, "GET /users", 0, 12_300, 1234);
+        root.attributes.push(Attr::int("http.response.status_code", 200));
+        let mut call = span(0x4b, 2, Some(1), SpanKind::Client, "GET", 1_000, 3_100, 1234);
+        call.attributes.push(Attr::int("http.response.status_code", 500));
         call.attributes.push(Attr::str("server.address", "db"));
         call.attributes.push(Attr::int("server.port", 5432));
         call.status = SpanStatus::Error("HTTP 500".into());
         let early = span(0x4b, 3, Some(1), SpanKind::Client, "SELECT", 500, 850, 1234);
-        let served = span(
-            0x4b,
-            4,
-            Some(3),
-            SpanKind::Server,
-            "query",
-            600,
-            1_500_000,
-            99,
-        );
-        let orphan = span(
-            0x4b,
-            5,
-            Some(0x77),
-            SpanKind::Server,
-            "POST /late",
-            20_000,
-            10,
-            1234,
-        );
-        let other = span(
-            0x01,
-            9,
-            None,
-            SpanKind::Server,
-            "GET /health",
-            30_000,
-            40,
-            1234,
-        );
+        let served = span(0x4b, 4, Some(3), SpanKind::Server, "query", 600, 1_500_000, 99);
+        let orphan = span(0x4b, 5, Some(0x77), SpanKind::Server, "POST /late", 20_000, 10, 1234);
+        let other = span(0x01, 9, None, SpanKind::Server, "GET /health", 30_000, 40, 1234);
         // Input order deliberately scrambled.
         let spans = vec![
             (py.clone(), other),
@@ -427,18 +348,12 @@ trace 01010101010101010101010101010101
         );
         let r = res("svc", 1);
         let t0 = Instant::now();
-        sink.push(
-            vec![(r.clone(), span(1, 1, None, SpanKind::Server, "a", 0, 5, 1))],
-            t0,
-        );
+        sink.push(vec![(r.clone(), span(1, 1, None, SpanKind::Server, "a", 0, 5, 1))], t0);
         sink.tick(t0 + Duration::from_millis(900));
         assert_eq!(buf.take(), "");
         // A late child extends the hold.
         sink.push(
-            vec![(
-                r.clone(),
-                span(1, 2, Some(1), SpanKind::Client, "b", 1, 2, 1),
-            )],
+            vec![(r.clone(), span(1, 2, Some(1), SpanKind::Client, "b", 1, 2, 1))],
             t0 + Duration::from_millis(900),
         );
         sink.tick(t0 + Duration::from_millis(1500));
@@ -458,14 +373,8 @@ trace 01010101010101010101010101010101
             stats.clone(),
             WarnLimiter::new(Duration::from_secs(30)),
         );
-        small.push(
-            vec![(r.clone(), span(3, 1, None, SpanKind::Server, "x", 0, 1, 1))],
-            t0,
-        );
-        small.push(
-            vec![(r.clone(), span(4, 1, None, SpanKind::Server, "y", 0, 1, 1))],
-            t0 + Duration::from_millis(1),
-        );
+        small.push(vec![(r.clone(), span(3, 1, None, SpanKind::Server, "x", 0, 1, 1))], t0);
+        small.push(vec![(r.clone(), span(4, 1, None, SpanKind::Server, "y", 0, 1, 1))], t0 + Duration::from_millis(1));
         assert!(buf.take().contains("SERVER x"));
         small.finish();
         assert!(buf.take().contains("SERVER y"));

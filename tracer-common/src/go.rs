@@ -1,0 +1,142 @@
+//! Records and per-process layouts of the Go probes (goroutine linking, net/rpc, grpc-go,
+//! net/http routes).
+
+use crate::event::EventHeader;
+use crate::socket::ConnTuple;
+
+/// A traced Go process (kernel map `GO_PROCS`, keyed by tgid): where its goroutine id is found.
+/// Userspace adds a process once its uprobes are attached; without an entry the kernel links
+/// the process's requests as it would without Go support.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoProc {
+    /// Offset of the current `g` pointer from the thread's FS base (-8 for Go's own linker).
+    pub tls_g: i64,
+    /// Offset of `runtime.g.goid`.
+    pub goid_off: u64,
+}
+
+/// Where a traced Go process's net/rpc probes find the connection's addresses (kernel map
+/// `RPC_PROCS`, keyed by tgid): offsets of `net.netFD.laddr` / `raddr` and of `net.TCPAddr.IP` /
+/// `Port`, from DWARF or the version-keyed table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct NetRpcProc {
+    pub netfd_laddr: u32,
+    pub netfd_raddr: u32,
+    pub tcpaddr_ip: u32,
+    pub tcpaddr_port: u32,
+}
+
+/// Bytes of a net/rpc `Service.Method` name carried in a [`GoRpcEvent`].
+pub const RPC_METHOD_LEN: usize = 64;
+
+/// A completed net/rpc call seen by uprobes in a Go process. `header.ts_ns` is its end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoRpcEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: no parent.
+    pub parent_id: [u8; 8],
+    /// The request's sequence number on its connection.
+    pub seq: u64,
+    /// The connection as the process sees it (family 0 when it was not a TCP connection).
+    pub tuple: ConnTuple,
+    /// A [`crate::Role`]: client or server.
+    pub role: u8,
+    /// [`crate::flags`] bits: `ERROR`, `LOCAL_PARENT`, `REMOTE_PARENT`.
+    pub flags: u8,
+    /// Bytes of `method` used.
+    pub method_len: u8,
+    pub _pad: u8,
+    pub method: [u8; RPC_METHOD_LEN],
+    pub _pad2: [u8; 4],
+}
+
+/// Bytes of a route pattern carried in a [`GoRouteEvent`].
+pub const ROUTE_LEN: usize = 128;
+
+/// The pattern a Go `http.ServeMux` matched for the request whose server span is `span_id`
+/// (e.g. `GET /items/{id}`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoRouteEvent {
+    pub header: EventHeader,
+    pub span_id: [u8; 8],
+    /// Bytes of `pattern` used.
+    pub len: u32,
+    /// The pattern was longer than [`ROUTE_LEN`] (and is not used).
+    pub truncated: u32,
+    pub pattern: [u8; ROUTE_LEN],
+}
+
+/// Bytes of a gRPC method name (`/package.Service/Method`) kept; longer names are cut.
+pub const GRPC_METHOD_MAX: usize = 128;
+
+/// A finished grpc-go call seen by uprobes (kernel side: `tracer-ebpf/src/go/grpc.rs`). The
+/// header's `ts_ns` is the end; `tuple` is oriented like data events (local = this process).
+#[repr(C)]
+#[derive(Clone, Copy)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GrpcEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero: no parent.
+    pub parent_id: [u8; 8],
+    pub tuple: ConnTuple,
+    pub stream_id: u32,
+    pub status: u32,
+    /// A [`crate::Role`]: client or server.
+    pub kind: u8,
+    /// [`crate::flags`] bits: `HAS_STATUS`, `STREAM`, `REMOTE_PARENT`, `HAS_TUPLE`.
+    pub flags: u8,
+    pub method_len: u16,
+    pub _pad: u32,
+    pub method: [u8; GRPC_METHOD_MAX],
+}
+
+/// Field offsets and type hashes a traced grpc-go binary needs (kernel map `GRPC_PROCS`, keyed by
+/// tgid), read from its DWARF or the version-keyed table. [`GRPC_NONE`] marks an absent field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GrpcProc {
+    /// `transport.ServerStream.Stream` (grpc >= 1.69, where the server handler gets a
+    /// `*ServerStream` embedding `*Stream`); `GRPC_NONE` when `handleStream` gets a `*Stream`.
+    pub server_stream_stream: u64,
+    /// `transport.Stream.id` and `.method`.
+    pub stream_id: u64,
+    pub stream_method: u64,
+    /// `transport.http2Server.conn` and `transport.loopyWriter.conn` (`net.Conn` interfaces).
+    pub server_conn: u64,
+    pub loopy_conn: u64,
+    /// `transport.headerFrame.streamID`.
+    pub hdr_stream_id: u64,
+    /// `net.netFD.laddr` / `.raddr` (`net.Addr` interfaces holding `*net.TCPAddr`).
+    pub netfd_laddr: u64,
+    pub netfd_raddr: u64,
+    /// `net.TCPAddr.IP` (a byte slice) and `.Port`.
+    pub tcpaddr_ip: u64,
+    pub tcpaddr_port: u64,
+    /// `internal/status.Error.s` (`*status.Status`), `status.Status.s` (`*spb.Status`) and
+    /// `spb.Status.Code`.
+    pub status_err_s: u64,
+    pub status_s: u64,
+    pub spb_code: u64,
+    /// Type hash of `*internal/status.Error` and `*errors.errorString` as found in their `error`
+    /// itabs (0: unknown; then any non-nil error is status UNKNOWN unless it reads as a code).
+    pub status_err_hash: u32,
+    pub errstring_hash: u32,
+}
+
+/// `GrpcProc` offset of a field the binary does not have.
+pub const GRPC_NONE: u64 = u64::MAX;

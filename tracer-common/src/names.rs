@@ -1,0 +1,179 @@
+//! Names of the kernel programs, maps and globals, as the built object carries them. The kernel
+//! crate names its items after these (a test in tracer-user checks the built object holds
+//! exactly these names); the loader looks items up only through these constants.
+
+/// Ring buffers, hash tables and arrays.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTER: &str = "COUNTER";
+    pub const TRACED: &str = "TRACED";
+    pub const EXCLUDED: &str = "EXCLUDED";
+    pub const ARGS: &str = "ARGS";
+    pub const CONNECT_FD: &str = "CONNECT_FD";
+    pub const CONNS: &str = "CONNS";
+    pub const THREAD_CTX: &str = "THREAD_CTX";
+    pub const NO_THREAD_LINK: &str = "NO_THREAD_LINK";
+    pub const CONN_TUPLE: &str = "CONN_TUPLE";
+    pub const OUT_CTX: &str = "OUT_CTX";
+    pub const IN_CTX: &str = "IN_CTX";
+    pub const IOV_STATE: &str = "IOV_STATE";
+    pub const PROGS: &str = "PROGS";
+    pub const GO_PROCS: &str = "GO_PROCS";
+    pub const GO_NEWPROC: &str = "GO_NEWPROC";
+    pub const GO_PARENT: &str = "GO_PARENT";
+    pub const GO_SRV_CTX: &str = "GO_SRV_CTX";
+    pub const GO_REQ_CTX: &str = "GO_REQ_CTX";
+    pub const GO_WRITER_CTX: &str = "GO_WRITER_CTX";
+    pub const RPC_PROCS: &str = "RPC_PROCS";
+    pub const RPC_SENDING: &str = "RPC_SENDING";
+    pub const RPC_CLIENT: &str = "RPC_CLIENT";
+    pub const RPC_SERVER: &str = "RPC_SERVER";
+    pub const RPC_OUT: &str = "RPC_OUT";
+    pub const GRPC_PROCS: &str = "GRPC_PROCS";
+    pub const GRPC_CALL: &str = "GRPC_CALL";
+    pub const GRPC_STREAM_CALL: &str = "GRPC_STREAM_CALL";
+    pub const GRPC_HDR: &str = "GRPC_HDR";
+    pub const GRPC_TUPLE: &str = "GRPC_TUPLE";
+    pub const GRPC_PEER: &str = "GRPC_PEER";
+    pub const GRPC_SRV: &str = "GRPC_SRV";
+
+    /// Every map of the object.
+    pub const ALL: &[&str] = &[
+        EVENTS,
+        COUNTER,
+        TRACED,
+        EXCLUDED,
+        ARGS,
+        CONNECT_FD,
+        CONNS,
+        THREAD_CTX,
+        NO_THREAD_LINK,
+        CONN_TUPLE,
+        OUT_CTX,
+        IN_CTX,
+        IOV_STATE,
+        PROGS,
+        GO_PROCS,
+        GO_NEWPROC,
+        GO_PARENT,
+        GO_SRV_CTX,
+        GO_REQ_CTX,
+        GO_WRITER_CTX,
+        RPC_PROCS,
+        RPC_SENDING,
+        RPC_CLIENT,
+        RPC_SERVER,
+        RPC_OUT,
+        GRPC_PROCS,
+        GRPC_CALL,
+        GRPC_STREAM_CALL,
+        GRPC_HDR,
+        GRPC_TUPLE,
+        GRPC_PEER,
+        GRPC_SRV,
+    ];
+}
+
+/// Globals the loader sets before loading.
+pub mod globals {
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    pub const TRACE_ALL: &str = "TRACE_ALL";
+    pub const PROPAGATION: &str = "PROPAGATION";
+    pub const SOCK_OFF: &str = "SOCK_OFF";
+    pub const TP_OFF: &str = "TP_OFF";
+    pub const GO_FSBASE_OFF: &str = "GO_FSBASE_OFF";
+
+    pub const ALL: &[&str] = &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF];
+}
+
+/// Programs.
+pub mod programs {
+    // Socket data path (syscall and sock tracepoints).
+    pub const SYS_ENTER_DATA: &str = "sys_enter_data";
+    pub const SOCK_LENGTH: &str = "sock_length";
+    pub const SYS_EXIT_DATA: &str = "sys_exit_data";
+    /// Tail-called by `sys_exit_data` (slot 0 of `PROGS`), never attached.
+    pub const EMIT_STEP: &str = "emit_step";
+    pub const SYS_ENTER_CONN: &str = "sys_enter_conn";
+    pub const SYS_EXIT_CONN: &str = "sys_exit_conn";
+    pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    // Process lifecycle.
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    // TCP-option propagation.
+    pub const SOCKOPS: &str = "tracer_sockops";
+    // Go runtime and net/http.
+    pub const GO_NEWPROC1: &str = "go_newproc1";
+    pub const GO_NEWPROC1_RET: &str = "go_newproc1_ret";
+    pub const GO_HTTP_ROUNDTRIP: &str = "go_http_roundtrip";
+    pub const GO_HTTP_REQUEST_WRITE: &str = "go_http_request_write";
+    pub const GO_HTTP_ROUTE_RET: &str = "go_http_route_ret";
+    // Go net/rpc.
+    pub const GO_RPC_CLIENT_SEND: &str = "go_rpc_client_send";
+    pub const GO_RPC_CLIENT_WRITE: &str = "go_rpc_client_write";
+    pub const GO_RPC_CLIENT_DONE: &str = "go_rpc_client_done";
+    pub const GO_RPC_SERVER_CALL: &str = "go_rpc_server_call";
+    pub const GO_RPC_SERVER_RESPOND: &str = "go_rpc_server_respond";
+    // grpc-go.
+    pub const GRPC_INVOKE: &str = "grpc_invoke";
+    pub const GRPC_INVOKE_RET: &str = "grpc_invoke_ret";
+    pub const GRPC_NEW_STREAM: &str = "grpc_new_stream";
+    pub const GRPC_NEW_STREAM_RET: &str = "grpc_new_stream_ret";
+    pub const GRPC_STREAM_FINISH: &str = "grpc_stream_finish";
+    pub const GRPC_EXECUTE_AND_PUT: &str = "grpc_execute_and_put";
+    pub const GRPC_ORIGINATE_STREAM: &str = "grpc_originate_stream";
+    pub const GRPC_HANDLE_STREAM: &str = "grpc_handle_stream";
+    pub const GRPC_WRITE_STATUS: &str = "grpc_write_status";
+    pub const GRPC_HANDLE_STREAM_RET: &str = "grpc_handle_stream_ret";
+    // `tracer doctor`: no-op programs of each attach type.
+    pub const CAP_KPROBE: &str = "cap_kprobe";
+    pub const CAP_FENTRY: &str = "cap_fentry";
+    pub const CAP_UPROBE: &str = "cap_uprobe";
+    pub const CAP_TP_BTF: &str = "cap_tp_btf";
+    pub const CAP_RAW_TP: &str = "cap_raw_tp";
+    pub const CAP_SOCK_OPS: &str = "cap_sock_ops";
+    pub const CAP_WRITE_USER: &str = "cap_write_user";
+
+    /// Every program of the object.
+    pub const ALL: &[&str] = &[
+        SYS_ENTER_DATA,
+        SOCK_LENGTH,
+        SYS_EXIT_DATA,
+        EMIT_STEP,
+        SYS_ENTER_CONN,
+        SYS_EXIT_CONN,
+        SYS_ENTER_CLOSE,
+        SCHED_PROCESS_FORK,
+        SCHED_PROCESS_EXEC,
+        SCHED_PROCESS_EXIT,
+        SOCKOPS,
+        GO_NEWPROC1,
+        GO_NEWPROC1_RET,
+        GO_HTTP_ROUNDTRIP,
+        GO_HTTP_REQUEST_WRITE,
+        GO_HTTP_ROUTE_RET,
+        GO_RPC_CLIENT_SEND,
+        GO_RPC_CLIENT_WRITE,
+        GO_RPC_CLIENT_DONE,
+        GO_RPC_SERVER_CALL,
+        GO_RPC_SERVER_RESPOND,
+        GRPC_INVOKE,
+        GRPC_INVOKE_RET,
+        GRPC_NEW_STREAM,
+        GRPC_NEW_STREAM_RET,
+        GRPC_STREAM_FINISH,
+        GRPC_EXECUTE_AND_PUT,
+        GRPC_ORIGINATE_STREAM,
+        GRPC_HANDLE_STREAM,
+        GRPC_WRITE_STATUS,
+        GRPC_HANDLE_STREAM_RET,
+        CAP_KPROBE,
+        CAP_FENTRY,
+        CAP_UPROBE,
+        CAP_TP_BTF,
+        CAP_RAW_TP,
+        CAP_SOCK_OPS,
+        CAP_WRITE_USER,
+    ];
+}

@@ -1,0 +1,43 @@
+//! Configuration userspace writes into the object's globals before it loads the programs.
+
+use tracer_common::{SockOffsets, TpOffsets};
+
+/// tgid of the agent itself: never traced.
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: u32 = 0;
+/// 1: trace every process but the agent (and those in `EXCLUDED`); 0: only those in `TRACED`.
+#[unsafe(no_mangle)]
+pub static TRACE_ALL: u32 = 0;
+/// A [`tracer_common::Propagation`]: whether clients' trace context is written into a TCP
+/// option.
+#[unsafe(no_mangle)]
+pub static PROPAGATION: u32 = 0;
+/// `struct sock` field offsets from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static SOCK_OFF: SockOffsets = SockOffsets {
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    valid: 0,
+};
+/// Tracepoint record layouts from tracefs.
+#[unsafe(no_mangle)]
+pub static TP_OFF: TpOffsets = TpOffsets {
+    socklen_sk: 8,
+    socklen_family: 16,
+    socklen_protocol: 18,
+    socklen_flags: 24,
+    fork_parent_pid: 12,
+    fork_child_pid: 20,
+};
+
+/// Reads a global the loader may have rewritten (volatile, so the compiler keeps the load).
+#[inline(always)]
+pub fn cfg<T: Copy>(v: &T) -> T {
+    // SAFETY: a plain read of a global.
+    unsafe { core::ptr::read_volatile(v) }
+}

@@ -1,0 +1,247 @@
+//! Go programs: goroutine-aware linking of client requests to the server request they serve.
+//!
+//! Go runs requests on goroutines, which migrate between threads, so the per-thread context of
+//! the main programs cannot link a Go server's outgoing calls to its server span. Instead:
+//!
+//! * the syscall tracepoints read the current goroutine id (`g` from thread-local storage at the
+//!   FS base, userspace tells where, then `g.goid`) and keep the server span a goroutine is
+//!   handling in `GO_SRV_CTX`;
+//! * uprobes on `runtime.newproc1` (entry: the creating goroutine, RBX; each RET: the new `g` in
+//!   RAX, found by disassembly in userspace, never a uretprobe) record child -> parent goroutine
+//!   ids, so calls made by goroutines a handler started (any depth up to `MAX_DEPTH`) find the
+//!   handler's span;
+//! * net/http's client writes a request from the connection's `writeLoop` goroutine, not the
+//!   caller's: a uprobe on `net/http.(*Transport).roundTrip` (caller goroutine, `*Request` in
+//!   RBX) stores the caller's context under the request pointer, and one on
+//!   `net/http.(*Request).write` (writeLoop goroutine, `*Request` in RAX) hands it to the
+//!   goroutine that then writes the bytes.
+//!
+//! An "entry" probe of a Go function (here, in `grpc.rs` and `netrpc.rs`) sits past the
+//! function's stack-bound check, not on its first instruction: a call that has to grow its
+//! stack runs the first instructions again after `runtime.morestack`, and a probe there would
+//! fire twice for one call (userspace finds the place, `GoBinary::body_offset`).
+//!
+//! Only processes userspace put in `GO_PROCS` (after attaching their uprobes) are handled; every
+//! map is bounded, and state a missed return could leak lives in LRU maps.
+
+pub mod grpc;
+pub mod http_client;
+pub mod http_route;
+pub mod netrpc;
+pub mod runtime;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::map,
+    maps::{HashMap, LruHashMap},
+    programs::ProbeContext,
+};
+use tracer_common::{AF_INET, AF_INET6, ConnTuple, GoProc, TraceCtx, tables::LruTable};
+
+use crate::maps::{lru_del, lru_put};
+
+/// Offset of `task_struct.thread.fsbase` in the running kernel (from BTF); 0 disables Go support.
+#[unsafe(no_mangle)]
+pub static GO_FSBASE_OFF: u64 = 0;
+
+/// Goroutine ancestry walked when looking for the server span a goroutine works for.
+const MAX_DEPTH: u32 = 8;
+
+/// `(tgid, goroutine id)` or `(tgid, object address)`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoKey {
+    tgid: u32,
+    _pad: u32,
+    id: u64,
+}
+
+#[inline(always)]
+pub fn key(tgid: u32, id: u64) -> GoKey {
+    GoKey { tgid, _pad: 0, id }
+}
+
+/// Traced Go processes and where their goroutine id is.
+#[map]
+pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+
+/// `runtime.newproc1` in flight: creating goroutine's id, by thread (newproc1 runs on the
+/// system stack, so entry and return are on one thread).
+#[map]
+pub static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Goroutine -> the goroutine that created it.
+#[map]
+pub static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Goroutine -> the server span it is handling (set when it reads a request).
+#[map]
+pub static GO_SRV_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// `*http.Request` -> the caller's context, from `roundTrip` until the request is written.
+#[map]
+pub static GO_REQ_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Goroutine writing net/http client requests (a transport's writeLoop) -> the context of the
+/// request it writes; an all-zero span id means the request has no parent. A goroutine listed
+/// here never inherits its creator's context.
+#[map]
+pub static GO_WRITER_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn proc_info(tgid: u32) -> Option<GoProc> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { GO_PROCS.get(&tgid) }.copied()
+}
+
+#[inline(always)]
+pub fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
+    if g == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper (faults are errors, not crashes).
+    unsafe { bpf_probe_read_user((g + p.goid_off) as *const u64) }.ok()
+}
+
+/// The goroutine the current thread runs, read from Go's thread-local `g`.
+#[inline(always)]
+pub fn current_goid(tgid: u32) -> Option<u64> {
+    let p = proc_info(tgid)?;
+    // SAFETY: read of a global the loader may have rewritten.
+    let off = unsafe { core::ptr::read_volatile(&GO_FSBASE_OFF) };
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: kernel and user reads through the probe helpers.
+    let task = unsafe { bpf_get_current_task() };
+    let fsbase: u64 = unsafe { bpf_probe_read_kernel((task + off) as *const u64) }.ok()?;
+    if fsbase == 0 {
+        return None;
+    }
+    let g: u64 = unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }.ok()?;
+    goid_of(g, &p)
+}
+
+/// The server span of the nearest goroutine, from `goid` up its creators, handling a request.
+#[inline(always)]
+pub fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
+    let mut id = goid;
+    for _ in 0..MAX_DEPTH {
+        let k = key(tgid, id);
+        // SAFETY: plain data copied out of the maps.
+        if let Some(c) = unsafe { GO_SRV_CTX.get(&k) } {
+            return Some(*c);
+        }
+        id = *unsafe { GO_PARENT.get(&k) }?;
+    }
+    None
+}
+
+/// A user-memory read through the probe helper; `None` for a null address or a fault (a fault
+/// is an error, never a crash).
+#[inline(always)]
+pub fn read<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// Where a Go connection's addresses live: `net.netFD.laddr` / `.raddr` (`net.Addr` interfaces
+/// holding `*net.TCPAddr`) and `net.TCPAddr.IP` (a byte slice) / `.Port`.
+pub struct NetOffsets {
+    pub netfd_laddr: u64,
+    pub netfd_raddr: u64,
+    pub tcpaddr_ip: u64,
+    pub tcpaddr_port: u64,
+}
+
+/// Address and port of a `*net.TCPAddr`: the family, the address (IPv4 in the first four bytes,
+/// as in a `ConnTuple`) and the port. Go keeps IPv4 addresses in 4-byte or in 16-byte
+/// (IPv4-mapped) form; both are IPv4 here.
+#[inline(always)]
+fn tcp_addr(a: u64, o: &NetOffsets) -> Option<(u16, [u8; 16], u16)> {
+    let ip: u64 = read(a + o.tcpaddr_ip)?;
+    let len: u64 = read(a + o.tcpaddr_ip + 8)?;
+    let port: u64 = read(a + o.tcpaddr_port)?;
+    if port == 0 || port > 65535 {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    if len == 4 {
+        let v4: [u8; 4] = read(ip)?;
+        addr[..4].copy_from_slice(&v4);
+        return Some((AF_INET, addr, port as u16));
+    }
+    if len != 16 {
+        return None;
+    }
+    let v6: [u8; 16] = read(ip)?;
+    let mapped = v6[..10] == [0; 10] && v6[10] == 0xff && v6[11] == 0xff;
+    if mapped {
+        addr[..4].copy_from_slice(&v6[12..]);
+        Some((AF_INET, addr, port as u16))
+    } else {
+        Some((AF_INET6, v6, port as u16))
+    }
+}
+
+/// The addresses of a `*net.TCPConn` (`TCPConn{conn{fd *netFD}}`, so the `*netFD` is its first
+/// word), oriented local first. A connection whose two ends disagree on the family (never seen
+/// from Go) is reported as IPv6 with IPv4-mapped addresses.
+#[inline(always)]
+pub fn tcp_conn_addrs(tcp_conn: u64, o: &NetOffsets) -> Option<ConnTuple> {
+    let fd: u64 = read(tcp_conn)?;
+    let laddr: u64 = read(fd + o.netfd_laddr + 8)?;
+    let raddr: u64 = read(fd + o.netfd_raddr + 8)?;
+    let (lf, la, lp) = tcp_addr(laddr, o)?;
+    let (rf, ra, rp) = tcp_addr(raddr, o)?;
+    let (family, saddr, daddr) = if lf == rf {
+        (lf, la, ra)
+    } else {
+        (AF_INET6, tracer_common::key_addr(lf, &la), tracer_common::key_addr(rf, &ra))
+    };
+    Some(ConnTuple { family, sport: lp, dport: rp, _pad: 0, saddr, daddr })
+}
+
+#[inline(always)]
+pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(goid) = current_goid(tgid) {
+        lru_put(&GO_SRV_CTX, &key(tgid, goid), t, LruTable::GoSrvCtx);
+    }
+}
+
+/// A Go server wrote its response on the current goroutine: it no longer works for the span.
+#[inline(always)]
+pub fn server_response(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(goid) = current_goid(tgid) {
+        lru_del(&GO_SRV_CTX, &key(tgid, goid), LruTable::GoSrvCtx);
+    }
+}
+
+/// The parent context of a client request written now by a Go process, if any.
+#[inline(always)]
+pub fn client_parent(pid_tgid: u64) -> Option<TraceCtx> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let goid = current_goid(tgid)?;
+    // SAFETY: plain data copied out of the map.
+    if let Some(c) = unsafe { GO_WRITER_CTX.get(&key(tgid, goid)) }.copied() {
+        return if c.span_id == [0; 8] { None } else { Some(c) };
+    }
+    ancestor_ctx(tgid, goid)
+}
+
+#[inline(always)]
+pub fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
+    // SAFETY: the uprobe's saved user registers.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) }
+}
+
+/// A thread exits: drops its `newproc1` in flight, if any.
+#[inline(always)]
+pub fn forget_thread(pid_tgid: u64) {
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+}

@@ -1,0 +1,40 @@
+//! Goroutine ancestry: uprobes on `runtime.newproc1` record which goroutine started which, so
+//! calls made by goroutines a handler started find the handler's span (`super::ancestor_ctx`).
+//! The entry probe reads the creating goroutine (RBX); each RET of the function (found by
+//! disassembly in userspace, never a uretprobe) reads the new `g` in RAX.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
+use tracer_common::tables::{FixedTable, LruTable};
+
+use super::{GO_NEWPROC, GO_PARENT, goid_of, key, proc_info, regs};
+use crate::maps::{lru_put, put};
+
+/// `runtime.newproc1(fn, callergp *g, ...)` entry.
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
+    let (_, callergp, _) = regs(&ctx);
+    if let Some(parent) = goid_of(callergp, &p) {
+        let _ = put(&GO_NEWPROC, &pid_tgid, &parent, FixedTable::GoNewproc);
+    }
+    0
+}
+
+/// Each RET of `runtime.newproc1`: the new goroutine's `g` is in RAX.
+#[uprobe]
+pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(parent) = unsafe { GO_NEWPROC.get(&pid_tgid) }.copied() else { return 0 };
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = proc_info(tgid) else { return 0 };
+    let (newg, _, _) = regs(&ctx);
+    if let Some(child) = goid_of(newg, &p) {
+        if child != parent {
+            lru_put(&GO_PARENT, &key(tgid, child), &parent, LruTable::GoParent);
+        }
+    }
+    0
+}

@@ -1,0 +1,89 @@
+//! Process lifecycle: children of traced processes are traced, exec and exit are reported, and
+//! per-thread state dies with its thread.
+
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    EventHeader, EventKind, ProcEvent,
+    tables::{FixedTable, LruTable, counters},
+};
+
+use crate::{
+    config::{AGENT_TGID, TP_OFF, TRACE_ALL, cfg},
+    filter::traced,
+    go,
+    maps::{EVENTS, NO_THREAD_LINK, THREAD_CTX, TRACED, bump, lru_del, put},
+    socket::{ARGS, conn::CONNECT_FD, emit::IOV_STATE},
+};
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if cfg(&TRACE_ALL) != 0 {
+        return 0;
+    }
+    let off = cfg(&TP_OFF);
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let parent = unsafe { ctx.read_at::<i32>(off.fork_parent_pid as usize) }.unwrap_or(0) as u32;
+    let child = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }.unwrap_or(0) as u32;
+    // Threads share the parent's tgid already; new processes inherit tracing.
+    // SAFETY: only presence is tested.
+    if parent != 0 && child != 0 && unsafe { TRACED.get(&parent) }.is_some() {
+        put(&TRACED, &child, &1, FixedTable::Traced);
+    }
+    0
+}
+
+#[inline(always)]
+fn proc_event(kind: EventKind, pid_tgid: u64) {
+    if let Some(mut e) = EVENTS.reserve::<ProcEvent>(0) {
+        let p = e.as_mut_ptr();
+        // SAFETY: the reserved record, fully written before submit.
+        unsafe {
+            (*p).header = EventHeader::new(kind, bpf_ktime_get_ns(), pid_tgid);
+            (*p).ppid = 0;
+            (*p)._pad = 0;
+        }
+        // Exec must reach the agent at once (even past batched data events) so it can read
+        // the new program's identity while a short-lived process still exists.
+        e.submit(if kind == EventKind::Exec { BPF_RB_FORCE_WAKEUP as u64 } else { 0 });
+    } else {
+        bump(counters::LOST);
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == cfg(&AGENT_TGID) {
+        return 0;
+    }
+    proc_event(EventKind::Exec, pid_tgid);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Per-thread entries normally end with their syscall; a thread that dies inside one (exit,
+    // a fatal signal) must not leave them behind.
+    let _ = ARGS.remove(&pid_tgid);
+    let _ = CONNECT_FD.remove(&pid_tgid);
+    let _ = IOV_STATE.remove(&pid_tgid);
+    go::forget_thread(pid_tgid);
+    lru_del(&THREAD_CTX, &pid_tgid, LruTable::ThreadCtx);
+    if tgid != pid_tgid as u32 {
+        return 0; // a thread, not the thread group
+    }
+    let was_traced = traced(tgid);
+    let _ = TRACED.remove(&tgid);
+    let _ = NO_THREAD_LINK.remove(&tgid);
+    if was_traced {
+        proc_event(EventKind::Exit, pid_tgid);
+    }
+    0
+}

@@ -1,0 +1,99 @@
+//! Syscall entry: remember the fd and buffer of a data syscall, and learn its socket.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{MessageKind, Proto, Syscall, classify, tables::FixedTable};
+
+use super::{
+    ARGS, MSG_PEEK, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV,
+    SyscallArgs, arg, first_bytes, iovecs, syscall_nr,
+};
+use crate::{
+    config::{TP_OFF, cfg},
+    context::{EvCtx, client_context},
+    filter::traced,
+    maps::{CONN_TUPLE, conn_key, put},
+};
+
+#[tracepoint]
+pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let syscall = match syscall_nr(&ctx) {
+        NR_READ => Syscall::Read,
+        NR_WRITE => Syscall::Write,
+        NR_READV => Syscall::Readv,
+        NR_WRITEV => Syscall::Writev,
+        NR_RECVFROM => Syscall::Recvfrom,
+        NR_SENDTO => Syscall::Sendto,
+        NR_RECVMSG => Syscall::Recvmsg,
+        NR_SENDMSG => Syscall::Sendmsg,
+        _ => return 0,
+    };
+    if (syscall == Syscall::Recvfrom && arg(&ctx, 3) & MSG_PEEK != 0)
+        || (syscall == Syscall::Recvmsg && arg(&ctx, 2) & MSG_PEEK != 0)
+    {
+        return 0;
+    }
+    let args = SyscallArgs {
+        buf: arg(&ctx, 1),
+        sk: 0,
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        iovcnt: arg(&ctx, 2),
+        fd: arg(&ctx, 0) as i32,
+        syscall: syscall as u8,
+        has_ctx: 0,
+        _pad: [0; 2],
+        ctx: EvCtx::default(),
+    };
+    if !put(&ARGS, &pid_tgid, &args, FixedTable::Args) {
+        return 0;
+    }
+    // A client request must get its context before its bytes leave, so the TCP option can
+    // carry it: decide at entry, on connections whose tuple is known.
+    if syscall.writes() {
+        let tgid = (pid_tgid >> 32) as u32;
+        // SAFETY: plain data copied out of the map.
+        if let Some(key) = unsafe { CONN_TUPLE.get(&conn_key(tgid, args.fd)) }.copied() {
+            if let Some(a) = ARGS.get_ptr_mut(&pid_tgid) {
+                // SAFETY: this thread's own entry.
+                let a = unsafe { &mut *a };
+                let (iov, _) = if syscall.vectored() { iovecs(a) } else { (0, 0) };
+                let v = classify(&first_bytes(a, iov));
+                if v.proto == Proto::Http1 && v.kind == MessageKind::Request {
+                    client_context(pid_tgid, a.start_ns, Some(&key), &mut a.ctx);
+                    a.has_ctx = 1;
+                }
+            }
+        }
+    }
+    0
+}
+
+/// `sock:sock_send_length` and `sock:sock_recv_length`: learn the socket of the pending syscall.
+#[tracepoint]
+pub fn sock_length(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = ARGS.get_ptr_mut(&pid_tgid) else { return 0 };
+    let off = cfg(&TP_OFF);
+    // SAFETY: offsets come from this kernel's tracefs format file.
+    let family = unsafe { ctx.read_at::<u16>(off.socklen_family as usize) }.unwrap_or(0);
+    let protocol = unsafe { ctx.read_at::<u16>(off.socklen_protocol as usize) }.unwrap_or(0);
+    if protocol != 6 || !super::sock::inet(family) {
+        return 0;
+    }
+    let flags = unsafe { ctx.read_at::<i32>(off.socklen_flags as usize) }.unwrap_or(0);
+    if flags as u64 & MSG_PEEK != 0 {
+        return 0;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(off.socklen_sk as usize) }.unwrap_or(0);
+    // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.
+    unsafe { (*args).sk = sk };
+    0
+}

@@ -1,0 +1,135 @@
+//! Syscall exit: classify the connection and hand a traced protocol's transfer to the emitter.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify,
+    tables::{FixedTable, LruTable, counters},
+};
+
+use super::{
+    ARGS, CONNS,
+    emit::{IOV_STATE, IovState, PROGS},
+    first_bytes, iovecs, ret,
+};
+use crate::{
+    context::EvCtx,
+    maps::{bump, conn_key, lru_put, put},
+};
+
+/// A request's first bytes read apart from the rest on an HTTP/1 connection: Go's server reads
+/// one byte of the next request in a background goroutine while the handler runs, then the rest
+/// on the connection's goroutine. A read shorter than four bytes is remembered; the next read
+/// is classified on the joined bytes, so the request start is seen (on the read that completes
+/// its first four bytes, by the goroutine that goes on to handle it).
+#[inline(always)]
+fn split_request_start(state: &mut ConnState, key: u64, first: &[u8; 4], v: &mut Verdict, len: u64) {
+    if state.plen > 0 {
+        let joined = state.join(first, len);
+        if joined.proto == Proto::Http1 {
+            // Only a request start counts when joined (a response's start was already seen).
+            *v = if joined.kind == MessageKind::Request {
+                joined
+            } else {
+                Verdict { proto: Proto::Http1, kind: MessageKind::None }
+            };
+        }
+        if joined.proto != Proto::Unknown {
+            state.plen = 0;
+        }
+        lru_put(&CONNS, &key, state, LruTable::Conns);
+    } else if len < 4 {
+        let _ = state.join(first, len);
+        lru_put(&CONNS, &key, state, LruTable::Conns);
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(a) = (unsafe { ARGS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = ARGS.remove(&pid_tgid);
+    let r = ret(&ctx);
+    if a.sk == 0 || r <= 0 {
+        return 0;
+    }
+    let len = r as u64;
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, a.fd);
+    // SAFETY: plain data copied out of the map.
+    let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    let syscall = a.syscall();
+    let vectored = syscall.vectored();
+    let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
+    let first = first_bytes(&a, iov);
+    let mut v = classify(&first);
+    let proto = Proto::from_u8(state.proto).unwrap_or(Proto::Other);
+    if proto == Proto::Http1 && !syscall.writes() {
+        split_request_start(&mut state, key, &first, &mut v, len);
+    }
+    if proto != Proto::Http1 {
+        let (verdict, joined) = if proto == Proto::Unknown && (state.plen > 0 || len < 4) {
+            (state.join(&first, len), true)
+        } else {
+            (v, false)
+        };
+        match verdict.proto {
+            Proto::Http1 => {
+                state.proto = Proto::Http1 as u8;
+                state.plen = 0;
+                lru_put(&CONNS, &key, &state, LruTable::Conns);
+            }
+            Proto::Unknown => {
+                // Fewer than four bytes so far: remember them and forward this piece, so a
+                // request split into tiny writes is not lost.
+                lru_put(&CONNS, &key, &state, LruTable::Conns);
+            }
+            Proto::Other => {
+                if joined || proto != Proto::Other {
+                    state.proto = Proto::Other as u8;
+                    lru_put(&CONNS, &key, &state, LruTable::Conns);
+                }
+                bump(counters::NOT_TRACED);
+                return 0;
+            }
+        }
+    }
+    let direction = if syscall.writes() { Direction::Egress } else { Direction::Ingress };
+    // Emission continues in `emit_step` (a tail call), which keeps each program's stack and
+    // verifier state small: one chunk per run, i.e. the whole buffer of a flat syscall or one
+    // iovec of a vectored one, in order.
+    let st = IovState {
+        args: a,
+        iov: if vectored { iov } else { a.buf },
+        cnt: if !vectored {
+            1
+        } else if iovcnt > MAX_IOVECS as u64 {
+            MAX_IOVECS as u64
+        } else {
+            iovcnt
+        },
+        idx: 0,
+        seen: 0,
+        len,
+        // SAFETY: helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
+        direction: direction as u8,
+        role: state.role,
+        vectored: vectored as u8,
+        proto: state.proto,
+        kind: v.kind as u8,
+        _pad: [0; 3],
+        tuple: ConnTuple::default(),
+        ctx: EvCtx::default(),
+    };
+    if put(&IOV_STATE, &pid_tgid, &st, FixedTable::IovState) {
+        // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
+        let _ = unsafe { PROGS.tail_call(&ctx, 0) };
+        let _ = IOV_STATE.remove(&pid_tgid);
+    }
+    0
+}

@@ -1,0 +1,55 @@
+//! The one machine-readable line the agent logs when it stops (the benchmark and the tests read
+//! it): every counter that says what was lost, and where.
+
+use std::fmt;
+
+use crate::export::ExportStats;
+use crate::kernel::census::Census;
+use crate::kernel::loader::KernelCounters;
+
+use super::pipeline::PipelineStats;
+
+/// What the agent counted from start to stop.
+pub struct Summary<'a> {
+    pub kernel: KernelCounters,
+    pub decode_errors: u64,
+    pub export: ExportStats,
+    pub pipeline: PipelineStats,
+    pub process_evictions: u64,
+    pub census: &'a Census,
+}
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (k, e, p, c) = (&self.kernel, &self.export, &self.pipeline, self.census);
+        write!(
+            f,
+            "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={} \
+             spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
+             parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
+             process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
+             goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
+             grpc_servers_unpaired={}",
+            k.events,
+            k.lost,
+            k.not_http,
+            self.decode_errors,
+            e.exported,
+            e.dropped_queue_full + e.dropped_closed,
+            e.spans_failed,
+            e.export_failures,
+            p.protocols.parse_errors,
+            p.protocols.unmatched_responses,
+            p.protocols.unanswered_requests,
+            p.streams.evictions,
+            self.process_evictions,
+            p.correlator.evictions,
+            c.evicted(),
+            c.refused(),
+            c.goroutines_evicted(),
+            k.grpc_no_call,
+            k.grpc_no_addr,
+            k.grpc_unpaired
+        )
+    }
+}

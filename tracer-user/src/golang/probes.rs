@@ -1,0 +1,385 @@
+//! Attaches the Go uprobes (kernel side: `tracer-ebpf/src/go/`) to traced Go processes.
+//!
+//! Each executable is inspected once (`gobin`): the goroutine id's offset (DWARF or the
+//! version-keyed table), where `g` sits in TLS, and the functions to probe with the file offsets
+//! of their entries and, for `runtime.newproc1`, of every RET instruction (never a uretprobe:
+//! Go moves stacks). A process is listed in the kernel's `GO_PROCS` only once all its probes are
+//! attached; a binary missing what is needed gets one log line and keeps the behaviour the
+//! agent has for any process (its client requests are not linked to its server spans).
+
+use aya::{
+    Ebpf,
+    maps::HashMap as BpfHashMap,
+    programs::{
+        UProbe,
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
+    },
+};
+use log::{debug, info, warn};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracer_common::{
+    GoProc, GrpcProc, NetRpcProc,
+    names::{maps, programs as p},
+};
+
+use super::gobin::{self, GoBinary};
+
+pub const NEWPROC1: &str = "runtime.newproc1";
+pub const ROUNDTRIP: &str = "net/http.(*Transport).roundTrip";
+pub const REQUEST_WRITE: &str = "net/http.(*Request).write";
+pub const MUX_SERVE: &str = "net/http.(*ServeMux).ServeHTTP";
+pub const FIND_HANDLER: &str = "net/http.(*ServeMux).findHandler";
+pub const MUX_HANDLER: &str = "net/http.(*ServeMux).Handler";
+/// Present when net/http's client transport is linked in: then both client probes are needed.
+pub const WRITE_LOOP: &str = "net/http.(*persistConn).writeLoop";
+
+/// What to attach for one executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub go_version: String,
+    pub proc: GoProc,
+    /// (kernel program, file offsets)
+    pub points: Vec<(&'static str, Vec<u64>)>,
+    /// net/rpc probes' offsets (`super::netrpc`), when the program uses net/rpc.
+    pub rpc: Option<NetRpcProc>,
+    /// Why the program's net/rpc calls are not traced although it uses net/rpc.
+    pub rpc_off: Option<String>,
+    /// grpc-go offsets when the binary links grpc-go and has what its probes need (`grpc.rs`).
+    pub grpc: Option<GrpcProc>,
+}
+
+/// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
+pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
+    let v = &bin.build.go_version;
+    match bin.build.go_semver() {
+        Some(ver) if ver >= (1, 21, 0) => {}
+        _ => return Err(format!("{v} is not supported (Go 1.21 or later)")),
+    }
+    let (goid_off, _) = bin
+        .field_offset("runtime.g", "goid")
+        .ok_or_else(|| format!("no offset of runtime.g.goid for {v} (no DWARF, not in the table)"))?;
+    // Entry probes go past each function's stack check (`GoBinary::body_offset`): a call that
+    // grows its stack runs its first instructions twice.
+    let newproc = bin.body_offset(NEWPROC1).ok_or_else(|| format!("no {NEWPROC1}"))?;
+    let rets = bin.ret_offsets(NEWPROC1).unwrap_or_default();
+    if rets.is_empty() {
+        return Err(format!("no RET instruction found in {NEWPROC1}"));
+    }
+    let mut points = vec![(p::GO_NEWPROC1, vec![newproc]), (p::GO_NEWPROC1_RET, rets)];
+    if bin.func(WRITE_LOOP).is_some() {
+        let rt = bin.body_offset(ROUNDTRIP).ok_or_else(|| format!("net/http client without {ROUNDTRIP}"))?;
+        let w = bin.body_offset(REQUEST_WRITE).ok_or_else(|| format!("net/http client without {REQUEST_WRITE}"))?;
+        points.push((p::GO_HTTP_ROUNDTRIP, vec![rt]));
+        points.push((p::GO_HTTP_REQUEST_WRITE, vec![w]));
+    }
+    // http.route (crate::spans::routes): the pattern ServeMux matched, at each RET of the function
+    // that returns it (Go 1.22+: findHandler; Go 1.21: Handler).
+    let finder = if bin.build.go_semver().is_some_and(|v| v >= (1, 22, 0)) { FIND_HANDLER } else { MUX_HANDLER };
+    if bin.func(MUX_SERVE).is_some() {
+        match bin.ret_offsets(finder) {
+            Some(rets) if !rets.is_empty() => points.push((p::GO_HTTP_ROUTE_RET, rets)),
+            _ => warn!("{v}: no RET found in {finder}; spans carry no http.route"),
+        }
+    }
+    let (rpc, rpc_off) = match super::netrpc::plan(bin) {
+        Ok(Some((rpc, rpc_points))) => {
+            points.extend(rpc_points);
+            (Some(rpc), None)
+        }
+        Ok(None) => (None, None),
+        Err(why) => (None, Some(why)),
+    };
+    let grpc = match super::grpc::plan(bin) {
+        Ok(Some((g, pts))) => {
+            points.extend(pts);
+            Some(g)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("grpc-go spans off for this Go {v} program: {e}");
+            None
+        }
+    };
+    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, rpc, rpc_off, grpc })
+}
+
+/// Programs of the eBPF object this module attaches.
+const PROGRAMS: &[&str] =
+    &[p::GO_NEWPROC1, p::GO_NEWPROC1_RET, p::GO_HTTP_ROUNDTRIP, p::GO_HTTP_REQUEST_WRITE, p::GO_HTTP_ROUTE_RET];
+
+type ExeId = (u64, u64, u64, i64);
+
+/// An inspection result from the background thread: `None` when the file is not a Go program.
+type Inspected = (ExeId, PathBuf, Option<Result<Plan, String>>);
+
+pub struct GoProbes {
+    loaded: Option<bool>,
+    /// Attached links per process.
+    procs: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Inspection results per executable (device, inode, size, mtime).
+    plans: HashMap<ExeId, Arc<Option<Result<Plan, String>>>>,
+    /// Processes waiting for their executable's inspection.
+    waiting: HashMap<ExeId, Vec<u32>>,
+    /// Executables are read on a thread of their own: reading and parsing a large binary must
+    /// not hold up the event loop (short-lived processes would exit unidentified meanwhile).
+    jobs: std::sync::mpsc::Sender<(ExeId, PathBuf)>,
+    results: std::sync::mpsc::Receiver<Inspected>,
+    /// Links to detach. Detaching a uprobe waits for the kernel to quiesce (hundreds of
+    /// milliseconds for a process's set of probes): done on a thread of its own, so that the
+    /// event loop goes on handling exec events (a restarted service is traced at once).
+    reaper: std::sync::mpsc::Sender<Vec<UProbeLink>>,
+}
+
+impl Default for GoProbes {
+    fn default() -> Self {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<(ExeId, PathBuf)>();
+        let (res_tx, results) = std::sync::mpsc::channel::<Inspected>();
+        std::thread::Builder::new()
+            .name("go-inspect".into())
+            .spawn(move || {
+                for (id, exe) in job_rx {
+                    let p = match GoBinary::open(&exe) {
+                        Ok(bin) => Some(plan(&bin)),
+                        Err(gobin::GoBinError::NotGo) => None,
+                        Err(e) => Some(Err(format!("reading the executable: {e}"))),
+                    };
+                    let name = std::fs::read_link(&exe).unwrap_or(exe);
+                    if res_tx.send((id, name, p)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the Go inspection thread");
+        let (reaper, doomed) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+        std::thread::Builder::new()
+            .name("uprobe-detach".into())
+            .spawn(move || {
+                // Dropping a link detaches it.
+                for links in doomed {
+                    drop(links);
+                }
+            })
+            .expect("spawning the uprobe detach thread");
+        Self {
+            loaded: None,
+            procs: HashMap::new(),
+            plans: HashMap::new(),
+            waiting: HashMap::new(),
+            jobs,
+            results,
+            reaper,
+        }
+    }
+}
+
+impl GoProbes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uprobe links attached, over every process.
+    pub fn attached_links(&self) -> usize {
+        self.procs.values().map(Vec::len).sum()
+    }
+
+    pub fn is_attached(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    fn load(&mut self, ebpf: &mut Ebpf) -> bool {
+        if let Some(ok) = self.loaded {
+            return ok;
+        }
+        let mut ok = true;
+        for name in PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS) {
+            let r = ebpf
+                .program_mut(name)
+                .ok_or_else(|| "missing from the object".to_string())
+                .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| e.to_string()))
+                .and_then(|p| p.load().map_err(|e| format!("{e:#}")));
+            if let Err(e) = r {
+                warn!("Go support off: loading {name}: {e}");
+                ok = false;
+                break;
+            }
+        }
+        self.loaded = Some(ok);
+        ok
+    }
+
+    /// Attaches the Go probes to `pid` if it runs a Go program that has what they need: at once
+    /// when its executable was inspected before, else once the inspection is done (`poll`).
+    pub fn attach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else { return };
+        let id = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        if let Some(p) = self.plans.get(&id).cloned() {
+            if let Some(Ok(plan)) = p.as_ref() {
+                self.attach_plan(ebpf, pid, plan);
+            }
+            return;
+        }
+        let waiters = self.waiting.entry(id).or_default();
+        if waiters.is_empty() {
+            let _ = self.jobs.send((id, exe));
+        }
+        if !waiters.contains(&pid) {
+            waiters.push(pid);
+        }
+    }
+
+    /// Attaches the processes whose executables' inspection finished; with `block`, waits until
+    /// every pending inspection is done.
+    pub fn poll(&mut self, ebpf: &mut Ebpf, block: bool) {
+        loop {
+            let r = if block && !self.waiting.is_empty() {
+                match self.results.recv_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            } else {
+                match self.results.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            };
+            let (id, name, p) = r;
+            match &p {
+                Some(Ok(plan)) => {
+                    debug!("{}: Go {}: {:?}", name.display(), plan.go_version, plan.points);
+                    if let Some(why) = &plan.rpc_off {
+                        warn!("{}: net/rpc calls not traced ({why})", name.display());
+                    }
+                }
+                Some(Err(why)) => warn!(
+                    "{}: goroutine-aware linking off for this Go program ({why}); its client \
+                     requests are not linked to its server spans",
+                    name.display()
+                ),
+                None => {}
+            }
+            let p = Arc::new(p);
+            self.plans.insert(id, p.clone());
+            for pid in self.waiting.remove(&id).unwrap_or_default() {
+                if let Some(Ok(plan)) = p.as_ref() {
+                    self.attach_plan(ebpf, pid, plan);
+                }
+            }
+        }
+    }
+
+    fn attach_plan(&mut self, ebpf: &mut Ebpf, pid: u32, plan: &Plan) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        if !self.load(ebpf) {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Some(npid) = NonZeroU32::new(pid) else { return };
+        let mut links = Vec::new();
+        for (prog, offsets) in &plan.points {
+            let r = ebpf
+                .program_mut(prog)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                .ok_or_else(|| "program missing".to_string())
+                .and_then(|p| {
+                    p.attach(offsets.iter().copied(), &exe, UProbeScope::OneProcess(npid)).map_err(|e| format!("{e:#}"))
+                });
+            match r {
+                Ok(link) => links.push((*prog, link)),
+                Err(e) => {
+                    warn!("pid {pid}: attaching {prog}: {e}; goroutine-aware linking off");
+                    detach_links(ebpf, links, &self.reaper);
+                    return;
+                }
+            }
+        }
+        if let Some(rpc) = &plan.rpc {
+            let r = match ebpf.map_mut(maps::RPC_PROCS).map(BpfHashMap::<_, u32, NetRpcProc>::try_from) {
+                Some(Ok(mut m)) => m.insert(&pid, rpc, 0).map_err(|e| e.to_string()),
+                _ => Err("map RPC_PROCS missing".to_string()),
+            };
+            if let Err(e) = r {
+                warn!("pid {pid}: net/rpc probes: {e}");
+            }
+        }
+        if let Some(g) = &plan.grpc {
+            let r = ebpf
+                .map_mut(maps::GRPC_PROCS)
+                .map(BpfHashMap::<_, u32, GrpcProc>::try_from)
+                .ok_or_else(|| "map missing".to_string())
+                .and_then(|m| m.map_err(|e| e.to_string()))
+                .and_then(|mut m| m.insert(&pid, g, 0).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                warn!("pid {pid}: GRPC_PROCS: {e}");
+                detach_links(ebpf, links, &self.reaper);
+                return;
+            }
+        }
+        let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut(maps::GO_PROCS).map(BpfHashMap::try_from) {
+            Some(Ok(m)) => m,
+            _ => {
+                warn!("map GO_PROCS missing; goroutine-aware linking off");
+                detach_links(ebpf, links, &self.reaper);
+                return;
+            }
+        };
+        if let Err(e) = procs.insert(&pid, &plan.proc, 0) {
+            warn!("pid {pid}: GO_PROCS: {e}");
+            detach_links(ebpf, links, &self.reaper);
+            return;
+        }
+        info!(
+            "pid {pid}: Go {} probes attached (goroutine-aware linking{})",
+            plan.go_version,
+            if plan.grpc.is_some() { ", grpc-go spans" } else { "" }
+        );
+        self.procs.insert(pid, links);
+    }
+
+    /// Removes a process's probes (it exited or is no longer traced).
+    pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        for waiters in self.waiting.values_mut() {
+            waiters.retain(|p| *p != pid);
+        }
+        let Some(links) = self.procs.remove(&pid) else { return };
+        if let Some(Ok(mut procs)) = ebpf.map_mut(maps::GO_PROCS).map(BpfHashMap::<_, u32, GoProc>::try_from) {
+            let _ = procs.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut(maps::RPC_PROCS).map(BpfHashMap::<_, u32, NetRpcProc>::try_from) {
+            let _ = m.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut(maps::GRPC_PROCS).map(BpfHashMap::<_, u32, GrpcProc>::try_from) {
+            let _ = m.remove(&pid);
+        }
+        detach_links(ebpf, links, &self.reaper);
+    }
+}
+
+/// Takes the links out of their programs and hands them to the detach thread (or detaches them
+/// here if that thread is gone).
+fn detach_links(
+    ebpf: &mut Ebpf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    reaper: &std::sync::mpsc::Sender<Vec<UProbeLink>>,
+) {
+    let mut owned = Vec::with_capacity(links.len());
+    for (prog, link) in links {
+        if let Some(p) = ebpf.program_mut(prog).and_then(|p| <&mut UProbe>::try_from(p).ok())
+            && let Ok(l) = p.take_link(link)
+        {
+            owned.push(l);
+        }
+    }
+    if let Err(std::sync::mpsc::SendError(owned)) = reaper.send(owned) {
+        drop(owned);
+    }
+}

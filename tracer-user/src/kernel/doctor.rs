@@ -1,0 +1,175 @@
+//! `tracer doctor`: tries each attach type for real and reports what the kernel offers.
+
+use super::loader::EBPF_OBJECT;
+use aya::{
+    Btf, EbpfLoader,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, FEntry, KProbe, RawTracePoint, SockOps, TracePoint, UProbe,
+        uprobe::UProbeScope,
+    },
+};
+use std::fmt;
+use tracer_common::names::programs as prog;
+
+/// Outcome of one capability check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Yes,
+    No(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Yes => write!(f, "yes"),
+            Outcome::No(why) => write!(f, "no ({why})"),
+        }
+    }
+}
+
+/// What the kernel offers, checked by loading and attaching real programs.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub kernel: String,
+    pub lockdown: String,
+    pub checks: Vec<(&'static str, Outcome)>,
+}
+
+impl Report {
+    pub fn get(&self, name: &str) -> Option<&Outcome> {
+        self.checks.iter().find(|(n, _)| *n == name).map(|(_, o)| o)
+    }
+
+    /// The socket data path the agent uses on this kernel.
+    pub fn mode(&self) -> String {
+        let ok = |n| self.get(n) == Some(&Outcome::Yes);
+        if ok("tracepoint") && ok("ring buffer") && ok("sock tracepoints") {
+            "syscall tracepoints + sock:sock_{send,recv}_length (portable path)".into()
+        } else {
+            "unavailable: the agent needs tracepoints, the BPF ring buffer and the sock length tracepoints".into()
+        }
+    }
+}
+
+fn err(e: impl std::error::Error) -> Outcome {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    if let Some(line) = s.lines().find(|l| l.contains("unknown func")) {
+        return Outcome::No(format!("verifier: {} (kernel lockdown forbids it)", line.trim()));
+    }
+    // Verifier logs are long; the first line says enough.
+    Outcome::No(s.lines().next().unwrap_or_default().chars().take(160).collect())
+}
+
+fn lockdown() -> String {
+    const PATH: &str = "/sys/kernel/security/lockdown";
+    if !std::path::Path::new(PATH).exists() {
+        // securityfs is often not mounted in containers and minimal hosts; mounting it is harmless.
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "securityfs", "securityfs", "/sys/kernel/security"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    std::fs::read_to_string(PATH)
+        .ok()
+        .and_then(|s| s.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']).to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs every check. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for some).
+pub fn run_checks() -> Report {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
+    let mut checks = Vec::new();
+    let mut ebpf = match EbpfLoader::new().load(EBPF_OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            checks.push(("load eBPF object", err(e)));
+            return Report { kernel, lockdown: lockdown(), checks };
+        }
+    };
+    checks.push(("ring buffer", Outcome::Yes));
+    let btf = Btf::from_sys_fs();
+    checks.push((
+        "kernel BTF",
+        match &btf {
+            Ok(_) => Outcome::Yes,
+            Err(e) => Outcome::No(e.to_string()),
+        },
+    ));
+
+    macro_rules! check {
+        ($name:expr, $prog:expr, $ty:ty, |$p:ident| $body:expr) => {{
+            let outcome = match ebpf.program_mut($prog) {
+                None => Outcome::No("program missing from object".into()),
+                Some(p) => match <&mut $ty>::try_from(p) {
+                    Err(e) => err(e),
+                    Ok($p) => match $body {
+                        Ok(_) => Outcome::Yes,
+                        Err(e) => err(e),
+                    },
+                },
+            };
+            checks.push(($name, outcome));
+        }};
+    }
+
+    check!("tracepoint", prog::SYS_ENTER_CLOSE, TracePoint, |p| p
+        .load()
+        .and_then(|()| p.attach("syscalls", "sys_enter_close")));
+    check!("sock tracepoints", prog::SOCK_LENGTH, TracePoint, |p| p.load().and_then(|()| {
+        p.attach("sock", "sock_send_length")?;
+        p.attach("sock", "sock_recv_length")
+    }));
+    check!("raw tracepoint", prog::CAP_RAW_TP, RawTracePoint, |p| p.load().and_then(|()| p.attach("sys_enter")));
+    match &btf {
+        Ok(btf) => {
+            check!("tp_btf", prog::CAP_TP_BTF, BtfTracePoint, |p| p
+                .load("inet_sock_set_state", btf)
+                .and_then(|()| p.attach()));
+            check!("fentry", prog::CAP_FENTRY, FEntry, |p| p.load("tcp_sendmsg", btf).and_then(|()| p.attach()));
+        }
+        Err(_) => {
+            checks.push(("tp_btf", Outcome::No("no kernel BTF".into())));
+            checks.push(("fentry", Outcome::No("no kernel BTF".into())));
+        }
+    }
+    check!("kprobe", prog::CAP_KPROBE, KProbe, |p| p.load().and_then(|()| p.attach("tcp_sendmsg", 0)));
+    let exe = std::env::current_exe().unwrap_or_default();
+    check!("uprobe", prog::CAP_UPROBE, UProbe, |p| p.load().and_then(|()| p.attach(
+        ["tracer_doctor_uprobe_target"],
+        &exe,
+        UProbeScope::CallingProcess
+    )));
+    check!("bpf_probe_write_user", prog::CAP_WRITE_USER, UProbe, |p| p.load());
+    match super::loader::cgroup2_root().map(std::fs::File::open) {
+        Some(Ok(cg)) => check!("sockops (cgroup v2)", prog::CAP_SOCK_OPS, SockOps, |p| p
+            .load()
+            .and_then(|()| p.attach(&cg, CgroupAttachMode::Single))),
+        Some(Err(e)) => checks.push(("sockops (cgroup v2)", Outcome::No(e.to_string()))),
+        None => checks.push(("sockops (cgroup v2)", Outcome::No("no cgroup2 mount".into()))),
+    }
+    // Everything attached above is detached when `ebpf` drops here.
+    drop(ebpf);
+    Report { kernel, lockdown: lockdown(), checks }
+}
+
+/// A function of the agent's own binary for the uprobe check to attach to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_doctor_uprobe_target() -> u64 {
+    std::hint::black_box(42)
+}
+
+pub fn print(report: &Report) {
+    println!("kernel      {}", report.kernel);
+    println!("lockdown    {}", report.lockdown);
+    for (name, outcome) in &report.checks {
+        println!("  {name:<22} {outcome}");
+    }
+    println!("mode        {}", report.mode());
+}

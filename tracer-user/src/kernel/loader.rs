@@ -1,0 +1,309 @@
+//! Loads the kernel programs, configures them for the running kernel and attaches them.
+
+// Load errors happen once, at start; their size does not matter, their detail does.
+#![allow(clippy::result_large_err)]
+
+use super::btf as kernel;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::{CgroupAttachMode, SockOps, TracePoint},
+};
+use std::path::Path;
+use tracer_common::{
+    Propagation, SockOffsets, TpOffsets,
+    names::{globals, maps, programs},
+    tables::counters,
+};
+
+/// The eBPF object built by build.rs from `tracer-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelInfoError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("propagation `on` needs a cgroup v2 mount (none in /proc/self/mounts)")]
+    NoCgroup2,
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Which processes the kernel side forwards events for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process but the agent.
+    All,
+    /// Only the processes userspace puts in the `TRACED` map (and their children).
+    Selected,
+}
+
+/// Connections the kernel tracks at once by default (per host; least recently used evicted).
+pub const DEFAULT_CONNECTIONS: u32 = 65_536;
+
+/// The syscalls whose enter/exit carry socket payload.
+const DATA_SYSCALLS: &[&str] = &["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"];
+const CONN_SYSCALLS: &[&str] = &["connect", "accept", "accept4"];
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub attached: usize,
+}
+
+/// Maps the agent reads and writes while running.
+pub struct Maps {
+    pub traced: BpfHashMap<MapData, u32, u8>,
+    pub excluded: BpfHashMap<MapData, u32, u8>,
+    /// Processes whose client requests are not linked through their thread (Go, event loops).
+    pub no_thread_link: BpfHashMap<MapData, u32, u8>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads the object with globals for this kernel and attaches every program. With
+    /// `propagation` = `Propagation::On` the sockops program that carries trace context in a TCP
+    /// option is attached to the cgroup v2 root.
+    pub fn load(scope: Scope, propagation: Propagation) -> Result<Self, LoadError> {
+        Self::load_with(scope, propagation, DEFAULT_CONNECTIONS)
+    }
+
+    /// As [`Probes::load`], sizing the per-connection tables for `connections` connections.
+    pub fn load_with(scope: Scope, propagation: Propagation, connections: u32) -> Result<Self, LoadError> {
+        let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
+        let tracefs = kernel::tracefs()?;
+        let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
+        // Go support reads each thread's FS base; without the offset it stays off.
+        let go_fsbase = kernel::task_fsbase_offset(Path::new(kernel::VMLINUX_BTF)).unwrap_or_else(|e| {
+            log::warn!("Go goroutine-aware linking off: {e}");
+            0
+        });
+        let agent = std::process::id();
+        let all: u32 = u32::from(scope == Scope::All);
+        let propagation_mode = propagation as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::AGENT_TGID, &agent, true)
+            .override_global(globals::TRACE_ALL, &all, true)
+            .override_global(globals::PROPAGATION, &propagation_mode, true)
+            .override_global(globals::SOCK_OFF, &sock, true)
+            .override_global(globals::TP_OFF, &tp, true)
+            .override_global(globals::GO_FSBASE_OFF, &go_fsbase, true)
+            .map_max_entries(maps::CONNS, connections)
+            .map_max_entries(maps::CONN_TUPLE, connections)
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Load)?;
+        let mut attached = 0;
+        let mut attach =
+            |ebpf: &mut Ebpf, program: &'static str, points: &[(&'static str, String)]| -> Result<(), LoadError> {
+                let prog: &mut TracePoint = loaded(ebpf, program)?;
+                for (category, name) in points {
+                    prog.attach(category, name).map_err(|source| LoadError::Attach {
+                        program,
+                        category,
+                        name: name.clone(),
+                        source,
+                    })?;
+                    attached += 1;
+                }
+                Ok(())
+            };
+        let sys = |prefix: &str, names: &[&str]| -> Vec<(&'static str, String)> {
+            names.iter().map(|n| ("syscalls", format!("{prefix}_{n}"))).collect()
+        };
+        // Order matters: exits and the socket tracepoints before enters, so no syscall is stashed
+        // without a program to finish it.
+        // `emit_step` runs only as a tail call from `sys_exit_data` (one chunk per run).
+        {
+            let program = programs::EMIT_STEP;
+            let prog: &mut TracePoint = loaded(&mut ebpf, program)?;
+            let fd = prog
+                .fd()
+                .map_err(|source| LoadError::Program { program, source })?
+                .try_clone()
+                .map_err(|e| LoadError::Program { program, source: aya::programs::ProgramError::IOError(e) })?;
+            let mut progs: ProgramArray<_> = ebpf
+                .map_mut(maps::PROGS)
+                .ok_or(LoadError::MissingMap(maps::PROGS))?
+                .try_into()
+                .map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
+            progs.set(0, &fd, 0).map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
+        }
+        attach(&mut ebpf, programs::SYS_EXIT_DATA, &sys("sys_exit", DATA_SYSCALLS))?;
+        attach(
+            &mut ebpf,
+            programs::SOCK_LENGTH,
+            &[("sock", "sock_send_length".into()), ("sock", "sock_recv_length".into())],
+        )?;
+        attach(&mut ebpf, programs::SYS_ENTER_DATA, &sys("sys_enter", DATA_SYSCALLS))?;
+        attach(&mut ebpf, programs::SYS_EXIT_CONN, &sys("sys_exit", CONN_SYSCALLS))?;
+        attach(&mut ebpf, programs::SYS_ENTER_CONN, &sys("sys_enter", CONN_SYSCALLS))?;
+        attach(&mut ebpf, programs::SYS_ENTER_CLOSE, &[("syscalls", "sys_enter_close".into())])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_FORK, &[("sched", "sched_process_fork".into())])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_EXEC, &[("sched", "sched_process_exec".into())])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_EXIT, &[("sched", "sched_process_exit".into())])?;
+        if propagation == Propagation::On {
+            let root = cgroup2_root().ok_or(LoadError::NoCgroup2)?;
+            let cg = std::fs::File::open(&root).map_err(|source| LoadError::Cgroup { path: root.clone(), source })?;
+            let program = programs::SOCKOPS;
+            let prog: &mut SockOps = loaded(&mut ebpf, program)?;
+            // Attached through a BPF link: cgroup links coexist with other agents' programs.
+            prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| LoadError::Program { program, source })?;
+            attached += 1;
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    /// Takes the ring buffer and the maps the agent uses at run time out of the object.
+    pub fn take_maps(&mut self) -> Result<(RingBuf<MapData>, Maps), LoadError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { name, source })
+        }
+        let events = take(&mut self.ebpf, maps::EVENTS)?;
+        Ok((
+            events,
+            Maps {
+                traced: take(&mut self.ebpf, maps::TRACED)?,
+                excluded: take(&mut self.ebpf, maps::EXCLUDED)?,
+                no_thread_link: take(&mut self.ebpf, maps::NO_THREAD_LINK)?,
+                counters: take(&mut self.ebpf, maps::COUNTER)?,
+            },
+        ))
+    }
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub lost: u64,
+    /// Transfers of connections that carry no traced protocol.
+    pub not_http: u64,
+    /// gRPC streams opened with no traced call known, with unreadable addresses, and server
+    /// calls without a traced client on this host (see `tracer_common::tables::counters`).
+    pub grpc_no_call: u64,
+    pub grpc_no_addr: u64,
+    pub grpc_unpaired: u64,
+}
+
+impl Maps {
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |i: u32| -> u64 { self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        KernelCounters {
+            events: sum(counters::EVENTS),
+            lost: sum(counters::LOST),
+            not_http: sum(counters::NOT_TRACED),
+            grpc_no_call: sum(counters::GRPC_NO_CALL),
+            grpc_no_addr: sum(counters::GRPC_NO_ADDR),
+            grpc_unpaired: sum(counters::GRPC_UNPAIRED),
+        }
+    }
+}
+
+/// A program of the object, converted to its type and loaded into the kernel.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut P, LoadError>
+where
+    P: LoadableProgram,
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut P = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::Program { program, source: aya::programs::ProgramError::UnexpectedProgramType })?
+        .try_into()
+        .map_err(|source| LoadError::Program { program, source })?;
+    prog.load_program().map_err(|source| LoadError::Program { program, source })?;
+    Ok(prog)
+}
+
+/// Programs that load without further arguments.
+trait LoadableProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+impl LoadableProgram for TracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+impl LoadableProgram for SockOps {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified`
+/// on hybrid layouts).
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+    use tracer_common::names;
+
+    use super::EBPF_OBJECT;
+
+    /// The kernel object holds exactly the programs, maps and globals `tracer_common::names`
+    /// lists: the loader and the kernel programs cannot drift apart by a misspelt string.
+    #[test]
+    fn object_holds_exactly_the_named_programs_maps_and_globals() {
+        let obj = object::File::parse(EBPF_OBJECT).expect("the built eBPF object parses");
+        let (mut programs, mut maps, mut globals) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for sym in obj.symbols() {
+            let (Some(index), Ok(name)) = (sym.section_index(), sym.name()) else { continue };
+            let Ok(section) = obj.section_by_index(index).and_then(|s| s.name().map(str::to_owned)) else {
+                continue;
+            };
+            if !sym.is_global() {
+                continue;
+            }
+            match (section.as_str(), sym.kind()) {
+                ("maps" | ".maps", _) => maps.insert(name.to_owned()),
+                (".rodata" | ".data" | ".bss", SymbolKind::Data) => globals.insert(name.to_owned()),
+                (s, SymbolKind::Text) if s != ".text" => programs.insert(name.to_owned()),
+                _ => false,
+            };
+        }
+        let want = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
+        assert_eq!(programs, want(names::programs::ALL), "programs");
+        assert_eq!(maps, want(names::maps::ALL), "maps");
+        assert_eq!(globals, want(names::globals::ALL), "globals");
+    }
+}

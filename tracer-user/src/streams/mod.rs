@@ -1,0 +1,229 @@
+//! Stage 2 of the data path: per-connection streams.
+//!
+//! Socket events are keyed by connection, `(tgid, fd)`. The table knows each connection's
+//! socket, addresses, the role the kernel saw at accept/connect, its protocol and when it was
+//! last active; it decides when a connection ends: `close`, a new connection on the same fd
+//! (`Conn`), a different `sock` behind the fd (a close that was missed), the process's exit,
+//! idleness, eviction to make room, shutdown. It knows nothing of protocols: each connection
+//! carries an opaque per-connection state `S` that the next stage (`crate::protocols`) creates
+//! and drives, and every end is handed back with its [`EndReason`].
+//!
+//! Memory is bounded by [`StreamsConfig::max_connections`]; the least recently active
+//! connection is evicted to make room (counted).
+
+use std::collections::hash_map::Entry;
+
+use tracer_common::{ConnTuple, Proto, Role};
+
+use crate::capture::event::Data;
+
+/// Keyed by (pid, fd) from the kernel: a fast non-cryptographic hash is enough.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Limits and timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamsConfig {
+    /// Connections without data for this long are evicted.
+    pub idle_timeout_ns: u64,
+    /// Connections tracked at once; the least recently active is evicted beyond that.
+    pub max_connections: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self { idle_timeout_ns: 900 * SECOND_NS, max_connections: 16_384 }
+    }
+}
+
+/// Counters (and one gauge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamsStats {
+    /// Connections evicted for idleness or to make room.
+    pub evictions: u64,
+    /// Connections tracked now.
+    pub connections: u64,
+}
+
+/// What the table knows of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub tgid: u32,
+    pub fd: i32,
+    /// Kernel `struct sock` address (0 until a data event names it).
+    pub sock: u64,
+    /// Local (`s*`) and remote (`d*`) addresses, once known.
+    pub tuple: ConnTuple,
+    /// The role the kernel saw at accept/connect (`Unknown` for connections that predate the
+    /// agent, or that only data events announced).
+    pub hint: Role,
+    /// The protocol the kernel classified (`Unknown` until a data event carries one).
+    pub proto: Proto,
+    /// CLOCK_MONOTONIC ns of the newest event on the connection.
+    pub last_activity_ns: u64,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// `close`, a new connection on its fd, another socket behind its fd, or the process's exit.
+    Closed,
+    /// Idle too long, or evicted to make room.
+    Evicted,
+    /// The agent stops.
+    Shutdown,
+}
+
+/// A connection that ended, with its per-connection state.
+pub struct Ended<S> {
+    pub info: ConnInfo,
+    pub state: Option<S>,
+    pub reason: EndReason,
+}
+
+/// What [`Streams::on_tick`] shows of a connection.
+pub enum Tick<'a, S> {
+    /// Quiet for `idle_ns`, still open.
+    Idle { info: &'a ConnInfo, state: &'a mut S, idle_ns: u64 },
+    /// Evicted for idleness.
+    Ended(Ended<S>),
+}
+
+struct Slot<S> {
+    info: ConnInfo,
+    state: Option<S>,
+}
+
+/// The connection table. See the module docs.
+pub struct Streams<S> {
+    config: StreamsConfig,
+    conns: HashMap<(u32, i32), Slot<S>>,
+    stats: StreamsStats,
+}
+
+impl<S> Streams<S> {
+    pub fn new(config: StreamsConfig) -> Self {
+        Self { config, conns: HashMap::default(), stats: StreamsStats::default() }
+    }
+
+    pub fn config(&self) -> &StreamsConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> StreamsStats {
+        StreamsStats { connections: self.conns.len() as u64, ..self.stats }
+    }
+
+    /// A data event: returns its connection (created when new) after handing every connection
+    /// the event ends (a different socket behind the fd) or evicts (to make room) to `ended`.
+    pub fn on_data(&mut self, d: &Data, ended: &mut Vec<Ended<S>>) -> (&ConnInfo, &mut Option<S>) {
+        let key = (d.tgid, d.fd);
+        // A different socket behind the same fd: the close was missed.
+        if self.conns.get(&key).is_some_and(|c| c.info.sock != 0 && d.sock != 0 && c.info.sock != d.sock) {
+            self.end(key, EndReason::Closed, ended);
+        }
+        if !self.conns.contains_key(&key) {
+            self.make_room(ended);
+        }
+        let slot = match self.conns.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(Slot { info: new_info(d.tgid, d.fd, Role::Unknown, d.end_ns), state: None }),
+        };
+        let info = &mut slot.info;
+        info.last_activity_ns = info.last_activity_ns.max(d.end_ns);
+        if d.sock != 0 {
+            info.sock = d.sock;
+        }
+        if d.tuple.family != 0 {
+            info.tuple = d.tuple;
+        }
+        if d.proto != Proto::Unknown {
+            info.proto = d.proto;
+        }
+        (&slot.info, &mut slot.state)
+    }
+
+    /// accept/connect returned `fd`: whatever the fd held before ended.
+    pub fn on_conn(&mut self, ts_ns: u64, tgid: u32, fd: i32, role: Role, ended: &mut Vec<Ended<S>>) {
+        self.end((tgid, fd), EndReason::Closed, ended);
+        self.make_room(ended);
+        self.conns.insert((tgid, fd), Slot { info: new_info(tgid, fd, role, ts_ns), state: None });
+    }
+
+    pub fn on_close(&mut self, tgid: u32, fd: i32, ended: &mut Vec<Ended<S>>) {
+        self.end((tgid, fd), EndReason::Closed, ended);
+    }
+
+    /// The process exited: every connection of it ended (in fd order).
+    pub fn on_exit(&mut self, tgid: u32, ended: &mut Vec<Ended<S>>) {
+        let mut keys: Vec<_> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.end(key, EndReason::Closed, ended);
+        }
+    }
+
+    /// At monotonic time `now_ns`, in key order (so results are deterministic): evicts each
+    /// connection idle for `idle_timeout_ns` (`Tick::Ended`), and shows each other connection
+    /// quiet for at least `min_idle_ns` with how long it has been quiet (`Tick::Idle`).
+    pub fn on_tick(&mut self, now_ns: u64, min_idle_ns: u64, mut f: impl FnMut(Tick<'_, S>)) {
+        let idle_of = |i: &ConnInfo| now_ns.saturating_sub(i.last_activity_ns);
+        let threshold = min_idle_ns.min(self.config.idle_timeout_ns);
+        let mut due: Vec<_> =
+            self.conns.iter().filter(|(_, s)| idle_of(&s.info) >= threshold).map(|(k, _)| *k).collect();
+        due.sort_unstable();
+        for key in due {
+            let Entry::Occupied(entry) = self.conns.entry(key) else { continue };
+            let idle_ns = idle_of(&entry.get().info);
+            if idle_ns >= self.config.idle_timeout_ns {
+                let slot = entry.remove();
+                self.stats.evictions += 1;
+                f(Tick::Ended(Ended { info: slot.info, state: slot.state, reason: EndReason::Evicted }));
+                continue;
+            }
+            let slot = entry.into_mut();
+            if let Some(state) = slot.state.as_mut() {
+                f(Tick::Idle { info: &slot.info, state, idle_ns });
+            }
+        }
+    }
+
+    /// At shutdown: every connection ends (in key order).
+    pub fn flush(&mut self, ended: &mut Vec<Ended<S>>) {
+        let mut keys: Vec<_> = self.conns.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.end(key, EndReason::Shutdown, ended);
+        }
+    }
+
+    /// Every connection's state (for what is in flight).
+    pub fn states(&self) -> impl Iterator<Item = &S> {
+        self.conns.values().filter_map(|s| s.state.as_ref())
+    }
+
+    fn end(&mut self, key: (u32, i32), reason: EndReason, ended: &mut Vec<Ended<S>>) {
+        if let Some(slot) = self.conns.remove(&key) {
+            ended.push(Ended { info: slot.info, state: slot.state, reason });
+        }
+    }
+
+    /// Evicts the least recently active connection while the table is full.
+    fn make_room(&mut self, ended: &mut Vec<Ended<S>>) {
+        while self.conns.len() >= self.config.max_connections.max(1) {
+            let Some(key) = self.conns.iter().min_by_key(|(k, s)| (s.info.last_activity_ns, **k)).map(|(k, _)| *k)
+            else {
+                return;
+            };
+            if let Some(slot) = self.conns.remove(&key) {
+                self.stats.evictions += 1;
+                ended.push(Ended { info: slot.info, state: slot.state, reason: EndReason::Evicted });
+            }
+        }
+    }
+}
+
+fn new_info(tgid: u32, fd: i32, hint: Role, now_ns: u64) -> ConnInfo {
+    ConnInfo { tgid, fd, sock: 0, tuple: ConnTuple::default(), hint, proto: Proto::Unknown, last_activity_ns: now_ns }
+}
