@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The agent binary under test (`TRACER_BIN`, set by `cargo xtask e2e`).
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("TRACER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| source_root().join("target/release/tracer"))
+    std::env::var_os("TRACER_BIN").map(PathBuf::from).unwrap_or_else(|| source_root().join("target/release/tracer"))
 }
 
 /// Source checkout root.
@@ -26,9 +24,7 @@ pub fn source_root() -> PathBuf {
 
 /// Built fixture binaries (`TRACER_FIXTURES`).
 pub fn fixtures_bin() -> PathBuf {
-    std::env::var_os("TRACER_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| source_root().join("target/fixtures"))
+    std::env::var_os("TRACER_FIXTURES").map(PathBuf::from).unwrap_or_else(|| source_root().join("target/fixtures"))
 }
 
 /// Fixture sources (scripts).
@@ -352,11 +348,7 @@ impl Drop for TwoHosts {
 
 /// A runtime for the in-process OTLP receiver; tests drive processes from their own thread.
 pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 /// End-to-end tests load eBPF programs: without root they fail loudly rather than pass.
@@ -376,10 +368,7 @@ pub fn grpc_env(rx: &crate::receiver::Receiver) -> Vec<(&'static str, String)> {
 
 /// Agent environment exporting to the receiver over OTLP/HTTP (protobuf).
 pub fn http_env(rx: &crate::receiver::Receiver) -> Vec<(&'static str, String)> {
-    vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
-    ]
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into())]
 }
 
 pub fn args(v: &[&str]) -> Vec<String> {
@@ -435,4 +424,52 @@ pub fn prog_ids_of(pid: u32) -> std::collections::BTreeSet<u64> {
 /// Ids of every BPF program loaded in the kernel.
 pub fn live_prog_ids() -> std::collections::BTreeSet<u64> {
     bpftool(&["prog", "show"]).as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+}
+
+/// A free TCP port on 127.0.0.1 (for `--metrics-listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// The Prometheus exposition text as `series{labels} -> value`.
+pub fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Requests counted in one duration histogram (e.g. `rpc_server_duration_seconds`), summed
+/// over its series whose labels contain every `label="value"` of `with`.
+pub fn histogram_count(samples: &std::collections::BTreeMap<String, f64>, histogram: &str, with: &[&str]) -> f64 {
+    let prefix = format!("{histogram}_count{{");
+    samples.iter().filter(|(k, _)| k.starts_with(&prefix) && with.iter().all(|w| k.contains(w))).map(|(_, v)| v).sum()
+}
+
+/// Waits until the agent's `/metrics` at `listen` counts exactly `want` requests in each
+/// `(histogram, labels)`; returns the last exposition text (the error names the counts seen).
+pub fn wait_for_histogram_counts(
+    listen: &str,
+    want: &[(&str, &[&str], f64)],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let url = format!("http://{listen}/metrics");
+    let mut last = String::new();
+    let res = wait_until("request counts on /metrics", timeout, || {
+        last = curl(&[&url]).unwrap_or_default();
+        let s = prometheus_samples(&last);
+        want.iter().all(|(h, with, n)| histogram_count(&s, h, with) == *n)
+    });
+    if let Err(e) = res {
+        let s = prometheus_samples(&last);
+        let seen: Vec<String> = want
+            .iter()
+            .map(|(h, with, n)| format!("{h}{with:?}: {} (want {n})", histogram_count(&s, h, with)))
+            .collect();
+        anyhow::bail!("{e}: {}\n{last}", seen.join("; "));
+    }
+    Ok(last)
 }

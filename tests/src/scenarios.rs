@@ -16,13 +16,16 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// Traces `server` and `client` (a command that, given `-wait`, waits for a line on stdin before
 /// its calls): starts the client, starts the agent on both, checks with `attached` that the
 /// probes are on each pid, releases the client and returns the agent and the client's output.
-fn traced_pair(rx: &Receiver, server: &Service, mut client: Command, attached: impl Fn(&Agent, u32)) -> (Agent, Output) {
+fn traced_pair(
+    rx: &Receiver,
+    server: &Service,
+    mut client: Command,
+    attached: impl Fn(&Agent, u32),
+) -> (Agent, Output) {
     let mut client = client.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("client");
-    let agent = Agent::start(
-        &args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]),
-        &grpc_env(rx),
-    )
-    .expect("agent");
+    let agent =
+        Agent::start(&args(&["--pid", &server.pid().to_string(), "--pid", &client.id().to_string()]), &grpc_env(rx))
+            .expect("agent");
     attached(&agent, server.pid());
     attached(&agent, client.id());
     client.stdin.take().expect("stdin").write_all(b"go\n").expect("release the client");
@@ -58,7 +61,8 @@ fn check_fanout(t: &[&ReceivedSpan], [a, b, c]: [&str; 3]) -> Result<(), String>
     }
     let b_srv = one(t, b, SpanKind::Server)?;
     let c_srv = one(t, c, SpanKind::Server)?;
-    let parent_of = |s: &ReceivedSpan| clients.iter().position(|cl| Some(cl.span_id.as_str()) == s.parent_span_id.as_deref());
+    let parent_of =
+        |s: &ReceivedSpan| clients.iter().position(|cl| Some(cl.span_id.as_str()) == s.parent_span_id.as_deref());
     match (parent_of(b_srv), parent_of(c_srv)) {
         (Some(x), Some(y)) if x != y => {
             child_of(b_srv, clients[x])?;
@@ -145,11 +149,24 @@ pub fn grpc_attached(agent: &Agent, pid: u32) -> bool {
 /// per call, in one trace, the server the child of the client, with the RPC attributes and
 /// status codes.
 pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
+    grpc_unary_and_streaming_on(bin, label, "127.0.0.1");
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// [`grpc_unary_and_streaming`] with the server listening on `host` (`::1` for IPv6): the
+/// spans carry the whole address.
+pub fn grpc_unary_and_streaming_on(bin: &Path, label: &str, host: &str) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let server = grpc_server_of(bin, "grpc-server", &[]);
-    let addr = format!("127.0.0.1:{}", server.port);
+    let listen = host_port(host, 0);
+    let extra: &[&str] = if host == "127.0.0.1" { &[] } else { &["-listen", &listen] };
+    let server = grpc_server_of(bin, "grpc-server", extra);
+    let addr = host_port(host, server.port);
     let mut client = Command::new(bin);
     client.args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"]).env("OTEL_SERVICE_NAME", "grpc-client");
     let (agent, out) = traced_pair(&rx, &server, client, |agent, pid| {
@@ -165,7 +182,22 @@ pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
     assert_eq!(traces.len(), calls, "one trace per call");
     let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
     for t in traces.values() {
-        let cl = one(t, "grpc-client", SpanKind::Client).unwrap_or_else(|e| panic!("{e}: {:#?}", t.iter().map(|s| (s.service_name(), s.kind, &s.name, &s.parent_span_id, &s.span_id, s.start_unix_nano, s.end_unix_nano)).collect::<Vec<_>>()));
+        let cl = one(t, "grpc-client", SpanKind::Client).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {:#?}",
+                t.iter()
+                    .map(|s| (
+                        s.service_name(),
+                        s.kind,
+                        &s.name,
+                        &s.parent_span_id,
+                        &s.span_id,
+                        s.start_unix_nano,
+                        s.end_unix_nano
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        });
         let srv = one(t, "grpc-server", SpanKind::Server).unwrap();
         assert_eq!(cl.parent_span_id, None, "the client span is a root");
         child_of(srv, cl).unwrap();
@@ -175,8 +207,10 @@ pub fn grpc_unary_and_streaming(bin: &Path, label: &str) {
         grpc_span(srv, &method, code).unwrap();
         for s in [cl, srv] {
             assert_eq!(int_attr(s, "server.port"), Some(i64::from(server.port)), "{s:?}");
-            assert_eq!(str_attr(s, "server.address"), Some("127.0.0.1"));
+            assert_eq!(str_attr(s, "server.address"), Some(host), "{s:?}");
         }
+        assert_eq!(str_attr(srv, "client.address"), Some(host), "{srv:?}");
+        assert_eq!(str_attr(cl, "network.peer.address"), Some(host), "{cl:?}");
         // NOT_FOUND: an error for the caller, not for the server (RPC conventions).
         let client_status = if code == 0 { StatusCode::Unset } else { StatusCode::Error };
         assert_eq!((cl.status_code, srv.status_code), (client_status, StatusCode::Unset), "{method} {code}");
@@ -207,12 +241,21 @@ pub fn wait_attached(agent: &Agent, pid: u32) {
 /// each client span has exactly one server span, its child, of the same method, within it, with
 /// the same error status.
 pub fn netrpc_paired(bin: &Path, label: &str, n: usize, c: usize) {
+    netrpc_paired_on(bin, label, n, c, "127.0.0.1");
+}
+
+/// [`netrpc_paired`] with the server listening on `host` (`::1` for IPv6): the spans carry the
+/// whole address.
+pub fn netrpc_paired_on(bin: &Path, label: &str, n: usize, c: usize, host: &str) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let server = Service::start("rpc-server", netrpc(bin, "server", &[], "rpc-server")).expect("rpc server");
-    let addr = format!("127.0.0.1:{}", server.port);
-    let client = netrpc(bin, "client", &["-wait", "-addr", &addr, "-n", &n.to_string(), "-c", &c.to_string()], "rpc-client");
+    let listen = host_port(host, 0);
+    let server =
+        Service::start("rpc-server", netrpc(bin, "server", &["-addr", &listen], "rpc-server")).expect("rpc server");
+    let addr = host_port(host, server.port);
+    let client =
+        netrpc(bin, "client", &["-wait", "-addr", &addr, "-n", &n.to_string(), "-c", &c.to_string()], "rpc-client");
     let (agent, out) = traced_pair(&rx, &server, client, wait_attached);
     let out = String::from_utf8_lossy(&out.stdout);
     let failing = n / 5;
@@ -222,7 +265,12 @@ pub fn netrpc_paired(bin: &Path, label: &str, n: usize, c: usize) {
     let spans = rx.spans();
     let clients: Vec<_> = spans.iter().filter(|s| s.service_name() == Some("rpc-client")).collect();
     let servers: Vec<_> = spans.iter().filter(|s| s.service_name() == Some("rpc-server")).collect();
-    eprintln!("net/rpc ({label}): {} client spans, {} server spans, {} in all", clients.len(), servers.len(), spans.len());
+    eprintln!(
+        "net/rpc ({label}): {} client spans, {} server spans, {} in all",
+        clients.len(),
+        servers.len(),
+        spans.len()
+    );
     assert_eq!((clients.len(), servers.len(), spans.len()), (n, n, 2 * n), "one client and one server span per call");
     let by_id: HashMap<&str, &ReceivedSpan> = clients.iter().map(|s| (s.span_id.as_str(), *s)).collect();
     let mut children: HashMap<&str, usize> = HashMap::new();
@@ -263,6 +311,10 @@ pub fn netrpc_paired(bin: &Path, label: &str, n: usize, c: usize) {
     for cl in &clients {
         assert!(cl.parent_span_id.is_none(), "a client span of the bare client has a parent");
         assert_eq!(cl.attr("server.port").and_then(|v| v.as_int()), Some(i64::from(server.port)));
+        assert_eq!(str_attr(cl, "server.address"), Some(host), "{cl:?}");
+    }
+    for srv in &servers {
+        assert_eq!(str_attr(srv, "client.address"), Some(host), "{srv:?}");
     }
     let failed = clients.iter().filter(|s| s.status_code == StatusCode::Error).count();
     assert_eq!(failed, failing, "error status exactly on the failing calls");

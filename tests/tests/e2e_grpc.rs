@@ -8,16 +8,15 @@
 use std::process::Command;
 use std::time::Duration;
 use tracer_tests::harness::{Agent, Service, fixtures_bin, grpc_env, require_root, rt, run_ok, summary};
-use tracer_tests::traces::{child_of, of, one, shape, tally};
-use tracer_tests::scenarios::{self, grpc_attached as attached, grpc_server_of, grpc_span, int_attr, str_attr};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
+use tracer_tests::scenarios::{self, grpc_attached as attached, grpc_server_of, grpc_span, int_attr, str_attr};
+use tracer_tests::traces::{child_of, of, one, shape, tally};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 fn grpc_server(name: &str, extra: &[&str]) -> Service {
     grpc_server_of(&fixtures_bin().join("grpcsvc"), name, extra)
 }
-
 
 fn run_unary_and_streaming(fixture: &str) {
     scenarios::grpc_unary_and_streaming(&fixtures_bin().join(fixture), fixture);
@@ -68,7 +67,8 @@ fn grpc_five_service_chain() {
     cmd.args(["-role", "gateway", "-grpc", &a_addr, "-grpc", &d_addr]).env("OTEL_SERVICE_NAME", "gateway");
     let gw = Service::start("gateway", cmd).expect("gateway");
     let pids = [gw.pid(), a.pid(), b.pid(), c.pid(), d.pid()];
-    let mut agent_args = Vec::new();
+    let listen = format!("127.0.0.1:{}", tracer_tests::harness::free_port());
+    let mut agent_args = vec!["--metrics-listen".to_string(), listen.clone()];
     for p in pids {
         agent_args.extend(["--pid".to_string(), p.to_string()]);
     }
@@ -82,6 +82,25 @@ fn grpc_five_service_chain() {
     let out = run_ok(&mut load).expect("load client");
     assert!(out.contains(&format!("\"ok\":{n}")) && out.contains("\"200\":"), "{out}");
     rt.block_on(rx.wait_for(|s| s.len() >= 9 * n, WAIT)).expect("all spans");
+    // Each call counts once, in its own family: gRPC calls in the RPC histograms (with their
+    // status), HTTP requests in the HTTP ones.
+    let nf = n as f64;
+    let grpc_ok: &[&str] = &[r#"rpc_system="grpc""#, r#"rpc_grpc_status_code="0""#];
+    let metrics = tracer_tests::harness::wait_for_histogram_counts(
+        &listen,
+        &[
+            ("rpc_server_duration_seconds", grpc_ok, 3.0 * nf),
+            ("rpc_client_duration_seconds", grpc_ok, 3.0 * nf),
+            ("rpc_server_duration_seconds", &[], 3.0 * nf),
+            ("rpc_client_duration_seconds", &[], 3.0 * nf),
+            ("http_server_request_duration_seconds", &[], 2.0 * nf),
+            ("http_client_request_duration_seconds", &[], nf),
+        ],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(!metrics.contains("_OTHER"), "no request counted with an unknown method:\n{metrics}");
+    assert!(metrics.contains(r#"rpc_service="grpc.health.v1.Health",rpc_method="Check""#), "{metrics}");
     let log = agent.stop().expect("agent stops");
     let spans = rx.spans();
     let port = |s: &ReceivedSpan| int_attr(s, "server.port");
@@ -110,8 +129,13 @@ fn grpc_five_service_chain() {
         child_of(a_srv, to_a)?;
         child_of(d_srv, to_d)?;
         let a_cli = of(t, "svc-a", SpanKind::Client);
-        let a_grpc = a_cli.iter().copied().find(|s| str_attr(s, "rpc.system") == Some("grpc")).ok_or("no gRPC call from svc-a")?;
-        let a_http = a_cli.iter().copied().find(|s| s.attr("http.request.method").is_some()).ok_or("no HTTP call from svc-a")?;
+        let a_grpc = a_cli
+            .iter()
+            .copied()
+            .find(|s| str_attr(s, "rpc.system") == Some("grpc"))
+            .ok_or("no gRPC call from svc-a")?;
+        let a_http =
+            a_cli.iter().copied().find(|s| s.attr("http.request.method").is_some()).ok_or("no HTTP call from svc-a")?;
         if a_cli.len() != 2 {
             return Err(format!("{} svc-a client spans", a_cli.len()));
         }
@@ -130,5 +154,9 @@ fn grpc_five_service_chain() {
     let sum = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
     eprintln!("agent summary: {sum:?}");
     assert_eq!(spans.len(), 9 * n, "exactly nine spans per request");
-    assert_eq!((complete, traces), (n, n), "one complete trace per request; problems: {problems:#?}; agent summary: {sum:?}");
+    assert_eq!(
+        (complete, traces),
+        (n, n),
+        "one complete trace per request; problems: {problems:#?}; agent summary: {sum:?}"
+    );
 }

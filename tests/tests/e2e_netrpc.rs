@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 use tracer_tests::harness::{Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt};
+use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 use tracer_tests::scenarios::{self, str_attr, wait_attached};
 use tracer_tests::traces::{child_of, one};
-use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -39,8 +39,18 @@ fn netrpc_chain_from_http_handler_and_back_to_http() {
     let back = Service::go("back-go").expect("http server");
     let rpc_addr = format!("127.0.0.1:{}", server.port);
     let web = Service::start("web", netrpc("web", &["-rpc", &rpc_addr], "web")).expect("web");
+    let listen = format!("127.0.0.1:{}", tracer_tests::harness::free_port());
     let agent = Agent::start(
-        &args(&["--pid", &server.pid().to_string(), "--pid", &back.pid().to_string(), "--pid", &web.pid().to_string()]),
+        &args(&[
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &back.pid().to_string(),
+            "--pid",
+            &web.pid().to_string(),
+            "--metrics-listen",
+            &listen,
+        ]),
         &grpc_env(&rx),
     )
     .expect("agent");
@@ -57,6 +67,25 @@ fn netrpc_chain_from_http_handler_and_back_to_http() {
         assert_eq!(out, "5");
     }
     rt.block_on(rx.wait_for(|s| s.len() >= 8 * n, WAIT)).expect("all spans");
+    // Each call counts once, in its own family: net/rpc calls in the RPC histograms, never as
+    // HTTP requests.
+    let nf = n as f64;
+    let rpc: &[&str] = &[r#"rpc_system="go_net_rpc""#];
+    let metrics = tracer_tests::harness::wait_for_histogram_counts(
+        &listen,
+        &[
+            ("rpc_server_duration_seconds", rpc, 2.0 * nf),
+            ("rpc_client_duration_seconds", rpc, 2.0 * nf),
+            ("rpc_server_duration_seconds", &[], 2.0 * nf),
+            ("rpc_client_duration_seconds", &[], 2.0 * nf),
+            ("http_server_request_duration_seconds", &[], 3.0 * nf),
+            ("http_client_request_duration_seconds", &[], nf),
+        ],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(!metrics.contains("_OTHER"), "no request counted with an unknown method:\n{metrics}");
+    assert!(metrics.contains(r#"rpc_service="Calculator",rpc_method="Add""#), "{metrics}");
     agent.stop().expect("agent stops");
     let spans = rx.spans();
     let mut traces: BTreeMap<&str, Vec<&ReceivedSpan>> = BTreeMap::new();
@@ -121,7 +150,8 @@ fn netrpc_fixture_http_route_pattern() {
     agent.stop().expect("agent stops");
     let spans = rx.spans();
     assert_eq!(spans.len(), 2 * n);
-    let items: Vec<_> = spans.iter().filter(|s| str_attr(s, "url.path").is_some_and(|p| p.starts_with("/items/"))).collect();
+    let items: Vec<_> =
+        spans.iter().filter(|s| str_attr(s, "url.path").is_some_and(|p| p.starts_with("/items/"))).collect();
     assert_eq!(items.len(), n);
     let mut paths: Vec<_> = items.iter().filter_map(|s| str_attr(s, "url.path")).collect();
     paths.sort_unstable();
