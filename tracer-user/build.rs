@@ -8,20 +8,14 @@ use aya_build::{Package, Toolchain};
 const EBPF_TOOLCHAIN: &str = "nightly-2026-06-25";
 
 fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "tracer-ebpf")
         .ok_or_else(|| anyhow!("tracer-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?
-        .as_str()
-        .to_owned();
+    let root_dir =
+        ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?.as_str().to_owned();
     println!("cargo:rerun-if-changed=../tracer-common/src");
     aya_build::build_ebpf(
         [Package { name: "tracer-ebpf", root_dir: &root_dir, ..Default::default() }],

@@ -45,7 +45,8 @@ pub fn child_within(child: &ReceivedSpan, parent: &ReceivedSpan, skew_ns: u64) -
     if child.trace_id != parent.trace_id {
         return Err(format!("{} is in another trace than its parent {}", child.name, parent.name));
     }
-    if child.start_unix_nano + skew_ns < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano + skew_ns {
+    if child.start_unix_nano + skew_ns < parent.start_unix_nano || child.end_unix_nano > parent.end_unix_nano + skew_ns
+    {
         return Err(format!("{} outside its parent {}", child.name, parent.name));
     }
     Ok(())
@@ -70,7 +71,10 @@ pub fn shape(spans: &[&ReceivedSpan]) -> String {
 }
 
 /// Counts complete traces with `check`, collecting what was wrong with the others.
-pub fn tally(spans: &[ReceivedSpan], check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>) -> (usize, usize, BTreeMap<String, usize>) {
+pub fn tally(
+    spans: &[ReceivedSpan],
+    check: impl Fn(&[&ReceivedSpan]) -> Result<(), String>,
+) -> (usize, usize, BTreeMap<String, usize>) {
     let traces = by_trace(spans);
     let mut problems = BTreeMap::new();
     let complete = traces

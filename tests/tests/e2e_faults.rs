@@ -94,10 +94,7 @@ fn quiet(c: Collector) -> Collector {
 
 fn free_port() -> u16 {
     let start = 20_000 + (std::process::id() % 10_000) as u16;
-    (start..32_000)
-        .chain(20_000..start)
-        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port")
+    (start..32_000).chain(20_000..start).find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }
 
 /// `n` requests for `path`, one connection each; the server answers every one.
@@ -196,11 +193,7 @@ fn collector_down_flapping_and_slow() {
     );
     let total: usize = sent.values().sum();
     // Every span is accounted for: delivered, dropped at the full queue, or failed after retries.
-    assert_eq!(
-        (sum["spans_exported"] + sum["spans_dropped"] + sum["spans_failed"]) as usize,
-        total,
-        "{log}"
-    );
+    assert_eq!((sum["spans_exported"] + sum["spans_dropped"] + sum["spans_failed"]) as usize, total, "{log}");
     assert_eq!(sum["spans_exported"] as usize, got1 + got2 + got3, "exported = received");
     assert!(sum["spans_dropped"] > 0, "a queue of {queue} overflowed while the collector was down");
     assert!(sum["export_failures"] > 0 && sum["spans_failed"] > 0, "failed exports are counted: {sum:?}");
@@ -239,7 +232,8 @@ fn otlp_header_values_are_never_logged() {
         let log = agent.stop().expect("agent stops");
         let sent = rx.requests();
         assert!(
-            sent.iter().any(|r| r.headers.get("authorization").map(String::as_str) == Some(&format!("Bearer {SECRET}"))),
+            sent.iter()
+                .any(|r| r.headers.get("authorization").map(String::as_str) == Some(&format!("Bearer {SECRET}"))),
             "{protocol}: the credential reached the collector"
         );
         assert!(log.len() > 1000, "{protocol}: trace logging was on");

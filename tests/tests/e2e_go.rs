@@ -6,15 +6,12 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tracer_tests::harness::{
-    Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt,
-};
-use tracer_tests::traces::{child_of, one, tally};
-use tracer_tests::scenarios;
+use tracer_tests::harness::{Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt};
 use tracer_tests::receiver::{Receiver, SpanKind};
+use tracer_tests::scenarios;
+use tracer_tests::traces::{child_of, one, tally};
 
 const WAIT: Duration = Duration::from_secs(90);
-
 
 /// A fan-out service (`fixture`: a build of cmd/fanout) calling two Go services from nested
 /// goroutines: every request is one trace whose two client spans are children of its server span.
@@ -77,9 +74,7 @@ fn go_chain_client_server_server() {
         .spawn()
         .expect("client");
     let agent = Agent::start(
-        &args(&[
-            "--pid", &client.id().to_string(), "--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(),
-        ]),
+        &args(&["--pid", &client.id().to_string(), "--pid", &a.pid().to_string(), "--pid", &b.pid().to_string()]),
         &grpc_env(&rx),
     )
     .expect("agent");
@@ -134,10 +129,10 @@ fn get(conn: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> std::i
         if line == "\r\n" || line.is_empty() {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
         }
     }
     let mut body = vec![0; len];
@@ -190,7 +185,10 @@ fn go_survives_attach_detach_under_load() {
                     match get(c, &path) {
                         Ok((200, body)) if body == expect => {}
                         other => {
-                            eprintln!("unexpected response: {:?}", other.map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned())));
+                            eprintln!(
+                                "unexpected response: {:?}",
+                                other.map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+                            );
                             bad.fetch_add(1, Ordering::Relaxed);
                             conn = None;
                         }
@@ -201,11 +199,9 @@ fn go_survives_attach_detach_under_load() {
         })
         .collect();
     for cycle in 0..10 {
-        let agent = Agent::start(
-            &args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string()]),
-            &grpc_env(&rx),
-        )
-        .expect("agent");
+        let agent =
+            Agent::start(&args(&["--pid", &a.pid().to_string(), "--pid", &b.pid().to_string()]), &grpc_env(&rx))
+                .expect("agent");
         assert!(agent.log_text().contains(&format!("pid {}: Go ", a.pid())), "cycle {cycle}: probes not attached");
         // Traffic flows through the probes before detaching.
         let before = done.load(Ordering::Relaxed);
@@ -221,7 +217,11 @@ fn go_survives_attach_detach_under_load() {
         w.join().expect("worker");
     }
     let n = done.load(Ordering::Relaxed);
-    eprintln!("survival: {n} requests, {} bad, {} spans exported while attached", bad.load(Ordering::Relaxed), rx.spans().len());
+    eprintln!(
+        "survival: {n} requests, {} bad, {} spans exported while attached",
+        bad.load(Ordering::Relaxed),
+        rx.spans().len()
+    );
     assert!(n >= total);
     assert_eq!(bad.load(Ordering::Relaxed), 0, "changed or failed responses");
     assert!(alive(a.pid()) && alive(b.pid()));

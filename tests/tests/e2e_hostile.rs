@@ -14,9 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tracer_tests::harness::{
-    Agent, Service, args, grpc_env, python_bin, raise_nofile, require_root, rt, summary,
-};
+use tracer_tests::harness::{Agent, Service, args, grpc_env, python_bin, raise_nofile, require_root, rt, summary};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,9 +40,7 @@ fn exchange(port: u16, bytes: &[u8]) -> (u16, Vec<u8>) {
 /// Status codes of the HTTP/1.1 responses in a reply (bodies here never contain status lines).
 fn statuses(reply: &[u8]) -> Vec<u16> {
     let text = String::from_utf8_lossy(reply);
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(i, m)| text.get(i + m.len()..i + m.len() + 3)?.parse().ok())
-        .collect()
+    text.match_indices("HTTP/1.1 ").filter_map(|(i, m)| text.get(i + m.len()..i + m.len() + 3)?.parse().ok()).collect()
 }
 
 /// Spans a connection's reply should produce: one per answer to a request the server accepted.
@@ -116,7 +112,8 @@ fn hostile_input_makes_no_false_spans() {
         ),
         (
             "obfuscated Transfer-Encoding",
-            b"POST /hostile/te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            b"POST /hostile/te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\nabc"
+                .to_vec(),
         ),
         ("negative Content-Length", b"POST /hostile/neg HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec()),
         ("60 KiB header", big(60 * 1024)),
@@ -307,8 +304,12 @@ fn kernel_connection_table_evicts_and_counts() {
     for p in spans.iter().filter_map(peer_port) {
         *per_port.entry(p).or_default() += 1;
     }
-    assert!(per_port.values().all(|&n| n == 2), "{} ports, counts {:?}", per_port.len(),
-        per_port.values().filter(|&&n| n != 2).take(5).collect::<Vec<_>>());
+    assert!(
+        per_port.values().all(|&n| n == 2),
+        "{} ports, counts {:?}",
+        per_port.len(),
+        per_port.values().filter(|&&n| n != 2).take(5).collect::<Vec<_>>()
+    );
     let sum = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
     eprintln!("agent summary: {sum:?}");
     // Each open connection took an entry in a table that holds 256: at least the rest were
@@ -338,11 +339,9 @@ fn traced_server_killed_mid_request() {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let victim = Service::go("go-victim").expect("go server");
     let other = Service::go("go-other").expect("go server");
-    let agent = Agent::start(
-        &args(&["--pid", &victim.pid().to_string(), "--pid", &other.pid().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
+    let agent =
+        Agent::start(&args(&["--pid", &victim.pid().to_string(), "--pid", &other.pid().to_string()]), &grpc_env(&rx))
+            .expect("agent");
     for _ in 0..3 {
         assert_eq!(tracer_tests::harness::curl(&[&victim.url("/hello")]).unwrap(), "hello");
     }

@@ -27,10 +27,7 @@ fn int_attr(s: &ReceivedSpan, k: &str) -> Option<i64> {
 }
 
 fn servers_of<'a>(spans: &'a [ReceivedSpan], service: &str) -> Vec<&'a ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Server && s.service_name() == Some(service))
-        .collect()
+    spans.iter().filter(|s| s.kind == SpanKind::Server && s.service_name() == Some(service)).collect()
 }
 
 fn count_where(spans: &[ReceivedSpan], f: impl Fn(&ReceivedSpan) -> bool) -> usize {
@@ -72,8 +69,7 @@ fn python_server_curl_over_grpc() {
         assert!(s.attributes.keys().all(|k| !k.contains("header")), "no headers exported: {s:?}");
         assert_eq!(s.protocol.as_str(), "grpc");
     }
-    let by_path: BTreeMap<&str, &ReceivedSpan> =
-        spans.iter().map(|s| (str_attr(s, "url.path").unwrap(), s)).collect();
+    let by_path: BTreeMap<&str, &ReceivedSpan> = spans.iter().map(|s| (str_attr(s, "url.path").unwrap(), s)).collect();
     assert_eq!(by_path.keys().copied().collect::<Vec<_>>(), ["/hello", "/status/404", "/status/503"]);
     let hello = by_path["/hello"];
     assert_eq!(int_attr(hello, "http.response.status_code"), Some(200));
@@ -92,9 +88,14 @@ fn go_server_keepalive_over_http_protobuf() {
     let go = Service::go("go-inventory").expect("go server");
     let agent = Agent::start(&args(&["--exe", "httpserver"]), &http_env(&rx)).expect("agent");
     // 200 requests over 4 keep-alive connections from the Go client (not traced).
-    let out = run_ok(
-        Command::new(fixtures_bin().join("httpclient")).args(["-url", &go.url("/hello"), "-n", "200", "-c", "4"]),
-    )
+    let out = run_ok(Command::new(fixtures_bin().join("httpclient")).args([
+        "-url",
+        &go.url("/hello"),
+        "-n",
+        "200",
+        "-c",
+        "4",
+    ]))
     .unwrap();
     assert!(out.contains("\"ok\":200"), "{out}");
     rt.block_on(rx.wait_for(|s| s.len() >= 200, WAIT)).expect("200 spans");
@@ -158,9 +159,7 @@ fn raw_exchange(port: u16, pieces: &[&[u8]], gap: Duration, responses: usize) ->
     }
     let mut got = Vec::new();
     let mut buf = [0u8; 65536];
-    while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < responses
-        || !got.ends_with(b"hello")
-    {
+    while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < responses || !got.ends_with(b"hello") {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "server closed early: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
@@ -181,12 +180,8 @@ fn pipelined_requests_and_split_headers() {
     let out = raw_exchange(go.port, &[pipelined], Duration::ZERO, 3);
     assert_eq!(out.matches("HTTP/1.1 ").count(), 3);
     // One request whose headers arrive in three segments.
-    let out = raw_exchange(
-        go.port,
-        &[b"GE", b"T /hello HTTP/1.1\r\nHo", b"st: split\r\n\r\n"],
-        Duration::from_millis(50),
-        1,
-    );
+    let out =
+        raw_exchange(go.port, &[b"GE", b"T /hello HTTP/1.1\r\nHo", b"st: split\r\n\r\n"], Duration::from_millis(50), 1);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     rt.block_on(rx.wait_for(|s| s.len() >= 4, WAIT)).expect("4 spans");
     let spans = stop_and_collect(&rt, &rx, agent, 4);
@@ -207,12 +202,11 @@ fn one_megabyte_responses_content_length_and_chunked() {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let go = Service::go("go-big").expect("go server");
     let py = Service::python("py-big").expect("python server");
-    let agent = Agent::start(
-        &args(&["--pid", &go.pid().to_string(), "--pid", &py.pid().to_string()]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
-    for url in [go.url("/bytes/1048576"), go.url("/chunked/1048576"), py.url("/bytes/1048576"), py.url("/chunked/1048576")] {
+    let agent = Agent::start(&args(&["--pid", &go.pid().to_string(), "--pid", &py.pid().to_string()]), &grpc_env(&rx))
+        .expect("agent");
+    for url in
+        [go.url("/bytes/1048576"), go.url("/chunked/1048576"), py.url("/bytes/1048576"), py.url("/chunked/1048576")]
+    {
         let n = curl(&["-o", "/dev/null", "-w", "%{size_download}", &url]).unwrap();
         assert_eq!(n.trim(), "1048576", "{url}");
     }
@@ -311,12 +305,10 @@ fn trace_everything_but_the_agent_itself() {
     assert_eq!(servers_of(&spans, "go-all").len(), 3);
     // curl is traced too in this mode: its client spans are there.
     assert_eq!(
-        count_where(&spans, |s| s.kind == SpanKind::Client && s.service_name() == Some("curl")
+        count_where(&spans, |s| s.kind == SpanKind::Client
+            && s.service_name() == Some("curl")
             && int_attr(s, "server.port") == Some(go.port as i64)),
         3
     );
-    assert!(
-        spans.iter().all(|s| s.resource.get("process.pid") != Some(&agent_pid)),
-        "the agent never traces itself"
-    );
+    assert!(spans.iter().all(|s| s.resource.get("process.pid") != Some(&agent_pid)), "the agent never traces itself");
 }

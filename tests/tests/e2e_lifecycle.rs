@@ -7,13 +7,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tracer_tests::harness::{
-    Agent, Service, args, bpftool, curl, grpc_env, live_prog_ids, prog_ids_of, require_root, rt, summary,
-    wait_until,
+    Agent, Service, args, bpftool, curl, grpc_env, live_prog_ids, prog_ids_of, require_root, rt, summary, wait_until,
 };
 use tracer_tests::receiver::Receiver;
 
 const WAIT: Duration = Duration::from_secs(30);
-
 
 fn cgroup2_root() -> String {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -71,10 +69,8 @@ fn nothing_stays_attached_after_sigint_sigterm_or_sigkill() {
             assert!(summary(&log).is_some(), "{name}: summary line:\n{log}");
         }
         // The kernel frees programs once their last reference (fd or link) is gone.
-        wait_until(&format!("{name}: the agent's programs to be freed"), WAIT, || {
-            live_prog_ids().is_disjoint(&ids)
-        })
-        .unwrap();
+        wait_until(&format!("{name}: the agent's programs to be freed"), WAIT, || live_prog_ids().is_disjoint(&ids))
+            .unwrap();
         assert!(cgroup_attachments().iter().all(|(id, _)| !ids.contains(id)), "{name}: cgroup attachment left");
         assert!(link_prog_ids().is_disjoint(&ids), "{name}: link left");
         // Traffic of the host is unaffected.

@@ -26,8 +26,10 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 #[ignore = "needs root and the binaries `cargo xtask go-matrix` builds"]
 fn go_version_matrix() {
     require_root();
-    let manifest = std::env::var("TRACER_GO_MATRIX").expect("TRACER_GO_MATRIX: the manifest `cargo xtask go-matrix` writes");
-    let results_path = std::env::var("TRACER_GO_MATRIX_RESULTS").expect("TRACER_GO_MATRIX_RESULTS: where to write results");
+    let manifest =
+        std::env::var("TRACER_GO_MATRIX").expect("TRACER_GO_MATRIX: the manifest `cargo xtask go-matrix` writes");
+    let results_path =
+        std::env::var("TRACER_GO_MATRIX_RESULTS").expect("TRACER_GO_MATRIX_RESULTS: where to write results");
     let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("reading {manifest}: {e}"));
     let mut results = String::new();
     let mut failed = Vec::new();

@@ -35,8 +35,8 @@ fn request_counts_errors_and_durations_on_the_prometheus_endpoint() {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut env = grpc_env(&rx);
     env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
-    let agent = Agent::start(&args(&["--pid", &go.pid().to_string(), "--metrics-listen", &listen]), &env)
-        .expect("agent");
+    let agent =
+        Agent::start(&args(&["--pid", &go.pid().to_string(), "--metrics-listen", &listen]), &env).expect("agent");
     let url = format!("http://{listen}/metrics");
 
     for _ in 0..30 {
@@ -70,14 +70,12 @@ fn request_counts_errors_and_durations_on_the_prometheus_endpoint() {
     let spans = rt
         .block_on(rx.wait_for(|s| s.iter().filter(|s| s.service_name() == Some("go-metrics")).count() >= 37, WAIT))
         .expect("37 spans exported");
-    let span_sum: f64 = spans
-        .iter()
-        .filter(|s| s.service_name() == Some("go-metrics"))
-        .map(|s| s.duration().as_secs_f64())
-        .sum();
+    let span_sum: f64 =
+        spans.iter().filter(|s| s.service_name() == Some("go-metrics")).map(|s| s.duration().as_secs_f64()).sum();
     let metric_sum = s[&ok.replace("_count", "_sum")] + s[&err.replace("_count", "_sum")];
     assert!((span_sum - metric_sum).abs() < 1e-6, "spans {span_sum} s vs metrics {metric_sum} s");
-    let errors = spans.iter().filter(|s| s.service_name() == Some("go-metrics") && s.status_code.as_str() == "ERROR").count();
+    let errors =
+        spans.iter().filter(|s| s.service_name() == Some("go-metrics") && s.status_code.as_str() == "ERROR").count();
     assert_eq!(errors, 7);
 
     // The agent's health: spans exported, probes attached, one process traced.

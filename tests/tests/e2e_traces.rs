@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tracer_tests::harness::{
-    Agent, Service, TwoHosts, args, curl, encode, fixtures_bin, fixtures_src, grpc_env, python_bin,
-    require_root, rt, run_ok, wait_until,
+    Agent, Service, TwoHosts, args, curl, encode, fixtures_bin, fixtures_src, grpc_env, python_bin, require_root, rt,
+    run_ok, wait_until,
 };
-use tracer_tests::traces::{by_trace, child_of, child_within, one};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
+use tracer_tests::traces::{by_trace, child_of, child_within, one};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Allowed clock skew between spans of two hosts. Here both "hosts" share one clock, yet the
@@ -77,8 +77,14 @@ fn run_chain(propagation: &str) {
     let c = Service::go("stock-go").expect("go");
     let agent = Agent::start(
         &args(&[
-            "--pid", &a.pid().to_string(), "--pid", &b.pid().to_string(), "--pid", &c.pid().to_string(),
-            "--propagation", propagation,
+            "--pid",
+            &a.pid().to_string(),
+            "--pid",
+            &b.pid().to_string(),
+            "--pid",
+            &c.pid().to_string(),
+            "--propagation",
+            propagation,
         ]),
         &grpc_env(&rx),
     )
@@ -125,15 +131,18 @@ fn chain_across_two_hosts_with_two_agents() {
     let rx1 = rt.block_on(Receiver::start()).expect("receiver 1");
     let rx2 = rt.block_on(Receiver::start()).expect("receiver 2");
     let hosts = TwoHosts::create("x").expect("network namespaces");
-    let py = vec![python_bin().to_string_lossy().into_owned(), fixtures_src().join("python/server.py").to_string_lossy().into_owned()];
+    let py = vec![
+        python_bin().to_string_lossy().into_owned(),
+        fixtures_src().join("python/server.py").to_string_lossy().into_owned(),
+    ];
     let java = vec!["java".to_string(), fixtures_src().join("java/Server.java").to_string_lossy().into_owned()];
     let go = vec![fixtures_bin().join("httpserver").to_string_lossy().into_owned()];
     let a = Service::in_netns(&hosts.h1, "edge-py", &py, &format!("{}:0", hosts.addr1)).expect("a");
     let b = Service::in_netns(&hosts.h2, "orders-java", &java, &format!("{}:0", hosts.addr2)).expect("b");
     let c = Service::in_netns(&hosts.h2, "stock-go", &go, &format!("{}:0", hosts.addr2)).expect("c");
     // One agent per "host", each exporting to its own collector.
-    let agent1 = Agent::start(&args(&["--pid", &a.pid().to_string(), "--propagation", "on"]), &grpc_env(&rx1))
-        .expect("agent 1");
+    let agent1 =
+        Agent::start(&args(&["--pid", &a.pid().to_string(), "--propagation", "on"]), &grpc_env(&rx1)).expect("agent 1");
     let agent2 = Agent::start(
         &args(&["--pid", &b.pid().to_string(), "--pid", &c.pid().to_string(), "--propagation", "on"]),
         &grpc_env(&rx2),
@@ -160,10 +169,7 @@ fn chain_across_two_hosts_with_two_agents() {
         s1.iter().filter(|s| s.kind == SpanKind::Client).map(|s| s.span_id.clone()).collect();
     let b_servers: Vec<_> =
         s2.iter().filter(|s| s.kind == SpanKind::Server && s.service_name() == Some("orders-java")).collect();
-    let linked = b_servers
-        .iter()
-        .filter(|s| s.parent_span_id.as_ref().is_some_and(|p| a_clients.contains(p)))
-        .count();
+    let linked = b_servers.iter().filter(|s| s.parent_span_id.as_ref().is_some_and(|p| a_clients.contains(p))).count();
     eprintln!("two hosts: {linked}/{} server spans on host 2 have their host-1 client as parent", b_servers.len());
     let t1: std::collections::BTreeSet<_> = s1.iter().map(|s| s.trace_id.clone()).collect();
     let t2: std::collections::BTreeSet<_> = s2.iter().map(|s| s.trace_id.clone()).collect();
@@ -187,10 +193,9 @@ fn sdk_instrumented_caller_continues_its_trace() {
     let agent = Agent::start(&args(&["--pid", &svc.pid().to_string()]), &grpc_env(&rx)).expect("agent");
     let mut sdk_ids = Vec::new();
     for _ in 0..3 {
-        let out = run_ok(
-            Command::new(python_bin()).arg(fixtures_src().join("python/sdk_caller.py")).arg(svc.url("/hello")),
-        )
-        .expect("sdk caller");
+        let out =
+            run_ok(Command::new(python_bin()).arg(fixtures_src().join("python/sdk_caller.py")).arg(svc.url("/hello")))
+                .expect("sdk caller");
         let mut w = out.split_whitespace();
         sdk_ids.push((w.next().unwrap().to_owned(), w.next().unwrap().to_owned()));
     }
@@ -199,7 +204,10 @@ fn sdk_instrumented_caller_continues_its_trace() {
     let spans = rx.spans();
     assert_eq!(spans.len(), 3);
     for (trace, parent) in &sdk_ids {
-        let s = spans.iter().find(|s| &s.trace_id == trace).unwrap_or_else(|| panic!("no span in SDK trace {trace}: {spans:#?}"));
+        let s = spans
+            .iter()
+            .find(|s| &s.trace_id == trace)
+            .unwrap_or_else(|| panic!("no span in SDK trace {trace}: {spans:#?}"));
         assert_eq!(s.parent_span_id.as_deref(), Some(parent.as_str()), "child of the SDK's span");
         assert_eq!(s.kind, SpanKind::Server);
     }
@@ -333,7 +341,11 @@ fn propagation_on_leaves_traffic_byte_exact() {
         );
         let b = raw(*port, req.as_bytes(), 3);
         assert_eq!(b.len(), 3, "{name}: pipelined responses");
-        assert_eq!((b[0].as_slice(), b[1].as_slice(), b[2].as_slice()), (&b"hello"[..], &mb[..100_000], &b"hello"[..]), "{name}: pipelined content");
+        assert_eq!(
+            (b[0].as_slice(), b[1].as_slice(), b[2].as_slice()),
+            (&b"hello"[..], &mb[..100_000], &b"hello"[..]),
+            "{name}: pipelined content"
+        );
         // Language clients, 1 MB each, keep-alive, concurrent.
         let big = url("/bytes/1048576");
         let go_client = fixtures_bin().join("httpclient");
@@ -348,7 +360,10 @@ fn propagation_on_leaves_traffic_byte_exact() {
             ),
             (
                 "node",
-                Command::new("node").arg(fixtures_src().join("node/client.js")).args(["--url", &big, "--n", "20", "--c", "4"]).output(),
+                Command::new("node")
+                    .arg(fixtures_src().join("node/client.js"))
+                    .args(["--url", &big, "--n", "20", "--c", "4"])
+                    .output(),
             ),
         ] {
             let o = cmd.unwrap();
@@ -356,7 +371,8 @@ fn propagation_on_leaves_traffic_byte_exact() {
             assert!(o.status.success() && text.contains("\"ok\":20,\"errors\":0"), "{name} <- {client}: {text}");
         }
         // Java as a client, through the Java server's outgoing call.
-        let via_java = curl(&[&format!("http://127.0.0.1:{}/call?url={}", java.port, encode(&url("/bytes/1048576")))]).unwrap();
+        let via_java =
+            curl(&[&format!("http://127.0.0.1:{}/call?url={}", java.port, encode(&url("/bytes/1048576")))]).unwrap();
         assert_eq!(via_java, "called 200", "{name} <- java");
         *results.entry(name).or_default() += 1;
     }
@@ -378,11 +394,8 @@ fn thread_pool_links_inbound_to_outbound_calls() {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let java = Service::java("gateway-java").unwrap();
     let go = Service::go("leaf-go").unwrap();
-    let agent = Agent::start(
-        &args(&["--pid", &java.pid().to_string(), "--propagation", "off"]),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
+    let agent = Agent::start(&args(&["--pid", &java.pid().to_string(), "--propagation", "off"]), &grpc_env(&rx))
+        .expect("agent");
     let n = 60;
     load(&java.url(&format!("/call?url={}", encode(&go.url("/hello")))), n, 12, None);
     rt.block_on(rx.wait_for(|s| s.len() >= 2 * n, WAIT)).expect("spans");

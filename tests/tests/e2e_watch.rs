@@ -20,8 +20,12 @@ struct Tmux {
 impl Tmux {
     fn start(tag: &str, command: &str) -> Self {
         let t = Tmux { socket: format!("tracer-e2e-{}-{tag}", std::process::id()) };
-        run_ok(Command::new("tmux").args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d", "-s", "w", "-x", "80", "-y", "24"]).arg(command))
-            .expect("tmux new-session");
+        run_ok(
+            Command::new("tmux")
+                .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d", "-s", "w", "-x", "80", "-y", "24"])
+                .arg(command),
+        )
+        .expect("tmux new-session");
         t
     }
 
@@ -52,7 +56,6 @@ impl Drop for Tmux {
         let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
     }
 }
-
 
 struct Run {
     tmux: Tmux,
@@ -136,7 +139,11 @@ fn watch_draws_traces_in_an_80x24_terminal_filters_and_quits_cleanly() {
     let ok = lines.iter().find(|l| l.contains("srv GET /hello")).unwrap();
     assert!(ok.contains("go-watch") && ok.contains(" 200 "), "{ok}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("-- ") && l.contains(" ERROR ")).count(), 1, "{screen}");
-    assert_eq!(lines.iter().filter(|l| l.starts_with("-- ") && l.contains(" 1 span ") && l.contains(" OK ")).count(), 2, "{screen}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("-- ") && l.contains(" 1 span ") && l.contains(" OK ")).count(),
+        2,
+        "{screen}"
+    );
     // Pause: new traces wait; resume shows them.
     run.tmux.keys("p");
     run.tmux.wait_screen("paused", |s| s.contains("PAUSED (0 waiting)"));
@@ -144,7 +151,8 @@ fn watch_draws_traces_in_an_80x24_terminal_filters_and_quits_cleanly() {
     let paused = run.tmux.wait_screen("a trace held while paused", |s| s.contains("PAUSED (1 waiting)"));
     assert!(!paused.contains("/status/404"), "{paused}");
     run.tmux.keys("p");
-    run.tmux.wait_screen("the held trace shown on resume", |s| s.contains("srv GET /status/404") && !s.contains("PAUSED"));
+    run.tmux
+        .wait_screen("the held trace shown on resume", |s| s.contains("srv GET /status/404") && !s.contains("PAUSED"));
     run.tmux.keys("q");
     finish(&run, "q");
     eprintln!("watch: pid {} drew 4 traces, paused and quit on q; {} programs released", run.pid, run.ids.len());

@@ -40,7 +40,15 @@ struct Cell {
     bin: PathBuf,
 }
 
-fn go_build(dir: &Path, toolchain: &str, flags: &[&str], cgo: &str, out: &Path, pkg: &str, modfile: Option<&Path>) -> anyhow::Result<()> {
+fn go_build(
+    dir: &Path,
+    toolchain: &str,
+    flags: &[&str],
+    cgo: &str,
+    out: &Path,
+    pkg: &str,
+    modfile: Option<&Path>,
+) -> anyhow::Result<()> {
     let mut cmd = Command::new("go");
     cmd.arg("build");
     if let Some(m) = modfile {
@@ -85,7 +93,9 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
         for (mode, flags, cgo) in MODES {
             let dir = out.join(format!("{go}-{mode}"));
             std::fs::create_dir_all(&dir)?;
-            for (component, pkg, name) in [("net/http", "./cmd/fanout", "fanout"), ("net/rpc", "./cmd/netrpc", "netrpc")] {
+            for (component, pkg, name) in
+                [("net/http", "./cmd/fanout", "fanout"), ("net/rpc", "./cmd/netrpc", "netrpc")]
+            {
                 let bin = dir.join(name);
                 go_build(&go_src, go, flags, cgo, &bin, pkg, None)?;
                 cells.push(Cell { go: go.to_string(), mode: mode.to_string(), component: component.into(), bin });
@@ -189,7 +199,8 @@ pub fn go_matrix(args: &GoMatrixArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let cells = build_cells(args.quick, &out)?;
     let manifest = out.join("cells.tsv");
-    let text: String = cells.iter().map(|c| format!("{}\t{}\t{}\t{}\n", c.go, c.mode, c.component, c.bin.display())).collect();
+    let text: String =
+        cells.iter().map(|c| format!("{}\t{}\t{}\t{}\n", c.go, c.mode, c.component, c.bin.display())).collect();
     std::fs::write(&manifest, text)?;
     let results = out.join("results.tsv");
     let _ = std::fs::remove_file(&results);

@@ -42,7 +42,7 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Run each fuzz target (fuzz/) for a bounded time; installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
-    /// Regenerate the Go struct-offset table (tracer-user/src/gobin/offsets_table.rs) from real
+    /// Regenerate the Go struct-offset table (tracer-user/src/golang/gobin/offsets_table.rs) from real
     /// builds with each Go release in GO_RELEASES (fetched with GOTOOLCHAIN) and the local Go.
     GoOffsets,
     /// Trace Go fixtures built with every Go release (1.21 to the newest, via GOTOOLCHAIN) in
@@ -79,7 +79,7 @@ fn go_offsets() -> anyhow::Result<()> {
     if !table.status.success() {
         bail!("tracer go-inspect failed: {}", String::from_utf8_lossy(&table.stderr));
     }
-    let path = root().join("tracer-user/src/gobin/offsets_table.rs");
+    let path = root().join("tracer-user/src/golang/gobin/offsets_table.rs");
     std::fs::write(&path, &table.stdout)?;
     eprintln!("wrote {}", path.display());
 
@@ -107,7 +107,7 @@ fn go_offsets() -> anyhow::Result<()> {
     if !table.status.success() {
         bail!("tracer go-inspect failed: {}", String::from_utf8_lossy(&table.stderr));
     }
-    let path = root().join("tracer-user/src/grpc_offsets_table.rs");
+    let path = root().join("tracer-user/src/golang/grpc_offsets_table.rs");
     std::fs::write(&path, &table.stdout)?;
     eprintln!("wrote {}", path.display());
     Ok(())
@@ -220,12 +220,45 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     let agent = build_agent()?;
     build_fixtures()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tracer-tests", "--test", "e2e_http", "--test", "e2e_traces", "--test", "e2e_hostile", "--test", "e2e_faults", "--test", "e2e_lifecycle", "--test", "e2e_privilege", "--test", "e2e_go", "--test", "e2e_metrics", "--test", "e2e_watch", "--test", "e2e_discovery", "--test", "e2e_netrpc", "--test", "e2e_grpc", "--"])
-        .args(["--ignored", "--test-threads=1", "--nocapture"])
-        .args(filter)
-        .env("TRACER_BIN", &agent)
-        .env("TRACER_FIXTURES", fixtures_dir())
-        .env("TRACER_SOURCE_ROOT", root());
+    cmd.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "tracer-tests",
+        "--test",
+        "e2e_http",
+        "--test",
+        "e2e_traces",
+        "--test",
+        "e2e_hostile",
+        "--test",
+        "e2e_faults",
+        "--test",
+        "e2e_lifecycle",
+        "--test",
+        "e2e_privilege",
+        "--test",
+        "e2e_go",
+        "--test",
+        "e2e_metrics",
+        "--test",
+        "e2e_watch",
+        "--test",
+        "e2e_discovery",
+        "--test",
+        "e2e_netrpc",
+        "--test",
+        "e2e_grpc",
+        "--test",
+        "e2e_ipv6",
+        "--",
+    ])
+    .args(["--ignored", "--test-threads=1", "--nocapture"])
+    .args(filter)
+    .env("TRACER_BIN", &agent)
+    .env("TRACER_FIXTURES", fixtures_dir())
+    .env("TRACER_SOURCE_ROOT", root());
     run(&mut cmd)
 }
 
@@ -233,9 +266,7 @@ fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|v| v == "0"))
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|v| v == "0"))
         })
         .unwrap_or(false)
 }
@@ -274,19 +305,15 @@ fn demo(args: Vec<String>) -> anyhow::Result<()> {
     build_fixtures()?;
     let fx = root().join("tests/fixtures");
     let mut demo = Demo { children: Vec::new() };
-    let (go, go_port) = spawn_listening(
-        Command::new(fixtures_dir().join("httpserver")).env("OTEL_SERVICE_NAME", "inventory"),
-    )?;
+    let (go, go_port) =
+        spawn_listening(Command::new(fixtures_dir().join("httpserver")).env("OTEL_SERVICE_NAME", "inventory"))?;
     demo.children.push(go);
-    let (py, py_port) = spawn_listening(
-        Command::new("python3").arg(fx.join("python/server.py")).env("OTEL_SERVICE_NAME", "frontend"),
-    )?;
+    let (py, py_port) =
+        spawn_listening(Command::new("python3").arg(fx.join("python/server.py")).env("OTEL_SERVICE_NAME", "frontend"))?;
     demo.children.push(py);
     eprintln!("demo: frontend (Python) on :{py_port} calls inventory (Go) on :{go_port}");
     // A client loop in Node keeps traffic flowing while the agent runs.
-    let url = format!(
-        "http://127.0.0.1:{py_port}/call?url=http%3A%2F%2F127.0.0.1%3A{go_port}%2Fhello"
-    );
+    let url = format!("http://127.0.0.1:{py_port}/call?url=http%3A%2F%2F127.0.0.1%3A{go_port}%2Fhello");
     let script = format!(
         "const http=require('http');const a=new http.Agent({{keepAlive:true}});\
          setInterval(()=>http.get('{url}',{{agent:a}},r=>r.resume()).on('error',()=>{{}}),500);"
@@ -306,6 +333,9 @@ fn demo(args: Vec<String>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test => {
+            // Habits first, they fail fast: formatting, then every lint as an error.
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
             // Release, so the end-to-end build below reuses the same artifacts.
             run(cargo().args(["test", "--release"]))?;
             fuzz::fuzz(&fuzz::FuzzArgs { seconds: fuzz::CI_SECONDS, targets: Vec::new() })?;

@@ -15,8 +15,7 @@ use std::process::ExitCode;
 
 use tracer_tests::receiver::Receiver;
 
-const USAGE: &str =
-    "usage: otlp-receiver [--host ADDR] [--grpc-port PORT] [--http-port PORT] [--delay-ms MS]";
+const USAGE: &str = "usage: otlp-receiver [--host ADDR] [--grpc-port PORT] [--http-port PORT] [--delay-ms MS]";
 
 struct Args {
     host: IpAddr,
@@ -27,20 +26,13 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        grpc_port: 4317,
-        http_port: 4318,
-        delay_ms: 0,
-    };
+    let mut args = Args { host: IpAddr::V4(Ipv4Addr::LOCALHOST), grpc_port: 4317, http_port: 4318, delay_ms: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
         }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = |what| format!("{flag}: {value:?} is not {what}\n{USAGE}");
         match flag.as_str() {
             "--host" => args.host = value.parse().map_err(|_| bad("an IP address"))?,
@@ -90,11 +82,7 @@ async fn main() -> ExitCode {
         }
     };
     receiver.set_delay(std::time::Duration::from_millis(args.delay_ms));
-    eprintln!(
-        "otlp-receiver grpc=http://{} http=http://{}",
-        receiver.grpc_addr(),
-        receiver.http_addr()
-    );
+    eprintln!("otlp-receiver grpc=http://{} http=http://{}", receiver.grpc_addr(), receiver.http_addr());
 
     let mut changes = receiver.watch();
     let shutdown = terminated();
