@@ -9,7 +9,7 @@ use tracer_user::{discovery, kernel, process};
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let ports: HashSet<u16> = [80, 8080, 0].into_iter().collect();
-    let _ = discovery::parse_listening(&text, &ports);
+    let _ = discovery::selector::parse_listening(&text, &ports);
     for (k, _) in process::parse_resource_attributes(&text) {
         assert!(!k.is_empty());
     }
