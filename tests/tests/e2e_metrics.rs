@@ -5,25 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tracer_tests::harness::{Agent, Service, args, curl, grpc_env, require_root, rt, wait_until};
+use tracer_tests::harness::{
+    Agent, Service, args, curl, free_port, grpc_env, prometheus_samples as samples, require_root, rt, wait_until,
+};
 use tracer_tests::receiver::{ReceivedPoint, Receiver};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Parses the exposition text into `series{labels} -> value`.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]

@@ -30,6 +30,28 @@ pub struct SockOffsets {
     pub valid: u32,
 }
 
+/// Offsets for finding the `struct sock` of a file descriptor from the current task's file table,
+/// read from the running kernel's BTF. The kernel side walks `task->files->fdt->fd[fd]`, checks
+/// that the file is a socket (`f_inode->i_mode`), and takes `((struct socket *)
+/// file->private_data)->sk` when it is TCP. Used where the kernel has no
+/// `sock:sock_{send,recv}_length` tracepoints (before Linux 6.3), or when asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct FdOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sk_protocol: u32,
+    /// 1: the data syscalls find their socket this way (0: from the sock length tracepoints).
+    pub enabled: u32,
+}
+
 /// Field offsets inside tracepoint records whose layout changed across kernel versions, read from
 /// tracefs `format` files at start-up. The syscall tracepoints' layout (`__syscall_nr` at 8,
 /// arguments from 16, `ret` at 16) has been stable for a decade and is not listed.

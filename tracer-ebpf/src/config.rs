@@ -1,6 +1,6 @@
 //! Configuration userspace writes into the object's globals before it loads the programs.
 
-use tracer_common::{SockOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TpOffsets};
 
 /// tgid of the agent itself: never traced.
 #[unsafe(no_mangle)]
@@ -23,6 +23,21 @@ pub static SOCK_OFF: SockOffsets = SockOffsets {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     valid: 0,
+};
+/// File-table offsets from the running kernel's BTF; `enabled` when the data syscalls find their
+/// socket through the fd table (no sock length tracepoints).
+#[unsafe(no_mangle)]
+pub static FD_OFF: FdOffsets = FdOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    sk_protocol: 0,
+    enabled: 0,
 };
 /// Tracepoint record layouts from tracefs.
 #[unsafe(no_mangle)]

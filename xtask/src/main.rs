@@ -252,6 +252,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_grpc",
         "--test",
         "e2e_ipv6",
+        "--test",
+        "e2e_kernel",
         "--",
     ])
     .args(["--ignored", "--test-threads=1", "--nocapture"])

@@ -51,11 +51,18 @@ fn split_request_start(state: &mut ConnState, key: u64, first: &[u8; 4], v: &mut
 pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of the map before the entry is removed.
-    let Some(a) = (unsafe { ARGS.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(mut a) = (unsafe { ARGS.get(&pid_tgid) }).copied() else { return 0 };
     let _ = ARGS.remove(&pid_tgid);
     let r = ret(&ctx);
-    if a.sk == 0 || r <= 0 {
+    if r <= 0 {
         return 0;
+    }
+    if a.sk == 0 {
+        // No sock length tracepoint on this kernel: the fd table says which socket it was.
+        a.sk = super::sock::sock_of_fd(a.fd);
+        if a.sk == 0 {
+            return 0;
+        }
     }
     let len = r as u64;
     let tgid = (pid_tgid >> 32) as u32;

@@ -1,9 +1,60 @@
 //! Reading a connection's addresses from its `struct sock`.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use tracer_common::{AF_INET, AF_INET6, ConnTuple};
 
-use crate::config::{SOCK_OFF, cfg};
+use crate::config::{FD_OFF, SOCK_OFF, cfg};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const IPPROTO_TCP: u16 = 6;
+
+/// Reads a `T` at `base + off` in kernel memory (`None` when the read fails).
+#[inline(always)]
+unsafe fn at<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: the probe helper reads any address without faulting.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
+}
+
+/// The TCP `struct sock *` behind the current task's `fd`, through the task's file table, or 0
+/// (not a socket, not TCP, or the fd-table lookup is off). Where the sock length tracepoints
+/// exist they give the same pointer for free, and this is not used.
+#[inline(always)]
+pub fn sock_of_fd(fd: i32) -> u64 {
+    let o = cfg(&FD_OFF);
+    if o.enabled == 0 || fd < 0 {
+        return 0;
+    }
+    // SAFETY: helper without arguments; every read below goes through the probe helper, with
+    // offsets from this kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task();
+        let Some(files) = at::<u64>(task, o.task_files) else { return 0 };
+        let Some(fdt) = at::<u64>(files, o.files_fdt) else { return 0 };
+        let max = at::<u32>(fdt, o.fdt_max_fds).unwrap_or(0);
+        if fd as u32 >= max {
+            return 0;
+        }
+        let Some(fds) = at::<u64>(fdt, o.fdt_fd) else { return 0 };
+        let file = at::<u64>(fds, fd as u32 * 8).unwrap_or(0);
+        if file == 0 {
+            return 0;
+        }
+        let Some(inode) = at::<u64>(file, o.file_inode) else { return 0 };
+        if at::<u16>(inode, o.inode_mode).unwrap_or(0) & S_IFMT != S_IFSOCK {
+            return 0;
+        }
+        let Some(socket) = at::<u64>(file, o.file_private_data) else { return 0 };
+        let sk = at::<u64>(socket, o.socket_sk).unwrap_or(0);
+        if sk == 0 || !inet(at::<u16>(sk, cfg(&SOCK_OFF).skc_family).unwrap_or(0)) {
+            return 0;
+        }
+        if at::<u16>(sk, o.sk_protocol) != Some(IPPROTO_TCP) {
+            return 0;
+        }
+        sk
+    }
+}
 
 #[inline(always)]
 pub fn inet(family: u16) -> bool {

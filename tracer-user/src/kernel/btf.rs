@@ -2,7 +2,7 @@
 //! BTF (aya's Rust eBPF has no CO-RE) and tracepoint record layouts from tracefs.
 
 use std::path::{Path, PathBuf};
-use tracer_common::{SockOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TpOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelInfoError {
@@ -61,14 +61,47 @@ fn find_struct(btf: &btf_rs::Btf, name: &str) -> Result<btf_rs::Struct, KernelIn
         .ok_or_else(|| KernelInfoError::MissingType { what: format!("struct {name}") })
 }
 
-/// Reads the `struct sock_common` offsets the kernel side needs to read a connection's 4-tuple.
-pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
+fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
     // Mapped, not parsed up front: the cached backend builds a model of every kernel type
     // (about 40 MB at its peak for a 6 MB vmlinux BTF) to answer a dozen lookups.
     // Kernels before 6.10 cannot map /sys/kernel/btf/vmlinux: read it whole there.
-    let btf = btf_rs::Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
+    btf_rs::Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
         .or_else(|_| btf_rs::Btf::from_file(btf_path))
-        .map_err(|e| KernelInfoError::Btf { path: btf_path.to_owned(), source: e.into() })?;
+        .map_err(|e| KernelInfoError::Btf { path: btf_path.to_owned(), source: e.into() })
+}
+
+/// Reads the offsets the kernel side needs to find the `struct sock` of an fd through the
+/// current task's file table (`FdOffsets`), for kernels without the sock length tracepoints.
+pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
+    let btf = open_btf(btf_path)?;
+    let field = |strukt: &str, member: &str| -> Result<u32, KernelInfoError> {
+        let st = find_struct(&btf, strukt)?;
+        member_offset(&btf, &st, member, 0)
+            .ok_or_else(|| KernelInfoError::MissingType { what: format!("{strukt}.{member}") })
+    };
+    Ok(FdOffsets {
+        task_files: field("task_struct", "files")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdt_max_fds: field("fdtable", "max_fds")?,
+        fdt_fd: field("fdtable", "fd")?,
+        file_inode: field("file", "f_inode")?,
+        file_private_data: field("file", "private_data")?,
+        inode_mode: field("inode", "i_mode")?,
+        socket_sk: field("socket", "sk")?,
+        sk_protocol: field("sock", "sk_protocol")?,
+        enabled: 0,
+    })
+}
+
+/// Whether the kernel has the `sock:sock_{send,recv}_length` tracepoints (Linux 6.3 and later),
+/// which hand the data syscalls their `struct sock *`.
+pub fn has_sock_length(tracefs: &Path) -> bool {
+    ["sock_send_length", "sock_recv_length"].iter().all(|t| tracefs.join("events/sock").join(t).join("format").exists())
+}
+
+/// Reads the `struct sock_common` offsets the kernel side needs to read a connection's 4-tuple.
+pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
+    let btf = open_btf(btf_path)?;
     let sock = find_struct(&btf, "sock")?;
     let common = find_struct(&btf, "sock_common")?;
     let base = member_offset(&btf, &sock, "__sk_common", 0)
@@ -138,18 +171,23 @@ pub fn tp_offsets(tracefs: &Path) -> Result<TpOffsets, KernelInfoError> {
         field_offset(text, f)
             .ok_or_else(|| KernelInfoError::MissingField { tracepoint: tp.to_owned(), field: f.to_owned() })
     };
-    let sl = "sock/sock_send_length";
-    let sock = read_format(tracefs, sl)?;
     let fk = "sched/sched_process_fork";
     let fork = read_format(tracefs, fk)?;
-    Ok(TpOffsets {
-        socklen_sk: get(sl, &sock, "sk")?,
-        socklen_family: get(sl, &sock, "family")?,
-        socklen_protocol: get(sl, &sock, "protocol")?,
-        socklen_flags: get(sl, &sock, "flags")?,
+    let mut tp = TpOffsets {
         fork_parent_pid: get(fk, &fork, "parent_pid")?,
         fork_child_pid: get(fk, &fork, "child_pid")?,
-    })
+        ..TpOffsets::default()
+    };
+    // Only kernels from 6.3 have the sock length tracepoints; elsewhere the fd table is used.
+    if has_sock_length(tracefs) {
+        let sl = "sock/sock_send_length";
+        let sock = read_format(tracefs, sl)?;
+        tp.socklen_sk = get(sl, &sock, "sk")?;
+        tp.socklen_family = get(sl, &sock, "family")?;
+        tp.socklen_protocol = get(sl, &sock, "protocol")?;
+        tp.socklen_flags = get(sl, &sock, "flags")?;
+    }
+    Ok(tp)
 }
 
 #[cfg(test)]
@@ -188,5 +226,12 @@ mod tests {
         // `thread` is the last member of task_struct, thousands of bytes in.
         let fs = task_fsbase_offset(p).expect("fsbase offset");
         assert!(fs > 1024 && fs.is_multiple_of(8), "{fs}");
+        // The fd-table path: pointers are 8-byte aligned; `fdtable` starts with `max_fds`.
+        let f = fd_offsets(p).expect("fd-table offsets");
+        assert_eq!((f.fdt_max_fds, f.enabled), (0, 0));
+        for off in [f.task_files, f.files_fdt, f.fdt_fd, f.file_inode, f.file_private_data, f.socket_sk] {
+            assert!(off.is_multiple_of(8), "{f:?}");
+        }
+        assert!(f.task_files > 1024 && f.sk_protocol > o.skc_v6_rcv_saddr, "{f:?}");
     }
 }

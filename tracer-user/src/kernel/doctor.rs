@@ -43,10 +43,18 @@ impl Report {
     /// The socket data path the agent uses on this kernel.
     pub fn mode(&self) -> String {
         let ok = |n| self.get(n) == Some(&Outcome::Yes);
-        if ok("tracepoint") && ok("ring buffer") && ok("sock tracepoints") {
-            "syscall tracepoints + sock:sock_{send,recv}_length (portable path)".into()
+        if !(ok("tracepoint") && ok("ring buffer")) {
+            "unavailable: the agent needs tracepoints and the BPF ring buffer".into()
+        } else if ok("sock tracepoints") {
+            "syscall tracepoints; sockets from sock:sock_{send,recv}_length".into()
+        } else if ok("fd-table socket lookup") {
+            "syscall tracepoints; sockets from the task's fd table (this kernel has no sock length \
+             tracepoints, Linux < 6.3)"
+                .into()
         } else {
-            "unavailable: the agent needs tracepoints, the BPF ring buffer and the sock length tracepoints".into()
+            "unavailable: no way to find a syscall's socket (no sock length tracepoints, and the \
+             kernel's BTF lacks the file-table types)"
+                .into()
         }
     }
 }
@@ -125,6 +133,13 @@ pub fn run_checks() -> Report {
         p.attach("sock", "sock_send_length")?;
         p.attach("sock", "sock_recv_length")
     }));
+    checks.push((
+        "fd-table socket lookup",
+        match super::btf::fd_offsets(std::path::Path::new(super::btf::VMLINUX_BTF)) {
+            Ok(_) => Outcome::Yes,
+            Err(e) => Outcome::No(e.to_string()),
+        },
+    ));
     check!("raw tracepoint", prog::CAP_RAW_TP, RawTracePoint, |p| p.load().and_then(|()| p.attach("sys_enter")));
     match &btf {
         Ok(btf) => {

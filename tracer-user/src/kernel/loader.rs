@@ -11,7 +11,7 @@ use aya::{
 };
 use std::path::Path;
 use tracer_common::{
-    Propagation, SockOffsets, TpOffsets,
+    FdOffsets, Propagation, SockOffsets, TpOffsets,
     names::{globals, maps, programs},
     tables::counters,
 };
@@ -73,10 +73,47 @@ pub const DEFAULT_CONNECTIONS: u32 = 65_536;
 const DATA_SYSCALLS: &[&str] = &["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"];
 const CONN_SYSCALLS: &[&str] = &["connect", "accept", "accept4"];
 
+/// How the data syscalls learn the `struct sock` of their fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketLookup {
+    /// `sock:sock_{send,recv}_length` hand it over (Linux 6.3 and later): no extra reads.
+    Tracepoints,
+    /// The current task's file table, walked at syscall exit with offsets from BTF (kernels
+    /// without those tracepoints, such as 6.1).
+    FdTable,
+}
+
+/// Environment variable that picks the socket lookup (`tracepoint` or `fd-table`) instead of
+/// the kernel's best; for tests and for comparing the two on one kernel.
+pub const SOCKET_LOOKUP_ENV: &str = "TRACER_SOCKET_LOOKUP";
+
+impl SocketLookup {
+    /// The best lookup this kernel offers, unless `TRACER_SOCKET_LOOKUP` names one.
+    pub fn choose(tracefs: &Path) -> Self {
+        match std::env::var(SOCKET_LOOKUP_ENV).as_deref() {
+            Ok("fd-table") => Self::FdTable,
+            Ok("tracepoint") => Self::Tracepoints,
+            _ if kernel::has_sock_length(tracefs) => Self::Tracepoints,
+            _ => Self::FdTable,
+        }
+    }
+}
+
+impl std::fmt::Display for SocketLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tracepoints => "sock:sock_{send,recv}_length tracepoints",
+            Self::FdTable => "the task's fd table (BTF offsets; no sock length tracepoints)",
+        })
+    }
+}
+
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,
     pub attached: usize,
+    /// How the data syscalls find their socket on this kernel.
+    pub socket_lookup: SocketLookup,
 }
 
 /// Maps the agent reads and writes while running.
@@ -101,6 +138,12 @@ impl Probes {
         let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
         let tracefs = kernel::tracefs()?;
         let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
+        let socket_lookup = SocketLookup::choose(&tracefs);
+        let fd = match socket_lookup {
+            SocketLookup::FdTable => FdOffsets { enabled: 1, ..kernel::fd_offsets(Path::new(kernel::VMLINUX_BTF))? },
+            SocketLookup::Tracepoints => FdOffsets::default(),
+        };
+        log::info!("socket lookup: {socket_lookup}");
         // Go support reads each thread's FS base; without the offset it stays off.
         let go_fsbase = kernel::task_fsbase_offset(Path::new(kernel::VMLINUX_BTF)).unwrap_or_else(|e| {
             log::warn!("Go goroutine-aware linking off: {e}");
@@ -115,6 +158,7 @@ impl Probes {
             .override_global(globals::PROPAGATION, &propagation_mode, true)
             .override_global(globals::SOCK_OFF, &sock, true)
             .override_global(globals::TP_OFF, &tp, true)
+            .override_global(globals::FD_OFF, &fd, true)
             .override_global(globals::GO_FSBASE_OFF, &go_fsbase, true)
             .map_max_entries(maps::CONNS, connections)
             .map_max_entries(maps::CONN_TUPLE, connections)
@@ -157,11 +201,13 @@ impl Probes {
             progs.set(0, &fd, 0).map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
         }
         attach(&mut ebpf, programs::SYS_EXIT_DATA, &sys("sys_exit", DATA_SYSCALLS))?;
-        attach(
-            &mut ebpf,
-            programs::SOCK_LENGTH,
-            &[("sock", "sock_send_length".into()), ("sock", "sock_recv_length".into())],
-        )?;
+        if socket_lookup == SocketLookup::Tracepoints {
+            attach(
+                &mut ebpf,
+                programs::SOCK_LENGTH,
+                &[("sock", "sock_send_length".into()), ("sock", "sock_recv_length".into())],
+            )?;
+        }
         attach(&mut ebpf, programs::SYS_ENTER_DATA, &sys("sys_enter", DATA_SYSCALLS))?;
         attach(&mut ebpf, programs::SYS_EXIT_CONN, &sys("sys_exit", CONN_SYSCALLS))?;
         attach(&mut ebpf, programs::SYS_ENTER_CONN, &sys("sys_enter", CONN_SYSCALLS))?;
@@ -178,7 +224,7 @@ impl Probes {
             prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| LoadError::Program { program, source })?;
             attached += 1;
         }
-        Ok(Self { ebpf, attached })
+        Ok(Self { ebpf, attached, socket_lookup })
     }
 
     /// Takes the ring buffer and the maps the agent uses at run time out of the object.
