@@ -58,7 +58,20 @@ pub static RPC_SERVER: LruHashMap<GoKey, GoRpcEvent> = LruHashMap::with_max_entr
 #[derive(Clone, Copy)]
 pub struct CallKey {
     conn: TupleKey,
+    /// Explicit and zero: a hash key's padding bytes would be whatever the stack held, and the
+    /// two ends would never compute the same key.
+    _pad: u32,
     seq: u64,
+}
+
+// No hidden padding: every byte of the key is a field.
+const _: () = assert!(core::mem::size_of::<CallKey>() == 36 + 4 + 8);
+
+impl CallKey {
+    #[inline(always)]
+    fn new(conn: TupleKey, seq: u64) -> Self {
+        Self { conn, _pad: 0, seq }
+    }
 }
 
 /// Client span contexts of calls in flight, for the server on this host.
@@ -221,7 +234,7 @@ pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
     }
     if let Some(t) = codec_tuple(codec, &o) {
         ev.tuple = t;
-        let k = CallKey { conn: TupleKey::of(&t), seq: ev.seq };
+        let k = CallKey::new(TupleKey::of(&t), ev.seq);
         let c = TraceCtx { trace_id: ev.trace_id, span_id: ev.span_id, ts_ns: ev.start_ns };
         lru_put(&RPC_OUT, &k, &c, LruTable::RpcOut);
     }
@@ -245,7 +258,7 @@ pub fn go_rpc_client_done(ctx: ProbeContext) -> u32 {
     // SAFETY: helper without arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
     if ev.tuple.sport != 0 {
-        let ck = CallKey { conn: TupleKey::of(&ev.tuple), seq: ev.seq };
+        let ck = CallKey::new(TupleKey::of(&ev.tuple), ev.seq);
         lru_del(&RPC_OUT, &ck, LruTable::RpcOut);
     }
     emit(ev);
@@ -276,7 +289,7 @@ pub fn go_rpc_server_call(ctx: ProbeContext) -> u32 {
     let mut parent = None;
     if let Some(t) = peer {
         ev.tuple = t;
-        let ck = CallKey { conn: TupleKey::of(&t).reversed(), seq: ev.seq };
+        let ck = CallKey::new(TupleKey::of(&t).reversed(), ev.seq);
         // SAFETY: plain data copied out of the map.
         parent = unsafe { RPC_OUT.get(&ck) }.copied();
     }
