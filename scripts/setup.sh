@@ -16,7 +16,7 @@ HELM_MODULE_SUM=h1:n1if5iQgHYsujPAcO5oonH/KiSNUmqmUF0iGVjSF3AU=
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static libseccomp-dev libcap-ng-dev xz-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

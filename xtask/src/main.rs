@@ -6,11 +6,13 @@
 //! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
 //! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
 //! * `fuzz`   – run every cargo-fuzz target of `fuzz/` for a bounded time.
+//! * `vm-test` – boot other kernels in qemu and run the doctor and an e2e subset in each.
 //! * `go-offsets` – regenerate the Go struct-offset table from real builds of each Go release.
 
 mod bench;
 mod fuzz;
 mod gomatrix;
+mod vm;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -49,6 +51,9 @@ enum Task {
     /// every build mode (plain, stripped, PIE, cgo) and grpc-go releases; prints a result per
     /// cell and writes docs/go-matrix.md (needs root). `--quick`: the CI subset.
     GoMatrix(gomatrix::GoMatrixArgs),
+    /// Boot Debian's 6.1 and 6.12 kernels in qemu (TCG) and run `tracer doctor` and an e2e subset
+    /// in each, with and without lockdown=integrity; writes docs/kernels.md (needs root).
+    VmTest(vm::VmArgs),
 }
 
 /// Go releases the offset table is measured on: the last patch of each supported minor release
@@ -354,5 +359,6 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::GoOffsets => go_offsets(),
         Task::GoMatrix(args) => gomatrix::go_matrix(&args),
+        Task::VmTest(args) => vm::vm_test(&args),
     }
 }
