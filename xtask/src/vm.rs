@@ -29,7 +29,7 @@ pub struct VmArgs {
     /// The CI subset: fewer tests in the lockdown boot.
     #[arg(long)]
     pub quick: bool,
-    /// Do not rewrite docs/kernels.md.
+    /// Do not rewrite docs/kernels.md (a run of only some kernels never does).
     #[arg(long)]
     pub no_docs: bool,
 }
@@ -89,6 +89,8 @@ struct Boot {
     lockdown: bool,
     doctor: String,
     results: Vec<(GuestTest, Option<i32>)>,
+    /// The guest kernel's first Oops or panic line, when it crashed.
+    crash: Option<String>,
     secs: f64,
 }
 
@@ -141,7 +143,8 @@ pub fn vm_test(args: &VmArgs) -> anyhow::Result<()> {
     }
     let report = report(&boots);
     eprintln!("{report}");
-    if !args.no_docs {
+    // The table is only rewritten from a run of every kernel line.
+    if !args.no_docs && args.kernels.is_empty() {
         std::fs::write(root().join("docs/kernels.md"), docs(&boots))?;
         eprintln!("vm-test: wrote docs/kernels.md");
     }
@@ -515,6 +518,7 @@ fn boot(
     let mut log = std::fs::File::create(&log_path)?;
     let mut doctor = String::new();
     let (mut in_doctor, mut results, mut kernel_line) = (false, Vec::new(), String::new());
+    let mut crash: Option<String> = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         let line = line.trim_end_matches('\r').to_string();
@@ -527,6 +531,17 @@ fn boot(
         let _ = writeln!(log, "{line}");
         if line.starts_with("VM-TEST-") || line.starts_with("VM-KERNEL") || line.starts_with("VM-INIT") {
             eprintln!("vm-test [{tag}] {line}");
+        }
+        if crash.is_none() && (line.contains("Oops:") || line.contains("Kernel panic")) {
+            crash = Some(line.split_once("] ").map_or(line.as_str(), |(_, l)| l).trim().to_string());
+            eprintln!("vm-test [{tag}] guest kernel crashed: {line}");
+        }
+        if let Some(c) = crash.as_mut()
+            && !c.contains(" at ")
+            && let Some((_, rip)) = line.split_once("RIP: 0010:")
+        {
+            c.push_str(" at ");
+            c.push_str(rip.trim());
         }
         if line == "VM-DOCTOR-BEGIN" {
             in_doctor = true;
@@ -556,7 +571,7 @@ fn boot(
             (*t, results.iter().find(|(n, _)| *n == key).and_then(|(_, c)| *c))
         })
         .collect();
-    Ok(Boot { kernel: k.release.clone(), lockdown, doctor, results, secs })
+    Ok(Boot { kernel: k.release.clone(), lockdown, doctor, results, crash, secs })
 }
 
 /// A helper process that ends with the boot it serves.
@@ -618,7 +633,10 @@ fn docs(boots: &[Boot]) -> String {
     let _ = writeln!(s, "| kernel | lockdown | hooks chosen (`tracer doctor`) | tests | time |");
     let _ = writeln!(s, "| --- | --- | --- | --- | ---: |");
     for b in boots {
-        let tests: Vec<String> = b.results.iter().map(|(t, r)| format!("{}: {}", t.shows, exit(*r))).collect();
+        let mut tests: Vec<String> = b.results.iter().map(|(t, r)| format!("{}: {}", t.shows, exit(*r))).collect();
+        if let Some(c) = &b.crash {
+            tests.push(format!("guest kernel crashed: `{c}`"));
+        }
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {:.0} s |",

@@ -68,7 +68,12 @@ fn err(e: impl std::error::Error) -> Outcome {
         src = inner.source();
     }
     if let Some(line) = s.lines().find(|l| l.contains("unknown func")) {
-        return Outcome::No(format!("verifier: {} (kernel lockdown forbids it)", line.trim()));
+        let why = if line.contains("probe_write_user") {
+            "kernel lockdown forbids it"
+        } else {
+            "this kernel does not offer the helper to this program type"
+        };
+        return Outcome::No(format!("verifier: {} ({why})", line.trim()));
     }
     // Verifier logs are long; the first line says enough.
     Outcome::No(s.lines().next().unwrap_or_default().chars().take(160).collect())
