@@ -237,10 +237,10 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let config: ExportConfig = settings.export.clone();
     info!("export to {config}");
     let mut metrics = crate::metrics::Metrics::new();
-    if let (ExportConfig::Otlp(traces), true) = (&config, settings.otlp_metrics) {
+    if let (Some(cfg), true) = (&settings.metrics_export, settings.otlp_metrics) {
         let env = |k: &str| std::env::var(k).ok();
-        let cfg = crate::metrics::otlp::metrics_config(traces, env);
-        metrics = metrics.with_otlp(crate::metrics::otlp::OtlpMetrics::new(cfg, crate::metrics::otlp::interval(env)));
+        let interval = crate::metrics::otlp::interval(env);
+        metrics = metrics.with_otlp(crate::metrics::otlp::OtlpMetrics::new(cfg.clone(), interval));
     }
     if let Some(addr) = settings.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
