@@ -406,6 +406,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                     spans_exported: e.exported,
                     spans_dropped: e.dropped_queue_full + e.dropped_closed,
                     spans_failed: e.spans_failed,
+                    spans_rejected: e.spans_rejected,
                     probes_attached: (agent.probes.attached + agent.go.attached_links()) as u64,
                     processes_traced: traced as u64,
                 });
