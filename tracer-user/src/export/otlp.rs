@@ -159,6 +159,8 @@ enum Transport {
 struct AttemptError {
     verdict: Verdict,
     message: String,
+    /// The connection failed or was closed without a TLS error in sight.
+    connection: bool,
 }
 
 type AttemptFuture = std::pin::Pin<Box<dyn Future<Output = Result<Accepted, AttemptError>> + Send>>;
@@ -175,6 +177,8 @@ struct Accepted {
 pub(crate) struct OtlpSink {
     endpoint: String,
     transport: Transport,
+    /// For `https://`: the TLS settings, to probe a connection the server closed.
+    probe: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     max_retries: usize,
     initial_backoff: Duration,
@@ -196,19 +200,33 @@ impl OtlpSink {
             headers.insert(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?, value);
         }
         let gzip = cfg.compression == Compression::Gzip;
+        let material = tls::material(cfg)?;
         let transport = match cfg.protocol {
             Protocol::Grpc => {
-                let mut client = TraceServiceClient::new(tls::grpc_channel(cfg)?).max_decoding_message_size(4 << 20);
+                let mut client = TraceServiceClient::new(tls::grpc_channel_with(cfg, material.as_ref())?)
+                    .max_decoding_message_size(4 << 20)
+                    // Servers may compress answers to compressed requests (grpc-go does).
+                    .accept_compressed(CompressionEncoding::Gzip);
                 if gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
                 Transport::Grpc { client, metadata: MetadataMap::from_headers(headers) }
             }
-            Protocol::HttpProtobuf => Transport::Http { client: tls::http_client(cfg)?, headers, gzip },
+            Protocol::HttpProtobuf => {
+                Transport::Http { client: tls::http_client_with(cfg, material.as_ref())?, headers, gzip }
+            }
+        };
+        let probe = match &material {
+            Some(m) => Some(Arc::new(
+                m.rustls_config()
+                    .map_err(|source| tls::TransportError::Tls { endpoint: cfg.endpoint.clone(), source })?,
+            )),
+            None => None,
         };
         Ok(Self {
             endpoint: cfg.endpoint.clone(),
             transport,
+            probe,
             timeout: cfg.timeout,
             max_retries: opts.max_retries,
             initial_backoff: opts.initial_backoff,
@@ -259,6 +277,7 @@ impl OtlpSink {
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let mut attempts = 0;
+        let mut probed = false;
         loop {
             attempts += 1;
             let attempt: AttemptFuture = match &body {
@@ -272,6 +291,20 @@ impl OtlpSink {
                     return Err(format!("{}: no answer within the export timeout {:?}", self.endpoint, self.timeout));
                 }
             };
+            // A TLS server that refuses the client (e.g. no client certificate) just closes the
+            // connection as far as the request can tell; a handshake of our own says why.
+            if let (true, false, Some(config)) = (err.connection, probed, &self.probe) {
+                probed = true;
+                let alpn: &[u8] = match self.transport {
+                    Transport::Grpc { .. } => b"h2",
+                    Transport::Http { .. } => b"http/1.1",
+                };
+                if let Ok(Some(message)) =
+                    tokio::time::timeout_at(deadline, tls::probe(&self.endpoint, config, alpn)).await
+                {
+                    return Err(message);
+                }
+            }
             let after = match err.verdict {
                 Verdict::Final => return Err(err.message),
                 Verdict::Retry { .. } if attempts > self.max_retries => {
@@ -328,7 +361,8 @@ impl OtlpSink {
                     .unwrap_or_default());
             }
             let verdict = retry::http(status.as_u16(), retry_after.as_deref(), std::time::SystemTime::now());
-            Err(AttemptError { verdict, message: format!("{endpoint} answered {status}{}", body_excerpt(&bytes)) })
+            let message = format!("{endpoint} answered {status}{}", body_excerpt(&bytes));
+            Err(AttemptError { verdict, message, connection: false })
         })
     }
 }
@@ -357,7 +391,7 @@ fn body_excerpt(bytes: &[u8]) -> String {
 
 fn grpc_error(endpoint: &str, status: &tonic::Status) -> AttemptError {
     if let Some(message) = tls::failure(endpoint, status) {
-        return AttemptError { verdict: Verdict::Final, message };
+        return AttemptError { verdict: Verdict::Final, message, connection: false };
     }
     let mut message = format!("{endpoint} answered {:?}", status.code());
     if !status.message().is_empty() {
@@ -366,15 +400,18 @@ fn grpc_error(endpoint: &str, status: &tonic::Status) -> AttemptError {
     if let Some(source) = std::error::Error::source(status) {
         message.push_str(&format!(" ({})", tls::chain(source)));
     }
-    AttemptError { verdict: retry::grpc(status), message }
+    // tonic reports a failed or lost connection with the transport error as source.
+    let connection = std::error::Error::source(status).is_some();
+    AttemptError { verdict: retry::grpc(status), message, connection }
 }
 
 fn http_send_error(endpoint: &str, err: &reqwest::Error) -> AttemptError {
     if let Some(message) = tls::failure(endpoint, err) {
-        return AttemptError { verdict: Verdict::Final, message };
+        return AttemptError { verdict: Verdict::Final, message, connection: false };
     }
     let verdict = if err.is_builder() { Verdict::Final } else { Verdict::Retry { after: None } };
-    AttemptError { verdict, message: format!("{endpoint}: {}", tls::chain(err)) }
+    let connection = err.is_connect() || err.is_request();
+    AttemptError { verdict, message: format!("{endpoint}: {}", tls::chain(err)), connection }
 }
 
 #[cfg(test)]

@@ -204,7 +204,8 @@ pub enum TransportError {
     HttpClient { endpoint: String, reason: String },
 }
 
-fn material(cfg: &OtlpConfig) -> Result<Option<TlsMaterial>, TransportError> {
+/// The TLS material of `cfg`: read for `https://`, none for `http://`.
+pub(crate) fn material(cfg: &OtlpConfig) -> Result<Option<TlsMaterial>, TransportError> {
     if !cfg.is_tls() {
         if cfg.tls != TlsFiles::default() {
             log::warn!("OTLP endpoint {} is plain http://: the certificate settings are not used", cfg.endpoint);
@@ -219,12 +220,20 @@ fn material(cfg: &OtlpConfig) -> Result<Option<TlsMaterial>, TransportError> {
 /// A lazily connecting gRPC channel to `cfg.endpoint`, with TLS for `https://`.
 /// Must run inside a Tokio runtime.
 pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<tonic::transport::Channel, TransportError> {
+    grpc_channel_with(cfg, material(cfg)?.as_ref())
+}
+
+/// [`grpc_channel`] with material already read.
+pub(crate) fn grpc_channel_with(
+    cfg: &OtlpConfig,
+    material: Option<&TlsMaterial>,
+) -> Result<tonic::transport::Channel, TransportError> {
     let invalid = |reason: String| TransportError::Endpoint { endpoint: cfg.endpoint.clone(), reason };
     let mut endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
         .map_err(|e| invalid(e.to_string()))?
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(5)));
-    if let Some(m) = material(cfg)? {
+    if let Some(m) = material {
         endpoint = endpoint.tls_config(m.tonic_config()).map_err(|e| invalid(chain(&e)))?;
     }
     Ok(endpoint.connect_lazy())
@@ -232,6 +241,14 @@ pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<tonic::transport::Channel
 
 /// An HTTP client for `cfg.endpoint`, with TLS for `https://`.
 pub(crate) fn http_client(cfg: &OtlpConfig) -> Result<reqwest::Client, TransportError> {
+    http_client_with(cfg, material(cfg)?.as_ref())
+}
+
+/// [`http_client`] with material already read.
+pub(crate) fn http_client_with(
+    cfg: &OtlpConfig,
+    material: Option<&TlsMaterial>,
+) -> Result<reqwest::Client, TransportError> {
     let _: http::Uri = cfg.endpoint.parse().map_err(|e: http::uri::InvalidUri| TransportError::Endpoint {
         endpoint: cfg.endpoint.clone(),
         reason: e.to_string(),
@@ -239,7 +256,7 @@ pub(crate) fn http_client(cfg: &OtlpConfig) -> Result<reqwest::Client, Transport
     let tls_error = |source| TransportError::Tls { endpoint: cfg.endpoint.clone(), source };
     // reqwest is built without a default crypto provider, so it always gets a configuration:
     // for plain http:// one that trusts nothing (it is never used).
-    let config = match material(cfg)? {
+    let config = match material {
         Some(m) => m.rustls_config().map_err(tls_error)?,
         None => TlsMaterial { ca: None, identity: None }.untrusting_config().map_err(tls_error)?,
     };
@@ -283,6 +300,80 @@ fn find_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Erro
         next = e.source();
     }
     None
+}
+
+/// Records whether the server asked for a client certificate.
+#[derive(Debug)]
+struct Asked {
+    inner: Arc<dyn rustls::client::ResolvesClientCert>,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl rustls::client::ResolvesClientCert for Asked {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
+}
+
+/// A fresh TLS handshake with `endpoint` (offering `alpn`), then a short read: the way to learn
+/// why a server closed a connection the client thought was set up. With TLS 1.3 a server
+/// checks the client certificate after the client's handshake is done, so its refusal reaches
+/// the connection's reader (an alert, or only a reset), never the failed request. `None`: no
+/// TLS problem seen.
+pub(crate) async fn probe(endpoint: &str, config: &rustls::ClientConfig, alpn: &[u8]) -> Option<String> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt as _;
+    let uri: http::Uri = endpoint.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
+    let mut config = config.clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let asked = Arc::new(Asked { inner: config.client_auth_cert_resolver.clone(), asked: false.into() });
+    config.client_auth_cert_resolver = asked.clone();
+    let limit = std::time::Duration::from_secs(2);
+    let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect((host.as_str(), port))).await.ok()?.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut stream = match tokio::time::timeout(limit, connector.connect(name, tcp)).await.ok()? {
+        Ok(stream) => stream,
+        Err(e) => return failure(endpoint, &e),
+    };
+    let mut byte = [0u8; 1];
+    let closed = match tokio::time::timeout(limit, stream.read(&mut byte)).await {
+        Ok(Err(e)) => match failure(endpoint, &e) {
+            Some(message) => return Some(message),
+            None => true,
+        },
+        Ok(Ok(0)) => true,
+        _ => false,
+    };
+    // Closed (often with a reset that discards the alert) right after a handshake in which the
+    // server asked for a client certificate: the certificate is what it refused.
+    if closed && asked.asked.load(Ordering::Relaxed) {
+        let why = if asked.has_certs_configured() {
+            "it closed the connection after the handshake: it does not accept the client certificate"
+        } else {
+            "it requires a client certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY) \
+             and none is configured"
+        };
+        return Some(format!("TLS with {endpoint} failed: {why}"));
+    }
+    None
+}
+
+impl Asked {
+    fn has_certs_configured(&self) -> bool {
+        rustls::client::ResolvesClientCert::has_certs(self)
+    }
 }
 
 /// When `err` is a failed TLS handshake: what went wrong, in words, naming `endpoint`.
