@@ -1003,12 +1003,12 @@ mod tests {
     /// arrive at the receiver with the counts, sums and attributes recorded.
     async fn agent_metrics_over(protocol: tracer_user::export::Protocol, expect: Protocol, receiver: &Receiver) {
         use tracer_user::export::OtlpConfig;
-        use tracer_user::metrics::otlp::{OtlpMetrics, metrics_config};
+        use tracer_user::metrics::otlp::OtlpMetrics;
         let traces = match expect {
             Protocol::Grpc => OtlpConfig::new(protocol, receiver.grpc_endpoint()),
             Protocol::Http => OtlpConfig::new(protocol, receiver.http_traces_url()),
         };
-        let cfg = metrics_config(&traces, |_| None);
+        let cfg = OtlpConfig::metrics_from_lookup(|_| None, Some(&traces)).expect("valid").expect("an endpoint");
         let metrics = tracer_user::metrics::Metrics::new().with_otlp(OtlpMetrics::new(cfg, Duration::from_millis(200)));
         let api = ProcessResource {
             pid: 1234,

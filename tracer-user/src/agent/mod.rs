@@ -238,6 +238,8 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     info!("export to {config}");
     let mut metrics = crate::metrics::Metrics::new();
     if let (Some(cfg), true) = (&settings.metrics_export, settings.otlp_metrics) {
+        // The providers are built per service, later: check the TLS files now.
+        crate::export::tls::material(cfg).context("OTLP metrics")?;
         let env = |k: &str| std::env::var(k).ok();
         let interval = crate::metrics::otlp::interval(env);
         metrics = metrics.with_otlp(crate::metrics::otlp::OtlpMetrics::new(cfg.clone(), interval));

@@ -299,7 +299,7 @@ pub fn spawn_with_stdout(
                 stats.clone(),
                 WarnLimiter::new(opts.warn_interval),
             )),
-            ExportConfig::Otlp(cfg) => Sink::Otlp(OtlpSink::new(cfg, &opts, stats.clone())?),
+            ExportConfig::Otlp(cfg) => Sink::Otlp(Box::new(OtlpSink::new(cfg, &opts, stats.clone())?)),
         }
     };
     log::info!("exporting spans to {config}");
@@ -312,7 +312,7 @@ pub fn spawn_with_stdout(
 }
 
 enum Sink {
-    Otlp(OtlpSink),
+    Otlp(Box<OtlpSink>),
     Stdout(StdoutSink),
 }
 

@@ -272,7 +272,7 @@ impl OtlpSink {
     async fn send(&self, request: ExportTraceServiceRequest) -> Result<Accepted, String> {
         let deadline = Instant::now() + self.timeout;
         let body = match &self.transport {
-            Transport::Http { gzip, .. } => Some(encode_body(&request, *gzip)),
+            Transport::Http { gzip, .. } => Some(bytes::Bytes::from(encode_body(&request, *gzip))),
             Transport::Grpc { .. } => None,
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
@@ -337,7 +337,7 @@ impl OtlpSink {
         }
     }
 
-    fn attempt_http(&self, body: Vec<u8>) -> AttemptFuture {
+    fn attempt_http(&self, body: bytes::Bytes) -> AttemptFuture {
         let Transport::Http { client, headers, gzip } = &self.transport else { unreachable!("HTTP attempt on gRPC") };
         let mut request = client
             .post(&self.endpoint)
