@@ -204,6 +204,23 @@ exporters:
         Ok(out)
     }
 
+    /// Operation names of the spans of service `service` (the most recent traces).
+    pub fn service_operations(&self, service: &str) -> anyhow::Result<Vec<String>> {
+        let url = format!("http://127.0.0.1:{}/api/traces?service={service}&limit=50&lookback=1h", self.query_port);
+        let body = curl(&[&url])?;
+        let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("query answer {body:?}"))?;
+        let mut out = Vec::new();
+        for trace in v["data"].as_array().into_iter().flatten() {
+            for span in trace["spans"].as_array().into_iter().flatten() {
+                let process = span["processID"].as_str().unwrap_or_default();
+                if trace["processes"][process]["serviceName"].as_str() == Some(service) {
+                    out.push(span["operationName"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits until trace `trace_id` has `n` spans in Jaeger and returns them.
     pub fn wait_for_trace(&self, trace_id: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<(String, String)>> {
         let mut last = Vec::new();

@@ -2,17 +2,17 @@
 //! `tracer_tests::jaeger`) with its OTLP receivers on TLS and mutual TLS, certificates made by
 //! the test; and the in-process receiver for compression, throttling and partial success.
 //!
-//! These drive the exporter of `tracer-user` directly (the spans are made by the test), so they
-//! need neither root nor the kernel. The Jaeger tests are `#[ignore]`d in plain `cargo test`
-//! (the first run builds Jaeger, a few minutes) and run by `cargo xtask e2e`; the receiver
-//! tests run everywhere.
+//! Most drive the exporter of `tracer-user` directly (the spans are made by the test), so they
+//! need neither root nor the kernel; one runs `tracer run` itself (root). The Jaeger tests are
+//! `#[ignore]`d in plain `cargo test` (the first run builds Jaeger, a few minutes) and run by
+//! `cargo xtask e2e`; the receiver tests run everywhere.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracer_tests::certs::{CertFiles, Pki};
-use tracer_tests::harness::rt;
+use tracer_tests::harness::{Agent, Service, args, curl, require_root, rt, summary};
 use tracer_tests::jaeger::{Jaeger, ReceiverTls, poll_until};
 use tracer_tests::receiver::{Fault, Protocol as RxProtocol, Receiver};
 use tracer_user::export::{self, ExportConfig, ExportOptions, ExportStats};
@@ -237,6 +237,42 @@ fn a_missing_client_certificate_is_a_clear_error() {
     let tls = ReceiverTls::Mutual { server: pki.server("server", false).unwrap(), client_ca: pki.ca_file.clone() };
     let jaeger = Jaeger::start(&pki.dir().join("j"), &tls).unwrap();
     expect_tls_failure(&jaeger, &pki.ca_file, None, "requires a client certificate");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn tracer_run_exports_to_https_with_a_custom_ca_and_a_header() {
+    require_root();
+    let pki = Pki::new("agent").unwrap();
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &ReceiverTls::Tls(pki.server("server", false).unwrap())).unwrap();
+    let secret = "Zq9-agent-token";
+    for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
+        let service = format!("https-export-{i}");
+        let go = Service::go(&service).expect("go server");
+        // The only settings: an https:// endpoint, its CA and a credential header (and the
+        // protocol, for the HTTP run).
+        let env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(&jaeger, protocol)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_file.display().to_string()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization=Bearer%20{secret}")),
+        ];
+        let agent = Agent::start(&args(&["--pid", &go.pid().to_string()]), &env).expect("agent");
+        for _ in 0..3 {
+            assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
+        }
+        let mut ops = Vec::new();
+        let arrived = poll_until(&format!("3 spans of {service} in Jaeger"), WAIT, || {
+            ops = jaeger.service_operations(&service).unwrap_or_default();
+            ops.len() >= 3
+        });
+        let log = agent.stop().expect("agent stops");
+        arrived.unwrap_or_else(|e| panic!("{protocol}: {e}: {ops:?}\n{log}\n{}", jaeger.log()));
+        assert!(ops.iter().all(|op| op.starts_with("GET")), "{ops:?}");
+        let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+        assert_eq!((s["spans_failed"], s["export_failures"]), (0, 0), "{protocol}: {log}");
+        assert!(!log.contains(secret), "{protocol}: the header value was logged:\n{log}");
+    }
 }
 
 // ---- in-process receiver: compression, throttling, partial success -------------------------
