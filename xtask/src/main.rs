@@ -259,6 +259,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_ipv6",
         "--test",
         "e2e_kernel",
+        "--test",
+        "e2e_export",
         "--",
     ])
     .args(["--ignored", "--test-threads=1", "--nocapture"])
