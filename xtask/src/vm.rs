@@ -639,15 +639,24 @@ fn exit(r: Option<i32>) -> String {
 fn chosen(doctor: &str) -> Vec<String> {
     doctor
         .lines()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("mode")
-                || l.starts_with("propagation")
-                || l.contains("socket lookup")
-                || l.starts_with("lockdown")
-        })
+        .filter(|l| l.starts_with("mode") || l.starts_with("propagation"))
         .map(|l| l.trim().to_string())
         .collect()
+}
+
+/// The doctor's checks (indented `name  yes|no (why)` lines) as the program types, helpers and
+/// features this kernel offers and those it does not.
+fn available(doctor: &str) -> String {
+    let (mut yes, mut no) = (Vec::new(), Vec::new());
+    for line in doctor.lines().filter(|l| l.starts_with("  ")) {
+        let line = line.trim();
+        if let Some(name) = line.strip_suffix(" yes") {
+            yes.push(name.trim().to_string());
+        } else if let Some((name, _)) = line.split_once(" no") {
+            no.push(name.trim().to_string());
+        }
+    }
+    format!("yes: {}<br>no: {}", yes.join(", "), if no.is_empty() { "–".into() } else { no.join(", ") })
 }
 
 fn report(boots: &[Boot]) -> String {
@@ -682,8 +691,8 @@ fn docs(boots: &[Boot]) -> String {
         "Each kernel is Debian's `cloud-amd64` image, booted in qemu (TCG) with this host's root shared into \
          the guest; the guest runs the agent, fixtures and test binaries built on the host.\n"
     );
-    let _ = writeln!(s, "| kernel | lockdown | hooks chosen (`tracer doctor`) | tests | boot | total |");
-    let _ = writeln!(s, "| --- | --- | --- | --- | ---: | ---: |");
+    let _ = writeln!(s, "| kernel | lockdown | available (`tracer doctor`) | hooks chosen | tests | boot | total |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | ---: | ---: |");
     for b in boots {
         let mut tests: Vec<String> = b
             .results
@@ -701,9 +710,10 @@ fn docs(boots: &[Boot]) -> String {
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.0} s | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {:.0} s | {:.0} s |",
             b.kernel,
             if b.lockdown { "integrity" } else { "none" },
+            available(&b.doctor).replace('|', "/"),
             chosen(&b.doctor).join("<br>").replace('|', "/"),
             tests.join("<br>"),
             b.boot_secs,
