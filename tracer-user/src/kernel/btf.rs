@@ -2,7 +2,7 @@
 //! BTF (aya's Rust eBPF has no CO-RE) and tracepoint record layouts from tracefs.
 
 use std::path::{Path, PathBuf};
-use tracer_common::{FdOffsets, SockOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TaskOffsets, TpOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelInfoError {
@@ -91,6 +91,18 @@ pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
         sk_protocol: field("sock", "sk_protocol")?,
         enabled: 0,
     })
+}
+
+/// Reads `task_struct.pid` and `.tgid`: the sockops program learns the current process from its
+/// task (`TaskOffsets`).
+pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, KernelInfoError> {
+    let btf = open_btf(btf_path)?;
+    let task = find_struct(&btf, "task_struct")?;
+    let field = |member: &str| {
+        member_offset(&btf, &task, member, 0)
+            .ok_or_else(|| KernelInfoError::MissingType { what: format!("task_struct.{member}") })
+    };
+    Ok(TaskOffsets { pid: field("pid")?, tgid: field("tgid")? })
 }
 
 /// Whether the kernel has the `sock:sock_{send,recv}_length` tracepoints (Linux 6.3 and later),
@@ -233,5 +245,8 @@ mod tests {
             assert!(off.is_multiple_of(8), "{f:?}");
         }
         assert!(f.task_files > 1024 && f.sk_protocol > o.skc_v6_rcv_saddr, "{f:?}");
+        // pid and tgid are adjacent 4-byte fields of task_struct, pid first.
+        let t = task_offsets(p).expect("task offsets");
+        assert!(t.pid > 0 && t.tgid == t.pid + 4, "{t:?}");
     }
 }
