@@ -26,7 +26,7 @@ use crate::{build_agent, build_fixtures, cargo, fixtures_dir, root, run};
 pub struct VmArgs {
     /// Kernel lines to boot: 6.1, 6.12 (default: both).
     pub kernels: Vec<String>,
-    /// The CI subset: one boot per kernel line, the first as shipped and the next with
+    /// The short run: one boot per kernel line, the first as shipped and the next with
     /// `lockdown=integrity` (so both kernels and both lockdown settings run), every test of the
     /// subset in each.
     #[arg(long)]
