@@ -190,7 +190,19 @@ exporters:
     /// The spans of trace `trace_id` (hex) as (operation name, service name), none when the
     /// trace is unknown.
     pub fn trace(&self, trace_id: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let url = format!("http://127.0.0.1:{}/api/traces/{trace_id}", self.query_port);
+        self.spans(&format!("traces/{trace_id}"))
+    }
+
+    /// Operation names of the spans of service `service` (the most recent traces).
+    pub fn service_operations(&self, service: &str) -> anyhow::Result<Vec<String>> {
+        let spans = self.spans(&format!("traces?service={service}&limit=50&lookback=1h"))?;
+        Ok(spans.into_iter().filter(|(_, s)| s == service).map(|(op, _)| op).collect())
+    }
+
+    /// Every span of the traces the query API answers `/api/<query>` with, as (operation name,
+    /// service name).
+    fn spans(&self, query: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let url = format!("http://127.0.0.1:{}/api/{query}", self.query_port);
         let body = curl(&[&url])?;
         let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("query answer {body:?}"))?;
         let mut out = Vec::new();
@@ -199,23 +211,6 @@ exporters:
                 let process = span["processID"].as_str().unwrap_or_default();
                 let service = trace["processes"][process]["serviceName"].as_str().unwrap_or_default();
                 out.push((span["operationName"].as_str().unwrap_or_default().to_string(), service.to_string()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Operation names of the spans of service `service` (the most recent traces).
-    pub fn service_operations(&self, service: &str) -> anyhow::Result<Vec<String>> {
-        let url = format!("http://127.0.0.1:{}/api/traces?service={service}&limit=50&lookback=1h", self.query_port);
-        let body = curl(&[&url])?;
-        let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("query answer {body:?}"))?;
-        let mut out = Vec::new();
-        for trace in v["data"].as_array().into_iter().flatten() {
-            for span in trace["spans"].as_array().into_iter().flatten() {
-                let process = span["processID"].as_str().unwrap_or_default();
-                if trace["processes"][process]["serviceName"].as_str() == Some(service) {
-                    out.push(span["operationName"].as_str().unwrap_or_default().to_string());
-                }
             }
         }
         Ok(out)
