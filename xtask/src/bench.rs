@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Requests per second of the soak run.
     #[arg(long, value_name = "RATE", default_value_t = 1000)]
     soak_rate: u64,
+    /// Development: measure this agent binary instead of building the worktree's (A/B runs of
+    /// two builds: copy target/release/tracer aside before a change).
+    #[arg(long, hide = true, value_name = "PATH")]
+    agent: Option<PathBuf>,
     /// Development: run only one part (servers or probe); prints the report, writes no docs.
     #[arg(long, hide = true, value_enum, default_value_t = Part::All)]
     part: Part,
@@ -87,6 +91,7 @@ impl BenchArgs {
             duration: None,
             servers: Vec::new(),
             modes: Vec::new(),
+            agent: None,
             part: Part::All,
             probe_writer: None,
             probe_count: 0,
@@ -255,7 +260,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let plan = Plan::from_args(&args);
     let started = Instant::now();
-    let tools = Tools::build(&plan)?;
+    let mut tools = Tools::build(&plan, args.agent.is_none())?;
+    if let Some(agent) = &args.agent {
+        tools.agent = agent.clone();
+    }
     let tmp = TempDir::new()?;
 
     let mut servers = Vec::new();
@@ -327,6 +335,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         let docs = crate::root().join("docs");
         std::fs::create_dir_all(&docs)?;
+        let markdown =
+            keep_history(&markdown, &std::fs::read_to_string(docs.join("benchmarks.md")).unwrap_or_default());
         std::fs::write(docs.join("benchmarks.md"), &markdown).context("writing docs/benchmarks.md")?;
         std::fs::write(docs.join("benchmarks.svg"), render_svg(&report)).context("writing docs/benchmarks.svg")?;
         println!("{markdown}");
@@ -337,6 +347,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Marks the hand-written end of docs/benchmarks.md (measured changes, before and after), which
+/// a regenerated report keeps.
+const HISTORY_MARK: &str = "<!-- Hand-written from here on: cargo xtask bench keeps this part. -->";
+
+/// The new report followed by the hand-written part of the old one, if it had one.
+fn keep_history(report: &str, old: &str) -> String {
+    match old.find(HISTORY_MARK) {
+        Some(i) => format!("{}\n{}", report.trim_end(), &old[i..]),
+        None => report.to_string(),
+    }
 }
 
 /// `--quick`: every request of the low fixed-rate phase must come back as a span.
@@ -381,8 +403,8 @@ struct Tools {
 }
 
 impl Tools {
-    fn build(plan: &Plan) -> Result<Self> {
-        let agent = crate::build_agent()?;
+    fn build(plan: &Plan, build_agent: bool) -> Result<Self> {
+        let agent = if build_agent { crate::build_agent()? } else { crate::root().join("target/release/tracer") };
         crate::run(crate::cargo().args(["build", "--release", "-p", "tracer-tests", "--bin", "otlp-receiver"]))?;
         crate::build_fixtures()?;
         for tool in ["wrk"].into_iter().chain(plan.servers.contains(&ServerKind::Nginx).then_some("nginx")) {
@@ -2520,6 +2542,14 @@ Transfer/sec:      7.31MB
                    not_http=2 decode_errors=0 spans_exported=7 spans_dropped=0 spans_failed=0\n";
         let s = StopStats::parse(log).unwrap();
         assert_eq!((s.kernel_events, s.kernel_lost, s.not_http, s.spans_exported), (10, 1, 2, 7));
+    }
+
+    #[test]
+    fn a_regenerated_report_keeps_the_hand_written_part() {
+        let old = format!("# Benchmarks\nold figures\n{HISTORY_MARK}\n## Changes\nbefore/after\n");
+        let new = keep_history("# Benchmarks\nnew figures\n", &old);
+        assert_eq!(new, format!("# Benchmarks\nnew figures\n{HISTORY_MARK}\n## Changes\nbefore/after\n"));
+        assert_eq!(keep_history("# B\n", "# B\nno mark\n"), "# B\n");
     }
 
     #[test]
