@@ -48,8 +48,10 @@ pub struct ProgStats {
 }
 
 impl ProgStats {
-    /// `bpftool prog show -j`, keeping the programs held open by `pid`.
+    /// `bpftool prog show -j`, keeping the programs held open by `pid` (their ids from the
+    /// process's fdinfo: bpftool's own `pids` field needs a bpftool built with BPF skeletons).
     pub fn read(pid: u32) -> Result<Self> {
+        let ids = prog_ids(pid);
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
             .output()
@@ -57,15 +59,14 @@ impl ProgStats {
         if !out.status.success() {
             bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Self::parse(&out.stdout, pid)
+        Self::parse(&out.stdout, &ids)
     }
 
-    fn parse(json: &[u8], pid: u32) -> Result<Self> {
+    fn parse(json: &[u8], ids: &[u64]) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_slice(json).context("parsing bpftool's JSON")?;
         let mut progs = BTreeMap::new();
         for p in v.as_array().context("bpftool: not an array")? {
-            let held = p["pids"].as_array().is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(pid as u64)));
-            if !held {
+            if !p["id"].as_u64().is_some_and(|id| ids.contains(&id)) {
                 continue;
             }
             let name = p["name"].as_str().unwrap_or("?").to_string();
@@ -96,6 +97,21 @@ impl ProgStats {
         out.sort_by_key(|x| std::cmp::Reverse(x.ns));
         out
     }
+}
+
+/// Ids of the BPF programs a process holds open (`prog_id:` in /proc/PID/fdinfo/*).
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    for e in dir.filter_map(|e| e.ok()) {
+        let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// One program's runs and run time over a phase.
@@ -163,21 +179,21 @@ mod tests {
     #[test]
     fn keeps_the_agents_programs_and_sums_them_by_name() {
         let json = br#"[
-          {"id":1,"type":"tracepoint","name":"sys_exit_data","run_time_ns":1000,"run_cnt":10,"pids":[{"pid":42,"comm":"tracer"}]},
-          {"id":2,"type":"kprobe","name":"go_newproc1","run_time_ns":50,"run_cnt":2,"pids":[{"pid":42,"comm":"tracer"}]},
-          {"id":3,"type":"kprobe","name":"go_newproc1","run_time_ns":30,"run_cnt":1,"pids":[{"pid":42,"comm":"tracer"}]},
-          {"id":4,"type":"tracepoint","name":"sys_exit_data","run_time_ns":9,"run_cnt":9,"pids":[{"pid":7,"comm":"other"}]},
+          {"id":1,"type":"tracepoint","name":"sys_exit_data","run_time_ns":1000,"run_cnt":10},
+          {"id":2,"type":"kprobe","name":"go_newproc1","run_time_ns":50,"run_cnt":2},
+          {"id":3,"type":"kprobe","name":"go_newproc1","run_time_ns":30,"run_cnt":1},
+          {"id":4,"type":"tracepoint","name":"sys_exit_data","run_time_ns":9,"run_cnt":9},
           {"id":5,"type":"cgroup_skb","name":"sd_fw"}
         ]"#;
-        let before = ProgStats::parse(json, 42).unwrap();
+        let before = ProgStats::parse(json, &[1, 2, 3]).unwrap();
         assert_eq!(before.progs.len(), 2);
         assert_eq!(before.progs["go_newproc1"].1, ProgStat { run_cnt: 3, run_time_ns: 80 });
         let later = br#"[
-          {"id":1,"type":"tracepoint","name":"sys_exit_data","run_time_ns":3000,"run_cnt":30,"pids":[{"pid":42,"comm":"tracer"}]},
-          {"id":2,"type":"kprobe","name":"go_newproc1","run_time_ns":50,"run_cnt":2,"pids":[{"pid":42,"comm":"tracer"}]},
-          {"id":3,"type":"kprobe","name":"go_newproc1","run_time_ns":30,"run_cnt":1,"pids":[{"pid":42,"comm":"tracer"}]}
+          {"id":1,"type":"tracepoint","name":"sys_exit_data","run_time_ns":3000,"run_cnt":30},
+          {"id":2,"type":"kprobe","name":"go_newproc1","run_time_ns":50,"run_cnt":2},
+          {"id":3,"type":"kprobe","name":"go_newproc1","run_time_ns":30,"run_cnt":1}
         ]"#;
-        let d = before.delta(&ProgStats::parse(later, 42).unwrap());
+        let d = before.delta(&ProgStats::parse(later, &[1, 2, 3]).unwrap());
         assert_eq!(d.len(), 1, "programs that did not run are left out: {d:?}");
         assert_eq!((d[0].name.as_str(), d[0].runs, d[0].ns, d[0].uprobe), ("sys_exit_data", 20, 2000, false));
     }
