@@ -285,7 +285,7 @@ fn emit(tgid_pid: u64, kind: Role, c: &Call) {
         (*p)._pad = 0;
         (*p).method = c.method;
     }
-    e.submit(0);
+    e.submit(crate::socket::emit::wakeup_flags());
 }
 
 /// Emits a client call with the status of `err` (itab, data) and forgets it.

@@ -157,7 +157,7 @@ fn start_call(
 
 #[inline(always)]
 fn emit(ev: &GoRpcEvent) {
-    if EVENTS.output(ev, 0).is_err() {
+    if EVENTS.output(ev, crate::socket::emit::wakeup_flags()).is_err() {
         bump(counters::LOST);
         return;
     }

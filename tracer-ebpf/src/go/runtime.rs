@@ -9,7 +9,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::Prob
 use tracer_common::tables::{FixedTable, LruTable};
 
 use super::{GO_NEWPROC, GO_PARENT, goid_of, key, parent_goid, proc_info, regs};
-use crate::maps::{lru_put, put};
+use crate::maps::{lru_put, lru_set, put};
 
 /// `runtime.newproc1(fn, callergp *g, ...)` entry.
 #[uprobe]
@@ -26,9 +26,8 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     // goroutine per request: the map is written only the first time).
     let Some(grandparent) = parent_goid(callergp, &p) else { return 0 };
     let k = key((pid_tgid >> 32) as u32, parent);
-    // SAFETY: plain data copied out of the map.
-    if grandparent != parent && unsafe { GO_PARENT.get(&k) }.copied() != Some(grandparent) {
-        lru_put(&GO_PARENT, &k, &grandparent, LruTable::GoParent);
+    if grandparent != parent {
+        lru_set(&GO_PARENT, &k, &grandparent, LruTable::GoParent);
     }
     0
 }
