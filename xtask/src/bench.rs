@@ -2095,7 +2095,7 @@ fn render_breakdown(r: &Report, s: &mut String) {
     let _ = writeln!(s, "## Where a request's CPU goes\n");
     let _ = writeln!(
         s,
-        "Per request completed in each phase. *Server* is the traced program's own user+system time (all its threads; the kernel side of its syscalls and of the agent's probes is charged here), from the start to the end of the load; *agent* and *receiver* from the start of the load until its spans arrived. Context switches are summed over every thread's `voluntary_ctxt_switches` / `nonvoluntary_ctxt_switches` (/proc/PID/task/*/status); the agent's voluntary ones count its wake-ups. *Kernel programs* is the run time of all the agent's BPF programs (`kernel.bpf_stats_enabled`, `bpftool prog show`, turned on for the fixed-rate phases only, never while throughput is measured); it leaves out what a probe costs around the program: the uprobe trap and single-step, the syscall tracepoint's own record, ring-buffer wake-ups.\n"
+        "Per request completed in each phase. *Server* is the traced program's own user+system time (all its threads; the kernel side of its syscalls and of the agent's probes is charged here), from the start to the end of the load; *agent* and *receiver* from the start of the load until its spans arrived. Context switches are summed over every thread's `voluntary_ctxt_switches` / `nonvoluntary_ctxt_switches` (/proc/PID/task/*/status); the agent's voluntary ones count its wake-ups. *Kernel programs* is the run time of all the agent's BPF programs, whatever process they ran for (the syscall programs run for every process's syscalls and return early for untraced ones, so the load generator's and any other process's count too) (`kernel.bpf_stats_enabled`, `bpftool prog show`, turned on for the fixed-rate phases only, never while throughput is measured); it leaves out what a probe costs around the program: the uprobe trap and single-step, the syscall tracepoint's own record, ring-buffer wake-ups.\n"
     );
     let _ = writeln!(
         s,
@@ -2133,7 +2133,7 @@ fn render_breakdown(r: &Report, s: &mut String) {
     let _ = writeln!(s, "### Kernel programs per request\n");
     let _ = writeln!(
         s,
-        "The agent's programs that ran in the {BUDGET_RATE} req/s phase (uprobes marked), busiest first.\n"
+        "The agent's programs that ran in the {BUDGET_RATE} req/s phase (or the last fixed-rate phase), uprobes marked, busiest first.\n"
     );
     let _ = writeln!(
         s,
