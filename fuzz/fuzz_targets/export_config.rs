@@ -5,19 +5,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tracer_user::export::ExportConfig;
-
-const VARS: [&str; 10] = [
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_INSECURE",
-    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-];
+use tracer_user::export::config::{ALL_VARS as VARS, HEADERS, TRACES_HEADERS};
 
 /// A header value no other variable can produce, so finding it in output means a leak.
 const SECRET: &str = "s3cr3t-Zq9";
@@ -32,7 +20,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         }
     }
     // A credential header, in either variable, possibly among other entries.
-    let var = if u.arbitrary()? { VARS[4] } else { VARS[5] };
+    let var = if u.arbitrary()? { HEADERS } else { TRACES_HEADERS };
     let mut prefix: String = u.arbitrary()?;
     prefix.retain(|c| !SECRET.contains(c) || c == '-');
     let value = format!("{}authorization=Bearer%20{SECRET}", if u.arbitrary()? { "" } else { &prefix });

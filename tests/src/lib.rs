@@ -1,5 +1,7 @@
 //! End-to-end test support: an OTLP receiver, fixture services and agent control.
+pub mod certs;
 pub mod harness;
+pub mod jaeger;
 pub mod receiver;
 pub mod scenarios;
 pub mod traces;

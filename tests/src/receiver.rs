@@ -1,6 +1,11 @@
 //! A real OTLP trace receiver for end-to-end tests: gRPC (`TraceService/Export`) and
 //! OTLP/HTTP (`POST /v1/traces`, `application/x-protobuf`) on ephemeral 127.0.0.1 ports.
 //!
+//! Both accept gzip-compressed requests (and record the encoding in the request's headers), and
+//! can be told to answer the next trace exports with scripted [`Fault`]s: a refusal with an
+//! HTTP status / gRPC code and a retry delay (`Retry-After` / `RetryInfo`), or a partial
+//! success.
+//!
 //! Every received span is flattened into a [`ReceivedSpan`] (ids as lowercase hex, typed
 //! attributes, resource attributes, which protocol delivered it). Tests either read
 //! [`Receiver::spans`] or wait for a condition with [`Receiver::wait_for`], which sleeps on a
@@ -19,7 +24,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -37,7 +42,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -317,6 +324,25 @@ impl fmt::Display for ReceivedSpan {
     }
 }
 
+/// A scripted answer to the next trace export request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Refuse the request: HTTP `http_status` / gRPC `grpc_code`, with `Retry-After` (whole
+    /// seconds) / `RetryInfo` when `retry_after` is set. The spans are not stored.
+    Refuse { http_status: u16, grpc_code: tonic::Code, retry_after: Option<Duration> },
+    /// Store the spans but answer a partial success refusing `rejected` of them.
+    Partial { rejected: i64, message: String },
+}
+
+/// A trace export request as answered (faults included), for checking retries.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    pub at: std::time::Instant,
+    pub protocol: Protocol,
+    /// The fault it was answered with; `None`: accepted.
+    pub fault: Option<Fault>,
+}
+
 /// One export request as received (for checking transport-level details such as headers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedRequest {
@@ -423,6 +449,8 @@ struct Store {
     spans: Vec<ReceivedSpan>,
     requests: Vec<ReceivedRequest>,
     points: Vec<ReceivedPoint>,
+    faults: VecDeque<Fault>,
+    answered: Vec<Answered>,
 }
 
 struct State {
@@ -457,6 +485,15 @@ impl State {
         let mut store = self.lock();
         store.points.extend(points);
         self.points.send_replace(store.points.len());
+    }
+
+    /// The fault for the next trace export (logged with the request).
+    fn next_fault(&self, protocol: Protocol) -> Option<Fault> {
+        let mut store = self.lock();
+        let fault = store.faults.pop_front();
+        store.answered.push(Answered { at: std::time::Instant::now(), protocol, fault: fault.clone() });
+        self.count.send_modify(|_| {});
+        fault
     }
 
     fn ingest(&self, req: ExportTraceServiceRequest, protocol: Protocol, headers: BTreeMap<String, String>) {
@@ -495,8 +532,25 @@ impl TraceService for GrpcService {
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
         self.0.slow_down().await;
+        let partial_success = match self.0.next_fault(Protocol::Grpc) {
+            Some(Fault::Refuse { grpc_code, retry_after, .. }) => {
+                use tonic_types::{ErrorDetails, StatusExt as _};
+                return Err(match retry_after {
+                    Some(delay) => tonic::Status::with_error_details(
+                        grpc_code,
+                        "refused by the test",
+                        ErrorDetails::with_retry_info(Some(delay)),
+                    ),
+                    None => tonic::Status::new(grpc_code, "refused by the test"),
+                });
+            }
+            Some(Fault::Partial { rejected, message }) => {
+                Some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message })
+            }
+            None => None,
+        };
         self.0.ingest(request.into_inner(), Protocol::Grpc, headers);
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
     }
 }
 
@@ -531,7 +585,9 @@ where
         }
         let state = self.state.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(DiscardCodec).max_decoding_message_size(MAX_MESSAGE);
+            let mut grpc = tonic::server::Grpc::new(DiscardCodec)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
             Ok(grpc.unary(Discard(state), req).await)
         })
     }
@@ -619,10 +675,12 @@ async fn handle_http(req: Request<Incoming>, state: Arc<State>) -> Result<Respon
     if !content_type.starts_with("application/x-protobuf") {
         return text(HttpStatus::UNSUPPORTED_MEDIA_TYPE, "only application/x-protobuf is supported\n");
     }
-    let encoding = header(hyper::header::CONTENT_ENCODING);
-    if !(encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")) {
-        return text(HttpStatus::UNSUPPORTED_MEDIA_TYPE, "compressed bodies are not supported\n");
-    }
+    let encoding = header(hyper::header::CONTENT_ENCODING).to_ascii_lowercase();
+    let gzip = match encoding.as_str() {
+        "" | "identity" => false,
+        "gzip" => true,
+        _ => return text(HttpStatus::UNSUPPORTED_MEDIA_TYPE, "only gzip and identity encodings are supported\n"),
+    };
     let headers = req
         .headers()
         .iter()
@@ -631,6 +689,17 @@ async fn handle_http(req: Request<Incoming>, state: Arc<State>) -> Result<Respon
     let body = match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("cannot read body: {e}\n")),
+    };
+    let body = if gzip {
+        use std::io::Read as _;
+        let mut raw = Vec::new();
+        let limited = flate2::read::GzDecoder::new(&body[..]).take(MAX_MESSAGE as u64);
+        match std::io::BufReader::new(limited).read_to_end(&mut raw) {
+            Ok(_) => Bytes::from(raw),
+            Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("invalid gzip body: {e}\n")),
+        }
+    } else {
+        body
     };
     if metrics {
         return match ExportMetricsServiceRequest::decode(body) {
@@ -647,8 +716,24 @@ async fn handle_http(req: Request<Incoming>, state: Arc<State>) -> Result<Respon
         Err(e) => return text(HttpStatus::BAD_REQUEST, &format!("invalid protobuf: {e}\n")),
     };
     state.slow_down().await;
+    let partial_success = match state.next_fault(Protocol::Http) {
+        Some(Fault::Refuse { http_status, retry_after, .. }) => {
+            let status = HttpStatus::from_u16(http_status).unwrap_or(HttpStatus::SERVICE_UNAVAILABLE);
+            let mut reply = http_reply(status, "text/plain", "refused by the test\n");
+            if let Some(after) = retry_after
+                && let Ok(v) = after.as_secs().to_string().parse()
+            {
+                reply.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return Ok(reply);
+        }
+        Some(Fault::Partial { rejected, message }) => {
+            Some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message })
+        }
+        None => None,
+    };
     state.ingest(decoded, Protocol::Http, headers);
-    let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+    let reply = ExportTraceServiceResponse { partial_success }.encode_to_vec();
     Ok(http_reply(HttpStatus::OK, "application/x-protobuf", reply))
 }
 
@@ -712,7 +797,13 @@ impl Receiver {
         let http_addr = local(&http_listener, Protocol::Http, http)?;
 
         let state = Arc::new(State {
-            store: Mutex::new(Store { spans: Vec::new(), requests: Vec::new(), points: Vec::new() }),
+            store: Mutex::new(Store {
+                spans: Vec::new(),
+                requests: Vec::new(),
+                points: Vec::new(),
+                faults: VecDeque::new(),
+                answered: Vec::new(),
+            }),
             count: watch::Sender::new(0),
             delay_ms: AtomicU64::new(0),
             points: watch::Sender::new(0),
@@ -722,7 +813,9 @@ impl Receiver {
         let metrics_service =
             MetricsServiceServer::new(GrpcService(state.clone())).max_decoding_message_size(MAX_MESSAGE);
         let service = Traces {
-            decoding: TraceServiceServer::new(GrpcService(state.clone())).max_decoding_message_size(MAX_MESSAGE),
+            decoding: TraceServiceServer::new(GrpcService(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
             state: state.clone(),
         };
         let grpc_task = tokio::spawn(async move {
@@ -758,6 +851,16 @@ impl Receiver {
     /// Full URL of the traces endpoint, for `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub fn http_traces_url(&self) -> String {
         format!("http://{}/v1/traces", self.http_addr)
+    }
+
+    /// Answers the next trace exports with these faults, in order, then accepts again.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.lock().faults.extend(faults);
+    }
+
+    /// Every trace export request answered so far (faults included).
+    pub fn answered(&self) -> Vec<Answered> {
+        self.state.lock().answered.clone()
     }
 
     /// Makes every export wait `delay` before it is accepted (a slow collector); zero: none.
@@ -1018,12 +1121,12 @@ mod tests {
     /// arrive at the receiver with the counts, sums and attributes recorded.
     async fn agent_metrics_over(protocol: tracer_user::export::Protocol, expect: Protocol, receiver: &Receiver) {
         use tracer_user::export::OtlpConfig;
-        use tracer_user::metrics::otlp::{OtlpMetrics, metrics_config};
+        use tracer_user::metrics::otlp::OtlpMetrics;
         let traces = match expect {
             Protocol::Grpc => OtlpConfig::new(protocol, receiver.grpc_endpoint()),
             Protocol::Http => OtlpConfig::new(protocol, receiver.http_traces_url()),
         };
-        let cfg = metrics_config(&traces, |_| None);
+        let cfg = OtlpConfig::metrics_from_lookup(|_| None, Some(&traces)).expect("valid").expect("an endpoint");
         let metrics = tracer_user::metrics::Metrics::new().with_otlp(OtlpMetrics::new(cfg, Duration::from_millis(200)));
         let api = ProcessResource {
             pid: 1234,

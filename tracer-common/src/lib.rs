@@ -44,6 +44,7 @@ const _: () = {
     assert!(size_of::<SockOffsets>() == 32);
     assert!(size_of::<TpOffsets>() == 24);
     assert!(size_of::<FdOffsets>() == 40);
+    assert!(size_of::<TaskOffsets>() == 8);
     assert!(size_of::<ConnState>() == 8);
     assert!(size_of::<GoProc>() == 24);
     assert!(size_of::<NetRpcProc>() == 16);
@@ -61,6 +62,8 @@ mod pod {
     unsafe impl aya::Pod for super::TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FdOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnState {}
     // SAFETY: as above.

@@ -83,8 +83,9 @@ pub mod globals {
     pub const TP_OFF: &str = "TP_OFF";
     pub const GO_FSBASE_OFF: &str = "GO_FSBASE_OFF";
     pub const FD_OFF: &str = "FD_OFF";
+    pub const TASK_OFF: &str = "TASK_OFF";
 
-    pub const ALL: &[&str] = &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF, FD_OFF];
+    pub const ALL: &[&str] = &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF, FD_OFF, TASK_OFF];
 }
 
 /// Programs.

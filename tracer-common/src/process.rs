@@ -52,6 +52,19 @@ pub struct FdOffsets {
     pub enabled: u32,
 }
 
+/// `task_struct` offsets from the running kernel's BTF: the current thread and process of a
+/// program type the kernel does not give `bpf_get_current_pid_tgid` (sockops before Linux 6.10,
+/// so on 6.1), read from `bpf_get_current_task()` instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct TaskOffsets {
+    /// `task_struct.pid`: the thread id (the low half of pid_tgid).
+    pub pid: u32,
+    /// `task_struct.tgid`: the process id (the high half).
+    pub tgid: u32,
+}
+
 /// Field offsets inside tracepoint records whose layout changed across kernel versions, read from
 /// tracefs `format` files at start-up. The syscall tracepoints' layout (`__syscall_nr` at 8,
 /// arguments from 16, `ret` at 16) has been stable for a decade and is not listed.

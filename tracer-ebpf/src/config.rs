@@ -1,6 +1,6 @@
 //! Configuration userspace writes into the object's globals before it loads the programs.
 
-use tracer_common::{FdOffsets, SockOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TaskOffsets, TpOffsets};
 
 /// tgid of the agent itself: never traced.
 #[unsafe(no_mangle)]
@@ -39,6 +39,10 @@ pub static FD_OFF: FdOffsets = FdOffsets {
     sk_protocol: 0,
     enabled: 0,
 };
+/// `task_struct` offsets from the running kernel's BTF, for the sockops program's current
+/// process (see [`crate::sockops`]).
+#[unsafe(no_mangle)]
+pub static TASK_OFF: TaskOffsets = TaskOffsets { pid: 0, tgid: 0 };
 /// Tracepoint record layouts from tracefs.
 #[unsafe(no_mangle)]
 pub static TP_OFF: TpOffsets = TpOffsets {

@@ -2,7 +2,7 @@
 //! real what the running kernel allows. They never run on the data path.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_write_user},
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_write_user},
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, sock_ops, uprobe},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, SockOpsContext},
 };
@@ -32,12 +32,14 @@ pub fn cap_raw_tp(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Calls the helper the data path's sockops program needs at connect (the current process):
-/// Linux 6.1 does not offer it to sockops programs, and the check must say so.
+/// Calls the helpers the data path's sockops program needs at connect to learn the current
+/// process (the task, and a kernel read of it), so the check fails where they are missing.
 #[sock_ops]
 pub fn cap_sock_ops(_ctx: SockOpsContext) -> u32 {
-    // Always 1 (continue); the helper's result only keeps the call in the program.
-    (bpf_get_current_pid_tgid() >> 63) as u32 | 1
+    // SAFETY: helper without arguments, then a probe read that cannot fault.
+    let v = unsafe { bpf_probe_read_kernel(bpf_get_current_task() as *const u32).unwrap_or(0) };
+    // Always 1 (continue); the value only keeps the calls in the program.
+    (v >> 31) | 1
 }
 
 /// Only loaded, never attached: the verifier rejects the helper under kernel lockdown.

@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
     },
     macros::sock_ops,
@@ -20,10 +20,28 @@ use tracer_common::{
 };
 
 use crate::{
+    config::{TASK_OFF, cfg},
     filter::traced,
     maps::{CONN_TUPLE, IN_CTX, OUT_CTX, conn_key, lru_put},
     socket::conn::CONNECT_FD,
 };
+
+/// The current thread's pid_tgid (tgid << 32 | pid), read from its `task_struct`. Linux gives
+/// sockops programs `bpf_get_current_pid_tgid` only from 6.10, while `bpf_get_current_task` and
+/// kernel reads are there on 6.1 too (to a CAP_PERFMON loader), so this works on both. 0 when a
+/// read fails.
+#[inline(always)]
+fn current_pid_tgid() -> u64 {
+    let o = cfg(&TASK_OFF);
+    // SAFETY: helper without arguments; the reads go through the probe helper, at offsets from
+    // this kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task();
+        let pid = bpf_probe_read_kernel((task + u64::from(o.pid)) as *const u32).unwrap_or(0);
+        let tgid = bpf_probe_read_kernel((task + u64::from(o.tgid)) as *const u32).unwrap_or(0);
+        if tgid == 0 { 0 } else { (u64::from(tgid) << 32) | u64::from(pid) }
+    }
+}
 
 /// Key of a sockops socket, oriented like `TupleKey::of` (local = this socket's end).
 #[inline(always)]
@@ -83,9 +101,9 @@ pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
     match ops.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // Process context (connect): only traced processes' connections carry options.
-            let pid_tgid = bpf_get_current_pid_tgid();
+            let pid_tgid = current_pid_tgid();
             let tgid = (pid_tgid >> 32) as u32;
-            if traced(tgid) {
+            if tgid != 0 && traced(tgid) {
                 let flags = ops.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
                 let _ = ops.set_cb_flags(flags as i32);
                 // connect(2) is in progress on this thread: its fd names this socket.

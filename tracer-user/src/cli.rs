@@ -141,6 +141,25 @@ pub struct RunArgs {
     /// Per-export timeout in milliseconds (as OTEL_EXPORTER_OTLP_TIMEOUT).
     #[arg(long, value_name = "MS")]
     pub otlp_timeout_ms: Option<u64>,
+    /// Compress export requests: gzip or none (as OTEL_EXPORTER_OTLP_COMPRESSION).
+    #[arg(long, value_name = "ALGORITHM")]
+    pub otlp_compression: Option<String>,
+    /// PEM file of the CA that signed the collector's certificate, trusted instead of the
+    /// system's roots (as OTEL_EXPORTER_OTLP_CERTIFICATE).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_certificate: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS, with --otlp-client-key (as
+    /// OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_certificate: Option<std::path::PathBuf>,
+    /// PEM private key of the client certificate; keep it mode 0600 (as
+    /// OTEL_EXPORTER_OTLP_CLIENT_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<std::path::PathBuf>,
+    /// A gRPC endpoint given without a scheme is plain http:// rather than https:// (as
+    /// OTEL_EXPORTER_OTLP_INSECURE=true).
+    #[arg(long)]
+    pub otlp_insecure: bool,
     /// Pod metadata from the Kubernetes API: `auto` (the default: when running in a cluster),
     /// `on` or `off`.
     #[arg(long, value_enum)]

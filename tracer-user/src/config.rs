@@ -24,12 +24,19 @@
 //! | OTLP protocol | `--otlp-protocol` | `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` | `export.otlp.protocol` |
 //! | OTLP headers | `--otlp-header k=v` | `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` | `export.otlp.headers` (map) |
 //! | OTLP timeout | `--otlp-timeout-ms` | `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` | `export.otlp.timeout_ms` |
-//! | OTLP insecure (gRPC without scheme) | – | `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE` | `export.otlp.insecure` |
+//! | OTLP insecure (gRPC without scheme) | `--otlp-insecure` | `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE` | `export.otlp.insecure` |
+//! | OTLP compression | `--otlp-compression` | `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` | `export.otlp.compression` (`gzip`, `none`) |
+//! | OTLP CA certificate | `--otlp-certificate` | `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` | `export.otlp.certificate` |
+//! | OTLP client certificate | `--otlp-client-certificate` | `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` | `export.otlp.client_certificate` |
+//! | OTLP client key | `--otlp-client-key` | `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY` | `export.otlp.client_key` |
 //! | Kubernetes metadata | `--kubernetes` | `TRACER_KUBERNETES` | `kubernetes.enabled` (`auto`, `on`, `off`) |
 //! | node name | `--node-name` | `NODE_NAME` | `kubernetes.node_name` |
 //! | kernel connection tables | `--kernel-connections` | `TRACER_KERNEL_CONNECTIONS` | `kernel.connections` (default 65536) |
 //! | Prometheus endpoint | `--metrics-listen` | `TRACER_METRICS_LISTEN` | `metrics.listen` (default off) |
 //! | request metrics over OTLP | `--no-otlp-metrics` | `TRACER_OTLP_METRICS=false` | `metrics.otlp` (default true) |
+//!
+//! Every OTLP setting also has an `OTEL_EXPORTER_OTLP_METRICS_*` variable for the request
+//! metrics; the flags and the file set the generic value, for both signals.
 //!
 //! List variables are comma-separated (commas inside `{…}` of a glob stay in the glob).
 //! OTLP header values are never logged nor shown in errors.
@@ -54,6 +61,8 @@ pub struct Settings {
     pub export_queue: u32,
     /// Where spans go (its `Debug` never shows header values).
     pub export: ExportConfig,
+    /// Where request metrics go over OTLP (none: no endpoint).
+    pub metrics_export: Option<otlp::OtlpConfig>,
     pub kubernetes: KubernetesMode,
     pub node_name: Option<String>,
     /// Connections the kernel's connection tables hold.
@@ -128,6 +137,10 @@ struct FileOtlp {
     headers: Option<BTreeMap<String, String>>,
     timeout_ms: Option<u64>,
     insecure: Option<bool>,
+    compression: Option<String>,
+    certificate: Option<PathBuf>,
+    client_certificate: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FileOtlp {
@@ -355,7 +368,7 @@ pub fn resolve(
         .transpose()?;
     let otlp_metrics = pick(args.no_otlp_metrics.then_some(false), env_otlp_metrics, f.metrics.otlp).unwrap_or(true);
 
-    let export = resolve_export(args, &env, &f.export.otlp, &fname)?;
+    let (export, metrics_export) = resolve_export(args, &env, &f.export.otlp, &fname)?;
     Ok(Settings {
         selectors,
         propagation,
@@ -363,6 +376,7 @@ pub fn resolve(
         ready_file,
         export_queue,
         export,
+        metrics_export,
         kubernetes,
         node_name,
         kernel_connections,
@@ -376,14 +390,15 @@ fn encode(s: &str) -> String {
     s.replace('%', "%25").replace(',', "%2C").replace('=', "%3D")
 }
 
-/// The OTLP settings: each group (endpoint, protocol, headers, timeout, insecure) comes whole
-/// from the highest level that sets it, then the exporter's own rules apply.
+/// The OTLP settings of traces and metrics: each setting comes whole from the highest level
+/// that sets it (a flag or the file sets the generic variable; the environment may also set
+/// the per-signal ones), then the exporter's own rules apply.
 fn resolve_export(
     args: &RunArgs,
     env: &impl Fn(&str) -> Option<String>,
     file: &FileOtlp,
     fname: &str,
-) -> Result<ExportConfig, ConfigError> {
+) -> Result<(ExportConfig, Option<otlp::OtlpConfig>), ConfigError> {
     let flag_headers = nonempty(args.otlp_headers.clone())
         .map(|hs| {
             hs.iter()
@@ -400,45 +415,72 @@ fn resolve_export(
         .headers
         .as_ref()
         .map(|h| h.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join(","));
-    // (generic variable, signal variable, flag value, flag name, file value, file field)
-    type Group<'a> = (&'a str, &'a str, Option<String>, &'a str, Option<String>, &'a str);
-    let groups: [Group<'_>; 5] = [
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    // (generic variable, flag value, flag name, file value, file field)
+    type Group<'a> = (&'static str, Option<String>, &'a str, Option<String>, &'a str);
+    let g = otlp::GENERIC;
+    let groups: [Group<'_>; 9] = [
+        (g.endpoint, args.otlp_endpoint.clone(), "--otlp-endpoint", file.endpoint.clone(), "export.otlp.endpoint"),
+        (g.protocol, args.otlp_protocol.clone(), "--otlp-protocol", file.protocol.clone(), "export.otlp.protocol"),
+        (g.headers, flag_headers, "--otlp-header", file_headers, "export.otlp.headers"),
         (
-            otlp::ENDPOINT,
-            otlp::TRACES_ENDPOINT,
-            args.otlp_endpoint.clone(),
-            "--otlp-endpoint",
-            file.endpoint.clone(),
-            "export.otlp.endpoint",
-        ),
-        (
-            otlp::PROTOCOL,
-            otlp::TRACES_PROTOCOL,
-            args.otlp_protocol.clone(),
-            "--otlp-protocol",
-            file.protocol.clone(),
-            "export.otlp.protocol",
-        ),
-        (otlp::HEADERS, otlp::TRACES_HEADERS, flag_headers, "--otlp-header", file_headers, "export.otlp.headers"),
-        (
-            otlp::TIMEOUT,
-            otlp::TRACES_TIMEOUT,
+            g.timeout,
             args.otlp_timeout_ms.map(|t| t.to_string()),
             "--otlp-timeout-ms",
             file.timeout_ms.map(|t| t.to_string()),
             "export.otlp.timeout_ms",
         ),
-        (otlp::INSECURE, otlp::TRACES_INSECURE, None, "", file.insecure.map(|b| b.to_string()), "export.otlp.insecure"),
+        (
+            g.insecure,
+            args.otlp_insecure.then(|| "true".to_string()),
+            "--otlp-insecure",
+            file.insecure.map(|b| b.to_string()),
+            "export.otlp.insecure",
+        ),
+        (
+            g.compression,
+            args.otlp_compression.clone(),
+            "--otlp-compression",
+            file.compression.clone(),
+            "export.otlp.compression",
+        ),
+        (
+            g.certificate,
+            path(&args.otlp_certificate),
+            "--otlp-certificate",
+            path(&file.certificate),
+            "export.otlp.certificate",
+        ),
+        (
+            g.client_certificate,
+            path(&args.otlp_client_certificate),
+            "--otlp-client-certificate",
+            path(&file.client_certificate),
+            "export.otlp.client_certificate",
+        ),
+        (
+            g.client_key,
+            path(&args.otlp_client_key),
+            "--otlp-client-key",
+            path(&file.client_key),
+            "export.otlp.client_key",
+        ),
     ];
+    // The per-signal variables of each generic one, in the same order.
+    let signal_vars = |generic: &str| {
+        let i = g.all().iter().position(|v| *v == generic).unwrap_or_default();
+        [otlp::TRACES.all()[i], otlp::METRICS.all()[i]]
+    };
     let mut values: BTreeMap<&str, String> = BTreeMap::new();
     // Where each generic variable's value came from, to name it in errors.
     let mut renames: Vec<(&str, String)> = Vec::new();
-    for (generic, signal, flag, flag_name, file_value, field) in groups {
+    for (generic, flag, flag_name, file_value, field) in groups {
+        let [traces, metrics] = signal_vars(generic);
         if let Some(v) = flag {
             values.insert(generic, v);
             renames.push((generic, flag_name.to_owned()));
-        } else if env(generic).is_some() || env(signal).is_some() {
-            for var in [generic, signal] {
+        } else if [generic, traces, metrics].iter().any(|var| env(var).is_some()) {
+            for var in [generic, traces, metrics] {
                 if let Some(v) = env(var) {
                     values.insert(var, v);
                 }
@@ -448,7 +490,8 @@ fn resolve_export(
             renames.push((generic, format!("{fname}: {field}")));
         }
     }
-    ExportConfig::from_lookup(|name| values.get(name).cloned()).map_err(|e| {
+    let lookup = |name: &str| values.get(name).cloned();
+    let rename = |e: otlp::ConfigError| {
         let mut msg = e.to_string();
         for (var, source) in &renames {
             if msg.starts_with(var) {
@@ -460,7 +503,14 @@ fn resolve_export(
             }
         }
         ConfigError(msg)
-    })
+    };
+    let export = ExportConfig::from_lookup(lookup).map_err(rename)?;
+    let traces = match &export {
+        ExportConfig::Otlp(c) => Some(c),
+        ExportConfig::Stdout => None,
+    };
+    let metrics = otlp::OtlpConfig::metrics_from_lookup(lookup, traces).map_err(rename)?;
+    Ok((export, metrics))
 }
 
 /// Reads the process environment and the configuration file (`--config` or `TRACER_CONFIG`).
@@ -636,8 +686,12 @@ kubernetes:
             e,
             "tracer.yaml: export.otlp.protocol: \"http/json\" is not supported; use \"grpc\" or \"http/protobuf\""
         );
-        let e = err(&a, &[], "export:\n  otlp: {endpoint: 'collector:4317'}\n");
-        assert!(e.starts_with("tracer.yaml: export.otlp.endpoint: \"collector:4317\" is not a valid endpoint"), "{e}");
+        let e = err(&a, &[], "export:\n  otlp: {endpoint: 'collector:4318', protocol: http/protobuf}\n");
+        assert!(e.starts_with("tracer.yaml: export.otlp.endpoint: \"collector:4318\" is not a valid endpoint"), "{e}");
+        let e = err(&a, &[], "export:\n  otlp: {endpoint: 'https://c:4317', compression: zstd}\n");
+        assert_eq!(e, "tracer.yaml: export.otlp.compression: \"zstd\" is not supported; use \"gzip\" or \"none\"");
+        let e = err(&a, &[], "export:\n  otlp: {endpoint: 'https://c:4317', client_key: /k.pem}\n");
+        assert!(e.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"), "{e}");
         let e = err(&a, &[], "selectors:\n  exes: ['[']\n");
         assert!(e.starts_with("--exe \"[\" is not a valid glob"), "{e}");
         // Environment and flag errors name the variable or flag.

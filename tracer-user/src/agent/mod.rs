@@ -237,10 +237,12 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let config: ExportConfig = settings.export.clone();
     info!("export to {config}");
     let mut metrics = crate::metrics::Metrics::new();
-    if let (ExportConfig::Otlp(traces), true) = (&config, settings.otlp_metrics) {
+    if let (Some(cfg), true) = (&settings.metrics_export, settings.otlp_metrics) {
+        // The providers are built per service, later: check the TLS files now.
+        crate::export::tls::material(cfg).context("OTLP metrics")?;
         let env = |k: &str| std::env::var(k).ok();
-        let cfg = crate::metrics::otlp::metrics_config(traces, env);
-        metrics = metrics.with_otlp(crate::metrics::otlp::OtlpMetrics::new(cfg, crate::metrics::otlp::interval(env)));
+        let interval = crate::metrics::otlp::interval(env);
+        metrics = metrics.with_otlp(crate::metrics::otlp::OtlpMetrics::new(cfg.clone(), interval));
     }
     if let Some(addr) = settings.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -406,6 +408,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                     spans_exported: e.exported,
                     spans_dropped: e.dropped_queue_full + e.dropped_closed,
                     spans_failed: e.spans_failed,
+                    spans_rejected: e.spans_rejected,
                     probes_attached: (agent.probes.attached + agent.go.attached_links()) as u64,
                     processes_traced: traced as u64,
                 });

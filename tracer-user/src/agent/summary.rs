@@ -25,7 +25,7 @@ impl fmt::Display for Summary<'_> {
         write!(
             f,
             "stopped: kernel_events={} kernel_lost={} not_http={} decode_errors={} \
-             spans_exported={} spans_dropped={} spans_failed={} export_failures={} \
+             spans_exported={} spans_dropped={} spans_failed={} spans_rejected={} export_failures={} \
              parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
              process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
              goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
@@ -37,6 +37,7 @@ impl fmt::Display for Summary<'_> {
             e.exported,
             e.dropped_queue_full + e.dropped_closed,
             e.spans_failed,
+            e.spans_rejected,
             e.export_failures,
             p.protocols.parse_errors,
             p.protocols.unmatched_responses,

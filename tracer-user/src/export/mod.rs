@@ -15,18 +15,22 @@
 //! * [`ExportHandle::send`] is a `try_send` on a bounded channel: it never blocks or allocates
 //!   beyond the queue; a full queue drops the span and counts it in
 //!   [`ExportStats::dropped_queue_full`].
-//! * Memory is bounded: the queue (`queue_capacity`), one batch being exported, the per-resource
-//!   exporter pool (`max_resources`, idle ones evicted) and, in stdout mode, the spans held
+//! * Memory is bounded: the queue (`queue_capacity`), one batch being exported (one request,
+//!   retried from the same buffer) and, in stdout mode, the spans held
 //!   for incomplete traces (`2 × queue_capacity` at most).
 //! * A failing collector is retried with exponential backoff a bounded number of times within
 //!   the export timeout, then the batch is counted in [`ExportStats::export_failures`] /
-//!   [`ExportStats::spans_failed`]; warnings are rate-limited to one per `warn_interval`.
+//!   [`ExportStats::spans_failed`]; spans a collector refuses in a partial success are counted in
+//!   [`ExportStats::spans_rejected`] and not retried; warnings are rate-limited to one per
+//!   `warn_interval`.
 //! * [`ExportHandle::shutdown`] exports what is still queued and returns within
 //!   `shutdown_timeout` (plus a small grace period), counting what it could not send as failed.
 
 pub mod config;
 pub mod otlp;
+pub(crate) mod retry;
 pub mod stdout;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,10 +69,6 @@ pub struct ExportOptions {
     pub max_backoff: Duration,
     /// At most one warning per this interval. Default 30 s.
     pub warn_interval: Duration,
-    /// Cap on live per-resource OTLP exporters (LRU eviction). Default 1024.
-    pub max_resources: usize,
-    /// Per-resource exporters unused this long are dropped. Default 10 min.
-    pub resource_idle_ttl: Duration,
     /// Stdout mode: a trace is printed this long after its last span arrived. Default 1 s.
     pub stdout_hold: Duration,
     /// Records the duration of each OTLP export call (retries included), when set.
@@ -86,8 +86,6 @@ impl Default for ExportOptions {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
             warn_interval: Duration::from_secs(30),
-            max_resources: 1024,
-            resource_idle_ttl: Duration::from_secs(600),
             stdout_hold: Duration::from_secs(1),
             export_latency: None,
         }
@@ -103,17 +101,10 @@ pub enum ExportError {
     NoRuntime,
     #[error("invalid export options: {reason}")]
     InvalidOptions { reason: &'static str },
-    #[error("invalid OTLP endpoint {endpoint:?}: {reason}")]
-    InvalidEndpoint { endpoint: String, reason: String },
+    #[error(transparent)]
+    Transport(#[from] tls::TransportError),
     #[error("invalid OTLP header {name:?}")]
     InvalidHeader { name: String },
-    #[error("cannot build the HTTP client: {reason}")]
-    HttpClient { reason: String },
-    #[error("cannot build the OTLP span exporter: {source}")]
-    Build {
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
 }
 
 /// Counters since the exporter started (monotonic).
@@ -131,6 +122,8 @@ pub struct ExportStats {
     pub export_failures: u64,
     /// Spans in failed export calls (lost).
     pub spans_failed: u64,
+    /// Spans the collector refused in a partial success (dropped, not retried).
+    pub spans_rejected: u64,
 }
 
 #[derive(Default, Debug)]
@@ -141,6 +134,7 @@ pub(crate) struct StatsInner {
     dropped_closed: AtomicU64,
     export_failures: AtomicU64,
     spans_failed: AtomicU64,
+    spans_rejected: AtomicU64,
 }
 
 impl StatsInner {
@@ -151,6 +145,9 @@ impl StatsInner {
         self.export_failures.fetch_add(1, Ordering::Relaxed);
         self.spans_failed.fetch_add(spans, Ordering::Relaxed);
     }
+    pub(crate) fn add_rejected(&self, spans: u64) {
+        self.spans_rejected.fetch_add(spans, Ordering::Relaxed);
+    }
     pub(crate) fn snapshot(&self) -> ExportStats {
         ExportStats {
             queued: self.queued.load(Ordering::Relaxed),
@@ -159,6 +156,7 @@ impl StatsInner {
             dropped_closed: self.dropped_closed.load(Ordering::Relaxed),
             export_failures: self.export_failures.load(Ordering::Relaxed),
             spans_failed: self.spans_failed.load(Ordering::Relaxed),
+            spans_rejected: self.spans_rejected.load(Ordering::Relaxed),
         }
     }
 }
@@ -301,7 +299,7 @@ pub fn spawn_with_stdout(
                 stats.clone(),
                 WarnLimiter::new(opts.warn_interval),
             )),
-            ExportConfig::Otlp(cfg) => Sink::Otlp(OtlpSink::new(cfg, &opts, stats.clone())?),
+            ExportConfig::Otlp(cfg) => Sink::Otlp(Box::new(OtlpSink::new(cfg, &opts, stats.clone())?)),
         }
     };
     log::info!("exporting spans to {config}");
@@ -314,7 +312,7 @@ pub fn spawn_with_stdout(
 }
 
 enum Sink {
-    Otlp(OtlpSink),
+    Otlp(Box<OtlpSink>),
     Stdout(StdoutSink),
 }
 
@@ -328,14 +326,14 @@ impl Sink {
 
     fn tick(&mut self, now: Instant) {
         match self {
-            Sink::Otlp(s) => s.tick(now),
+            Sink::Otlp(_) => {}
             Sink::Stdout(s) => s.tick(now),
         }
     }
 
     fn finish(&mut self) {
         match self {
-            Sink::Otlp(s) => s.shutdown(),
+            Sink::Otlp(_) => {}
             Sink::Stdout(s) => s.finish(),
         }
     }

@@ -1,16 +1,13 @@
-//! OTLP export: [`SpanRecord`] → [`SpanData`] conversion and the per-resource exporter pool.
+//! OTLP export: [`SpanRecord`] → OTLP conversion and the client that sends batches.
 //!
-//! OTLP carries the resource per batch, and the SDK exporter takes one resource through
-//! `SpanExporter::set_resource`, so the sink keeps one `opentelemetry_otlp::SpanExporter` per
-//! distinct resource (service name + attributes), created lazily. All of them share one
-//! transport (one tonic `Channel`, or one `reqwest::Client`), so a new resource costs no new
-//! connection. Idle exporters are evicted and their number is capped, so the pool stays
-//! bounded while processes come and go.
-//!
-//! Retries are the exporter's own: exponential backoff with jitter, a bounded number of
-//! attempts, retryable errors only (unavailable / 429 / 5xx / network), honouring server
-//! throttling hints, all within the per-export timeout. Exports of one batch run concurrently,
-//! one per resource, so a slow collector costs one timeout per batch, not one per resource.
+//! Each batch becomes one `ExportTraceServiceRequest` with one `ResourceSpans` per distinct
+//! resource (service name + attributes), sent over gRPC (tonic) or OTLP/HTTP with protobuf
+//! (reqwest), over TLS for `https://` endpoints ([`super::tls`]), gzip-compressed when
+//! configured. The agent sends the requests itself rather than through the SDK's exporters so
+//! it sees every answer: retries follow [`super::retry`] (retryable codes only, exponential
+//! backoff with jitter, the server's RetryInfo / Retry-After), all within the export timeout;
+//! a partial success counts the rejected spans as rejected (not retried) and the rest as
+//! exported; a failed TLS handshake is a final error that says why and names the endpoint.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,16 +17,24 @@ use opentelemetry::trace::{
     SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_otlp::{
-    RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig, tonic_types::metadata::MetadataMap,
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkError;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-use tokio::task::JoinSet;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use prost::Message as _;
+use std::time::Duration;
 use tokio::time::Instant;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
 
-use super::config::{OtlpConfig, Protocol};
+use super::config::{Compression, OtlpConfig, Protocol};
+use super::retry::{self, Backoff, Verdict};
+use super::tls;
 use super::{ExportError, ExportOptions, Item, StatsInner, WarnLimiter};
 use crate::model::{AttrValue, ProcessResource, SpanKind, SpanRecord, SpanStatus};
 
@@ -111,201 +116,302 @@ impl ResourceKey {
     }
 }
 
-/// The transport shared by every per-resource exporter.
+/// Groups a batch by resource (equal resources merged) into OTLP `ResourceSpans`.
+fn resource_spans(batch: Vec<Item>) -> (u64, Vec<ResourceSpans>) {
+    let n = batch.len() as u64;
+    // Group by Arc identity first (cheap), then merge equal resources by key.
+    let mut by_ptr: HashMap<usize, usize> = HashMap::new();
+    let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanRecord>)> = Vec::new();
+    for (res, span) in batch {
+        let idx = *by_ptr.entry(Arc::as_ptr(&res) as usize).or_insert_with(|| {
+            groups.push((res.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[idx].1.push(span);
+    }
+    let mut by_key: HashMap<ResourceKey, usize> = HashMap::new();
+    let mut merged: Vec<(Arc<ProcessResource>, Vec<SpanRecord>)> = Vec::new();
+    for (res, spans) in groups {
+        match by_key.get(&ResourceKey::of(&res)) {
+            Some(&i) => merged[i].1.extend(spans),
+            None => {
+                by_key.insert(ResourceKey::of(&res), merged.len());
+                merged.push((res, spans));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(merged.len());
+    for (res, spans) in merged {
+        let resource = ResourceAttributesWithSchema::from(&to_resource(&res));
+        out.extend(group_spans_by_resource_and_scope(spans.into_iter().map(to_span_data).collect(), &resource));
+    }
+    (n, out)
+}
+
+/// The transport to the collector.
 enum Transport {
-    Grpc { channel: tonic::transport::Channel, metadata: MetadataMap },
-    Http { client: reqwest::Client, endpoint: String, headers: HashMap<String, String> },
+    Grpc { client: TraceServiceClient<tonic::transport::Channel>, metadata: MetadataMap },
+    Http { client: reqwest::Client, headers: http::HeaderMap, gzip: bool },
 }
 
-struct Slot {
-    exporter: Arc<opentelemetry_otlp::SpanExporter>,
-    last_used: Instant,
+/// A failed attempt: whether to retry, and what to report.
+#[derive(Debug)]
+struct AttemptError {
+    verdict: Verdict,
+    message: String,
+    /// The connection failed or was closed without a TLS error in sight.
+    connection: bool,
 }
 
-/// Exports batches to one OTLP destination, one SDK exporter per resource.
+type AttemptFuture = std::pin::Pin<Box<dyn Future<Output = Result<Accepted, AttemptError>> + Send>>;
+
+/// What the collector accepted: all but `rejected` spans.
+#[derive(Debug, Default)]
+struct Accepted {
+    rejected: u64,
+    message: String,
+}
+
+/// Exports batches to one OTLP destination: one request per batch, one `ResourceSpans` per
+/// distinct resource, retried as [`super::retry`] says within the export timeout.
 pub(crate) struct OtlpSink {
+    endpoint: String,
     transport: Transport,
-    timeout: std::time::Duration,
-    retry: RetryPolicy,
-    exporters: HashMap<ResourceKey, Slot>,
-    max_resources: usize,
-    idle_ttl: std::time::Duration,
+    /// For `https://`: the TLS settings, to probe a connection the server closed.
+    probe: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    max_retries: usize,
+    initial_backoff: Duration,
+    max_backoff: Duration,
     stats: Arc<StatsInner>,
     warn: WarnLimiter,
     latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl OtlpSink {
-    /// Builds the shared transport. Must run inside a Tokio runtime (tonic's lazy channel).
+    /// Builds the transport (and reads the TLS files). Must run inside a Tokio runtime
+    /// (tonic's lazy channel).
     pub(crate) fn new(cfg: &OtlpConfig, opts: &ExportOptions, stats: Arc<StatsInner>) -> Result<Self, ExportError> {
-        let invalid_endpoint = |reason: String| ExportError::InvalidEndpoint { endpoint: cfg.endpoint.clone(), reason };
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &cfg.headers {
+            let bad = || ExportError::InvalidHeader { name: name.clone() };
+            let mut value = http::HeaderValue::from_str(value).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            headers.insert(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?, value);
+        }
+        let gzip = cfg.compression == Compression::Gzip;
+        let material = tls::material(cfg)?;
         let transport = match cfg.protocol {
             Protocol::Grpc => {
-                let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-                    .map_err(|e| invalid_endpoint(e.to_string()))?
-                    .timeout(cfg.timeout)
-                    .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(5)));
-                let mut headers = http::HeaderMap::new();
-                for (name, value) in &cfg.headers {
-                    let bad = || ExportError::InvalidHeader { name: name.clone() };
-                    headers.insert(
-                        http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?,
-                        http::HeaderValue::from_str(value).map_err(|_| bad())?,
-                    );
+                let mut client = TraceServiceClient::new(tls::grpc_channel_with(cfg, material.as_ref())?)
+                    .max_decoding_message_size(4 << 20)
+                    // Servers may compress answers to compressed requests (grpc-go does).
+                    .accept_compressed(CompressionEncoding::Gzip);
+                if gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
                 }
-                Transport::Grpc { channel: endpoint.connect_lazy(), metadata: MetadataMap::from_headers(headers) }
+                Transport::Grpc { client, metadata: MetadataMap::from_headers(headers) }
             }
             Protocol::HttpProtobuf => {
-                let _: http::Uri =
-                    cfg.endpoint.parse().map_err(|e: http::uri::InvalidUri| invalid_endpoint(e.to_string()))?;
-                let client = reqwest::Client::builder()
-                    .timeout(cfg.timeout)
-                    .build()
-                    .map_err(|e| ExportError::HttpClient { reason: e.to_string() })?;
-                // The SDK percent-decodes header values again; escape '%' so it is a no-op.
-                let headers = cfg.headers.iter().map(|(k, v)| (k.clone(), v.replace('%', "%25"))).collect();
-                Transport::Http { client, endpoint: cfg.endpoint.clone(), headers }
+                Transport::Http { client: tls::http_client_with(cfg, material.as_ref())?, headers, gzip }
             }
         };
-        let sink = Self {
+        let probe = match &material {
+            Some(m) => Some(Arc::new(
+                m.rustls_config()
+                    .map_err(|source| tls::TransportError::Tls { endpoint: cfg.endpoint.clone(), source })?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            endpoint: cfg.endpoint.clone(),
             transport,
+            probe,
             timeout: cfg.timeout,
-            retry: RetryPolicy::recommended()
-                .with_max_retries(opts.max_retries)
-                .with_initial_delay(opts.initial_backoff)
-                .with_max_delay(opts.max_backoff),
-            exporters: HashMap::new(),
-            max_resources: opts.max_resources.max(1),
-            idle_ttl: opts.resource_idle_ttl,
+            max_retries: opts.max_retries,
+            initial_backoff: opts.initial_backoff,
+            max_backoff: opts.max_backoff,
             stats,
             warn: WarnLimiter::new(opts.warn_interval),
             latency: opts.export_latency.clone(),
-        };
-        // Fail at startup, not on the first span, if the SDK rejects the configuration.
-        sink.build_exporter(&ProcessResource { pid: 0, service_name: String::new(), attributes: Vec::new() })?;
-        Ok(sink)
+        })
     }
 
-    fn build_exporter(&self, res: &ProcessResource) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-        let built = match &self.transport {
-            Transport::Grpc { channel, metadata } => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_channel(channel.clone())
-                .with_metadata(metadata.clone())
-                .with_timeout(self.timeout)
-                .with_retry_policy(self.retry.clone())
-                .build(),
-            Transport::Http { client, endpoint, headers } => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint.clone())
-                .with_http_client(client.clone())
-                .with_headers(headers.clone())
-                .with_timeout(self.timeout)
-                .with_retry_policy(self.retry.clone())
-                .build(),
-        };
-        let mut exporter = built.map_err(|source| ExportError::Build { source })?;
-        exporter.set_resource(&to_resource(res));
-        Ok(exporter)
-    }
-
-    fn exporter_for(
-        &mut self,
-        key: ResourceKey,
-        res: &ProcessResource,
-        now: Instant,
-    ) -> Result<Arc<opentelemetry_otlp::SpanExporter>, ExportError> {
-        if let Some(slot) = self.exporters.get_mut(&key) {
-            slot.last_used = now;
-            return Ok(slot.exporter.clone());
+    /// Exports one batch and updates the counters.
+    pub(crate) async fn export(&mut self, batch: Vec<Item>) {
+        if batch.is_empty() {
+            return;
         }
-        if self.exporters.len() >= self.max_resources {
-            // Evict the least recently used; O(n) but only on a miss at the cap.
-            if let Some(oldest) = self.exporters.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone()) {
-                self.exporters.remove(&oldest);
+        let (n, resource_spans) = resource_spans(batch);
+        let request = ExportTraceServiceRequest { resource_spans };
+        let started = std::time::Instant::now();
+        let result = self.send(request).await;
+        if let Some(h) = &self.latency {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(accepted) => {
+                let rejected = accepted.rejected.min(n);
+                self.stats.add_exported(n - rejected);
+                if rejected > 0 || !accepted.message.is_empty() {
+                    self.stats.add_rejected(rejected);
+                    self.warn.warn(&format!(
+                        "OTLP collector {} rejected {rejected} of {n} spans: {:?}",
+                        self.endpoint, accepted.message
+                    ));
+                }
+            }
+            Err(msg) => {
+                self.stats.add_failure(n);
+                self.warn.warn(&format!("OTLP export of {n} spans failed: {msg}"));
             }
         }
-        let exporter = Arc::new(self.build_exporter(res)?);
-        self.exporters.insert(key, Slot { exporter: exporter.clone(), last_used: now });
-        Ok(exporter)
     }
 
-    /// Exports one batch (grouped by resource, groups concurrently) and updates the counters.
-    pub(crate) async fn export(&mut self, batch: Vec<Item>) {
-        let now = Instant::now();
-        // Group by Arc identity first (cheap), then merge equal resources by key.
-        let mut by_ptr: HashMap<usize, usize> = HashMap::new();
-        let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanRecord>)> = Vec::new();
-        for (res, span) in batch {
-            let idx = *by_ptr.entry(Arc::as_ptr(&res) as usize).or_insert_with(|| {
-                groups.push((res.clone(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[idx].1.push(span);
-        }
-        let mut by_key: HashMap<ResourceKey, (Arc<ProcessResource>, Vec<SpanRecord>)> = HashMap::new();
-        for (res, spans) in groups {
-            by_key.entry(ResourceKey::of(&res)).or_insert_with(|| (res, Vec::new())).1.extend(spans);
-        }
-
-        let mut tasks = JoinSet::new();
-        // Safety net over the exporter's own deadline (timeout covers all its retries).
-        let hard_limit = self.timeout + std::time::Duration::from_secs(1);
-        for (key, (res, spans)) in by_key {
-            let n = spans.len() as u64;
-            let exporter = match self.exporter_for(key, &res, now) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.record_failure(n, &format!("cannot create exporter for service {:?}: {e}", res.service_name));
-                    continue;
+    /// Sends with retries until accepted, a final error, the retry budget or the deadline.
+    async fn send(&self, request: ExportTraceServiceRequest) -> Result<Accepted, String> {
+        let deadline = Instant::now() + self.timeout;
+        let body = match &self.transport {
+            Transport::Http { gzip, .. } => Some(bytes::Bytes::from(encode_body(&request, *gzip))),
+            Transport::Grpc { .. } => None,
+        };
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        let mut attempts = 0;
+        let mut probed = false;
+        loop {
+            attempts += 1;
+            let attempt: AttemptFuture = match &body {
+                Some(body) => self.attempt_http(body.clone()),
+                None => Box::pin(self.attempt_grpc(request.clone())),
+            };
+            let err = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(accepted)) => return Ok(accepted),
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    return Err(format!("{}: no answer within the export timeout {:?}", self.endpoint, self.timeout));
                 }
             };
-            let data: Vec<SpanData> = spans.into_iter().map(to_span_data).collect();
-            let latency = self.latency.clone();
-            tasks.spawn(async move {
-                let started = std::time::Instant::now();
-                let result = match tokio::time::timeout(hard_limit, exporter.export(data)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(OTelSdkError::Timeout(hard_limit)),
+            // A TLS server that refuses the client (e.g. no client certificate) just closes the
+            // connection as far as the request can tell; a handshake of our own says why.
+            if let (true, false, Some(config)) = (err.connection, probed, &self.probe) {
+                probed = true;
+                let alpn: &[u8] = match self.transport {
+                    Transport::Grpc { .. } => b"h2",
+                    Transport::Http { .. } => b"http/1.1",
                 };
-                if let Some(h) = latency {
-                    h.observe(started.elapsed().as_secs_f64());
+                if let Ok(Some(message)) =
+                    tokio::time::timeout_at(deadline, tls::probe(&self.endpoint, config, alpn)).await
+                {
+                    return Err(message);
                 }
-                (n, result)
-            });
+            }
+            let after = match err.verdict {
+                Verdict::Final => return Err(err.message),
+                Verdict::Retry { .. } if attempts > self.max_retries => {
+                    return Err(format!("{} (gave up after {attempts} attempts)", err.message));
+                }
+                Verdict::Retry { after } => after.unwrap_or_else(|| backoff.next_delay()),
+            };
+            if Instant::now() + after >= deadline {
+                return Err(format!(
+                    "{} (the next attempt, in {after:?}, would pass the export timeout {:?})",
+                    err.message, self.timeout
+                ));
+            }
+            tokio::time::sleep(after).await;
         }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((n, Ok(()))) => self.stats.add_exported(n),
-                Ok((n, Err(e))) => self.record_failure(n, &format!("OTLP export of {n} spans failed: {e}")),
-                Err(e) => self.record_failure(0, &format!("OTLP export task failed: {e}")),
+    }
+
+    fn attempt_grpc(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> impl Future<Output = Result<Accepted, AttemptError>> + Send + 'static {
+        let Transport::Grpc { client, metadata } = &self.transport else { unreachable!("gRPC attempt on HTTP") };
+        let (mut client, metadata, endpoint) = (client.clone(), metadata.clone(), self.endpoint.clone());
+        async move {
+            let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), request);
+            match client.export(request).await {
+                Ok(response) => Ok(response.into_inner().partial_success.map(accepted).unwrap_or_default()),
+                Err(status) => Err(grpc_error(&endpoint, &status)),
             }
         }
     }
 
-    fn record_failure(&mut self, spans: u64, msg: &str) {
-        self.stats.add_failure(spans);
-        self.warn.warn(msg);
-    }
-
-    /// Periodic housekeeping: drop exporters idle for longer than the TTL.
-    pub(crate) fn tick(&mut self, now: Instant) {
-        let ttl = self.idle_ttl;
-        self.exporters.retain(|_, slot| now.duration_since(slot.last_used) < ttl);
-    }
-
-    /// Number of live per-resource exporters.
-    #[cfg(test)]
-    pub(crate) fn resources(&self) -> usize {
-        self.exporters.len()
-    }
-
-    pub(crate) fn shutdown(&mut self) {
-        for (_, slot) in self.exporters.drain() {
-            let _ = slot.exporter.shutdown();
+    fn attempt_http(&self, body: bytes::Bytes) -> AttemptFuture {
+        let Transport::Http { client, headers, gzip } = &self.transport else { unreachable!("HTTP attempt on gRPC") };
+        let mut request = client
+            .post(&self.endpoint)
+            .headers(headers.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+        if *gzip {
+            request = request.header(http::header::CONTENT_ENCODING, "gzip");
         }
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let response = request.body(body).send().await.map_err(|e| http_send_error(&endpoint, &e))?;
+            let status = response.status();
+            let retry_after =
+                response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let bytes = response.bytes().await.unwrap_or_default();
+            if status.is_success() {
+                return Ok(ExportTraceServiceResponse::decode(bytes)
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map(accepted)
+                    .unwrap_or_default());
+            }
+            let verdict = retry::http(status.as_u16(), retry_after.as_deref(), std::time::SystemTime::now());
+            let message = format!("{endpoint} answered {status}{}", body_excerpt(&bytes));
+            Err(AttemptError { verdict, message, connection: false })
+        })
     }
+}
+
+fn accepted(p: ExportTracePartialSuccess) -> Accepted {
+    Accepted { rejected: u64::try_from(p.rejected_spans).unwrap_or(0), message: p.error_message }
+}
+
+/// The serialized request, gzip-compressed when asked.
+fn encode_body(request: &ExportTraceServiceRequest, gzip: bool) -> Vec<u8> {
+    let raw = request.encode_to_vec();
+    if !gzip {
+        return raw;
+    }
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    enc.write_all(&raw).and_then(|()| enc.finish()).unwrap_or(raw)
+}
+
+/// A short, printable excerpt of an error response body (collectors explain themselves there).
+fn body_excerpt(bytes: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(bytes).chars().filter(|c| !c.is_control()).take(200).collect();
+    if text.trim().is_empty() { String::new() } else { format!(": {}", text.trim()) }
+}
+
+fn grpc_error(endpoint: &str, status: &tonic::Status) -> AttemptError {
+    if let Some(message) = tls::failure(endpoint, status) {
+        return AttemptError { verdict: Verdict::Final, message, connection: false };
+    }
+    let mut message = format!("{endpoint} answered {:?}", status.code());
+    if !status.message().is_empty() {
+        message.push_str(&format!(": {}", status.message()));
+    }
+    if let Some(source) = std::error::Error::source(status) {
+        message.push_str(&format!(" ({})", tls::chain(source)));
+    }
+    // tonic reports a failed or lost connection with the transport error as source.
+    let connection = std::error::Error::source(status).is_some();
+    AttemptError { verdict: retry::grpc(status), message, connection }
+}
+
+fn http_send_error(endpoint: &str, err: &reqwest::Error) -> AttemptError {
+    if let Some(message) = tls::failure(endpoint, err) {
+        return AttemptError { verdict: Verdict::Final, message, connection: false };
+    }
+    let verdict = if err.is_builder() { Verdict::Final } else { Verdict::Retry { after: None } };
+    let connection = err.is_connect() || err.is_request();
+    AttemptError { verdict, message: format!("{endpoint}: {}", tls::chain(err)), connection }
 }
 
 #[cfg(test)]
@@ -379,24 +485,33 @@ mod tests {
         assert_eq!(d.end_time, d.start_time);
     }
 
-    #[tokio::test]
-    async fn exporter_pool_is_per_resource_and_bounded() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let cfg = OtlpConfig::new(Protocol::Grpc, format!("http://127.0.0.1:{port}"));
-        let opts = ExportOptions { max_resources: 2, max_retries: 0, ..Default::default() };
-        let stats = Arc::new(StatsInner::default());
-        let mut sink = OtlpSink::new(&cfg, &opts, stats.clone()).unwrap();
+    #[test]
+    fn one_resource_spans_per_distinct_resource() {
         let res = |name: &str| Arc::new(ProcessResource { pid: 1, service_name: name.into(), attributes: vec![] });
         let a = res("a");
-        let a_again = res("a"); // equal content, distinct Arc: same exporter, same export call
-        sink.export(vec![(a, record()), (a_again, record()), (res("b"), record())]).await;
-        assert_eq!(sink.resources(), 2);
-        let s = stats.snapshot();
-        assert_eq!((s.export_failures, s.spans_failed, s.exported), (2, 3, 0), "one failed call per resource");
-        sink.export(vec![(res("c"), record())]).await;
-        assert_eq!(sink.resources(), 2, "LRU eviction keeps the cap");
-        sink.tick(Instant::now() + opts.resource_idle_ttl);
-        assert_eq!(sink.resources(), 0, "idle exporters are dropped");
+        let a_again = res("a"); // equal content, distinct Arc: the same ResourceSpans
+        let (n, rs) =
+            resource_spans(vec![(a.clone(), record()), (res("b"), record()), (a_again, record()), (a, record())]);
+        assert_eq!(n, 4);
+        let per_resource: Vec<usize> = rs.iter().map(|r| r.scope_spans.iter().map(|s| s.spans.len()).sum()).collect();
+        assert_eq!(per_resource, vec![3, 1]);
+        let scope = rs[0].scope_spans[0].scope.as_ref().unwrap();
+        assert_eq!((scope.name.as_str(), scope.version.as_str()), (SCOPE_NAME, SCOPE_VERSION));
+    }
+
+    #[test]
+    fn gzip_body_round_trips() {
+        let (_, resource_spans) = resource_spans(vec![(
+            Arc::new(ProcessResource { pid: 1, service_name: "a".into(), attributes: vec![] }),
+            record(),
+        )]);
+        let request = ExportTraceServiceRequest { resource_spans };
+        let gz = encode_body(&request, true);
+        assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+        assert_eq!(raw, encode_body(&request, false));
+        assert_eq!(ExportTraceServiceRequest::decode(&raw[..]).unwrap(), request);
     }
 
     #[test]

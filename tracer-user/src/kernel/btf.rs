@@ -2,7 +2,7 @@
 //! BTF (aya's Rust eBPF has no CO-RE) and tracepoint record layouts from tracefs.
 
 use std::path::{Path, PathBuf};
-use tracer_common::{FdOffsets, SockOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TaskOffsets, TpOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelInfoError {
@@ -61,6 +61,13 @@ fn find_struct(btf: &btf_rs::Btf, name: &str) -> Result<btf_rs::Struct, KernelIn
         .ok_or_else(|| KernelInfoError::MissingType { what: format!("struct {name}") })
 }
 
+/// Byte offset of `strukt.member`, or which of the two this kernel's BTF lacks.
+fn struct_member(btf: &btf_rs::Btf, strukt: &str, member: &str) -> Result<u32, KernelInfoError> {
+    let st = find_struct(btf, strukt)?;
+    member_offset(btf, &st, member, 0)
+        .ok_or_else(|| KernelInfoError::MissingType { what: format!("{strukt}.{member}") })
+}
+
 fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
     // Mapped, not parsed up front: the cached backend builds a model of every kernel type
     // (about 40 MB at its peak for a 6 MB vmlinux BTF) to answer a dozen lookups.
@@ -74,11 +81,7 @@ fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
 /// current task's file table (`FdOffsets`), for kernels without the sock length tracepoints.
 pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
     let btf = open_btf(btf_path)?;
-    let field = |strukt: &str, member: &str| -> Result<u32, KernelInfoError> {
-        let st = find_struct(&btf, strukt)?;
-        member_offset(&btf, &st, member, 0)
-            .ok_or_else(|| KernelInfoError::MissingType { what: format!("{strukt}.{member}") })
-    };
+    let field = |strukt: &str, member: &str| struct_member(&btf, strukt, member);
     Ok(FdOffsets {
         task_files: field("task_struct", "files")?,
         files_fdt: field("files_struct", "fdt")?,
@@ -90,6 +93,16 @@ pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
         socket_sk: field("socket", "sk")?,
         sk_protocol: field("sock", "sk_protocol")?,
         enabled: 0,
+    })
+}
+
+/// Reads `task_struct.pid` and `.tgid`: the sockops program learns the current process from its
+/// task (`TaskOffsets`).
+pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, KernelInfoError> {
+    let btf = open_btf(btf_path)?;
+    Ok(TaskOffsets {
+        pid: struct_member(&btf, "task_struct", "pid")?,
+        tgid: struct_member(&btf, "task_struct", "tgid")?,
     })
 }
 
@@ -126,13 +139,9 @@ pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
 /// Offset of `task_struct.thread.fsbase` (x86-64): where the kernel keeps a thread's FS base,
 /// through which the Go support finds the running goroutine.
 pub fn task_fsbase_offset(btf_path: &Path) -> Result<u64, KernelInfoError> {
-    let btf = btf_rs::Btf::from_file(btf_path)
-        .map_err(|e| KernelInfoError::Btf { path: btf_path.to_owned(), source: e.into() })?;
-    let task = find_struct(&btf, "task_struct")?;
-    let thread = find_struct(&btf, "thread_struct")?;
-    let missing = |what: &str| KernelInfoError::MissingType { what: what.into() };
-    let a = member_offset(&btf, &task, "thread", 0).ok_or_else(|| missing("task_struct.thread"))?;
-    let b = member_offset(&btf, &thread, "fsbase", 0).ok_or_else(|| missing("thread_struct.fsbase"))?;
+    let btf = open_btf(btf_path)?;
+    let a = struct_member(&btf, "task_struct", "thread")?;
+    let b = struct_member(&btf, "thread_struct", "fsbase")?;
     Ok(u64::from(a) + u64::from(b))
 }
 
@@ -233,5 +242,8 @@ mod tests {
             assert!(off.is_multiple_of(8), "{f:?}");
         }
         assert!(f.task_files > 1024 && f.sk_protocol > o.skc_v6_rcv_saddr, "{f:?}");
+        // pid and tgid are adjacent 4-byte fields of task_struct, pid first.
+        let t = task_offsets(p).expect("task offsets");
+        assert!(t.pid > 0 && t.tgid == t.pid + 4, "{t:?}");
     }
 }

@@ -57,6 +57,17 @@ impl Report {
                 .into()
         }
     }
+
+    /// How `--propagation on` carries the trace context between hosts on this kernel.
+    pub fn propagation(&self) -> String {
+        match self.get("sockops (cgroup v2)") {
+            Some(Outcome::Yes) => "TCP header option written by sockops; the connecting process read from its \
+                                   task_struct (bpf_get_current_task: sockops has no pid helper before Linux 6.10)"
+                .into(),
+            Some(Outcome::No(why)) => format!("unavailable (--propagation on will not start): {why}"),
+            None => "unknown".into(),
+        }
+    }
 }
 
 fn err(e: impl std::error::Error) -> Outcome {
@@ -192,4 +203,5 @@ pub fn print(report: &Report) {
         println!("  {name:<22} {outcome}");
     }
     println!("mode        {}", report.mode());
+    println!("propagation {}", report.propagation());
 }

@@ -144,6 +144,7 @@ impl Probes {
             SocketLookup::Tracepoints => FdOffsets::default(),
         };
         log::info!("socket lookup: {socket_lookup}");
+        let task = kernel::task_offsets(Path::new(kernel::VMLINUX_BTF))?;
         // Go support reads each thread's FS base; without the offset it stays off.
         let go_fsbase = kernel::task_fsbase_offset(Path::new(kernel::VMLINUX_BTF)).unwrap_or_else(|e| {
             log::warn!("Go goroutine-aware linking off: {e}");
@@ -159,6 +160,7 @@ impl Probes {
             .override_global(globals::SOCK_OFF, &sock, true)
             .override_global(globals::TP_OFF, &tp, true)
             .override_global(globals::FD_OFF, &fd, true)
+            .override_global(globals::TASK_OFF, &task, true)
             .override_global(globals::GO_FSBASE_OFF, &go_fsbase, true)
             .map_max_entries(maps::CONNS, connections)
             .map_max_entries(maps::CONN_TUPLE, connections)

@@ -46,6 +46,7 @@ pub struct Health {
     pub spans_exported: u64,
     pub spans_dropped: u64,
     pub spans_failed: u64,
+    pub spans_rejected: u64,
     pub probes_attached: u64,
     pub processes_traced: u64,
 }
@@ -62,6 +63,7 @@ pub struct Metrics {
     spans_exported: Counter,
     spans_dropped: Counter,
     spans_failed: Counter,
+    spans_rejected: Counter,
     /// Time of each OTLP export call (handed to the exporter).
     pub export_latency: Histogram,
     probes_attached: Gauge,
@@ -99,6 +101,7 @@ impl Metrics {
             spans_exported: Counter::default(),
             spans_dropped: Counter::default(),
             spans_failed: Counter::default(),
+            spans_rejected: Counter::default(),
             export_latency: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             probes_attached: Gauge::default(),
             processes_traced: Gauge::default(),
@@ -112,6 +115,11 @@ impl Metrics {
         agent.register("spans_exported", "Spans acknowledged by the collector (or printed)", m.spans_exported.clone());
         agent.register("spans_dropped", "Spans dropped because the export queue was full", m.spans_dropped.clone());
         agent.register("spans_failed", "Spans lost in failed export calls", m.spans_failed.clone());
+        agent.register(
+            "spans_rejected",
+            "Spans the collector refused in a partial success (dropped, not retried)",
+            m.spans_rejected.clone(),
+        );
         agent.register_with_unit(
             "export_latency",
             "Duration of OTLP export calls",
@@ -160,6 +168,7 @@ impl Metrics {
         add(&self.spans_exported, now.spans_exported, last.spans_exported);
         add(&self.spans_dropped, now.spans_dropped, last.spans_dropped);
         add(&self.spans_failed, now.spans_failed, last.spans_failed);
+        add(&self.spans_rejected, now.spans_rejected, last.spans_rejected);
         self.probes_attached.set(now.probes_attached as i64);
         self.processes_traced.set(now.processes_traced as i64);
         *last = Health {
@@ -169,6 +178,7 @@ impl Metrics {
             spans_exported: now.spans_exported.max(last.spans_exported),
             spans_dropped: now.spans_dropped.max(last.spans_dropped),
             spans_failed: now.spans_failed.max(last.spans_failed),
+            spans_rejected: now.spans_rejected.max(last.spans_rejected),
             ..now
         };
     }

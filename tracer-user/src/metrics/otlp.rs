@@ -8,9 +8,9 @@
 //! split a service's series by pid). Providers are capped at [`MAX_SERVICES`]; requests of
 //! further services are counted only on the Prometheus endpoint and logged once.
 //!
-//! Endpoint: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` when set (used as is), else the traces
-//! endpoint (gRPC: the same URL; http/protobuf: `/v1/traces` replaced by `/v1/metrics`).
-//! Headers and timeout are the traces exporter's. Interval: `OTEL_METRIC_EXPORT_INTERVAL`
+//! Destination: the `OTEL_EXPORTER_OTLP_METRICS_*` and generic variables, else the traces
+//! collector (see [`OtlpConfig::metrics_from_lookup`]); TLS and compression as for traces, on
+//! transports built by [`crate::export::tls`]. Interval: `OTEL_METRIC_EXPORT_INTERVAL`
 //! (milliseconds, default 60 s).
 
 use std::collections::HashMap;
@@ -23,26 +23,13 @@ use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicCo
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 
-use crate::export::{OtlpConfig, Protocol};
+use crate::export::config::Compression;
+use crate::export::{OtlpConfig, Protocol, tls};
 use crate::metrics::labels::{DURATION_BUCKETS, Family, Labels};
 use crate::model::ProcessResource;
 
 /// Services with a meter provider of their own, at most.
 pub const MAX_SERVICES: usize = 256;
-
-/// Where the metrics go, derived from the traces configuration and the environment.
-pub fn metrics_config(traces: &OtlpConfig, lookup: impl Fn(&str) -> Option<String>) -> OtlpConfig {
-    let mut cfg = traces.clone();
-    if let Some(endpoint) = lookup("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").filter(|e| !e.trim().is_empty()) {
-        cfg.endpoint = endpoint.trim().to_string();
-    } else if cfg.protocol == Protocol::HttpProtobuf {
-        cfg.endpoint = match cfg.endpoint.strip_suffix("/v1/traces") {
-            Some(base) => format!("{base}/v1/metrics"),
-            None => cfg.endpoint.clone(),
-        };
-    }
-    cfg
-}
 
 /// The export interval: `OTEL_METRIC_EXPORT_INTERVAL` milliseconds, default 60 s.
 pub fn interval(lookup: impl Fn(&str) -> Option<String>) -> Duration {
@@ -88,24 +75,31 @@ impl OtlpMetrics {
                     let value = v.parse().map_err(|_| format!("invalid value of header {k:?}"))?;
                     metadata.insert(key, value);
                 }
-                opentelemetry_otlp::MetricExporter::builder()
+                let channel = tls::grpc_channel(&self.cfg).map_err(|e| e.to_string())?;
+                let mut builder = opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
-                    .with_endpoint(self.cfg.endpoint.clone())
+                    .with_channel(channel)
                     .with_metadata(metadata)
-                    .with_timeout(self.cfg.timeout)
-                    .build()
+                    .with_timeout(self.cfg.timeout);
+                if self.cfg.compression == Compression::Gzip {
+                    builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+                }
+                builder.build()
             }
             Protocol::HttpProtobuf => {
-                let client = reqwest::Client::builder().timeout(self.cfg.timeout).build().map_err(|e| e.to_string())?;
-                opentelemetry_otlp::MetricExporter::builder()
+                let client = tls::http_client(&self.cfg).map_err(|e| e.to_string())?;
+                let mut builder = opentelemetry_otlp::MetricExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_endpoint(self.cfg.endpoint.clone())
                     .with_http_client(client)
                     // The SDK percent-decodes header values again; escape '%' so it is a no-op.
                     .with_headers(self.cfg.headers.iter().map(|(k, v)| (k.clone(), v.replace('%', "%25"))).collect())
-                    .with_timeout(self.cfg.timeout)
-                    .build()
+                    .with_timeout(self.cfg.timeout);
+                if self.cfg.compression == Compression::Gzip {
+                    builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+                }
+                builder.build()
             }
         }
         .map_err(|e| e.to_string())?;
@@ -207,12 +201,27 @@ mod tests {
 
     #[test]
     fn metrics_go_to_the_traces_collector_unless_told_otherwise() {
+        let resolve = |traces: &OtlpConfig, vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let lookup = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            OtlpConfig::metrics_from_lookup(lookup, Some(traces)).unwrap().unwrap()
+        };
         let grpc = OtlpConfig::new(Protocol::Grpc, "http://c:4317");
-        assert_eq!(metrics_config(&grpc, |_| None).endpoint, "http://c:4317");
-        let http = OtlpConfig::new(Protocol::HttpProtobuf, "http://c:4318/v1/traces");
-        assert_eq!(metrics_config(&http, |_| None).endpoint, "http://c:4318/v1/metrics");
-        let own = |k: &str| (k == "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").then(|| "http://m:4318/x".to_string());
-        assert_eq!(metrics_config(&http, own).endpoint, "http://m:4318/x");
+        assert_eq!(resolve(&grpc, &[]).endpoint, "http://c:4317");
+        let mut http = OtlpConfig::new(Protocol::HttpProtobuf, "https://c:4318/v1/traces");
+        http.compression = Compression::Gzip;
+        http.tls.ca = Some("/ca.pem".into());
+        let m = resolve(&http, &[]);
+        assert_eq!(m.endpoint, "https://c:4318/v1/metrics");
+        assert_eq!((m.compression, m.tls.ca.as_deref()), (Compression::Gzip, Some(std::path::Path::new("/ca.pem"))));
+        let m = resolve(&http, &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/x")]);
+        assert_eq!(
+            (m.endpoint.as_str(), m.protocol),
+            ("http://m:4318/x", Protocol::Grpc),
+            "own endpoint, own settings"
+        );
+        let m = resolve(&http, &[("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none")]);
+        assert_eq!((m.endpoint.as_str(), m.compression), ("https://c:4318/v1/metrics", Compression::None));
         assert_eq!(interval(|_| None), Duration::from_secs(60));
         assert_eq!(interval(|_| Some("500".into())), Duration::from_millis(500));
         assert_eq!(interval(|_| Some("soon".into())), Duration::from_secs(60));

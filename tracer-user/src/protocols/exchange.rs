@@ -159,9 +159,16 @@ impl Exchange {
         }
     }
 
-    /// Span end (CLOCK_MONOTONIC ns), never before the start.
+    /// Span end (CLOCK_MONOTONIC ns), never before the start. A client span ends when its last
+    /// response byte has been read; a server span when it starts writing its last response bytes.
+    /// The server's write may return well after the client's read has returned the same bytes
+    /// (waking the reader can preempt the writer), so its exit would put a server child past the
+    /// end of its client parent; the entry cannot be later than the client's read.
     pub fn end_ns(&self) -> u64 {
-        let end = self.response_last.or(self.request_last).unwrap_or(self.request_first).end_ns;
+        let end = match (self.kind, self.response_last) {
+            (SpanKind::Server, Some(last)) => last.start_ns,
+            (_, last) => last.or(self.request_last).unwrap_or(self.request_first).end_ns,
+        };
         end.max(self.start_ns())
     }
 }

@@ -1,0 +1,393 @@
+//! The OTLP exporter against real servers: Jaeger v2 (built from the Go module proxy, see
+//! `tracer_tests::jaeger`) with its OTLP receivers on TLS and mutual TLS, certificates made by
+//! the test; and the in-process receiver for compression, throttling and partial success.
+//!
+//! Most drive the exporter of `tracer-user` directly (the spans are made by the test), so they
+//! need neither root nor the kernel; one runs `tracer run` itself (root). The Jaeger tests are
+//! `#[ignore]`d in plain `cargo test` (the first run builds Jaeger, a few minutes) and run by
+//! `cargo xtask e2e`; the receiver tests run everywhere.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracer_tests::certs::{CertFiles, Pki};
+use tracer_tests::harness::{Agent, Service, args, curl, require_root, rt, summary};
+use tracer_tests::jaeger::{Jaeger, ReceiverTls, poll_until};
+use tracer_tests::receiver::{Fault, Protocol as RxProtocol, Receiver};
+use tracer_user::export::{self, ExportConfig, ExportOptions, ExportStats};
+use tracer_user::model::{Attr, ProcessResource, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---- log capture: the exporter's warnings are the user-visible errors ----------------------
+
+struct Capture(Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{} {}", r.level(), r.args());
+            eprintln!("{line}");
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn logs() -> &'static Capture {
+    static LOGS: OnceLock<&'static Capture> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+        let _ = log::set_logger(capture);
+        log::set_max_level(log::LevelFilter::Info);
+        capture
+    })
+}
+
+/// Captured log lines that mention `needle` (each test has its own ports, so its own lines).
+fn log_lines(needle: &str) -> Vec<String> {
+    logs().0.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+}
+
+// ---- spans ---------------------------------------------------------------------------------
+
+/// A trace id unique to this call, as bytes and hex.
+fn trace_id() -> ([u8; 16], String) {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&nanos.to_be_bytes());
+    id[8..].copy_from_slice(&seq.to_be_bytes());
+    let hex = id.iter().map(|b| format!("{b:02x}")).collect();
+    (id, hex)
+}
+
+fn spans(trace: [u8; 16], n: u8) -> Vec<SpanRecord> {
+    let now = SystemTime::now();
+    (1..=n)
+        .map(|i| SpanRecord {
+            trace_id: TraceId(trace),
+            span_id: SpanId([i; 8]),
+            parent_span_id: (i > 1).then_some(SpanId([1; 8])),
+            parent_is_remote: false,
+            name: format!("GET /export/{i}"),
+            kind: if i == 1 { SpanKind::Server } else { SpanKind::Client },
+            start: now - Duration::from_millis(20),
+            end: now,
+            attributes: vec![Attr::str("http.request.method", "GET")],
+            status: SpanStatus::Unset,
+            pid: 4242,
+        })
+        .collect()
+}
+
+/// Environment-style settings → the exporter configuration (the agent's own parsing).
+fn config(vars: &[(&str, String)]) -> ExportConfig {
+    ExportConfig::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).expect("config")
+}
+
+/// Exports `records` with `cfg` and returns the counters after shutdown.
+async fn export_all(cfg: ExportConfig, records: Vec<SpanRecord>, opts: ExportOptions) -> ExportStats {
+    let resource = Arc::new(ProcessResource { pid: 4242, service_name: "export-test".into(), attributes: vec![] });
+    let handle =
+        export::spawn(cfg, ExportOptions { batch_size: 64, flush_interval: Duration::from_millis(50), ..opts })
+            .expect("exporter");
+    for r in records {
+        assert!(handle.send(resource.clone(), r));
+    }
+    handle.shutdown().await
+}
+
+fn opts() -> ExportOptions {
+    ExportOptions { shutdown_timeout: Duration::from_secs(15), ..Default::default() }
+}
+
+fn tls_vars(endpoint: String, protocol: &str, ca: &Path, client: Option<&CertFiles>) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.display().to_string()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000".to_string()),
+    ];
+    if let Some(c) = client {
+        vars.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", c.cert.display().to_string()));
+        vars.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY", c.key.display().to_string()));
+    }
+    vars
+}
+
+fn endpoint(j: &Jaeger, protocol: &str) -> String {
+    if protocol == "grpc" { j.grpc_endpoint() } else { j.http_endpoint() }
+}
+
+const PROTOCOLS: [&str; 2] = ["grpc", "http/protobuf"];
+
+// ---- Jaeger: TLS and mutual TLS ------------------------------------------------------------
+
+#[test]
+#[ignore = "builds and runs Jaeger: cargo xtask e2e"]
+fn spans_reach_jaeger_over_tls_and_mutual_tls() {
+    logs();
+    let rt = rt();
+    let pki = Pki::new("jaeger").unwrap();
+    let server = pki.server("server", false).unwrap();
+    let client = pki.client("client").unwrap();
+    let modes = [
+        ("tls", ReceiverTls::Tls(server.clone()), None),
+        ("mtls", ReceiverTls::Mutual { server: server.clone(), client_ca: pki.ca_file.clone() }, Some(&client)),
+    ];
+    for (name, tls, identity) in modes {
+        let jaeger = Jaeger::start(&pki.dir().join(name), &tls).expect("jaeger");
+        for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
+            let (id, hex) = trace_id();
+            let mut vars = tls_vars(endpoint(&jaeger, protocol), protocol, &pki.ca_file, identity);
+            vars.push(("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme".into()));
+            // Compression on one of the two protocols, so both paths meet a real server.
+            vars.push(("OTEL_EXPORTER_OTLP_COMPRESSION", if i == 0 { "gzip" } else { "none" }.into()));
+            let stats = rt.block_on(export_all(config(&vars), spans(id, 3), opts()));
+            assert_eq!((stats.exported, stats.export_failures), (3, 0), "{name} {protocol}: {stats:?}");
+            let got = jaeger.wait_for_trace(&hex, 3, WAIT).unwrap();
+            let mut names: Vec<String> = got.iter().map(|(op, _)| op.clone()).collect();
+            names.sort();
+            assert_eq!(names, ["GET /export/1", "GET /export/2", "GET /export/3"], "{name} {protocol}");
+            assert!(got.iter().all(|(_, service)| service == "export-test"), "{got:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "builds and runs Jaeger: cargo xtask e2e"]
+fn metrics_reach_jaeger_over_mutual_tls() {
+    use tracer_user::metrics::labels::Family;
+    use tracer_user::metrics::otlp::OtlpMetrics;
+    logs();
+    let rt = rt();
+    let pki = Pki::new("metrics").unwrap();
+    let server = pki.server("server", false).unwrap();
+    let client = pki.client("client").unwrap();
+    let tls = ReceiverTls::Mutual { server, client_ca: pki.ca_file.clone() };
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &tls).expect("jaeger");
+    for protocol in PROTOCOLS {
+        let mut vars = tls_vars(endpoint(&jaeger, protocol), protocol, &pki.ca_file, Some(&client));
+        vars.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()));
+        let lookup = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let cfg = tracer_user::export::OtlpConfig::metrics_from_lookup(lookup, None).unwrap().unwrap();
+        let before = jaeger.log().matches("\"data points\"").count();
+        rt.block_on(async {
+            let metrics = OtlpMetrics::new(cfg, Duration::from_secs(3600));
+            let resource = ProcessResource { pid: 1, service_name: "metrics-test".into(), attributes: vec![] };
+            let labels = vec![("http_request_method", "GET".to_string())];
+            metrics.record(&resource, Family::HttpServer, &labels, 0.25);
+            metrics.shutdown().await; // the final export
+        });
+        poll_until(&format!("{protocol} metrics at Jaeger's debug exporter"), WAIT, || {
+            jaeger.log().matches("\"data points\"").count() > before
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", jaeger.log()));
+    }
+}
+
+/// Exports to `jaeger` with the given client settings and expects one clear, final failure.
+fn expect_tls_failure(jaeger: &Jaeger, ca: &Path, client: Option<&CertFiles>, expected: &str) {
+    let rt = rt();
+    for protocol in PROTOCOLS {
+        let endpoint = endpoint(jaeger, protocol);
+        let (id, _) = trace_id();
+        let started = Instant::now();
+        let cfg = config(&tls_vars(endpoint.clone(), protocol, ca, client));
+        let stats = rt.block_on(export_all(cfg, spans(id, 2), opts()));
+        assert_eq!((stats.exported, stats.export_failures, stats.spans_failed), (0, 1, 2), "{protocol}: {stats:?}");
+        // Final, not retried until the timeout.
+        assert!(started.elapsed() < Duration::from_secs(4), "{protocol}: took {:?}", started.elapsed());
+        let logged = if protocol == "grpc" { endpoint } else { format!("{endpoint}/v1/traces") };
+        let lines = log_lines(&format!("TLS with {logged} failed"));
+        assert!(lines.iter().any(|l| l.contains(expected)), "{protocol}: no {expected:?} in {lines:#?}");
+    }
+}
+
+#[test]
+#[ignore = "builds and runs Jaeger: cargo xtask e2e"]
+fn a_wrong_ca_is_a_clear_error() {
+    logs();
+    let pki = Pki::new("right").unwrap();
+    let other = Pki::new("wrong").unwrap();
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &ReceiverTls::Tls(pki.server("server", false).unwrap())).unwrap();
+    expect_tls_failure(&jaeger, &other.ca_file, None, "not signed by a trusted CA");
+}
+
+#[test]
+#[ignore = "builds and runs Jaeger: cargo xtask e2e"]
+fn an_expired_certificate_is_a_clear_error() {
+    logs();
+    let pki = Pki::new("expired").unwrap();
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &ReceiverTls::Tls(pki.server("server", true).unwrap())).unwrap();
+    expect_tls_failure(&jaeger, &pki.ca_file, None, "certificate has expired");
+}
+
+#[test]
+#[ignore = "builds and runs Jaeger: cargo xtask e2e"]
+fn a_missing_client_certificate_is_a_clear_error() {
+    logs();
+    let pki = Pki::new("mtls").unwrap();
+    let tls = ReceiverTls::Mutual { server: pki.server("server", false).unwrap(), client_ca: pki.ca_file.clone() };
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &tls).unwrap();
+    expect_tls_failure(&jaeger, &pki.ca_file, None, "requires a client certificate");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn tracer_run_exports_to_https_with_a_custom_ca_and_a_header() {
+    require_root();
+    let pki = Pki::new("agent").unwrap();
+    let jaeger = Jaeger::start(&pki.dir().join("j"), &ReceiverTls::Tls(pki.server("server", false).unwrap())).unwrap();
+    let secret = "Zq9-agent-token";
+    for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
+        let service = format!("https-export-{i}");
+        let go = Service::go(&service).expect("go server");
+        // The only settings: an https:// endpoint, its CA and a credential header (and the
+        // protocol, for the HTTP run).
+        let env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(&jaeger, protocol)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_file.display().to_string()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization=Bearer%20{secret}")),
+        ];
+        let agent = Agent::start(&args(&["--pid", &go.pid().to_string()]), &env).expect("agent");
+        for _ in 0..3 {
+            assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
+        }
+        let mut ops = Vec::new();
+        let arrived = poll_until(&format!("3 spans of {service} in Jaeger"), WAIT, || {
+            ops = jaeger.service_operations(&service).unwrap_or_default();
+            ops.len() >= 3
+        });
+        let log = agent.stop().expect("agent stops");
+        arrived.unwrap_or_else(|e| panic!("{protocol}: {e}: {ops:?}\n{log}\n{}", jaeger.log()));
+        assert!(ops.iter().all(|op| op.starts_with("GET")), "{ops:?}");
+        let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+        assert_eq!((s["spans_failed"], s["export_failures"]), (0, 0), "{protocol}: {log}");
+        assert!(!log.contains(secret), "{protocol}: the header value was logged:\n{log}");
+    }
+}
+
+// ---- in-process receiver: compression, throttling, partial success -------------------------
+
+fn receiver_vars(rx: &Receiver, protocol: &str) -> Vec<(&'static str, String)> {
+    let endpoint = if protocol == "grpc" { rx.grpc_endpoint() } else { rx.http_endpoint() };
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into())]
+}
+
+fn rx_protocol(protocol: &str) -> RxProtocol {
+    if protocol == "grpc" { RxProtocol::Grpc } else { RxProtocol::Http }
+}
+
+#[test]
+fn gzip_is_what_the_receiver_gets() {
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).unwrap();
+    for protocol in PROTOCOLS {
+        for gzip in [true, false] {
+            rx.clear();
+            let mut vars = receiver_vars(&rx, protocol);
+            vars.push(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", if gzip { "gzip" } else { "none" }.into()));
+            let (id, hex) = trace_id();
+            let stats = rt.block_on(export_all(config(&vars), spans(id, 4), opts()));
+            assert_eq!(stats.exported, 4, "{protocol} gzip={gzip}: {stats:?}");
+            let received = rx.spans();
+            assert_eq!(received.iter().filter(|s| s.trace_id == hex).count(), 4, "decoded after decompression");
+            let requests = rx.requests();
+            assert_eq!(requests.len(), 1, "{requests:?}");
+            let header = if protocol == "grpc" { "grpc-encoding" } else { "content-encoding" };
+            let encoding = requests[0].headers.get(header).map(String::as_str);
+            assert_eq!(encoding, gzip.then_some("gzip"), "{protocol}: {:?}", requests[0].headers);
+            assert_eq!(requests[0].protocol, rx_protocol(protocol));
+        }
+    }
+}
+
+#[test]
+fn throttling_is_retried_after_the_servers_delay() {
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).unwrap();
+    for protocol in PROTOCOLS {
+        rx.clear();
+        let before = rx.answered().len();
+        let delay = Duration::from_secs(1);
+        // 429 + RESOURCE_EXHAUSTED with RetryInfo, then 503 + UNAVAILABLE with RetryInfo.
+        rx.push_faults([
+            Fault::Refuse { http_status: 429, grpc_code: tonic::Code::ResourceExhausted, retry_after: Some(delay) },
+            Fault::Refuse { http_status: 503, grpc_code: tonic::Code::Unavailable, retry_after: Some(delay) },
+        ]);
+        let (id, _) = trace_id();
+        let stats = rt.block_on(export_all(config(&receiver_vars(&rx, protocol)), spans(id, 3), opts()));
+        assert_eq!((stats.exported, stats.export_failures), (3, 0), "{protocol}: {stats:?}");
+        let answered = &rx.answered()[before..];
+        assert_eq!(answered.len(), 3, "{protocol}: two refusals, then accepted: {answered:?}");
+        assert!(answered[2].fault.is_none());
+        for pair in answered.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            // The exporter's own first backoff is 100-200 ms: only the server's delay explains 1 s.
+            assert!(gap >= delay - Duration::from_millis(50), "{protocol}: retried after {gap:?}, not {delay:?}");
+        }
+    }
+}
+
+#[test]
+fn errors_that_retrying_cannot_fix_are_not_retried() {
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).unwrap();
+    for protocol in PROTOCOLS {
+        let before = rx.answered().len();
+        rx.push_faults([Fault::Refuse {
+            http_status: 400,
+            grpc_code: tonic::Code::InvalidArgument,
+            retry_after: None,
+        }]);
+        let (id, _) = trace_id();
+        let stats = rt.block_on(export_all(config(&receiver_vars(&rx, protocol)), spans(id, 2), opts()));
+        assert_eq!((stats.exported, stats.export_failures, stats.spans_failed), (0, 1, 2), "{protocol}: {stats:?}");
+        assert_eq!(rx.answered().len() - before, 1, "{protocol}: one attempt only");
+        // RESOURCE_EXHAUSTED without RetryInfo is final too (gRPC); a bare 503 is retried.
+        let before = rx.answered().len();
+        let fault = if protocol == "grpc" {
+            Fault::Refuse { http_status: 503, grpc_code: tonic::Code::ResourceExhausted, retry_after: None }
+        } else {
+            Fault::Refuse { http_status: 503, grpc_code: tonic::Code::Unavailable, retry_after: None }
+        };
+        rx.push_faults([fault]);
+        let stats = rt.block_on(export_all(config(&receiver_vars(&rx, protocol)), spans(id, 2), opts()));
+        let attempts = rx.answered().len() - before;
+        if protocol == "grpc" {
+            assert_eq!((attempts, stats.export_failures), (1, 1), "{stats:?}");
+        } else {
+            assert_eq!((attempts, stats.exported), (2, 2), "{stats:?}");
+        }
+    }
+}
+
+#[test]
+fn partial_success_counts_the_rejected_spans() {
+    logs();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).unwrap();
+    for protocol in PROTOCOLS {
+        let before = rx.answered().len();
+        rx.push_faults([Fault::Partial { rejected: 2, message: "over the span quota".into() }]);
+        let (id, _) = trace_id();
+        let stats = rt.block_on(export_all(config(&receiver_vars(&rx, protocol)), spans(id, 5), opts()));
+        assert_eq!(
+            (stats.exported, stats.spans_rejected, stats.export_failures, stats.spans_failed),
+            (3, 2, 0, 0),
+            "{protocol}: {stats:?}"
+        );
+        assert_eq!(rx.answered().len() - before, 1, "{protocol}: a partial success is not retried");
+        let endpoint = if protocol == "grpc" { rx.grpc_endpoint() } else { rx.http_traces_url() };
+        let lines = log_lines(&format!("OTLP collector {endpoint} rejected 2 of 5 spans"));
+        assert!(lines.iter().any(|l| l.contains("over the span quota")), "{protocol}: {lines:?}");
+    }
+}
