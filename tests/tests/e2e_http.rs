@@ -108,10 +108,15 @@ fn go_server_keepalive_over_http_protobuf() {
     assert_eq!(servers_of(&spans, "go-inventory").len(), 200);
     assert_eq!(count_where(&spans, |s| int_attr(s, "http.response.status_code") == Some(200)), 200);
     assert_eq!(count_where(&spans, |s| str_attr(s, "url.path") == Some("/hello")), 200);
-    // Four connections: four distinct client ports.
+    // The connections the client used, each named by its port exactly as the client saw it: four
+    // at a time, reused (Go's client may replace one over the run on a slow machine).
+    let used: serde_json::Value = serde_json::from_str(out.trim()).expect("client output is JSON");
+    let used: std::collections::BTreeSet<i64> =
+        used["ports"].as_array().expect("ports").iter().map(|p| p.as_i64().unwrap()).collect();
     let ports: std::collections::BTreeSet<i64> =
         spans.iter().filter_map(|s| int_attr(s, "network.peer.port")).collect();
-    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert!((1..=20).contains(&used.len()), "keep-alive connections, reused: {used:?}");
+    assert_eq!(ports, used, "the peer ports of the spans are the client's connections");
 }
 
 #[test]

@@ -518,7 +518,19 @@ fn boot(
     eprintln!("vm-test: booting {tag} (console: {})", log_path.display());
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=single", "-smp", "2", "-m", mem, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-smp",
+            "2",
+            "-m",
+            mem,
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&k.vmlinuz)
         .arg("-initrd")
