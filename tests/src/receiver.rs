@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -461,6 +461,11 @@ struct State {
     delay_ms: AtomicU64,
     /// Number of metric points stored.
     points: watch::Sender<usize>,
+    /// Trace exports over gRPC are accepted and answered without being decoded (a collector
+    /// that costs nothing); only their count and size are kept.
+    discard: AtomicBool,
+    /// Trace exports discarded so far, and their message bytes.
+    discarded: watch::Sender<(u64, u64)>,
 }
 
 impl State {
@@ -546,6 +551,103 @@ impl TraceService for GrpcService {
         };
         self.0.ingest(request.into_inner(), Protocol::Grpc, headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success }))
+    }
+}
+
+/// The gRPC trace service: the decoding [`GrpcService`], or, while [`Receiver::set_discard`] is
+/// on, an answer of OK to every export without decoding it (the message bytes are only counted).
+#[derive(Clone)]
+struct Traces {
+    decoding: TraceServiceServer<GrpcService>,
+    state: Arc<State>,
+}
+
+impl tonic::server::NamedService for Traces {
+    const NAME: &'static str = <TraceServiceServer<GrpcService> as tonic::server::NamedService>::NAME;
+}
+
+impl<B> tonic::codegen::Service<hyper::Request<B>> for Traces
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = hyper::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        if !self.state.discard.load(Ordering::Relaxed) {
+            return self.decoding.call(req);
+        }
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(DiscardCodec)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+            Ok(grpc.unary(Discard(state), req).await)
+        })
+    }
+}
+
+/// Counts a trace export's bytes and answers an empty `ExportTraceServiceResponse`.
+struct Discard(Arc<State>);
+
+impl tonic::codegen::Service<tonic::Request<usize>> for Discard {
+    type Response = tonic::Response<()>;
+    type Error = tonic::Status;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::Request<usize>) -> Self::Future {
+        let bytes = *req.get_ref() as u64;
+        self.0.discarded.send_modify(|(n, b)| {
+            *n += 1;
+            *b += bytes;
+        });
+        std::future::ready(Ok(tonic::Response::new(())))
+    }
+}
+
+/// A codec that skips the request message (its length is the decoded item) and encodes the
+/// response as zero bytes: an `ExportTraceServiceResponse` with no field set.
+struct DiscardCodec;
+
+impl tonic::codec::Codec for DiscardCodec {
+    type Encode = ();
+    type Decode = usize;
+    type Encoder = DiscardCodec;
+    type Decoder = DiscardCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        DiscardCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        DiscardCodec
+    }
+}
+
+impl tonic::codec::Encoder for DiscardCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn encode(&mut self, _item: (), _dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for DiscardCodec {
+    type Item = usize;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<usize>, Self::Error> {
+        use bytes::Buf as _;
+        let n = src.remaining();
+        src.advance(n);
+        Ok(Some(n))
     }
 }
 
@@ -705,12 +807,17 @@ impl Receiver {
             count: watch::Sender::new(0),
             delay_ms: AtomicU64::new(0),
             points: watch::Sender::new(0),
+            discard: AtomicBool::new(false),
+            discarded: watch::Sender::new((0, 0)),
         });
         let metrics_service =
             MetricsServiceServer::new(GrpcService(state.clone())).max_decoding_message_size(MAX_MESSAGE);
-        let service = TraceServiceServer::new(GrpcService(state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let service = Traces {
+            decoding: TraceServiceServer::new(GrpcService(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            state: state.clone(),
+        };
         let grpc_task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             let _ = tonic::transport::Server::builder()
@@ -759,6 +866,17 @@ impl Receiver {
     /// Makes every export wait `delay` before it is accepted (a slow collector); zero: none.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// While on, gRPC trace exports are answered OK without being decoded or stored (a collector
+    /// that costs nothing, for throughput measurements); see [`Receiver::discarded`].
+    pub fn set_discard(&self, on: bool) {
+        self.state.discard.store(on, Ordering::Relaxed);
+    }
+
+    /// Trace exports discarded so far and their message bytes, with a change notification.
+    pub fn discarded(&self) -> watch::Receiver<(u64, u64)> {
+        self.state.discarded.subscribe()
     }
 
     /// Everything received so far, in arrival order.
@@ -1087,6 +1205,34 @@ mod tests {
         assert!(raw_http(addr, empty).await.starts_with("HTTP/1.1 200"));
         assert!(receiver.spans().is_empty());
         assert_eq!(receiver.requests().len(), 1);
+    }
+
+    /// Discarding, the receiver answers the agent's exports OK without decoding them (the
+    /// exporter counts them exported, not failed) and only counts them; decoding again, it
+    /// stores spans as before.
+    #[tokio::test]
+    async fn discard_mode_accepts_exports_without_decoding_them() {
+        let receiver = Receiver::start().await.unwrap();
+        receiver.set_discard(true);
+        let mut discarded = receiver.discarded();
+        let config = export::OtlpConfig::new(export::Protocol::Grpc, receiver.grpc_endpoint());
+        let handle = export::spawn(ExportConfig::Otlp(config), ExportOptions::default()).unwrap();
+        let resource = StdArc::new(ProcessResource { pid: 1234, service_name: "users-api".into(), attributes: vec![] });
+        let (server, client) = records(7);
+        handle.send(resource.clone(), server);
+        handle.send(resource.clone(), client);
+        tokio::time::timeout(WAIT, discarded.wait_for(|&(n, _)| n >= 1)).await.unwrap().unwrap();
+        let (exports, bytes) = *discarded.borrow();
+        assert!(exports >= 1 && bytes > 100, "{exports} exports, {bytes} bytes");
+        assert!(receiver.spans().is_empty() && receiver.requests().is_empty());
+
+        receiver.set_discard(false);
+        handle.send(resource, records(8).0);
+        let stats = handle.shutdown().await;
+        assert_eq!((stats.exported, stats.spans_failed), (3, 0), "{stats:?}");
+        let spans = receiver.wait_for(|s| !s.is_empty(), WAIT).await.unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].trace_id, "08".repeat(16));
     }
 
     #[tokio::test]

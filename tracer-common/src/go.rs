@@ -15,6 +15,10 @@ pub struct GoProc {
     pub tls_g: i64,
     /// Offset of `runtime.g.goid`.
     pub goid_off: u64,
+    /// Offset of `runtime.g.parentGoid` (Go 1.21+: the goroutine that created this one), or 0
+    /// when unknown. Known, a goroutine's creator is read from its `g` and `runtime.newproc1`
+    /// needs only its entry probe; unknown, each RET of newproc1 is probed for the new `g`.
+    pub parent_goid_off: u64,
 }
 
 /// Where a traced Go process's net/rpc probes find the connection's addresses (kernel map

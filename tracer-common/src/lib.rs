@@ -46,7 +46,7 @@ const _: () = {
     assert!(size_of::<FdOffsets>() == 40);
     assert!(size_of::<TaskOffsets>() == 8);
     assert!(size_of::<ConnState>() == 8);
-    assert!(size_of::<GoProc>() == 16);
+    assert!(size_of::<GoProc>() == 24);
     assert!(size_of::<NetRpcProc>() == 16);
     assert!(size_of::<GrpcEvent>() == 24 + 8 + 32 + 40 + 16 + GRPC_METHOD_MAX);
     assert!(size_of::<GrpcProc>() == 13 * 8 + 8);

@@ -74,6 +74,24 @@ pub fn lru_put<K, V>(map: &LruHashMap<K, V>, k: &K, v: &V, table: LruTable) -> b
     ok
 }
 
+/// As [`lru_put`], but an entry that already holds `v` is left alone: an LRU update allocates a
+/// new element and frees the old one, which the data path must not pay per syscall for a value
+/// that rarely changes.
+#[inline(always)]
+pub fn lru_set<K, V: PartialEq>(map: &LruHashMap<K, V>, k: &K, v: &V, table: LruTable) -> bool {
+    // SAFETY: the value is compared in place, then only replaced through the map.
+    let old = unsafe { map.get(k) };
+    if old.is_some_and(|o| o == v) {
+        return true;
+    }
+    let new = old.is_none();
+    let ok = map.insert(k, v, 0).is_ok();
+    if ok && new {
+        bump(counters::lru_added(table));
+    }
+    ok
+}
+
 #[inline(always)]
 pub fn lru_del<K, V>(map: &LruHashMap<K, V>, k: &K, table: LruTable) {
     if map.remove(k).is_ok() {

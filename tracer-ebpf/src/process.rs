@@ -49,7 +49,11 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
         }
         // Exec must reach the agent at once (even past batched data events) so it can read
         // the new program's identity while a short-lived process still exists.
-        e.submit(if kind == EventKind::Exec { BPF_RB_FORCE_WAKEUP as u64 } else { 0 });
+        e.submit(if kind == EventKind::Exec {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            crate::socket::emit::wakeup_flags()
+        });
     } else {
         bump(counters::LOST);
     }

@@ -8,6 +8,12 @@
 //! `otlp-receiver grpc=http://HOST:PORT http=http://HOST:PORT`; stdout carries only spans, so
 //! scripts can pipe it into `jq` or read it line by line. Stops on Ctrl-C / SIGTERM or when
 //! stdout is closed.
+//!
+//! Lines on stdin switch the gRPC trace service: `discard` answers every export OK without
+//! decoding it (a collector that costs nothing, for throughput measurements), `decode` goes
+//! back to decoding and printing. Each switch is confirmed on stdout by `# mode discard` or
+//! `# mode decode`; while discarding, `# discarded exports=N bytes=M` (running totals) follows
+//! each export. Lines starting with `#` are never spans.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -82,6 +88,28 @@ async fn main() -> ExitCode {
         }
     };
     receiver.set_delay(std::time::Duration::from_millis(args.delay_ms));
+    let receiver = std::sync::Arc::new(receiver);
+    {
+        let receiver = receiver.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { return };
+                let on = match line.trim() {
+                    "discard" => true,
+                    "decode" => false,
+                    other => {
+                        eprintln!("otlp-receiver: unknown command {other:?} (discard, decode)");
+                        continue;
+                    }
+                };
+                receiver.set_discard(on);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "# mode {}", if on { "discard" } else { "decode" });
+                let _ = out.flush();
+            }
+        });
+    }
+    let mut discarded = receiver.discarded();
     eprintln!("otlp-receiver grpc=http://{} http=http://{}", receiver.grpc_addr(), receiver.http_addr());
 
     let mut changes = receiver.watch();
@@ -105,6 +133,16 @@ async fn main() -> ExitCode {
         tokio::select! {
             _ = &mut shutdown => return ExitCode::SUCCESS,
             changed = changes.changed() => if changed.is_err() { return ExitCode::SUCCESS },
+            changed = discarded.changed() => {
+                if changed.is_err() {
+                    return ExitCode::SUCCESS;
+                }
+                let (n, bytes) = *discarded.borrow_and_update();
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "# discarded exports={n} bytes={bytes}").and_then(|()| out.flush()).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
     }
 }

@@ -255,7 +255,7 @@ fn client_start(r: &Regs, method_ptr: u64, method_len: u64, call_flags: u8) {
     let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return };
     // SAFETY: the map value just inserted for this goroutine.
     let c = unsafe { &mut *c };
-    new_ids(c, go::ancestor_ctx(tgid, goid));
+    new_ids(c, go::ancestor_ctx(tgid, goid, r.r14, &gp));
     c.start_ns = unsafe { bpf_ktime_get_ns() };
     c.flags = call_flags;
     copy_method(c, method_ptr, method_len);
@@ -285,7 +285,7 @@ fn emit(tgid_pid: u64, kind: Role, c: &Call) {
         (*p)._pad = 0;
         (*p).method = c.method;
     }
-    e.submit(0);
+    e.submit(crate::socket::emit::wakeup_flags());
 }
 
 /// Emits a client call with the status of `err` (itab, data) and forgets it.

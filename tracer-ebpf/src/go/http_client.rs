@@ -18,7 +18,7 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let Some(p) = proc_info(tgid) else { return 0 };
     let (_, req, g) = regs(&ctx);
     let k = key(tgid, req);
-    match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid)) {
+    match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid, g, &p)) {
         Some(c) => {
             lru_put(&GO_REQ_CTX, &k, &c, LruTable::GoReqCtx);
         }

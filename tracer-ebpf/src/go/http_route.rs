@@ -15,7 +15,10 @@ use core::ffi::c_void;
 use tracer_common::{EventHeader, EventKind, GoRouteEvent, ROUTE_LEN, tables::counters};
 
 use super::{GO_SRV_CTX, goid_of, key, proc_info};
-use crate::maps::{EVENTS, bump};
+use crate::{
+    maps::{EVENTS, bump},
+    socket::emit::wakeup_flags,
+};
 
 /// Each RET of `(*ServeMux).findHandler` / `(*ServeMux).Handler`.
 #[uprobe]
@@ -53,7 +56,7 @@ pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
             }
         }
     }
-    e.submit(0);
+    e.submit(wakeup_flags());
     bump(counters::EVENTS);
     0
 }

@@ -103,9 +103,21 @@ pub fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
     unsafe { bpf_probe_read_user((g + p.goid_off) as *const u64) }.ok()
 }
 
-/// The goroutine the current thread runs, read from Go's thread-local `g`.
+/// The goroutine that created the goroutine `g` (`runtime.g.parentGoid`), when its offset is
+/// known.
 #[inline(always)]
-pub fn current_goid(tgid: u32) -> Option<u64> {
+pub fn parent_goid(g: u64, p: &GoProc) -> Option<u64> {
+    if g == 0 || p.parent_goid_off == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the probe helper.
+    let parent: u64 = unsafe { bpf_probe_read_user((g + p.parent_goid_off) as *const u64) }.ok()?;
+    (parent != 0).then_some(parent)
+}
+
+/// The goroutine the current thread runs (its `g` and id), read from Go's thread-local `g`.
+#[inline(always)]
+pub fn current_g(tgid: u32) -> Option<(u64, u64, GoProc)> {
     let p = proc_info(tgid)?;
     // SAFETY: read of a global the loader may have rewritten.
     let off = unsafe { core::ptr::read_volatile(&GO_FSBASE_OFF) };
@@ -119,20 +131,33 @@ pub fn current_goid(tgid: u32) -> Option<u64> {
         return None;
     }
     let g: u64 = unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }.ok()?;
-    goid_of(g, &p)
+    Some((g, goid_of(g, &p)?, p))
 }
 
-/// The server span of the nearest goroutine, from `goid` up its creators, handling a request.
+/// The goroutine the current thread runs, read from Go's thread-local `g`.
 #[inline(always)]
-pub fn ancestor_ctx(tgid: u32, goid: u64) -> Option<TraceCtx> {
+pub fn current_goid(tgid: u32) -> Option<u64> {
+    current_g(tgid).map(|(_, goid, _)| goid)
+}
+
+/// The server span of the nearest goroutine, from `goid` (whose `g` is `g`) up its creators,
+/// handling a request. The first step up is read from `g` itself when the process's offsets
+/// allow; the steps above it from `GO_PARENT`, which newproc1's probes fill for every goroutine
+/// that starts another.
+#[inline(always)]
+pub fn ancestor_ctx(tgid: u32, goid: u64, g: u64, p: &GoProc) -> Option<TraceCtx> {
     let mut id = goid;
-    for _ in 0..MAX_DEPTH {
+    for depth in 0..MAX_DEPTH {
         let k = key(tgid, id);
         // SAFETY: plain data copied out of the maps.
         if let Some(c) = unsafe { GO_SRV_CTX.get(&k) } {
             return Some(*c);
         }
-        id = *unsafe { GO_PARENT.get(&k) }?;
+        id = match unsafe { GO_PARENT.get(&k) } {
+            Some(parent) => *parent,
+            None if depth == 0 => parent_goid(g, p)?,
+            None => return None,
+        };
     }
     None
 }
@@ -226,12 +251,12 @@ pub fn server_response(pid_tgid: u64) {
 #[inline(always)]
 pub fn client_parent(pid_tgid: u64) -> Option<TraceCtx> {
     let tgid = (pid_tgid >> 32) as u32;
-    let goid = current_goid(tgid)?;
+    let (g, goid, p) = current_g(tgid)?;
     // SAFETY: plain data copied out of the map.
     if let Some(c) = unsafe { GO_WRITER_CTX.get(&key(tgid, goid)) }.copied() {
         return if c.span_id == [0; 8] { None } else { Some(c) };
     }
-    ancestor_ctx(tgid, goid)
+    ancestor_ctx(tgid, goid, g, &p)
 }
 
 #[inline(always)]

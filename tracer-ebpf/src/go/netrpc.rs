@@ -157,7 +157,7 @@ fn start_call(
 
 #[inline(always)]
 fn emit(ev: &GoRpcEvent) {
-    if EVENTS.output(ev, 0).is_err() {
+    if EVENTS.output(ev, crate::socket::emit::wakeup_flags()).is_err() {
         bump(counters::LOST);
         return;
     }
@@ -224,7 +224,7 @@ pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
         lru_del(&RPC_CLIENT, &ck, LruTable::RpcClient);
         return 0;
     }
-    match ancestor_ctx(tgid, goid) {
+    match ancestor_ctx(tgid, goid, g, &p) {
         Some(c) => {
             ev.trace_id = c.trace_id;
             ev.parent_id = c.span_id;

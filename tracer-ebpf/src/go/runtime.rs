@@ -1,13 +1,15 @@
 //! Goroutine ancestry: uprobes on `runtime.newproc1` record which goroutine started which, so
 //! calls made by goroutines a handler started find the handler's span (`super::ancestor_ctx`).
-//! The entry probe reads the creating goroutine (RBX); each RET of the function (found by
-//! disassembly in userspace, never a uretprobe) reads the new `g` in RAX.
+//! The entry probe reads the creating goroutine (RBX). Where the process's `runtime.g.parentGoid`
+//! offset is known, it records the creator's own creator from there (the new goroutine's link
+//! is read from its `g` when it reaches a probe) and no RET is probed; otherwise each RET of the
+//! function (found by disassembly in userspace, never a uretprobe) reads the new `g` in RAX.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use tracer_common::tables::{FixedTable, LruTable};
 
-use super::{GO_NEWPROC, GO_PARENT, goid_of, key, proc_info, regs};
-use crate::maps::{lru_put, put};
+use super::{GO_NEWPROC, GO_PARENT, goid_of, key, parent_goid, proc_info, regs};
+use crate::maps::{lru_put, lru_set, put};
 
 /// `runtime.newproc1(fn, callergp *g, ...)` entry.
 #[uprobe]
@@ -15,8 +17,17 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
     let (_, callergp, _) = regs(&ctx);
-    if let Some(parent) = goid_of(callergp, &p) {
+    let Some(parent) = goid_of(callergp, &p) else { return 0 };
+    if p.parent_goid_off == 0 {
         let _ = put(&GO_NEWPROC, &pid_tgid, &parent, FixedTable::GoNewproc);
+        return 0;
+    }
+    // The creator links itself to its own creator, once (a connection's goroutine starts one
+    // goroutine per request: the map is written only the first time).
+    let Some(grandparent) = parent_goid(callergp, &p) else { return 0 };
+    let k = key((pid_tgid >> 32) as u32, parent);
+    if grandparent != parent {
+        lru_set(&GO_PARENT, &k, &grandparent, LruTable::GoParent);
     }
     0
 }

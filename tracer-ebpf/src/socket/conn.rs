@@ -68,7 +68,7 @@ pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
             (*p).role = role as u8;
             (*p)._pad = [0; 3];
         }
-        e.submit(0);
+        e.submit(super::emit::wakeup_flags());
     } else {
         bump(counters::LOST);
     }
@@ -98,7 +98,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             (*p).fd = fd;
             (*p)._pad = 0;
         }
-        e.submit(0);
+        e.submit(super::emit::wakeup_flags());
     } else {
         bump(counters::LOST);
     }

@@ -17,7 +17,7 @@ use tracer_common::{
 use super::{Iovec, SyscallArgs, sock};
 use crate::{
     context::{EvCtx, request_context},
-    maps::{CONN_TUPLE, EVENTS, bump, conn_key, lru_put},
+    maps::{CONN_TUPLE, EVENTS, bump, conn_key, lru_set},
 };
 
 /// Progress through the chunks of one data syscall, keyed by pid_tgid (per task, so a preempted
@@ -85,7 +85,7 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
         unsafe { sock::read_tuple(s.args.sk, &mut s.tuple) };
         if sock::inet(s.tuple.family) {
             let key = TupleKey::of(&s.tuple);
-            lru_put(&CONN_TUPLE, &conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, LruTable::ConnTuple);
+            lru_set(&CONN_TUPLE, &conn_key((pid_tgid >> 32) as u32, s.args.fd), &key, LruTable::ConnTuple);
         }
         if s.args.has_ctx != 0 {
             s.ctx = s.args.ctx;
@@ -148,7 +148,10 @@ fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, tail_ok: bool) {
 
 /// Bytes waiting in the ring buffer past which the reader is woken at once. Below it, records
 /// do not wake the reader: the agent drains the ring on a short timer instead, so a busy
-/// server does not pay a wake-up (and the agent a context switch) per read and write.
+/// server does not pay a wake-up (and the agent a context switch) per read and write. Every
+/// record but a process's exec (which must be read while the process lives) follows this one
+/// policy: a record submitted with flags 0 wakes the reader whenever it finds the ring empty,
+/// from the traced thread (irq_work and a self-IPI there).
 const WAKEUP_BYTES: u64 = 512 * 1024;
 
 /// Submit flags of a record: wake the reader only when much data waits.

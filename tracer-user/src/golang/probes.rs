@@ -65,11 +65,20 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
     // Entry probes go past each function's stack check (`GoBinary::body_offset`): a call that
     // grows its stack runs its first instructions twice.
     let newproc = bin.body_offset(NEWPROC1).ok_or_else(|| format!("no {NEWPROC1}"))?;
-    let rets = bin.ret_offsets(NEWPROC1).unwrap_or_default();
-    if rets.is_empty() {
-        return Err(format!("no RET instruction found in {NEWPROC1}"));
+    // Each goroutine's `g` names its creator (`parentGoid`, Go 1.21+): the kernel reads it at
+    // the goroutine's own probes, and newproc1's entry probe records it for the goroutines that
+    // create others (which may never reach a probe themselves). Only where its offset is
+    // unknown (a stripped binary of a release the table lacks) is every RET of newproc1 probed
+    // for the new `g`: a RET-site trap per goroutine started, the costliest kind of uprobe.
+    let parent_goid_off = bin.field_offset("runtime.g", "parentGoid").map_or(0, |(off, _)| off);
+    let mut points = vec![(p::GO_NEWPROC1, vec![newproc])];
+    if parent_goid_off == 0 {
+        let rets = bin.ret_offsets(NEWPROC1).unwrap_or_default();
+        if rets.is_empty() {
+            return Err(format!("no RET instruction found in {NEWPROC1}"));
+        }
+        points.push((p::GO_NEWPROC1_RET, rets));
     }
-    let mut points = vec![(p::GO_NEWPROC1, vec![newproc]), (p::GO_NEWPROC1_RET, rets)];
     if bin.func(WRITE_LOOP).is_some() {
         let rt = bin.body_offset(ROUNDTRIP).ok_or_else(|| format!("net/http client without {ROUNDTRIP}"))?;
         let w = bin.body_offset(REQUEST_WRITE).ok_or_else(|| format!("net/http client without {REQUEST_WRITE}"))?;
@@ -104,7 +113,14 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
             None
         }
     };
-    Ok(Plan { go_version: v.clone(), proc: GoProc { tls_g: bin.tls_g_offset, goid_off }, points, rpc, rpc_off, grpc })
+    Ok(Plan {
+        go_version: v.clone(),
+        proc: GoProc { tls_g: bin.tls_g_offset, goid_off, parent_goid_off },
+        points,
+        rpc,
+        rpc_off,
+        grpc,
+    })
 }
 
 /// Programs of the eBPF object this module attaches.

@@ -93,7 +93,7 @@ fn grows(values: &[u64], rel: f64, abs: u64) -> Option<(u64, u64)> {
 
 pub fn soak(seconds: u64, rate: u64) -> Result<()> {
     let plan = Plan { servers: vec![ServerKind::Go], ..Plan::from_args(&BenchArgs::quick()) };
-    let tools = Tools::build(&plan)?;
+    let tools = Tools::build(&plan, true)?;
     let tmp = TempDir::new()?;
     let server = start_server(&tools, ServerKind::Go, &tmp.path)?;
     let receiver = Receiver::start(&tools.receiver)?;
