@@ -213,6 +213,12 @@ fn build_fixtures() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line with every finished step of `xtask test` and its seconds.
+fn print_times(times: &[(&str, u64)]) {
+    let summary: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s} s")).collect();
+    eprintln!("xtask test: {}", summary.join(", "));
+}
+
 fn build_agent() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "tracer-user"]))?;
     Ok(root().join("target/release/tracer"))
@@ -348,8 +354,7 @@ fn main() -> anyhow::Result<()> {
                 let started = std::time::Instant::now();
                 let result = f();
                 times.push((name, started.elapsed().as_secs()));
-                let summary: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s} s")).collect();
-                eprintln!("xtask test: {}", summary.join(", "));
+                print_times(&times);
                 result
             };
             // Habits first, they fail fast: formatting, then every lint as an error.
@@ -361,7 +366,8 @@ fn main() -> anyhow::Result<()> {
             step("e2e", &|| e2e(&[]))?;
             // The kernels users run, in qemu: 6.1 as shipped, 6.12 under lockdown=integrity. A
             // guest is one single-threaded TCG vCPU, so it runs beside the two steps below (which
-            // assert no timings) on the other CPU; everything it builds was built by e2e.
+            // assert no timings) on the other CPU. The agent and fixtures were built by e2e; the
+            // test binaries e2e does not run are built here, under cargo's lock.
             let vm = std::thread::spawn(|| {
                 let started = std::time::Instant::now();
                 let r = vm::vm_test(&vm::VmArgs {
@@ -379,8 +385,7 @@ fn main() -> anyhow::Result<()> {
                 if matrix.is_ok() { step("bench", &|| bench::bench(bench::BenchArgs::quick())) } else { Ok(()) };
             let (kernels, secs) = vm.join().map_err(|_| anyhow::anyhow!("vm-test panicked"))?;
             times.push(("vm-test (beside go-matrix and bench)", secs));
-            let summary: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s} s")).collect();
-            eprintln!("xtask test: {}", summary.join(", "));
+            print_times(&times);
             matrix.and(smoke).and(kernels)
         }
         Task::E2e { filter } => e2e(&filter),
