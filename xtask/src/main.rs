@@ -214,6 +214,19 @@ fn build_fixtures() -> anyhow::Result<()> {
 }
 
 /// One line with every finished step of `xtask test` and its seconds.
+/// Runs one step of `xtask test`, records its time and prints every step's time so far.
+fn timed<T>(
+    times: &mut Vec<(&'static str, u64)>,
+    name: &'static str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let result = f();
+    times.push((name, started.elapsed().as_secs()));
+    print_times(times);
+    result
+}
+
 fn print_times(times: &[(&str, u64)]) {
     let summary: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s} s")).collect();
     eprintln!("xtask test: {}", summary.join(", "));
@@ -350,43 +363,40 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             // Each step is timed and the times printed at the end, so CI's budget is measured.
             let mut times = Vec::new();
-            let mut step = |name: &'static str, f: &dyn Fn() -> anyhow::Result<()>| {
-                let started = std::time::Instant::now();
-                let result = f();
-                times.push((name, started.elapsed().as_secs()));
-                print_times(&times);
-                result
-            };
             // Habits first, they fail fast: formatting, then every lint as an error.
-            step("fmt", &|| run(cargo().args(["fmt", "--all", "--check"])))?;
-            step("clippy", &|| run(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"])))?;
+            timed(&mut times, "fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
+            timed(&mut times, "clippy", || {
+                run(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))
+            })?;
             // Release, so the end-to-end build below reuses the same artifacts.
-            step("cargo test", &|| run(cargo().args(["test", "--release"])))?;
-            step("fuzz", &|| fuzz::fuzz(&fuzz::FuzzArgs { seconds: fuzz::CI_SECONDS, targets: Vec::new() }))?;
-            step("e2e", &|| e2e(&[]))?;
-            // The kernels users run, in qemu: 6.1 as shipped, 6.12 under lockdown=integrity. A
-            // guest is one single-threaded TCG vCPU, so it runs beside the two steps below (which
-            // assert no timings) on the other CPU. The agent and fixtures were built by e2e; the
-            // test binaries e2e does not run are built here, under cargo's lock.
-            let vm = std::thread::spawn(|| {
+            timed(&mut times, "cargo test", || run(cargo().args(["test", "--release"])))?;
+            timed(&mut times, "fuzz", || {
+                fuzz::fuzz(&fuzz::FuzzArgs { seconds: fuzz::CI_SECONDS, targets: Vec::new() })
+            })?;
+            // The kernels users run, in qemu: 6.1 as shipped, 6.12 under lockdown=integrity. Their
+            // test binaries, the agent and fixtures are built first (e2e reuses them); then each
+            // guest, one single-threaded TCG vCPU, boots beside the end-to-end tests (which wait
+            // on traffic more than they compute), the Go matrix and the bench smoke run.
+            let vm_args = vm::VmArgs { kernels: Vec::new(), quick: true, no_docs: true, lockdown: vm::Lockdown::Both };
+            let ready = timed(&mut times, "build and fetch for vm-test", || vm::prepare(&vm_args))?;
+            let vm = std::thread::spawn(move || {
                 let started = std::time::Instant::now();
-                let r = vm::vm_test(&vm::VmArgs {
-                    kernels: Vec::new(),
-                    quick: true,
-                    no_docs: true,
-                    lockdown: vm::Lockdown::Both,
-                });
-                (r, started.elapsed().as_secs())
+                (vm::boots(&vm_args, ready), started.elapsed().as_secs())
             });
-            let matrix = step("go-matrix", &|| gomatrix::go_matrix(&gomatrix::GoMatrixArgs { quick: true }));
+            let e2e = timed(&mut times, "e2e", || e2e(&[]));
+            let matrix =
+                timed(&mut times, "go-matrix", || gomatrix::go_matrix(&gomatrix::GoMatrixArgs { quick: true }));
             // Smoke run of the benchmark: it works end to end and every request becomes a span
             // (no timing assertions; the full benchmark is `cargo xtask bench`).
-            let smoke =
-                if matrix.is_ok() { step("bench", &|| bench::bench(bench::BenchArgs::quick())) } else { Ok(()) };
+            let smoke = if matrix.is_ok() {
+                timed(&mut times, "bench", || bench::bench(bench::BenchArgs::quick()))
+            } else {
+                Ok(())
+            };
             let (kernels, secs) = vm.join().map_err(|_| anyhow::anyhow!("vm-test panicked"))?;
-            times.push(("vm-test (beside go-matrix and bench)", secs));
+            times.push(("vm-test boots (beside e2e, go-matrix and bench)", secs));
             print_times(&times);
-            matrix.and(smoke).and(kernels)
+            e2e.and(matrix).and(smoke).and(kernels)
         }
         Task::E2e { filter } => e2e(&filter),
         Task::Fixtures => build_fixtures(),

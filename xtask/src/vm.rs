@@ -125,6 +125,23 @@ struct Boot {
 }
 
 pub fn vm_test(args: &VmArgs) -> anyhow::Result<()> {
+    let ready = prepare(args)?;
+    boots(args, ready)
+}
+
+/// What the boots need, built and fetched beforehand.
+pub struct Prepared {
+    virtiofsd: PathBuf,
+    agent: PathBuf,
+    tests: Vec<(String, PathBuf)>,
+    dir: PathBuf,
+    /// Each kernel line asked for, unpacked, with its initramfs.
+    kernels: Vec<(Kernel, PathBuf)>,
+}
+
+/// Builds the agent, fixtures and test binaries, and fetches and unpacks every kernel asked for:
+/// everything but the boots, so a caller can run the boots beside other work.
+pub fn prepare(args: &VmArgs) -> anyhow::Result<Prepared> {
     if !crate::nix_is_root() {
         bail!("vm-test runs qemu and virtiofsd over this host's root: run it as root");
     }
@@ -157,19 +174,29 @@ pub fn vm_test(args: &VmArgs) -> anyhow::Result<()> {
     let tests = test_binaries()?;
     let dir = root().join("target/vm");
     std::fs::create_dir_all(&dir)?;
-    let mut boots = Vec::new();
-    for (i, line) in lines.into_iter().enumerate() {
+    let mut kernels = Vec::new();
+    for line in lines {
         let kernel = fetch_kernel(line, &dir)?;
         let initrd = initramfs(&kernel, &busybox, &dir)?;
+        kernels.push((kernel, initrd));
+    }
+    Ok(Prepared { virtiofsd, agent, tests, dir, kernels })
+}
+
+/// Boots every kernel of `ready` (one or both lockdown settings each), runs the subset, reports.
+pub fn boots(args: &VmArgs, ready: Prepared) -> anyhow::Result<()> {
+    let Prepared { virtiofsd, agent, tests, dir, kernels } = ready;
+    let mut boots = Vec::new();
+    for (i, (kernel, initrd)) in kernels.iter().enumerate() {
         let quick_boot = [i % 2 == 1];
         let settings = if args.quick { &quick_boot[..] } else { args.lockdown.boots() };
         for &lockdown in settings {
             let mut subset: Vec<GuestTest> = SUBSET.to_vec();
             subset.push(TRACEPOINT_TEST);
-            let mut b = boot(&kernel, &initrd, &virtiofsd, lockdown, &agent, &tests, &subset, &dir)?;
+            let mut b = boot(kernel, initrd, &virtiofsd, lockdown, &agent, &tests, &subset, &dir)?;
             if let Some(crash) = b.crash.take() {
                 eprintln!("vm-test: the guest kernel crashed ({crash}); booting it once more");
-                b = boot(&kernel, &initrd, &virtiofsd, lockdown, &agent, &tests, &subset, &dir)?;
+                b = boot(kernel, initrd, &virtiofsd, lockdown, &agent, &tests, &subset, &dir)?;
                 b.repeated_after = Some(crash);
             }
             boots.push(b);
