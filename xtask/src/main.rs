@@ -213,7 +213,6 @@ fn build_fixtures() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line with every finished step of `xtask test` and its seconds.
 /// Runs one step of `xtask test`, records its time and prints every step's time so far.
 fn timed<T>(
     times: &mut Vec<(&'static str, u64)>,
@@ -227,6 +226,7 @@ fn timed<T>(
     result
 }
 
+/// One line with every finished step of `xtask test` and its seconds.
 fn print_times(times: &[(&str, u64)]) {
     let summary: Vec<String> = times.iter().map(|(n, s)| format!("{n} {s} s")).collect();
     eprintln!("xtask test: {}", summary.join(", "));
@@ -378,10 +378,13 @@ fn main() -> anyhow::Result<()> {
             // guest, one single-threaded TCG vCPU, boots beside the end-to-end tests (which wait
             // on traffic more than they compute), the Go matrix and the bench smoke run.
             let vm_args = vm::VmArgs { kernels: Vec::new(), quick: true, no_docs: true, lockdown: vm::Lockdown::Both };
-            let ready = timed(&mut times, "build and fetch for vm-test", || vm::prepare(&vm_args))?;
-            let vm = std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                (vm::boots(&vm_args, ready), started.elapsed().as_secs())
+            // A failed preparation (a kernel download, say) fails the run at the end, not before
+            // the end-to-end suite has run.
+            let vm = timed(&mut times, "build and fetch for vm-test", || vm::prepare(&vm_args)).map(|ready| {
+                std::thread::spawn(move || {
+                    let started = std::time::Instant::now();
+                    (vm::boots(&vm_args, ready), started.elapsed().as_secs())
+                })
             });
             let e2e = timed(&mut times, "e2e", || e2e(&[]));
             let matrix =
@@ -393,9 +396,12 @@ fn main() -> anyhow::Result<()> {
             } else {
                 Ok(())
             };
-            let (kernels, secs) = vm.join().map_err(|_| anyhow::anyhow!("vm-test panicked"))?;
-            times.push(("vm-test boots (beside e2e, go-matrix and bench)", secs));
-            print_times(&times);
+            let kernels = vm.and_then(|vm| {
+                let (kernels, secs) = vm.join().map_err(|_| anyhow::anyhow!("vm-test panicked"))?;
+                times.push(("vm-test boots (beside e2e, go-matrix and bench)", secs));
+                print_times(&times);
+                kernels
+            });
             e2e.and(matrix).and(smoke).and(kernels)
         }
         Task::E2e { filter } => e2e(&filter),
