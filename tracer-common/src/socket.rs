@@ -8,8 +8,9 @@ pub const MAX_PAYLOAD: usize = 1024;
 /// Bytes captured from the end of a syscall buffer longer than [`MAX_PAYLOAD`]. The tail lets
 /// userspace see the end of a chunked body or of headers that straddle a large write.
 pub const TAIL_PAYLOAD: usize = 64;
-/// iovec entries walked per readv/writev/recvmsg/sendmsg.
-pub const MAX_IOVECS: u32 = 8;
+/// iovec entries walked per readv/writev/recvmsg/sendmsg, one tail call each (the kernel allows
+/// 33 in a chain). The bytes of later iovecs are counted in the last record, as a gap.
+pub const MAX_IOVECS: u32 = 16;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

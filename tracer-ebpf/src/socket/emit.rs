@@ -76,9 +76,10 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
             }
         }
     };
+    // `cnt` is at most MAX_IOVECS: the last iovec walked also accounts for the bytes of the
+    // iovecs past it, so lengths stay exact; those bytes are a gap (only this iovec is read).
     let last = s.idx + 1 >= s.cnt;
     let remaining = s.len - s.seen;
-    // The last chunk accounts for every remaining byte, so lengths stay exact.
     let take = if last || avail > remaining { remaining } else { avail };
     if s.idx == 0 {
         // SAFETY: reads through the probe helper.
@@ -97,7 +98,7 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
         s.ctx.flags = 0;
     }
     if take > 0 {
-        emit_data(s, pid_tgid, base, take, take <= avail);
+        emit_data(s, pid_tgid, base, take, avail);
     }
     s.seen += take;
     s.idx += 1;
@@ -109,11 +110,11 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Writes one data event for `len` bytes starting at user address `buf`. `tail_ok` says whether
-/// the last bytes of the chunk are contiguous at `buf + len` (false when the length also covers
-/// iovecs beyond the ones walked).
+/// Writes one data event for `len` bytes of which the first `readable` (the iovec's length) are
+/// at user address `buf`. When `len` is longer (it also covers iovecs beyond the ones walked),
+/// neither the head nor the tail is read past `buf + readable`.
 #[inline(always)]
-fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, tail_ok: bool) {
+fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, readable: u64) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         bump(counters::LOST);
         return;
@@ -138,7 +139,7 @@ fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, tail_ok: bool) {
         (*ev).meta.parent_id = s.ctx.parent_id;
         (*ev).meta.ctx_flags = s.ctx.flags;
         (*ev).meta._pad2 = 0;
-        let (captured, tail) = copy_flat(buf, len, tail_ok, &mut (*ev).data, &mut (*ev).tail);
+        let (captured, tail) = copy_flat(buf, len, readable, &mut (*ev).data, &mut (*ev).tail);
         (*ev).meta.captured = captured;
         (*ev).meta.tail_len = tail;
     }
@@ -164,16 +165,20 @@ pub fn wakeup_flags() -> u64 {
     }
 }
 
-/// Copies the head and tail of a flat user buffer.
+/// Copies the head and tail of a `len`-byte transfer whose first `readable` bytes are at `buf`:
+/// the head is at most `readable` bytes, and the tail is read only when the whole transfer is
+/// there (`len <= readable`).
 #[inline(always)]
 fn copy_flat(
     buf: u64,
     len: u64,
-    tail_ok: bool,
+    readable: u64,
     data: &mut [u8; MAX_PAYLOAD],
     tail: &mut [u8; TAIL_PAYLOAD],
 ) -> (u32, u32) {
-    let n = if len > MAX_PAYLOAD as u64 { MAX_PAYLOAD as u32 } else { len as u32 };
+    let tail_ok = len <= readable;
+    let head = if len < readable { len } else { readable };
+    let n = if head > MAX_PAYLOAD as u64 { MAX_PAYLOAD as u32 } else { head as u32 };
     let mut captured = 0;
     if n > 0 && n <= MAX_PAYLOAD as u32 {
         // SAFETY: n is within the destination array; the helper faults safely on bad sources.
