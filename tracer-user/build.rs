@@ -17,6 +17,11 @@ fn main() -> anyhow::Result<()> {
     let root_dir =
         ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?.as_str().to_owned();
     println!("cargo:rerun-if-changed=../tracer-common/src");
+    // The kernel programs keep the thin LTO they were verified with on every supported kernel,
+    // whatever profile builds the agent (aya-build runs `cargo build --release` for them, and
+    // cargo reads profile settings from the environment it inherits from here).
+    // SAFETY: a build script is single-threaded; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "thin") };
     aya_build::build_ebpf(
         [Package { name: "tracer-ebpf", root_dir: &root_dir, ..Default::default() }],
         Toolchain::Custom(EBPF_TOOLCHAIN),

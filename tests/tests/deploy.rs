@@ -325,5 +325,7 @@ fn container_image_builds_with_the_pinned_toolchains() {
     assert!(toolchain.contains(&format!("channel = \"{stable}\"")));
     // Multi-stage: the final image holds the binary, not the toolchains.
     assert_eq!(file.lines().filter(|l| l.starts_with("FROM ")).count(), 2);
-    assert!(file.contains("COPY --from=build /src/target/release/tracer"));
+    // The shipped build: release with cross-crate LTO (Cargo.toml `[profile.dist]`).
+    assert!(file.contains("--profile dist"));
+    assert!(file.contains("COPY --from=build /src/target/dist/tracer"));
 }

@@ -404,7 +404,16 @@ struct Tools {
 
 impl Tools {
     fn build(plan: &Plan, build_agent: bool) -> Result<Self> {
-        let agent = if build_agent { crate::build_agent()? } else { crate::root().join("target/release/tracer") };
+        // The figures are the shipped build's (`--profile dist`, with cross-crate LTO); the
+        // smoke run checks function only and takes the faster-linking release build.
+        let agent = match (build_agent, plan.quick) {
+            (false, _) => crate::root().join("target/release/tracer"),
+            (true, true) => crate::build_agent()?,
+            (true, false) => {
+                crate::run(crate::cargo().args(["build", "--profile", "dist", "-p", "tracer-user"]))?;
+                crate::root().join("target/dist/tracer")
+            }
+        };
         crate::run(crate::cargo().args(["build", "--release", "-p", "tracer-tests", "--bin", "otlp-receiver"]))?;
         crate::build_fixtures()?;
         for tool in ["wrk"].into_iter().chain(plan.servers.contains(&ServerKind::Nginx).then_some("nginx")) {
