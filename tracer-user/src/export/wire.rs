@@ -397,13 +397,13 @@ mod tests {
         let mut attributes = vec![
             Attr::str("http.request.method", ["GET", "POST", "", "ДЕЛЕТЕ"][i % 4]),
             Attr::int("http.response.status_code", [200, 0, -1, i64::MAX, i64::MIN][i % 5]),
-            Attr { key: "tracer.truncated", value: AttrValue::Bool(i % 3 == 0) },
+            Attr { key: "tracer.truncated", value: AttrValue::Bool(i.is_multiple_of(3)) },
             Attr::str("url.path", "/ü/".repeat(i % 50)),
         ];
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             attributes.clear();
         }
-        if i % 11 == 0 {
+        if i.is_multiple_of(11) {
             attributes.push(Attr::str("", "empty key"));
         }
         SpanRecord {
@@ -420,9 +420,13 @@ mod tests {
                 1 => "GET /users/{id} — ünïcode".into(),
                 _ => format!("span {i}"),
             },
-            kind: if i % 2 == 0 { SpanKind::Server } else { SpanKind::Client },
+            kind: if i.is_multiple_of(2) { SpanKind::Server } else { SpanKind::Client },
             start: if i == 5 { UNIX_EPOCH - Duration::from_secs(1) } else { at(i as u64 * 1000) },
-            end: if i % 9 == 0 { at(i as u64 * 1000) - Duration::from_micros(3) } else { at(i as u64 * 1000 + 12345) },
+            end: if i.is_multiple_of(9) {
+                at(i as u64 * 1000) - Duration::from_micros(3)
+            } else {
+                at(i as u64 * 1000 + 12345)
+            },
             attributes,
             status: match i % 6 {
                 0 => SpanStatus::Error("boom ✗".into()),
@@ -438,7 +442,7 @@ mod tests {
         let resources: Vec<Arc<ProcessResource>> = (0..5).map(|i| Arc::new(resource(i))).collect();
         (0..n)
             .map(|i| {
-                let res = if i % 13 == 0 { Arc::new(resource(i % 5)) } else { resources[i % 5].clone() };
+                let res = if i.is_multiple_of(13) { Arc::new(resource(i % 5)) } else { resources[i % 5].clone() };
                 (res, span(i))
             })
             .collect()
