@@ -31,6 +31,7 @@ pub mod otlp;
 pub(crate) mod retry;
 pub mod stdout;
 pub mod tls;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

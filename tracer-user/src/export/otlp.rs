@@ -9,90 +9,35 @@
 //! a partial success counts the rejected spans as rejected (not retried) and the rest as
 //! exported; a failed TLS handshake is a final error that says why and names the endpoint.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use bytes::{BufMut as _, Bytes, BytesMut};
+use opentelemetry::KeyValue;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use prost::Message as _;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::metadata::MetadataMap;
 
 use super::config::{Compression, OtlpConfig, Protocol};
 use super::retry::{self, Backoff, Verdict};
 use super::tls;
+use super::wire::RequestEncoder;
 use super::{ExportError, ExportOptions, Item, StatsInner, WarnLimiter};
-use crate::model::{AttrValue, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+use crate::model::ProcessResource;
+
+#[cfg(test)]
+pub(crate) mod reference;
 
 /// Instrumentation scope name on every exported span.
 pub const SCOPE_NAME: &str = "tracer";
 /// Instrumentation scope version: this crate's version.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-static SCOPE: LazyLock<InstrumentationScope> =
-    LazyLock::new(|| InstrumentationScope::builder(SCOPE_NAME).with_version(SCOPE_VERSION).build());
-
-/// The instrumentation scope (`tracer` + crate version) attached to every span.
-pub fn scope() -> InstrumentationScope {
-    SCOPE.clone()
-}
-
-fn attr_value(v: AttrValue) -> Value {
-    match v {
-        AttrValue::Str(s) => Value::from(s),
-        AttrValue::Int(i) => Value::I64(i),
-        AttrValue::Bool(b) => Value::Bool(b),
-    }
-}
-
-/// Converts one agent span into the SDK's exportable form.
-pub fn to_span_data(span: SpanRecord) -> SpanData {
-    let span_context = SpanContext::new(
-        OtelTraceId::from_bytes(span.trace_id.0),
-        OtelSpanId::from_bytes(span.span_id.0),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::default(),
-    );
-    SpanData {
-        span_context,
-        parent_span_id: span.parent_span_id.map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
-        parent_span_is_remote: span.parent_span_id.is_some() && span.parent_is_remote,
-        span_kind: match span.kind {
-            SpanKind::Server => OtelSpanKind::Server,
-            SpanKind::Client => OtelSpanKind::Client,
-        },
-        name: Cow::Owned(span.name),
-        start_time: span.start,
-        // A clock step must not produce a negative duration on the wire.
-        end_time: span.end.max(span.start),
-        attributes: span.attributes.into_iter().map(|a| KeyValue::new(a.key, attr_value(a.value))).collect(),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: match span.status {
-            SpanStatus::Unset => Status::Unset,
-            SpanStatus::Error(description) => Status::error(description),
-        },
-        instrumentation_scope: scope(),
-    }
-}
-
-/// The OTLP resource of a traced process: its attributes, then `service.name`.
+/// The OTLP resource of a traced process: its attributes, then `service.name` (used by the
+/// metrics exporter; spans encode the same attributes in [`super::wire`]).
 pub fn to_resource(res: &ProcessResource) -> Resource {
     Resource::builder_empty()
         .with_attributes(res.attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
@@ -100,8 +45,8 @@ pub fn to_resource(res: &ProcessResource) -> Resource {
         .build()
 }
 
-/// Identity of a resource for exporter reuse: service name + sorted attributes (not the pid
-/// field itself, which only matters through the attributes the resource builder put there).
+/// Identity of a resource for grouping: service name + sorted attributes (not the pid field
+/// itself, which only matters through the attributes the resource builder put there).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ResourceKey {
     service_name: String,
@@ -116,41 +61,54 @@ impl ResourceKey {
     }
 }
 
-/// Groups a batch by resource (equal resources merged) into OTLP `ResourceSpans`.
-fn resource_spans(batch: Vec<Item>) -> (u64, Vec<ResourceSpans>) {
-    let n = batch.len() as u64;
-    // Group by Arc identity first (cheap), then merge equal resources by key.
-    let mut by_ptr: HashMap<usize, usize> = HashMap::new();
-    let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanRecord>)> = Vec::new();
-    for (res, span) in batch {
-        let idx = *by_ptr.entry(Arc::as_ptr(&res) as usize).or_insert_with(|| {
-            groups.push((res.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[idx].1.push(span);
+/// The gRPC method of the OTLP trace service.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+
+/// A gRPC codec for requests already encoded by [`super::wire`]: the request bytes go out as
+/// they are; the answer is an `ExportTraceServiceResponse`.
+#[derive(Clone, Copy, Debug, Default)]
+struct PreEncoded;
+
+impl tonic::codec::Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
     }
-    let mut by_key: HashMap<ResourceKey, usize> = HashMap::new();
-    let mut merged: Vec<(Arc<ProcessResource>, Vec<SpanRecord>)> = Vec::new();
-    for (res, spans) in groups {
-        match by_key.get(&ResourceKey::of(&res)) {
-            Some(&i) => merged[i].1.extend(spans),
-            None => {
-                by_key.insert(ResourceKey::of(&res), merged.len());
-                merged.push((res, spans));
-            }
-        }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded
     }
-    let mut out = Vec::with_capacity(merged.len());
-    for (res, spans) in merged {
-        let resource = ResourceAttributesWithSchema::from(&to_resource(&res));
-        out.extend(group_spans_by_resource_and_scope(spans.into_iter().map(to_span_data).collect(), &resource));
+}
+
+impl tonic::codec::Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(&item);
+        Ok(())
     }
-    (n, out)
+}
+
+impl tonic::codec::Decoder for PreEncoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable OTLP export response: {e}")))
+    }
 }
 
 /// The transport to the collector.
 enum Transport {
-    Grpc { client: TraceServiceClient<tonic::transport::Channel>, metadata: MetadataMap },
+    Grpc { client: tonic::client::Grpc<tonic::transport::Channel>, metadata: MetadataMap },
     Http { client: reqwest::Client, headers: http::HeaderMap, gzip: bool },
 }
 
@@ -186,6 +144,10 @@ pub(crate) struct OtlpSink {
     stats: Arc<StatsInner>,
     warn: WarnLimiter,
     latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    encoder: RequestEncoder,
+    /// The request being sent; its allocation is reused by the next batch once every attempt
+    /// has let go of it.
+    buf: BytesMut,
 }
 
 impl OtlpSink {
@@ -203,7 +165,7 @@ impl OtlpSink {
         let material = tls::material(cfg)?;
         let transport = match cfg.protocol {
             Protocol::Grpc => {
-                let mut client = TraceServiceClient::new(tls::grpc_channel_with(cfg, material.as_ref())?)
+                let mut client = tonic::client::Grpc::new(tls::grpc_channel_with(cfg, material.as_ref())?)
                     .max_decoding_message_size(4 << 20)
                     // Servers may compress answers to compressed requests (grpc-go does).
                     .accept_compressed(CompressionEncoding::Gzip);
@@ -234,6 +196,8 @@ impl OtlpSink {
             stats,
             warn: WarnLimiter::new(opts.warn_interval),
             latency: opts.export_latency.clone(),
+            encoder: RequestEncoder::default(),
+            buf: BytesMut::new(),
         })
     }
 
@@ -242,10 +206,16 @@ impl OtlpSink {
         if batch.is_empty() {
             return;
         }
-        let (n, resource_spans) = resource_spans(batch);
-        let request = ExportTraceServiceRequest { resource_spans };
+        let n = batch.len() as u64;
+        self.encoder.encode(&batch, &mut self.buf);
+        drop(batch);
+        let raw = self.buf.split().freeze();
+        let body = match &self.transport {
+            Transport::Http { gzip: true, .. } => Bytes::from(gzip(&raw)),
+            _ => raw,
+        };
         let started = std::time::Instant::now();
-        let result = self.send(request).await;
+        let result = self.send(body).await;
         if let Some(h) = &self.latency {
             h.observe(started.elapsed().as_secs_f64());
         }
@@ -269,20 +239,18 @@ impl OtlpSink {
     }
 
     /// Sends with retries until accepted, a final error, the retry budget or the deadline.
-    async fn send(&self, request: ExportTraceServiceRequest) -> Result<Accepted, String> {
+    /// `body` is the encoded request, gzip-compressed for OTLP/HTTP when configured (gRPC
+    /// compresses its own frames).
+    async fn send(&self, body: Bytes) -> Result<Accepted, String> {
         let deadline = Instant::now() + self.timeout;
-        let body = match &self.transport {
-            Transport::Http { gzip, .. } => Some(bytes::Bytes::from(encode_body(&request, *gzip))),
-            Transport::Grpc { .. } => None,
-        };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let mut attempts = 0;
         let mut probed = false;
         loop {
             attempts += 1;
-            let attempt: AttemptFuture = match &body {
-                Some(body) => self.attempt_http(body.clone()),
-                None => Box::pin(self.attempt_grpc(request.clone())),
+            let attempt: AttemptFuture = match &self.transport {
+                Transport::Http { .. } => self.attempt_http(body.clone()),
+                Transport::Grpc { .. } => Box::pin(self.attempt_grpc(body.clone())),
             };
             let err = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(accepted)) => return Ok(accepted),
@@ -322,15 +290,18 @@ impl OtlpSink {
         }
     }
 
-    fn attempt_grpc(
-        &self,
-        request: ExportTraceServiceRequest,
-    ) -> impl Future<Output = Result<Accepted, AttemptError>> + Send + 'static {
+    fn attempt_grpc(&self, body: Bytes) -> impl Future<Output = Result<Accepted, AttemptError>> + Send + 'static {
         let Transport::Grpc { client, metadata } = &self.transport else { unreachable!("gRPC attempt on HTTP") };
         let (mut client, metadata, endpoint) = (client.clone(), metadata.clone(), self.endpoint.clone());
         async move {
-            let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), request);
-            match client.export(request).await {
+            let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), body);
+            request.extensions_mut().insert(tonic::GrpcMethod::new(TRACE_SERVICE, "Export"));
+            let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+            let result = match client.ready().await {
+                Ok(()) => client.unary(request, path, PreEncoded).await,
+                Err(e) => Err(tonic::Status::unknown(format!("Service was not ready: {e}"))),
+            };
+            match result {
                 Ok(response) => Ok(response.into_inner().partial_success.map(accepted).unwrap_or_default()),
                 Err(status) => Err(grpc_error(&endpoint, &status)),
             }
@@ -371,16 +342,12 @@ fn accepted(p: ExportTracePartialSuccess) -> Accepted {
     Accepted { rejected: u64::try_from(p.rejected_spans).unwrap_or(0), message: p.error_message }
 }
 
-/// The serialized request, gzip-compressed when asked.
-fn encode_body(request: &ExportTraceServiceRequest, gzip: bool) -> Vec<u8> {
-    let raw = request.encode_to_vec();
-    if !gzip {
-        return raw;
-    }
+/// The request gzip-compressed, for OTLP/HTTP.
+fn gzip(raw: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::default());
     // Writing to a Vec cannot fail.
-    enc.write_all(&raw).and_then(|()| enc.finish()).unwrap_or(raw)
+    enc.write_all(raw).and_then(|()| enc.finish()).unwrap_or_else(|_| raw.to_vec())
 }
 
 /// A short, printable excerpt of an error response body (collectors explain themselves there).
@@ -416,9 +383,20 @@ fn http_send_error(endpoint: &str, err: &reqwest::Error) -> AttemptError {
 
 #[cfg(test)]
 mod tests {
+    use super::reference::to_span_data;
     use super::*;
-    use crate::model::{Attr, SpanId, TraceId};
+    use crate::model::{Attr, AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
+    use opentelemetry::Value;
+    use opentelemetry::trace::{SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use std::time::SystemTime;
+
+    /// What the exporter sends for `batch`, decoded.
+    fn request(batch: &[Item]) -> ExportTraceServiceRequest {
+        let mut out = BytesMut::new();
+        RequestEncoder::default().encode(batch, &mut out);
+        ExportTraceServiceRequest::decode(&out[..]).unwrap()
+    }
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000 + ms)
@@ -490,9 +468,8 @@ mod tests {
         let res = |name: &str| Arc::new(ProcessResource { pid: 1, service_name: name.into(), attributes: vec![] });
         let a = res("a");
         let a_again = res("a"); // equal content, distinct Arc: the same ResourceSpans
-        let (n, rs) =
-            resource_spans(vec![(a.clone(), record()), (res("b"), record()), (a_again, record()), (a, record())]);
-        assert_eq!(n, 4);
+        let rs =
+            request(&[(a.clone(), record()), (res("b"), record()), (a_again, record()), (a, record())]).resource_spans;
         let per_resource: Vec<usize> = rs.iter().map(|r| r.scope_spans.iter().map(|s| s.spans.len()).sum()).collect();
         assert_eq!(per_resource, vec![3, 1]);
         let scope = rs[0].scope_spans[0].scope.as_ref().unwrap();
@@ -501,17 +478,15 @@ mod tests {
 
     #[test]
     fn gzip_body_round_trips() {
-        let (_, resource_spans) = resource_spans(vec![(
-            Arc::new(ProcessResource { pid: 1, service_name: "a".into(), attributes: vec![] }),
-            record(),
-        )]);
-        let request = ExportTraceServiceRequest { resource_spans };
-        let gz = encode_body(&request, true);
+        let mut body = BytesMut::new();
+        let batch = [(Arc::new(ProcessResource { pid: 1, service_name: "a".into(), attributes: vec![] }), record())];
+        RequestEncoder::default().encode(&batch, &mut body);
+        let gz = gzip(&body);
         assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-        assert_eq!(raw, encode_body(&request, false));
-        assert_eq!(ExportTraceServiceRequest::decode(&raw[..]).unwrap(), request);
+        assert_eq!(raw, &body[..]);
+        assert_eq!(ExportTraceServiceRequest::decode(&raw[..]).unwrap(), request(&batch));
     }
 
     #[test]
