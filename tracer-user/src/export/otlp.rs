@@ -25,16 +25,14 @@ use super::config::{Compression, OtlpConfig, Protocol};
 use super::retry::{self, Backoff, Verdict};
 use super::tls;
 use super::wire::RequestEncoder;
+#[cfg(test)]
+use super::wire::ResourceKey;
+pub use super::wire::{SCOPE_NAME, SCOPE_VERSION};
 use super::{ExportError, ExportOptions, Item, StatsInner, WarnLimiter};
 use crate::model::ProcessResource;
 
 #[cfg(test)]
 pub(crate) mod reference;
-
-/// Instrumentation scope name on every exported span.
-pub const SCOPE_NAME: &str = "tracer";
-/// Instrumentation scope version: this crate's version.
-pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The OTLP resource of a traced process: its attributes, then `service.name` (used by the
 /// metrics exporter; spans encode the same attributes in [`super::wire`]).
@@ -43,22 +41,6 @@ pub fn to_resource(res: &ProcessResource) -> Resource {
         .with_attributes(res.attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .with_service_name(res.service_name.clone())
         .build()
-}
-
-/// Identity of a resource for grouping: service name + sorted attributes (not the pid field
-/// itself, which only matters through the attributes the resource builder put there).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ResourceKey {
-    service_name: String,
-    attributes: Vec<(String, String)>,
-}
-
-impl ResourceKey {
-    pub(crate) fn of(res: &ProcessResource) -> Self {
-        let mut attributes = res.attributes.clone();
-        attributes.sort();
-        Self { service_name: res.service_name.clone(), attributes }
-    }
 }
 
 /// The gRPC method of the OTLP trace service.

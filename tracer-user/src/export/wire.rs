@@ -27,8 +27,28 @@ use bytes::{BufMut as _, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::Item;
-use super::otlp::{ResourceKey, SCOPE_NAME, SCOPE_VERSION};
 use crate::model::{AttrValue, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+
+/// Instrumentation scope name on every exported span.
+pub const SCOPE_NAME: &str = "tracer";
+/// Instrumentation scope version: this crate's version.
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Identity of a resource for grouping: service name + sorted attributes (not the pid field
+/// itself, which only matters through the attributes the resource builder put there).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ResourceKey {
+    service_name: String,
+    attributes: Vec<(String, String)>,
+}
+
+impl ResourceKey {
+    pub(crate) fn of(res: &ProcessResource) -> Self {
+        let mut attributes = res.attributes.clone();
+        attributes.sort();
+        Self { service_name: res.service_name.clone(), attributes }
+    }
+}
 
 /// `service.name`, the resource attribute every resource carries.
 const SERVICE_NAME: &str = "service.name";
