@@ -409,10 +409,7 @@ impl Tools {
         let agent = match (build_agent, plan.quick) {
             (false, _) => crate::root().join("target/release/tracer"),
             (true, true) => crate::build_agent()?,
-            (true, false) => {
-                crate::run(crate::cargo().args(["build", "--profile", "dist", "-p", "tracer-user"]))?;
-                crate::root().join("target/dist/tracer")
-            }
+            (true, false) => crate::build_agent_as("dist")?,
         };
         crate::run(crate::cargo().args(["build", "--release", "-p", "tracer-tests", "--bin", "otlp-receiver"]))?;
         crate::build_fixtures()?;

@@ -233,8 +233,14 @@ fn print_times(times: &[(&str, u64)]) {
 }
 
 fn build_agent() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "tracer-user"]))?;
-    Ok(root().join("target/release/tracer"))
+    build_agent_as("release")
+}
+
+/// Builds the agent with a Cargo profile (`release`, or `dist` for the shipped build with
+/// cross-crate LTO) and returns the binary's path.
+fn build_agent_as(profile: &str) -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--profile", profile, "-p", "tracer-user"]))?;
+    Ok(root().join("target").join(profile).join("tracer"))
 }
 
 fn e2e(filter: &[String]) -> anyhow::Result<()> {
