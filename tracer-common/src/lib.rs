@@ -23,7 +23,7 @@ pub mod socket;
 pub mod tables;
 pub mod trace;
 
-pub use classify::{MessageKind, Proto, Verdict, classify};
+pub use classify::{H2_PREFACE, MessageKind, Proto, Verdict, classify, classify_client, classify_db, classify_first8};
 pub use event::{EventHeader, EventKind, Role, flags};
 pub use go::*;
 pub use process::*;
@@ -40,7 +40,7 @@ const _: () = {
     assert!(size_of::<TupleKey>() == 36);
     assert!(size_of::<CloseEvent>() == 32);
     assert!(size_of::<ConnEvent>() == 32);
-    assert!(size_of::<ProcEvent>() == 32);
+    assert!(size_of::<ProcEvent>() == 48);
     assert!(size_of::<SockOffsets>() == 32);
     assert!(size_of::<TpOffsets>() == 24);
     assert!(size_of::<FdOffsets>() == 40);

@@ -17,6 +17,8 @@ pub mod maps {
     pub const OUT_CTX: &str = "OUT_CTX";
     pub const IN_CTX: &str = "IN_CTX";
     pub const IOV_STATE: &str = "IOV_STATE";
+    pub const IOV_SCRATCH: &str = "IOV_SCRATCH";
+    pub const OPAQUE: &str = "OPAQUE";
     pub const PROGS: &str = "PROGS";
     pub const GO_PROCS: &str = "GO_PROCS";
     pub const GO_NEWPROC: &str = "GO_NEWPROC";
@@ -52,6 +54,8 @@ pub mod maps {
         OUT_CTX,
         IN_CTX,
         IOV_STATE,
+        IOV_SCRATCH,
+        OPAQUE,
         PROGS,
         GO_PROCS,
         GO_NEWPROC,

@@ -11,6 +11,9 @@ pub struct ProcEvent {
     /// Parent tgid (exec only; 0 otherwise).
     pub ppid: u32,
     pub _pad: u32,
+    /// The task's `comm` (NUL-padded; exec only, zero otherwise): the new program's name, for
+    /// a process that is gone before the agent reads /proc.
+    pub comm: [u8; 16],
 }
 
 /// Offsets into `struct sock` read from the running kernel's BTF at start-up.

@@ -9,8 +9,11 @@ pub const MAX_PAYLOAD: usize = 1024;
 /// userspace see the end of a chunked body or of headers that straddle a large write.
 pub const TAIL_PAYLOAD: usize = 64;
 /// iovec entries walked per readv/writev/recvmsg/sendmsg, one tail call each (the kernel allows
-/// 33 in a chain). The bytes of later iovecs are counted in the last record, as a gap.
-pub const MAX_IOVECS: u32 = 16;
+/// 33 in a chain: one from `sys_exit_data`, 31 from `emit_step` to itself). The bytes of later
+/// iovecs are counted in the last record, as a gap. grpcio (gRPC C-core) writes a call's first
+/// HEADERS frame as some 24 iovecs: 16 lost the end of its header block, and with it the
+/// connection's HPACK table.
+pub const MAX_IOVECS: u32 = 32;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

@@ -53,6 +53,26 @@ pub static OUT_CTX: LruHashMap<TupleKey, TraceCtx> = LruHashMap::with_max_entrie
 #[map]
 pub static IN_CTX: LruHashMap<TupleKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
 
+/// One slot per CPU through which a value is written and read back (see [`opaque`]).
+#[map]
+pub static OPAQUE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `v`, read back from map memory: the verifier no longer knows which constant it is, so the
+/// paths that computed different values merge instead of being explored once per value
+/// (Linux 6.1's verifier otherwise gives up on the data path's exit program). A program runs
+/// to completion on its CPU, so the slot is not shared while in use.
+#[inline(always)]
+pub fn opaque(v: u32) -> u32 {
+    match OPAQUE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; volatile so the compiler keeps the round trip.
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        None => v,
+    }
+}
+
 #[inline(always)]
 pub fn bump(idx: u32) {
     if let Some(p) = COUNTER.get_ptr_mut(idx) {

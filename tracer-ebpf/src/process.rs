@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -46,6 +46,7 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
             (*p).header = EventHeader::new(kind, bpf_ktime_get_ns(), pid_tgid);
             (*p).ppid = 0;
             (*p)._pad = 0;
+            (*p).comm = if kind == EventKind::Exec { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] };
         }
         // Exec must reach the agent at once (even past batched data events) so it can read
         // the new program's identity while a short-lived process still exists.

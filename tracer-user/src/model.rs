@@ -48,6 +48,12 @@ impl fmt::Display for SpanId {
 pub enum SpanKind {
     Server,
     Client,
+    /// A message sent to a broker (messaging conventions): an outgoing call, timed and
+    /// linked like a CLIENT span.
+    Producer,
+    /// A message delivered by a broker and read by the traced process: timed like a CLIENT
+    /// span (from the read that carried its first byte to the one that carried its last).
+    Consumer,
 }
 
 /// A typed attribute value.
@@ -80,6 +86,9 @@ impl Attr {
     }
     pub fn int(key: &'static str, v: i64) -> Self {
         Self { key, value: AttrValue::Int(v) }
+    }
+    pub fn bool(key: &'static str, v: bool) -> Self {
+        Self { key, value: AttrValue::Bool(v) }
     }
 }
 

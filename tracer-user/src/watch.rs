@@ -129,6 +129,8 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
             match span.kind {
                 SpanKind::Server => "srv",
                 SpanKind::Client => "cli",
+                SpanKind::Producer => "pub",
+                SpanKind::Consumer => "sub",
             },
             span.name,
             indent = depth * 2

@@ -414,6 +414,8 @@ fn render(text: &str, spans: &[SpanRecord], pipeline: &Pipeline) -> String {
         let kind = match s.kind {
             SpanKind::Server => "SERVER",
             SpanKind::Client => "CLIENT",
+            SpanKind::Producer => "PRODUCER",
+            SpanKind::Consumer => "CONSUMER",
         };
         let status = match &s.status {
             SpanStatus::Unset => "UNSET".to_owned(),

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as raw_probe_read_user},
     macros::{map, tracepoint},
-    maps::{HashMap, ProgramArray},
+    maps::{HashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use core::ffi::c_void;
@@ -48,6 +48,11 @@ pub struct IovState {
 
 #[map]
 pub static IOV_STATE: HashMap<u64, IovState> = HashMap::with_max_entries(4096, 0);
+
+/// Where `sys_exit_data` builds the `IovState` it hands over (per CPU, not on the 512-byte
+/// stack, which the program and the helpers it inlines share).
+#[map]
+pub static IOV_SCRATCH: PerCpuArray<IovState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -6,18 +6,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify,
+    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify, classify_first8,
     tables::{FixedTable, LruTable, counters},
 };
 
 use super::{
     ARGS, CONNS,
-    emit::{IOV_STATE, IovState, PROGS},
-    first_bytes, iovecs, ret,
+    emit::{IOV_SCRATCH, IOV_STATE, PROGS},
+    first_bytes, first_bytes8, iovecs, ret,
 };
 use crate::{
     context::EvCtx,
-    maps::{bump, conn_key, lru_put, put},
+    maps::{bump, conn_key, lru_put, opaque, put},
 };
 
 /// A request's first bytes read apart from the rest on an HTTP/1 connection: Go's server reads
@@ -78,15 +78,35 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     if proto == Proto::Http1 && !syscall.writes() {
         split_request_start(&mut state, key, &first, &mut v, len);
     }
-    if proto != Proto::Http1 {
-        let (verdict, joined) = if proto == Proto::Unknown && (state.plen > 0 || len < 4) {
+    if proto != Proto::Http1 && proto != Proto::Http2 && !proto.is_db() {
+        let (mut verdict, joined) = if proto == Proto::Unknown && (state.plen > 0 || len < 4) {
             (state.join(&first, len), true)
         } else {
             (v, false)
         };
+        if verdict.proto == Proto::Other && proto == Proto::Unknown && !joined && len >= 8 {
+            // The HTTP/2 preface (either direction), a database client's first write or a MySQL
+            // server's greeting it read? Read through map memory so the verifier merges the
+            // verdicts' paths (see `opaque`).
+            let p = opaque(classify_first8(&first_bytes8(&a, iov), syscall.writes(), len) as u32);
+            if p == Proto::Unknown as u32 {
+                // An HTTP/2 server's SETTINGS before it read the preface: stay undecided, and
+                // forward nothing of it.
+                return 0;
+            }
+            if p >= Proto::Http2 as u32 && p <= Proto::Nats as u32 {
+                verdict =
+                    Verdict { proto: Proto::from_u8(p as u8).unwrap_or(Proto::Other), kind: MessageKind::Request };
+            }
+        }
         match verdict.proto {
             Proto::Http1 => {
                 state.proto = Proto::Http1 as u8;
+                state.plen = 0;
+                lru_put(&CONNS, &key, &state, LruTable::Conns);
+            }
+            Proto::Http2 | Proto::Postgres | Proto::Redis | Proto::Mysql | Proto::Memcached | Proto::Nats => {
+                state.proto = verdict.proto as u8;
                 state.plen = 0;
                 lru_put(&CONNS, &key, &state, LruTable::Conns);
             }
@@ -105,35 +125,50 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
             }
         }
     }
+    // On a database or NATS connection (traced from the client side) every write starts or
+    // continues requests and gets a context; reads start nothing the kernel links (they are
+    // still forwarded: replies, and the messages a NATS subscriber is delivered). On an HTTP/2
+    // connection nothing does: its streams are multiplexed, so the agent pairs them by stream
+    // id and chooses their ids itself.
+    let kind = if state.proto >= Proto::Postgres as u8 && state.proto <= Proto::Nats as u8 {
+        if syscall.writes() { MessageKind::Request as u32 } else { MessageKind::None as u32 }
+    } else if state.proto == Proto::Http2 as u8 {
+        MessageKind::None as u32
+    } else {
+        v.kind as u32
+    };
+    let kind = opaque(kind) as u8;
     let direction = if syscall.writes() { Direction::Egress } else { Direction::Ingress };
     // Emission continues in `emit_step` (a tail call), which keeps each program's stack and
     // verifier state small: one chunk per run, i.e. the whole buffer of a flat syscall or one
-    // iovec of a vectored one, in order.
-    let st = IovState {
-        args: a,
-        iov: if vectored { iov } else { a.buf },
-        cnt: if !vectored {
-            1
-        } else if iovcnt > MAX_IOVECS as u64 {
-            MAX_IOVECS as u64
-        } else {
-            iovcnt
-        },
-        idx: 0,
-        seen: 0,
-        len,
-        // SAFETY: helper without arguments.
-        now: unsafe { bpf_ktime_get_ns() },
-        direction: direction as u8,
-        role: state.role,
-        vectored: vectored as u8,
-        proto: state.proto,
-        kind: v.kind as u8,
-        _pad: [0; 3],
-        tuple: ConnTuple::default(),
-        ctx: EvCtx::default(),
+    // iovec of a vectored one, in order. The state is built in per-CPU map memory, not on the
+    // stack.
+    let Some(st) = IOV_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU until the program ends.
+    let st = unsafe { &mut *st };
+    st.args = a;
+    st.iov = if vectored { iov } else { a.buf };
+    st.cnt = if !vectored {
+        1
+    } else if iovcnt > MAX_IOVECS as u64 {
+        MAX_IOVECS as u64
+    } else {
+        iovcnt
     };
-    if put(&IOV_STATE, &pid_tgid, &st, FixedTable::IovState) {
+    st.idx = 0;
+    st.seen = 0;
+    st.len = len;
+    // SAFETY: helper without arguments.
+    st.now = unsafe { bpf_ktime_get_ns() };
+    st.direction = direction as u8;
+    st.role = state.role;
+    st.vectored = vectored as u8;
+    st.proto = state.proto;
+    st.kind = kind;
+    st._pad = [0; 3];
+    st.tuple = ConnTuple::default();
+    st.ctx = EvCtx::default();
+    if put(&IOV_STATE, &pid_tgid, st, FixedTable::IovState) {
         // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
         let _ = unsafe { PROGS.tail_call(&ctx, 0) };
         let _ = IOV_STATE.remove(&pid_tgid);

@@ -115,6 +115,20 @@ pub fn iovecs(a: &SyscallArgs) -> (u64, u64) {
     }
 }
 
+/// The first eight bytes of the transfer (of its first iovec when vectored); zeros when they
+/// cannot be read.
+#[inline(always)]
+pub fn first_bytes8(a: &SyscallArgs, iov: u64) -> [u8; 8] {
+    let src = if a.syscall().vectored() {
+        // SAFETY: user memory read through the probe helper.
+        unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
+    } else {
+        a.buf
+    };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(src as *const [u8; 8]) }.unwrap_or([0; 8])
+}
+
 /// The first four bytes of the transfer (of its first iovec when vectored).
 #[inline(always)]
 pub fn first_bytes(a: &SyscallArgs, iov: u64) -> [u8; 4] {

@@ -38,6 +38,10 @@ const PROC: &str = "/proc";
 const CORRELATION_HOLD: Duration = Duration::from_secs(1);
 /// How long an exited process keeps its resource: its last spans may still be assembled.
 const EXITED_KEEP: Duration = Duration::from_secs(30);
+/// Records read from the ring per turn of the event loop.
+const DRAIN_BATCH: usize = 16_384;
+/// How long the drain at stop may take.
+const FINAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// A finished span with its process's resource, as handed to a [`Hooks::tap`].
 pub type TappedSpan = (Arc<ProcessResource>, SpanRecord);
@@ -138,9 +142,14 @@ struct Agent {
 
 impl Agent {
     /// Decodes and handles the records waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    /// Reads at most `max` records; returns whether the ring is empty. Bounded so that a load
+    /// the agent cannot keep up with still leaves the event loop turns for its timers and
+    /// signals (and a stop ends).
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>, max: usize) -> bool {
+        self.sync_grpc();
         let now = Clock::mono_now_ns();
-        while let Some(item) = ring.next() {
+        for _ in 0..max {
+            let Some(item) = ring.next() else { return true };
             let rec = Bytes::copy_from_slice(&item);
             drop(item);
             match decode::decode(&rec) {
@@ -151,6 +160,7 @@ impl Agent {
                 }
             }
         }
+        false
     }
 
     fn on_event(&mut self, ev: &Event, now: u64) {
@@ -159,14 +169,14 @@ impl Agent {
             // A process whose only traffic is net/rpc or gRPC has no data events: read it now.
             Event::NetRpc(c) => self.read_identity(c.tgid),
             Event::Grpc(c) => self.read_identity(c.tgid),
-            Event::Exec { tgid, .. } => {
+            Event::Exec { tgid, comm, .. } => {
                 // Exec records wake the agent at once (data records are batched): read the new
                 // program's identity now, while even a short-lived process is still there.
                 let tgid = *tgid;
                 self.processes.refresh(tgid);
                 let _ = self.maps.no_thread_link.remove(&tgid);
                 self.go.detach(&mut self.probes.ebpf, tgid);
-                let _ = self.processes.get(tgid);
+                let _ = self.processes.get_named(tgid, Some(comm));
                 let is_go = mark_runtime(&mut self.maps, tgid);
                 if self.scope == Scope::Selected {
                     self.discovery.consider(&mut self.maps, tgid);
@@ -178,11 +188,20 @@ impl Agent {
             }
             _ => {}
         }
+        self.sync_grpc();
         self.pipeline.feed(ev, now);
         if let Event::Exit { tgid, .. } = ev {
             self.discovery.traced.remove(tgid);
             self.go.detach(&mut self.probes.ebpf, *tgid);
             self.exited.push_back((Instant::now(), *tgid));
+        }
+    }
+
+    /// Tells the data path which processes' grpc-go calls the uprobes trace (their gRPC streams
+    /// read from the wire would be the same calls twice).
+    fn sync_grpc(&mut self) {
+        for (pid, since) in self.go.take_grpc_changes() {
+            self.pipeline.grpc_uprobes(pid, since);
         }
     }
 
@@ -351,13 +370,16 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         tokio::select! {
             _ = drain_tick.tick() => {
                 agent.go.poll(&mut agent.probes.ebpf, false);
-                agent.drain(ring.get_mut());
+                agent.drain(ring.get_mut(), DRAIN_BATCH);
                 deliver!();
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                agent.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                // Not emptied: stay ready, so the loop comes back at once (after other branches
+                // had their chance).
+                if agent.drain(guard.get_inner_mut(), DRAIN_BATCH) {
+                    guard.clear_ready();
+                }
                 deliver!();
             }
             _ = tick.tick() => {
@@ -420,8 +442,16 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         }
     }
 
-    // Drain what the kernel already wrote, then flush.
-    agent.drain(ring.get_mut());
+    // Drain what the kernel already wrote, then flush. The probes still run until they are
+    // dropped below: under a load the agent cannot keep up with, the ring would never be empty,
+    // so the drain has a deadline.
+    let deadline = Instant::now() + FINAL_DRAIN;
+    while !agent.drain(ring.get_mut(), DRAIN_BATCH) {
+        if Instant::now() >= deadline {
+            warn!("stop: the kernel was still writing after {FINAL_DRAIN:?} of draining; the rest is not read");
+            break;
+        }
+    }
     drop(ring);
     let census = agent.census();
     let Agent { probes, mut pipeline, mut processes, maps, decode_errors, .. } = agent;

@@ -6,6 +6,7 @@
 //! exchanges get their `http.route` (`crate::spans::routes`), a metric point each, and go to the
 //! correlator, which holds them, links them and hands out spans.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tracer_common::Propagation;
@@ -15,7 +16,7 @@ use crate::clock::Clock;
 use crate::correlate::{Correlator, CorrelatorConfig, CorrelatorStats};
 use crate::model::SpanRecord;
 use crate::protocols::Protocols;
-use crate::protocols::exchange::Exchange;
+use crate::protocols::exchange::{Detail, Exchange};
 use crate::protocols::protocol::{ProtocolConfig, ProtocolStats};
 use crate::protocols::shape::MetricPoint;
 use crate::spans::routes::Routes;
@@ -48,6 +49,9 @@ pub struct PipelineStats {
     pub protocols: ProtocolStats,
     pub streams: StreamsStats,
     pub correlator: CorrelatorStats,
+    /// gRPC streams read from the wire and dropped because the process's grpc-go uprobes
+    /// traced the same calls.
+    pub grpc_left_to_uprobes: u64,
 }
 
 /// See the module docs.
@@ -59,6 +63,11 @@ pub struct Pipeline {
     exchanges: Vec<Exchange>,
     points: Vec<MetricPoint>,
     last_now_ns: u64,
+    /// Processes whose grpc-go calls the uprobes trace, with the CLOCK_MONOTONIC ns since
+    /// which they do ([`Pipeline::grpc_uprobes`]).
+    grpc_uprobes: HashMap<u32, u64>,
+    /// gRPC streams read from the wire that were left to the uprobes.
+    grpc_left_to_uprobes: u64,
 }
 
 impl Pipeline {
@@ -71,6 +80,8 @@ impl Pipeline {
             exchanges: Vec::with_capacity(64),
             points: Vec::with_capacity(64),
             last_now_ns: 0,
+            grpc_uprobes: HashMap::new(),
+            grpc_left_to_uprobes: 0,
         }
     }
 
@@ -86,6 +97,22 @@ impl Pipeline {
         }
         self.protocols.on_event(ev, &mut self.exchanges);
         self.push(now_ns);
+    }
+
+    /// The grpc-go uprobes of process `tgid` trace its calls from `since_ns` on (`None`: no
+    /// longer). Its gRPC streams read from the wire that start from then on are dropped: the
+    /// uprobes give the same calls, with goroutine links. Calls it made earlier (a process that
+    /// called before its probes were in place, or exits before they are) keep their spans from
+    /// the wire.
+    pub fn grpc_uprobes(&mut self, tgid: u32, since_ns: Option<u64>) {
+        match since_ns {
+            Some(t) => {
+                self.grpc_uprobes.insert(tgid, t);
+            }
+            None => {
+                self.grpc_uprobes.remove(&tgid);
+            }
+        }
     }
 
     /// Timeouts at `now_ns`: what waited too long is completed or dropped, and the correlator
@@ -123,6 +150,7 @@ impl Pipeline {
             protocols: self.protocols.stats(),
             streams: self.protocols.streams_stats(),
             correlator: self.correlator.stats(),
+            grpc_left_to_uprobes: self.grpc_left_to_uprobes,
         }
     }
 
@@ -130,6 +158,15 @@ impl Pipeline {
         self.last_now_ns = self.last_now_ns.max(now_ns);
         if self.exchanges.is_empty() {
             return;
+        }
+        if !self.grpc_uprobes.is_empty() {
+            let before = self.exchanges.len();
+            let uprobed = &self.grpc_uprobes;
+            self.exchanges.retain(|ex| match (&ex.detail, uprobed.get(&ex.tgid)) {
+                (Detail::Http2(d), Some(since)) => !(d.grpc && ex.request_first.start_ns >= *since),
+                _ => true,
+            });
+            self.grpc_left_to_uprobes += (before - self.exchanges.len()) as u64;
         }
         self.routes.apply(&mut self.exchanges);
         for ex in self.exchanges.drain(..) {

@@ -75,7 +75,9 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Exec) => {
             let e: ProcEvent = read(b)?;
-            Ok(Event::Exec { ts_ns, tgid, ppid: e.ppid })
+            let n = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
+            let comm = String::from_utf8_lossy(&e.comm[..n]).into_owned();
+            Ok(Event::Exec { ts_ns, tgid, ppid: e.ppid, comm })
         }
         Some(EventKind::Exit) => {
             let _: ProcEvent = read(b)?;

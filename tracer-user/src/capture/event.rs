@@ -25,6 +25,8 @@ pub enum Event {
         ts_ns: u64,
         tgid: u32,
         ppid: u32,
+        /// The program's name as the kernel set it at exec (at most 15 bytes).
+        comm: String,
     },
     Exit {
         ts_ns: u64,

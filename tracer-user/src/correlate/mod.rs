@@ -23,7 +23,9 @@
 //! * **Pairing** (modes `same-host` and `on`). A client exchange on `A:p → B:q` and a server
 //!   exchange on the reversed tuple (local `B:q`, remote `A:p`) are the two sides of one
 //!   request when both processes are on this host. Per connection the exchanges are paired in
-//!   request order, oldest first, as each side completes. A pair must be causal: the client's
+//!   request order, oldest first, as each side completes; exchanges of a multiplexed protocol
+//!   (`Pairing::ByStream`: HTTP/2) are paired per connection and stream id instead, the id
+//!   being the same on both ends. A pair must be causal: the client's
 //!   request write started no later than the server's read of it ended, and the server's
 //!   response write started no later than the client's read of it ended (each within
 //!   [`CorrelatorConfig::pair_slack_ns`]). A server that started before the oldest waiting
@@ -173,11 +175,13 @@ enum Link {
     Pair,
 }
 
-/// The two ends of a TCP connection: client address and server address.
+/// The two ends of a TCP connection: client address and server address; and the stream of a
+/// multiplexed protocol (0 for protocols paired in request order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PairKey {
     client: (IpAddr, u16),
     server: (IpAddr, u16),
+    stream: u32,
 }
 
 /// Largest crossing of a child's and its parent's kernel timestamps that is treated as the
@@ -281,20 +285,24 @@ pub struct Correlator {
 
 /// Connection key and pairing side of an exchange, when its tuple is known.
 fn pair_side(ex: &Exchange) -> Option<(PairKey, Side)> {
-    if ex.pairing == Pairing::Kernel {
-        return None;
-    }
+    let stream = match ex.pairing {
+        Pairing::Kernel => return None,
+        Pairing::ByTuple => 0,
+        Pairing::ByStream(id) => id,
+    };
     let (local, remote) = (ex.local_ip()?, ex.remote_ip()?);
     let (lport, rport) = (ex.tuple.sport, ex.tuple.dport);
     if lport == 0 || rport == 0 {
         return None;
     }
     let (key, start_ns, end_ns) = match ex.kind {
-        SpanKind::Client => {
-            (PairKey { client: (local, lport), server: (remote, rport) }, ex.request_first.start_ns, ex.end_ns())
-        }
+        SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => (
+            PairKey { client: (local, lport), server: (remote, rport), stream },
+            ex.request_first.start_ns,
+            ex.end_ns(),
+        ),
         SpanKind::Server => (
-            PairKey { client: (remote, rport), server: (local, lport) },
+            PairKey { client: (remote, rport), server: (local, lport), stream },
             ex.request_first.end_ns,
             ex.response_first.map_or(ex.request_first.end_ns, |s| s.start_ns),
         ),
@@ -372,7 +380,7 @@ impl Correlator {
             tgid: ex.tgid,
             tid,
             start_ns: match ex.kind {
-                SpanKind::Client => ex.request_first.start_ns,
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => ex.request_first.start_ns,
                 SpanKind::Server => ex.request_first.end_ns,
             },
             span_start_ns: ex.start_ns(),
@@ -397,10 +405,11 @@ impl Correlator {
         self.nodes.insert(id, node);
 
         match kind {
-            // Calls the kernel linked (uprobe protocols) take no part in thread linking.
-            _ if ex.pairing == Pairing::Kernel => {}
+            // Calls the kernel linked (uprobe protocols) and multiplexed streams take no part in
+            // thread linking.
+            _ if ex.pairing != Pairing::ByTuple => {}
             SpanKind::Client if thread_candidate => self.client_thread_link(id, ex.tgid, tid),
-            SpanKind::Client => {}
+            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {}
             SpanKind::Server => {
                 let window = Window {
                     span: id,
@@ -416,12 +425,12 @@ impl Correlator {
         {
             // A server leaves the queue when it is emitted: pairing cannot change it after.
             let wait = match kind {
-                SpanKind::Client => self.config.pair_timeout_ns,
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => self.config.pair_timeout_ns,
                 SpanKind::Server => self.config.max_hold_ns.saturating_add(self.config.hold_ns),
             };
             side.expires_ns = now_mono_ns.saturating_add(wait);
             match kind {
-                SpanKind::Client => self.pair_client(key, side),
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => self.pair_client(key, side),
                 SpanKind::Server => self.pair_server(key, side),
             }
         }
@@ -441,7 +450,7 @@ impl Correlator {
         for ex in in_flight {
             f.spans.insert(ex.span_id);
             match ex.kind {
-                SpanKind::Client => {
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                     if let Some((key, _)) = pair_side(ex) {
                         f.client_keys.insert(key);
                     }
@@ -725,7 +734,7 @@ impl Correlator {
                     && r.link != Link::Pair
                     && r.key.is_some_and(|k| self.in_flight.client_keys.contains(&k))
             }
-            SpanKind::Client => {
+            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                 !r.kernel_ctx
                     && r.parent.is_none()
                     && self.in_flight.server_starts.get(&(r.tgid, r.tid)).is_some_and(|&start| start <= r.start_ns)
@@ -771,7 +780,7 @@ impl Correlator {
             }
             self.retired.push_back((now.saturating_add(self.config.retention_ns), id));
             match kind {
-                SpanKind::Client => {
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                     if let Some(t) = self.threads.get_mut(&(tgid, tid)) {
                         if let Some(i) = t.clients.iter().position(|c| *c == id) {
                             t.clients.remove(i);
@@ -879,7 +888,7 @@ mod tests {
     ) -> Exchange {
         let (t0, t1) = (t0 * US_NS, t1 * US_NS);
         let (first, resp) = match kind {
-            SpanKind::Client => {
+            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                 (Stamp { start_ns: t0, end_ns: t0 + 1, tid }, Stamp { start_ns: t1 - 1, end_ns: t1, tid })
             }
             SpanKind::Server => {
@@ -1057,6 +1066,38 @@ mod tests {
             }
             assert_eq!((st.pairs, st.unpaired), (3, 0));
         }
+    }
+
+    #[test]
+    fn multiplexed_streams_pair_by_stream_id() {
+        // Three HTTP/2 streams on one connection, in flight together; they complete in another
+        // order on each side, and the server's stream 5 started before the client's stream 3
+        // completed. In request order they would pair wrongly; by stream id they cannot.
+        let stream = |mut e: Exchange, id: u32| {
+            e.pairing = Pairing::ByStream(id);
+            e
+        };
+        let cs = [
+            stream(client(1, 10, 41000, 8080, 100, 900), 1),
+            stream(client(1, 10, 41000, 8080, 110, 300), 3),
+            stream(client(1, 10, 41000, 8080, 120, 600), 5),
+        ];
+        let ss = [
+            stream(server(2, 20, 8080, 41000, 130, 800), 1),
+            stream(server(2, 20, 8080, 41000, 140, 250), 3),
+            stream(server(2, 20, 8080, 41000, 150, 550), 5),
+        ];
+        let order = vec![ss[1].clone(), cs[1].clone(), ss[2].clone(), cs[2].clone(), ss[0].clone(), cs[0].clone()];
+        let (spans, st) = run(Propagation::SameHost, order);
+        for i in 0..3 {
+            assert_eq!(parent_of(&spans, &ss[i]), Some((cs[i].span_id, true)), "stream {i}");
+        }
+        assert_eq!((st.pairs, st.unpaired), (3, 0));
+        // An HTTP/2 client on a thread inside a server window is not claimed by it.
+        let window = server(3, 30, 9090, 42000, 100, 900);
+        let h2_client = stream(client(3, 30, 43000, 8080, 200, 300), 1);
+        let (spans, _) = run(Propagation::SameHost, vec![window, h2_client.clone()]);
+        assert_eq!(parent_of(&spans, &h2_client), None);
     }
 
     #[test]

@@ -90,6 +90,8 @@ fn span_line(res: &ProcessResource, span: &SpanRecord) -> String {
     let mut line = String::from(match span.kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
+        SpanKind::Producer => "PRODUCER",
+        SpanKind::Consumer => "CONSUMER",
     });
     let _ = write!(line, " {}", span.name);
     if let Some(AttrValue::Str(path)) = span.attr("url.path") {
@@ -100,7 +102,7 @@ fn span_line(res: &ProcessResource, span: &SpanRecord) -> String {
     }
     let duration = span.end.duration_since(span.start).unwrap_or_default();
     let _ = write!(line, "  {}", format_duration(duration));
-    if span.kind == SpanKind::Client
+    if span.kind != SpanKind::Server
         && let Some(AttrValue::Str(addr)) = span.attr("server.address")
     {
         let _ = write!(line, "  -> {addr}");

@@ -63,6 +63,8 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 /// OTLP `Span.SpanKind` values.
 const KIND_SERVER: u64 = 2;
 const KIND_CLIENT: u64 = 3;
+const KIND_PRODUCER: u64 = 4;
+const KIND_CONSUMER: u64 = 5;
 /// OTLP `Status.StatusCode.STATUS_CODE_ERROR`.
 const STATUS_ERROR: u64 = 2;
 
@@ -305,6 +307,8 @@ impl<'a> SpanFields<'a> {
             kind: match span.kind {
                 SpanKind::Server => KIND_SERVER,
                 SpanKind::Client => KIND_CLIENT,
+                SpanKind::Producer => KIND_PRODUCER,
+                SpanKind::Consumer => KIND_CONSUMER,
             },
             start: nanos(span.start),
             end: nanos(span.end.max(span.start)),

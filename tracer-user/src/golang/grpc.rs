@@ -85,6 +85,28 @@ fn field_offset(bin: &GoBinary, strukt: &str, field: &str) -> Option<u64> {
     bin.field_offset(strukt, field).map(|(o, _)| o).or_else(|| table_lookup(strukt, field, grpc_version(bin)?))
 }
 
+/// The grpc-go module version a binary links, as its build info names it.
+pub fn module_version(bin: &GoBinary) -> Option<&str> {
+    bin.build.deps.iter().find(|m| m.path == GRPC_MODULE).map(|m| m.version.as_str())
+}
+
+/// Why the offset of `strukt.field` is not known, exactly: the binary's DWARF lacks the field
+/// (the release changed its internals), or there is no DWARF and the release is outside the
+/// measured tables.
+fn missing_field(bin: &GoBinary, strukt: &str, field: &str) -> String {
+    let version = module_version(bin).unwrap_or("(version unknown)");
+    if bin.has_dwarf() {
+        return format!("{strukt}.{field} is not in the binary's DWARF: grpc-go {version} has no such field");
+    }
+    let measured = table::TABLE.iter().filter_map(|(_, _, v, _)| module_semver(v).map(|s| (s, *v)));
+    let oldest = measured.clone().min_by_key(|(s, _)| *s).map_or("-", |(_, v)| v);
+    let newest = measured.max_by_key(|(s, _)| *s).map_or("-", |(_, v)| v);
+    format!(
+        "{strukt}.{field}: the binary has no DWARF, and the offset tables (grpc-go {oldest} to {newest}) have no \
+         row for grpc-go {version}"
+    )
+}
+
 /// `tracer go-inspect --grpc-offsets-table BINARIES`: prints the table source measured from
 /// the binaries' DWARF, one row per field present, keyed by each binary's grpc-go version.
 pub fn offsets_table_command(binaries: &[std::path::PathBuf]) -> anyhow::Result<()> {
@@ -145,8 +167,13 @@ pub fn plan(bin: &GoBinary) -> Result<Option<Plan>, String> {
     if bin.func(CLIENT_INVOKE).is_none() && bin.func(SERVER_HANDLE_STREAM).is_none() {
         return Ok(None);
     }
+    // Every field and function the probes need is looked up, and every one missing is named.
+    let missing = std::cell::RefCell::new(Vec::<String>::new());
     let off = |s: &str, f: &str| {
-        field_offset(bin, s, f).ok_or_else(|| format!("no offset of {s}.{f} (no DWARF, not in the tables)"))
+        field_offset(bin, s, f).unwrap_or_else(|| {
+            missing.borrow_mut().push(missing_field(bin, s, f));
+            0
+        })
     };
     let t = |n: &str| format!("{TRANSPORT}.{n}");
     let hash =
@@ -154,42 +181,54 @@ pub fn plan(bin: &GoBinary) -> Result<Option<Plan>, String> {
     let proc = GrpcProc {
         // grpc >= 1.69 hands the handler a *ServerStream embedding *Stream.
         server_stream_stream: field_offset(bin, &t("ServerStream"), "Stream").unwrap_or(GRPC_NONE),
-        stream_id: off(&t("Stream"), "id")?,
-        stream_method: off(&t("Stream"), "method")?,
-        server_conn: off(&t("http2Server"), "conn")?,
-        loopy_conn: off(&t("loopyWriter"), "conn")?,
-        hdr_stream_id: off(&t("headerFrame"), "streamID")?,
-        netfd_laddr: off("net.netFD", "laddr")?,
-        netfd_raddr: off("net.netFD", "raddr")?,
-        tcpaddr_ip: off("net.TCPAddr", "IP")?,
-        tcpaddr_port: off("net.TCPAddr", "Port")?,
-        status_err_s: off("google.golang.org/grpc/internal/status.Error", "s")?,
-        status_s: off("google.golang.org/grpc/internal/status.Status", "s")?,
-        spb_code: off("google.golang.org/genproto/googleapis/rpc/status.Status", "Code")?,
+        stream_id: off(&t("Stream"), "id"),
+        stream_method: off(&t("Stream"), "method"),
+        server_conn: off(&t("http2Server"), "conn"),
+        loopy_conn: off(&t("loopyWriter"), "conn"),
+        hdr_stream_id: off(&t("headerFrame"), "streamID"),
+        netfd_laddr: off("net.netFD", "laddr"),
+        netfd_raddr: off("net.netFD", "raddr"),
+        tcpaddr_ip: off("net.TCPAddr", "IP"),
+        tcpaddr_port: off("net.TCPAddr", "Port"),
+        status_err_s: off("google.golang.org/grpc/internal/status.Error", "s"),
+        status_s: off("google.golang.org/grpc/internal/status.Status", "s"),
+        spb_code: off("google.golang.org/genproto/googleapis/rpc/status.Status", "Code"),
         status_err_hash: hash("go:itab.*google.golang.org/grpc/internal/status.Error,error"),
         errstring_hash: hash("go:itab.*errors.errorString,error"),
     };
-    let entry = |name: &str| bin.body_offset(name).map(|o| vec![o]).ok_or_else(|| format!("no {name}"));
+    let entry = |name: &str| {
+        bin.body_offset(name).map(|o| vec![o]).unwrap_or_else(|| {
+            missing.borrow_mut().push(format!("no function {name}"));
+            Vec::new()
+        })
+    };
     let rets = |name: &str| match bin.ret_offsets(name) {
-        Some(r) if !r.is_empty() => Ok(r),
-        _ => Err(format!("no RET instruction found in {name}")),
+        Some(r) if !r.is_empty() => r,
+        _ => {
+            missing.borrow_mut().push(format!("no RET instruction found in {name}"));
+            Vec::new()
+        }
     };
     let write_status = [t("(*http2Server).writeStatus"), t("(*http2Server).WriteStatus")]
         .into_iter()
         .find(|n| bin.func(n).is_some())
-        .ok_or("no (*http2Server).writeStatus")?;
+        .unwrap_or_else(|| t("(*http2Server).writeStatus"));
     let points = vec![
-        (p::GRPC_INVOKE, entry(CLIENT_INVOKE)?),
-        (p::GRPC_INVOKE_RET, rets(CLIENT_INVOKE)?),
-        (p::GRPC_NEW_STREAM, entry(CLIENT_NEW_STREAM)?),
-        (p::GRPC_NEW_STREAM_RET, rets(CLIENT_NEW_STREAM)?),
-        (p::GRPC_STREAM_FINISH, entry(CLIENT_STREAM_FINISH)?),
-        (p::GRPC_EXECUTE_AND_PUT, entry(&t("(*controlBuffer).executeAndPut"))?),
-        (p::GRPC_ORIGINATE_STREAM, entry(&t("(*loopyWriter).originateStream"))?),
-        (p::GRPC_HANDLE_STREAM, entry(SERVER_HANDLE_STREAM)?),
-        (p::GRPC_WRITE_STATUS, entry(&write_status)?),
-        (p::GRPC_HANDLE_STREAM_RET, rets(SERVER_HANDLE_STREAM)?),
+        (p::GRPC_INVOKE, entry(CLIENT_INVOKE)),
+        (p::GRPC_INVOKE_RET, rets(CLIENT_INVOKE)),
+        (p::GRPC_NEW_STREAM, entry(CLIENT_NEW_STREAM)),
+        (p::GRPC_NEW_STREAM_RET, rets(CLIENT_NEW_STREAM)),
+        (p::GRPC_STREAM_FINISH, entry(CLIENT_STREAM_FINISH)),
+        (p::GRPC_EXECUTE_AND_PUT, entry(&t("(*controlBuffer).executeAndPut"))),
+        (p::GRPC_ORIGINATE_STREAM, entry(&t("(*loopyWriter).originateStream"))),
+        (p::GRPC_HANDLE_STREAM, entry(SERVER_HANDLE_STREAM)),
+        (p::GRPC_WRITE_STATUS, entry(&write_status)),
+        (p::GRPC_HANDLE_STREAM_RET, rets(SERVER_HANDLE_STREAM)),
     ];
+    let missing = missing.into_inner();
+    if !missing.is_empty() {
+        return Err(missing.join("; "));
+    }
     Ok(Some((proc, points)))
 }
 

@@ -50,6 +50,9 @@ pub struct Plan {
     pub rpc_off: Option<String>,
     /// grpc-go offsets when the binary links grpc-go and has what its probes need (`grpc.rs`).
     pub grpc: Option<GrpcProc>,
+    /// Why the program's grpc-go calls are not traced by uprobes although it links grpc-go: the
+    /// module version and what is missing.
+    pub grpc_off: Option<String>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -102,15 +105,15 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         Ok(None) => (None, None),
         Err(why) => (None, Some(why)),
     };
-    let grpc = match super::grpc::plan(bin) {
+    let (grpc, grpc_off) = match super::grpc::plan(bin) {
         Ok(Some((g, pts))) => {
             points.extend(pts);
-            Some(g)
+            (Some(g), None)
         }
-        Ok(None) => None,
+        Ok(None) => (None, None),
         Err(e) => {
-            warn!("grpc-go spans off for this Go {v} program: {e}");
-            None
+            let version = super::grpc::module_version(bin).unwrap_or("(version unknown)");
+            (None, Some(format!("grpc-go {version}, Go {v}: {e}")))
         }
     };
     Ok(Plan {
@@ -120,6 +123,7 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         rpc,
         rpc_off,
         grpc,
+        grpc_off,
     })
 }
 
@@ -148,6 +152,11 @@ pub struct GoProbes {
     /// milliseconds for a process's set of probes): done on a thread of its own, so that the
     /// event loop goes on handling exec events (a restarted service is traced at once).
     reaper: std::sync::mpsc::Sender<Vec<UProbeLink>>,
+    /// Processes whose grpc-go calls the uprobes trace.
+    grpc: std::collections::HashSet<u32>,
+    /// Changes of `grpc` not yet taken ([`GoProbes::take_grpc_changes`]): a pid and, when its
+    /// grpc-go probes were attached, the CLOCK_MONOTONIC ns at which they were.
+    grpc_changes: Vec<(u32, Option<u64>)>,
 }
 
 impl Default for GoProbes {
@@ -188,6 +197,8 @@ impl Default for GoProbes {
             jobs,
             results,
             reaper,
+            grpc: std::collections::HashSet::new(),
+            grpc_changes: Vec::new(),
         }
     }
 }
@@ -204,6 +215,12 @@ impl GoProbes {
 
     pub fn is_attached(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
+    }
+
+    /// Takes the processes whose grpc-go uprobes were attached (with the time they were) or
+    /// removed since the last call, in order.
+    pub fn take_grpc_changes(&mut self) -> Vec<(u32, Option<u64>)> {
+        std::mem::take(&mut self.grpc_changes)
     }
 
     fn load(&mut self, ebpf: &mut Ebpf) -> bool {
@@ -283,7 +300,12 @@ impl GoProbes {
             }
             let p = Arc::new(p);
             self.plans.insert(id, p.clone());
-            for pid in self.waiting.remove(&id).unwrap_or_default() {
+            let pids = self.waiting.remove(&id).unwrap_or_default();
+            if let Some(Ok(Plan { grpc_off: Some(why), .. })) = p.as_ref() {
+                // Once per executable, naming the processes that run it now.
+                warn!("pid {pids:?} ({}): grpc-go calls not traced by uprobes: {why}", name.display());
+            }
+            for pid in pids {
                 if let Some(Ok(plan)) = p.as_ref() {
                     self.attach_plan(ebpf, pid, plan);
                 }
@@ -359,6 +381,10 @@ impl GoProbes {
             if plan.grpc.is_some() { ", grpc-go spans" } else { "" }
         );
         self.procs.insert(pid, links);
+        if plan.grpc.is_some() {
+            self.grpc.insert(pid);
+            self.grpc_changes.push((pid, Some(crate::clock::Clock::mono_now_ns())));
+        }
     }
 
     /// Removes a process's probes (it exited or is no longer traced).
@@ -367,6 +393,9 @@ impl GoProbes {
             waiters.retain(|p| *p != pid);
         }
         let Some(links) = self.procs.remove(&pid) else { return };
+        if self.grpc.remove(&pid) {
+            self.grpc_changes.push((pid, None));
+        }
         if let Some(Ok(mut procs)) = ebpf.map_mut(maps::GO_PROCS).map(BpfHashMap::<_, u32, GoProc>::try_from) {
             let _ = procs.remove(&pid);
         }

@@ -1,6 +1,8 @@
 //! The request histograms and their label sets, after OpenTelemetry's conventions: HTTP
 //! requests in `http.server.request.duration` / `http.client.request.duration`, RPC calls in
-//! `rpc.server.duration` / `rpc.client.duration`; seconds, with the HTTP conventions' advisory
+//! `rpc.server.duration` / `rpc.client.duration`, database calls in
+//! `db.client.operation.duration`, messages sent and received in
+//! `messaging.client.operation.duration`; seconds, with the HTTP conventions' advisory
 //! buckets. Labels are bounded: never a path, a query or a payload.
 
 use crate::model::{ProcessResource, SpanKind};
@@ -20,10 +22,13 @@ pub enum Family {
     HttpClient,
     RpcServer,
     RpcClient,
+    DbClient,
+    MessagingClient,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Self::HttpServer, Self::HttpClient, Self::RpcServer, Self::RpcClient];
+    pub const ALL: [Family; 6] =
+        [Self::HttpServer, Self::HttpClient, Self::RpcServer, Self::RpcClient, Self::DbClient, Self::MessagingClient];
 
     /// The instrument's OpenTelemetry name.
     pub fn otel_name(self) -> &'static str {
@@ -32,6 +37,8 @@ impl Family {
             Self::HttpClient => "http.client.request.duration",
             Self::RpcServer => "rpc.server.duration",
             Self::RpcClient => "rpc.client.duration",
+            Self::DbClient => "db.client.operation.duration",
+            Self::MessagingClient => "messaging.client.operation.duration",
         }
     }
 
@@ -42,6 +49,8 @@ impl Family {
             Self::HttpClient => "http_client_request_duration",
             Self::RpcServer => "rpc_server_duration",
             Self::RpcClient => "rpc_client_duration",
+            Self::DbClient => "db_client_operation_duration",
+            Self::MessagingClient => "messaging_client_operation_duration",
         }
     }
 
@@ -51,6 +60,8 @@ impl Family {
             Self::HttpClient => "Duration of HTTP client requests (http.client.request.duration)",
             Self::RpcServer => "Duration of RPC calls served (rpc.server.duration)",
             Self::RpcClient => "Duration of RPC calls made (rpc.client.duration)",
+            Self::DbClient => "Duration of database calls made (db.client.operation.duration)",
+            Self::MessagingClient => "Duration of messages sent and received (messaging.client.operation.duration)",
         }
     }
 }
@@ -58,7 +69,7 @@ impl Family {
 /// The histogram and the labels of one request.
 pub fn labels(resource: &ProcessResource, p: &MetricPoint) -> (Family, Labels) {
     let mut labels: Labels = vec![("service_name", resource.service_name.clone())];
-    let client = p.kind == SpanKind::Client;
+    let client = p.kind != SpanKind::Server;
     let server_labels = |labels: &mut Labels| {
         if client {
             if let Some(a) = &p.server.0 {
@@ -97,6 +108,27 @@ pub fn labels(resource: &ProcessResource, p: &MetricPoint) -> (Family, Labels) {
                 labels.push(("error_type", e.clone()));
             }
             if client { Family::RpcClient } else { Family::RpcServer }
+        }
+        MetricLabels::Db { system, operation, error_type } => {
+            labels.push(("db_system_name", (*system).to_owned()));
+            if let Some(op) = operation {
+                labels.push(("db_operation_name", op.clone()));
+            }
+            server_labels(&mut labels);
+            if let Some(e) = error_type {
+                labels.push(("error_type", e.clone()));
+            }
+            Family::DbClient
+        }
+        MetricLabels::Messaging { system, operation, operation_type, error_type } => {
+            labels.push(("messaging_system", (*system).to_owned()));
+            labels.push(("messaging_operation_name", (*operation).to_owned()));
+            labels.push(("messaging_operation_type", (*operation_type).to_owned()));
+            server_labels(&mut labels);
+            if let Some(e) = error_type {
+                labels.push(("error_type", e.clone()));
+            }
+            Family::MessagingClient
         }
     };
     (family, labels)
@@ -173,6 +205,36 @@ mod tests {
                 ("server_address", "127.0.0.1".to_string()),
                 ("server_port", "50051".to_string()),
                 ("error_type", "NOT_FOUND".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_go_to_the_messaging_histogram_never_by_destination() {
+        let p = MetricPoint {
+            pid: 7,
+            kind: SpanKind::Producer,
+            duration_s: 0.0001,
+            server: (Some("127.0.0.1".into()), Some(4222)),
+            labels: MetricLabels::Messaging {
+                system: "nats",
+                operation: "publish",
+                operation_type: "send",
+                error_type: None,
+            },
+        };
+        let (f, l) = labels(&resource("web"), &p);
+        assert_eq!(f, Family::MessagingClient);
+        assert_eq!(f.otel_name(), "messaging.client.operation.duration");
+        assert_eq!(
+            l,
+            vec![
+                ("service_name", "web".to_string()),
+                ("messaging_system", "nats".to_string()),
+                ("messaging_operation_name", "publish".to_string()),
+                ("messaging_operation_type", "send".to_string()),
+                ("server_address", "127.0.0.1".to_string()),
+                ("server_port", "4222".to_string()),
             ]
         );
     }

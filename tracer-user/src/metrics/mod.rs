@@ -56,7 +56,7 @@ pub struct Health {
 pub struct Metrics {
     registry: Arc<Registry>,
     /// One histogram family per [`Family`], in `Family::ALL` order.
-    requests: [DurationFamily; 4],
+    requests: [DurationFamily; Family::ALL.len()],
     kernel_events: Counter,
     kernel_lost: Counter,
     decode_errors: Counter,

@@ -14,14 +14,19 @@
 //! (milliseconds, default 60 s).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 
 use crate::export::config::Compression;
 use crate::export::{OtlpConfig, Protocol, tls};
@@ -51,6 +56,56 @@ pub struct OtlpMetrics {
     cfg: OtlpConfig,
     interval: Duration,
     services: Mutex<HashMap<String, Option<Instruments>>>,
+    /// The collector refused metrics ([`refusal`]): no export is tried again.
+    refused: Arc<AtomicBool>,
+}
+
+/// Whether an export error says the collector does not take metrics at all: gRPC
+/// `UNIMPLEMENTED`, or HTTP 404 / 405 (a backend that receives traces only, such as Jaeger).
+pub fn refusal(error: &str) -> bool {
+    error.contains("gRPC code: Unimplemented")
+        || error.contains("status code: 404")
+        || error.contains("status code: 405")
+}
+
+/// A metrics exporter that stops at the collector's first refusal ([`refusal`]), says so once,
+/// and from then on exports nothing (the Prometheus endpoint still serves every series).
+struct StopWhenRefused<E> {
+    inner: E,
+    refused: Arc<AtomicBool>,
+    endpoint: String,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for StopWhenRefused<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        if self.refused.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.inner.export(metrics).await {
+            Err(e) if refusal(&e.to_string()) => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "OTLP metrics: {} does not accept metrics ({e}); metrics export off, /metrics still serves them",
+                        self.endpoint
+                    );
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
 }
 
 impl std::fmt::Debug for OtlpMetrics {
@@ -62,7 +117,7 @@ impl std::fmt::Debug for OtlpMetrics {
 impl OtlpMetrics {
     pub fn new(cfg: OtlpConfig, interval: Duration) -> Self {
         log::info!("exporting metrics to {cfg} every {interval:?}");
-        Self { cfg, interval, services: Mutex::new(HashMap::new()) }
+        Self { cfg, interval, services: Mutex::new(HashMap::new()), refused: Arc::new(AtomicBool::new(false)) }
     }
 
     fn build(&self, resource: &ProcessResource) -> Result<Instruments, String> {
@@ -103,6 +158,8 @@ impl OtlpMetrics {
             }
         }
         .map_err(|e| e.to_string())?;
+        let exporter =
+            StopWhenRefused { inner: exporter, refused: self.refused.clone(), endpoint: self.cfg.endpoint.clone() };
         let reader =
             PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).with_interval(self.interval).build();
         let service_resource = ProcessResource {
@@ -162,6 +219,11 @@ impl OtlpMetrics {
                     "rpc_service" => KeyValue::new("rpc.service", v.clone()),
                     "rpc_method" => KeyValue::new("rpc.method", v.clone()),
                     "rpc_grpc_status_code" => KeyValue::new("rpc.grpc.status_code", int()?),
+                    "db_system_name" => KeyValue::new("db.system.name", v.clone()),
+                    "db_operation_name" => KeyValue::new("db.operation.name", v.clone()),
+                    "messaging_system" => KeyValue::new("messaging.system", v.clone()),
+                    "messaging_operation_name" => KeyValue::new("messaging.operation.name", v.clone()),
+                    "messaging_operation_type" => KeyValue::new("messaging.operation.type", v.clone()),
                     // service_name is the resource's.
                     _ => return None,
                 })
@@ -198,6 +260,14 @@ impl OtlpMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collector_without_metrics_is_a_refusal() {
+        assert!(refusal("TonicMetricsClient export failed with gRPC code: Unimplemented"));
+        assert!(refusal("HTTP export failed with status code: 404"));
+        assert!(!refusal("TonicMetricsClient export failed with gRPC code: Unavailable"));
+        assert!(!refusal("HTTP export failed with status code: 503"));
+    }
 
     #[test]
     fn metrics_go_to_the_traces_collector_unless_told_otherwise() {

@@ -32,6 +32,9 @@ pub struct ProcInfo {
     pub env_resource_attributes: Vec<(String, String)>,
     /// The container the process runs in, from its cgroup.
     pub container: Option<crate::process::container::ContainerId>,
+    /// The name the kernel gave at exec (`comm`), for a process that was gone before /proc
+    /// could be read.
+    pub comm: Option<String>,
 }
 
 impl ProcInfo {
@@ -46,6 +49,7 @@ impl ProcInfo {
                     .first()
                     .map(|c| Path::new(c).file_name().map_or(c.clone(), |n| n.to_string_lossy().into_owned()))
             })
+            .or_else(|| self.comm.clone())
             .unwrap_or_else(|| format!("pid-{}", self.pid))
     }
 }
@@ -62,7 +66,7 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> ProcInfo {
     let environ = std::fs::read(dir.join("environ")).map(|b| split_nul(&b)).unwrap_or_default();
     let (env_service_name, env_resource_attributes) = service_from_env(&environ);
     let container = crate::process::container::of_pid(proc_root, pid);
-    ProcInfo { pid, exe, cmdline, env_service_name, env_resource_attributes, container }
+    ProcInfo { pid, exe, cmdline, env_service_name, env_resource_attributes, container, comm: None }
 }
 
 fn split_nul(b: &[u8]) -> Vec<String> {
@@ -232,6 +236,12 @@ impl ProcessCache {
     }
 
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
+        self.get_named(pid, None)
+    }
+
+    /// [`ProcessCache::get`]; `comm` (the name the kernel gave the program at exec) names the
+    /// process if it is gone from /proc before it is read.
+    pub fn get_named(&mut self, pid: u32, comm: Option<&str>) -> Arc<ProcessResource> {
         if let Some((info, since)) = self.awaiting_pod.get(&pid) {
             if since.elapsed() > POD_WAIT {
                 self.awaiting_pod.remove(&pid);
@@ -248,7 +258,10 @@ impl ProcessCache {
         if self.by_pid.len() >= self.max {
             self.make_room();
         }
-        let info = read_proc(&self.proc_root, pid);
+        let mut info = read_proc(&self.proc_root, pid);
+        if info.exe.is_none() && info.cmdline.is_empty() {
+            info.comm = comm.filter(|c| !c.is_empty()).map(str::to_owned);
+        }
         let r = self.build(info);
         self.by_pid.insert(pid, r.clone());
         r
@@ -327,6 +340,10 @@ mod tests {
         assert_eq!(resource_of(&info, "h").service_name, "checkout");
         let info = ProcInfo { env_service_name: None, env_resource_attributes: vec![], ..info };
         assert_eq!(resource_of(&info, "h").service_name, "python3.11");
+        // Gone before /proc was read: the name the kernel gave it at exec, else its pid.
+        let gone = ProcInfo { pid: 9, comm: Some("curl".into()), ..Default::default() };
+        assert_eq!(resource_of(&gone, "h").service_name, "curl");
+        assert_eq!(resource_of(&ProcInfo { pid: 9, ..Default::default() }, "h").service_name, "pid-9");
     }
 
     #[test]

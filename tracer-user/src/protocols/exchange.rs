@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{AF_INET, AF_INET6, ConnTuple, Role};
 
-use super::{grpc::detail::GrpcDetail, http1::detail::Http1Detail, netrpc::detail::NetRpcDetail};
+use super::{
+    database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail, http2::detail::Http2Detail,
+    messaging::MessagingDetail, netrpc::detail::NetRpcDetail,
+};
 use crate::capture::event::KernelCtx;
 use crate::model::{SpanId, SpanKind, TraceId};
 
@@ -38,6 +41,10 @@ pub enum ParentSource {
 pub enum Pairing {
     /// The correlator pairs the two sides by the connection's 4-tuple, in request order.
     ByTuple,
+    /// The correlator pairs the two sides by the connection's 4-tuple and this stream id (an
+    /// HTTP/2 stream has the same id on both ends). No thread window claims the exchange, and
+    /// it claims no client exchange (one thread serves many streams).
+    ByStream(u32),
     /// The kernel already linked them (the ids say so); the correlator does not pair, and no
     /// thread window claims the exchange.
     Kernel,
@@ -48,8 +55,14 @@ pub enum Pairing {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Detail {
     Http1(Http1Detail),
+    /// An HTTP/2 stream (plain HTTP or gRPC, any runtime).
+    Http2(Http2Detail),
     NetRpc(NetRpcDetail),
     Grpc(GrpcDetail),
+    /// A PostgreSQL, MySQL, Redis or Memcached call.
+    Db(DbDetail),
+    /// A message published or received (NATS).
+    Messaging(MessagingDetail),
 }
 
 /// One request and (once complete) its response.
@@ -155,7 +168,7 @@ impl Exchange {
     pub fn start_ns(&self) -> u64 {
         match self.kind {
             SpanKind::Server => self.request_first.end_ns,
-            SpanKind::Client => self.request_first.start_ns,
+            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => self.request_first.start_ns,
         }
     }
 

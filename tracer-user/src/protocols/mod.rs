@@ -4,6 +4,12 @@
 //! names its span ([`shape`]).
 //!
 //! * [`http1`]: HTTP/1.x on any connection the kernel classified as HTTP/1;
+//! * [`http2`]: HTTP/2 streams (plain or gRPC, any runtime) on a connection the kernel saw
+//!   start with the HTTP/2 preface;
+//! * [`postgres`], [`mysql`], [`redis`] and [`memcached`]: database calls, from the client side
+//!   ([`database`] holds what they share);
+//! * [`nats`]: messages a NATS client publishes and is delivered ([`messaging`] holds their
+//!   span);
 //! * [`netrpc`]: Go net/rpc calls from uprobes;
 //! * [`grpc`]: grpc-go calls from uprobes.
 //!
@@ -11,11 +17,19 @@
 //! for a new connection from the protocol the kernel classified, and routes every event.
 //! docs/architecture.md says how to add a protocol.
 
+pub mod database;
 pub mod exchange;
 pub mod grpc;
 pub mod http1;
+pub mod http2;
+pub mod memcached;
+pub mod messaging;
+pub mod mysql;
+pub mod nats;
 pub mod netrpc;
+pub mod postgres;
 pub mod protocol;
+pub mod redis;
 pub mod shape;
 
 use tracer_common::Proto;
@@ -23,14 +37,26 @@ use tracer_common::Proto;
 use self::exchange::Exchange;
 use self::grpc::GrpcGo;
 use self::http1::Http1;
+use self::http2::Http2;
+use self::memcached::Memcached;
+use self::mysql::Mysql;
+use self::nats::Nats;
 use self::netrpc::NetRpc;
+use self::postgres::Postgres;
 use self::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats};
+use self::redis::Redis;
 use crate::capture::event::{Data, Event};
 use crate::streams::{Ended, Streams, StreamsConfig, StreamsStats, Tick};
 
 /// The parser of one connection, by protocol.
 pub enum AnyProtocol {
     Http1(Http1),
+    Http2(Http2),
+    Postgres(Postgres),
+    Redis(Redis),
+    Mysql(Mysql),
+    Memcached(Memcached),
+    Nats(Nats),
 }
 
 impl AnyProtocol {
@@ -40,6 +66,12 @@ impl AnyProtocol {
     pub fn for_proto(proto: Proto) -> Option<Self> {
         match proto {
             Proto::Http1 | Proto::Unknown => Some(Self::Http1(Http1::new())),
+            Proto::Http2 => Some(Self::Http2(Http2::new())),
+            Proto::Postgres => Some(Self::Postgres(Postgres::new())),
+            Proto::Redis => Some(Self::Redis(Redis::new())),
+            Proto::Mysql => Some(Self::Mysql(Mysql::new())),
+            Proto::Memcached => Some(Self::Memcached(Memcached::new())),
+            Proto::Nats => Some(Self::Nats(Nats::new())),
             Proto::Other => None,
         }
     }
@@ -47,12 +79,24 @@ impl AnyProtocol {
     fn get(&mut self) -> &mut dyn Protocol {
         match self {
             Self::Http1(p) => p,
+            Self::Http2(p) => p,
+            Self::Postgres(p) => p,
+            Self::Redis(p) => p,
+            Self::Mysql(p) => p,
+            Self::Memcached(p) => p,
+            Self::Nats(p) => p,
         }
     }
 
     fn get_ref(&self) -> &dyn Protocol {
         match self {
             Self::Http1(p) => p,
+            Self::Http2(p) => p,
+            Self::Postgres(p) => p,
+            Self::Redis(p) => p,
+            Self::Mysql(p) => p,
+            Self::Memcached(p) => p,
+            Self::Nats(p) => p,
         }
     }
 }

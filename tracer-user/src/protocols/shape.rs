@@ -44,6 +44,25 @@ pub enum MetricLabels {
         grpc_status: Option<u32>,
         error_type: Option<String>,
     },
+    /// `db.client.operation.duration`.
+    Db {
+        /// `db.system.name`.
+        system: &'static str,
+        operation: Option<String>,
+        /// `db.response.status_code` of a failed call.
+        error_type: Option<String>,
+    },
+    /// `messaging.client.operation.duration`. Never by destination: a subject may name a
+    /// user, an order or a reply inbox.
+    Messaging {
+        /// `messaging.system`.
+        system: &'static str,
+        /// `messaging.operation.name`.
+        operation: &'static str,
+        /// `messaging.operation.type`.
+        operation_type: &'static str,
+        error_type: Option<String>,
+    },
 }
 
 /// One request for the metrics (every request counts, whatever becomes of its span).

@@ -20,12 +20,13 @@ pub fn endpoints(ex: &Exchange) -> Endpoints {
     let (local, remote) = (ex.local_ip(), ex.remote_ip());
     let (conn_ip, conn_port) = match ex.kind {
         SpanKind::Server => (local, ex.tuple.sport),
-        SpanKind::Client => (remote, ex.tuple.dport),
+        SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => (remote, ex.tuple.dport),
     };
     let conn_port = conn_ip.map(|_| conn_port);
     let named = match &ex.detail {
         Detail::Http1(d) => d.server(conn_port),
-        Detail::NetRpc(_) | Detail::Grpc(_) => None,
+        Detail::Http2(d) => d.server(conn_port),
+        Detail::NetRpc(_) | Detail::Grpc(_) | Detail::Db(_) | Detail::Messaging(_) => None,
     };
     let server = match named {
         Some((host, port)) => (Some(host), port),
@@ -37,8 +38,11 @@ pub fn endpoints(ex: &Exchange) -> Endpoints {
 fn shape(ex: &Exchange, ep: &Endpoints) -> Shape {
     match &ex.detail {
         Detail::Http1(d) => d.shape(ex.kind, ep),
+        Detail::Http2(d) => d.shape(ex.kind),
         Detail::NetRpc(d) => d.shape(ep),
         Detail::Grpc(d) => d.shape(ex.kind),
+        Detail::Db(d) => d.shape(),
+        Detail::Messaging(d) => d.shape(),
     }
 }
 
@@ -80,8 +84,11 @@ pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
 pub fn metric_point(ex: &Exchange) -> MetricPoint {
     let labels = match &ex.detail {
         Detail::Http1(d) => d.metric(ex.kind),
+        Detail::Http2(d) => d.metric(ex.kind),
         Detail::NetRpc(d) => d.metric(),
         Detail::Grpc(d) => d.metric(ex.kind),
+        Detail::Db(d) => d.metric(),
+        Detail::Messaging(d) => d.metric(),
     };
     let duration_ns = ex.end_ns() - ex.start_ns();
     MetricPoint {

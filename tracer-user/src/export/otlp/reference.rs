@@ -46,6 +46,8 @@ pub(crate) fn to_span_data(span: SpanRecord) -> SpanData {
         span_kind: match span.kind {
             SpanKind::Server => OtelSpanKind::Server,
             SpanKind::Client => OtelSpanKind::Client,
+            SpanKind::Producer => OtelSpanKind::Producer,
+            SpanKind::Consumer => OtelSpanKind::Consumer,
         },
         name: Cow::Owned(span.name),
         start_time: span.start,

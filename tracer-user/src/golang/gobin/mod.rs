@@ -210,6 +210,11 @@ impl GoBinary {
         offsets::lookup(strukt, field, v).map(|o| (o, OffsetSource::Table))
     }
 
+    /// Whether the binary carries DWARF (struct layouts come from it first).
+    pub fn has_dwarf(&self) -> bool {
+        self.has_dwarf
+    }
+
     /// `len` bytes at `offset` into the data symbol `name` (ELF symbol table only: stripped
     /// binaries have none).
     pub fn symbol_bytes(&self, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {

@@ -61,8 +61,12 @@ impl GrpcDetail {
         let (service, method) = split_method(&self.method);
         let name = match (service, method) {
             (Some(s), Some(m)) => format!("{s}/{m}"),
-            _ if self.method.is_empty() => "grpc".to_owned(),
-            _ => self.method.trim_start_matches('/').to_owned(),
+            // No method the conventions can split (none, or `/` alone, as a path read from the
+            // wire may be): the name is never empty.
+            _ => match self.method.trim_start_matches('/') {
+                "" => "grpc".to_owned(),
+                m => m.to_owned(),
+            },
         };
         let mut attrs = vec![Attr::str("rpc.system", "grpc")];
         if let Some(s) = service {
@@ -118,5 +122,13 @@ mod tests {
         assert_eq!(d(Some(0)).shape(SpanKind::Client).status, SpanStatus::Unset);
         assert_eq!(d(None).shape(SpanKind::Client).status, SpanStatus::Unset);
         assert_eq!(d(Some(5)).shape(SpanKind::Client).name, "a.B/C");
+    }
+
+    #[test]
+    fn a_name_is_never_empty() {
+        for method in ["", "/", "//", "/broken"] {
+            let d = GrpcDetail { method: method.into(), status: None, streaming: false, stream_id: 1 };
+            assert!(!d.shape(SpanKind::Server).name.is_empty(), "{method:?}");
+        }
     }
 }

@@ -61,7 +61,7 @@ impl Http1Detail {
         attrs.push(Attr::str("network.protocol.version", framing::protocol_version(self.request.minor_version)));
         match kind {
             SpanKind::Server => attrs.push(Attr::str("url.scheme", "http")),
-            SpanKind::Client => {
+            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                 if let (Some(addr), Some(path)) = (&ep.server.0, &self.request.path) {
                     let mut url = String::from("http://");
                     if addr.contains(':') {
@@ -109,7 +109,7 @@ impl Http1Detail {
 fn error_from(kind: SpanKind) -> u16 {
     match kind {
         SpanKind::Server => 500,
-        SpanKind::Client => 400,
+        SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => 400,
     }
 }
 

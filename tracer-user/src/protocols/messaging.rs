@@ -1,0 +1,115 @@
+//! What the messaging protocols ([`super::nats`]) keep of a message sent or received, and its
+//! span after OpenTelemetry's messaging conventions. Never a payload or a header.
+
+use crate::model::{Attr, SpanStatus};
+use crate::protocols::shape::{MetricLabels, Shape};
+
+/// `messaging.system`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessagingSystem {
+    Nats,
+}
+
+impl MessagingSystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// What the traced client did with the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// It published the message (a PRODUCER span): `messaging.operation.type` `send`,
+    /// `messaging.operation.name` `publish`.
+    Publish,
+    /// The broker delivered the message to it (a CONSUMER span): `receive` for both.
+    Receive,
+}
+
+impl Operation {
+    /// `messaging.operation.name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Receive => "receive",
+        }
+    }
+
+    /// `messaging.operation.type`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Publish => "send",
+            Self::Receive => "receive",
+        }
+    }
+}
+
+/// Where a message went: a named destination, or a temporary one (a reply inbox) that is
+/// never exported by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// `messaging.destination.name`.
+    Named(String),
+    /// `messaging.destination.temporary`, with the destination's template when it has a known
+    /// one (`messaging.destination.template`, which then names the span).
+    Temporary { template: Option<&'static str> },
+}
+
+/// One message sent or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessagingDetail {
+    pub system: MessagingSystem,
+    pub operation: Operation,
+    pub destination: Destination,
+    /// `messaging.consumer.group.name`: the queue group of the subscription a message was
+    /// delivered to.
+    pub group: Option<String>,
+    /// `messaging.message.body.size`: the payload's bytes (without headers).
+    pub body_size: u64,
+}
+
+impl MessagingDetail {
+    /// `{operation} {destination}`, the template for a temporary destination, or the
+    /// operation alone.
+    pub fn name(&self) -> String {
+        let op = self.operation.name();
+        match &self.destination {
+            Destination::Named(d) => format!("{op} {d}"),
+            Destination::Temporary { template: Some(t) } => format!("{op} {t}"),
+            Destination::Temporary { template: None } => op.to_owned(),
+        }
+    }
+
+    pub fn shape(&self) -> Shape {
+        let mut attrs = vec![
+            Attr::str("messaging.system", self.system.name()),
+            Attr::str("messaging.operation.name", self.operation.name()),
+            Attr::str("messaging.operation.type", self.operation.kind()),
+        ];
+        match &self.destination {
+            Destination::Named(d) => attrs.push(Attr::str("messaging.destination.name", d.as_str())),
+            Destination::Temporary { template } => {
+                attrs.push(Attr::bool("messaging.destination.temporary", true));
+                if let Some(t) = template {
+                    attrs.push(Attr::str("messaging.destination.template", *t));
+                }
+            }
+        }
+        if let Some(g) = &self.group {
+            attrs.push(Attr::str("messaging.consumer.group.name", g.as_str()));
+        }
+        attrs.push(Attr::int("messaging.message.body.size", i64::try_from(self.body_size).unwrap_or(i64::MAX)));
+        Shape { name: self.name(), attrs, status: SpanStatus::Unset }
+    }
+
+    pub fn metric(&self) -> MetricLabels {
+        MetricLabels::Messaging {
+            system: self.system.name(),
+            operation: self.operation.name(),
+            operation_type: self.operation.kind(),
+            error_type: None,
+        }
+    }
+}
