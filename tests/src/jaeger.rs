@@ -91,9 +91,24 @@ fn tls_block(tls: &ReceiverTls) -> String {
 impl Jaeger {
     /// Starts Jaeger (config and log in `dir`) and waits until it is ready.
     pub fn start(dir: &Path, tls: &ReceiverTls) -> anyhow::Result<Self> {
+        Self::start_with(dir, tls, true)
+    }
+
+    /// Starts Jaeger as users run it: a traces backend only (its OTLP receivers answer metrics
+    /// with UNIMPLEMENTED / 404), no TLS.
+    pub fn start_traces_only(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, &ReceiverTls::Plain, false)
+    }
+
+    fn start_with(dir: &Path, tls: &ReceiverTls, metrics: bool) -> anyhow::Result<Self> {
         let bin = binary()?;
         let (grpc_port, http_port, query_port, query_grpc) = (free_port(), free_port(), free_port(), free_port());
         let t = tls_block(tls);
+        let metrics_pipeline = if metrics {
+            "\n    metrics:\n      receivers: [otlp]\n      processors: []\n      exporters: [debug]"
+        } else {
+            ""
+        };
         let config = format!(
             "service:
   extensions: [jaeger_storage, jaeger_query]
@@ -101,11 +116,7 @@ impl Jaeger {
     traces:
       receivers: [otlp]
       processors: []
-      exporters: [jaeger_storage_exporter]
-    metrics:
-      receivers: [otlp]
-      processors: []
-      exporters: [debug]
+      exporters: [jaeger_storage_exporter]{metrics_pipeline}
   telemetry:
     metrics:
       level: none

@@ -16,7 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// Traces `server` and `client` (a command that, given `-wait`, waits for a line on stdin before
 /// its calls): starts the client, starts the agent on both, checks with `attached` that the
 /// probes are on each pid, releases the client and returns the agent and the client's output.
-fn traced_pair(
+pub fn traced_pair(
     rx: &Receiver,
     server: &Service,
     mut client: Command,

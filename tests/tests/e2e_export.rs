@@ -275,6 +275,51 @@ fn tracer_run_exports_to_https_with_a_custom_ca_and_a_header() {
     }
 }
 
+/// Jaeger as users run it, a traces-only backend: the agent's metrics export is refused
+/// (UNIMPLEMENTED over gRPC, 404 over HTTP), which the agent says once and then stops trying;
+/// the spans still arrive, and the stop is quick (the time is printed; the benchmark and the
+/// closing notes report it).
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn a_traces_only_backend_refuses_metrics_once() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tracer-traces-only-{}", std::process::id()));
+    let jaeger = Jaeger::start_traces_only(&dir).unwrap();
+    for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
+        let service = format!("traces-only-{i}");
+        let go = Service::go(&service).expect("go server");
+        let env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(&jaeger, protocol)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300".to_string()),
+        ];
+        let agent = Agent::start(&args(&["--pid", &go.pid().to_string()]), &env).expect("agent");
+        let refused = "does not accept metrics";
+        // Requests over several export intervals: the refusal comes at the first export.
+        let mut ops = Vec::new();
+        let arrived = poll_until(&format!("spans of {service} in Jaeger and the refusal"), WAIT, || {
+            assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
+            ops = jaeger.service_operations(&service).unwrap_or_default();
+            ops.len() >= 3 && agent.log_text().contains(refused)
+        });
+        // Two more intervals with traffic: no second attempt is logged.
+        let later = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < later {
+            assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
+        }
+        let t = Instant::now();
+        let log = agent.stop().expect("agent stops");
+        let stop = t.elapsed();
+        arrived.unwrap_or_else(|e| panic!("{protocol}: {e}: {ops:?}\n{log}"));
+        eprintln!("{protocol}: the agent stopped {stop:?} after SIGINT");
+        assert_eq!(log.matches(refused).count(), 1, "{protocol}: said once:\n{log}");
+        assert!(!log.contains("final export failed"), "{protocol}: no attempt at the stop:\n{log}");
+        let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+        assert_eq!((s["spans_failed"], s["export_failures"]), (0, 0), "{protocol}: {log}");
+        assert!(stop < Duration::from_secs(5), "{protocol}: stopping took {stop:?}");
+    }
+}
+
 // ---- in-process receiver: compression, throttling, partial success -------------------------
 
 fn receiver_vars(rx: &Receiver, protocol: &str) -> Vec<(&'static str, String)> {
