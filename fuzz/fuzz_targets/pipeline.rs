@@ -55,7 +55,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         let ev = match u.int_in_range(0..=15u8)? {
             0 => Event::Close { ts_ns: now, tgid, tid, fd },
             1 => Event::Conn { ts_ns: now, tgid, tid, fd, role: *u.choose(&ROLES)? },
-            2 => Event::Exec { ts_ns: now, tgid, ppid: 1 },
+            2 => Event::Exec { ts_ns: now, tgid, ppid: 1, comm: "fuzz".into() },
             3 => Event::Exit { ts_ns: now, tgid },
             4 => {
                 pipeline.tick(now);
@@ -91,7 +91,16 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     egress: u.arbitrary()?,
                     syscall: u.int_in_range(0..=7)?,
                     role: *u.choose(&ROLES)?,
-                    proto: *u.choose(&[Proto::Unknown, Proto::Http1, Proto::Other])?,
+                    proto: *u.choose(&[
+                        Proto::Unknown,
+                        Proto::Http1,
+                        Proto::Other,
+                        Proto::Postgres,
+                        Proto::Redis,
+                        Proto::Mysql,
+                        Proto::Memcached,
+                        Proto::Nats,
+                    ])?,
                     len: head.len().max(tail.len()) as u32 + gap,
                     ctx,
                     head,
