@@ -16,7 +16,7 @@ HELM_MODULE_SUM=h1:n1if5iQgHYsujPAcO5oonH/KiSNUmqmUF0iGVjSF3AU=
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static libseccomp-dev libcap-ng-dev xz-utils; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static libseccomp-dev libcap-ng-dev xz-utils redis-server postgresql mariadb-server memcached nats-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -61,8 +61,16 @@ fi
 command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { echo "[setup] java missing" >&2; exit 1; }
 # The SDK-instrumented caller of the connected-traces tests.
 python3 -c 'import opentelemetry.sdk' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'opentelemetry-sdk>=1.20,<2'
-# nginx-light's package starts a daemon on port 80; the tests run their own instances.
-systemctl disable --now nginx >/dev/null 2>&1 || true
+# The database tests' clients (tests/tests/e2e_db.rs), pinned.
+python3 -c 'import redis, psycopg' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'redis==8.1.0' 'psycopg==3.3.9'
+python3 -c 'import pymysql, pymemcache' 2>/dev/null ||
+  python3 -m pip install -q --root-user-action=ignore 'PyMySQL==1.2.4' 'pymemcache==4.0.0'
+python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'nats-py==2.16.0'
+# The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
+python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
+# nginx-light's, redis-server's, postgresql's, mariadb-server's, memcached's and nats-server's
+# packages start daemons; the tests run their own instances.
+systemctl disable --now nginx redis-server postgresql mariadb memcached nats-server >/dev/null 2>&1 || true
 
 mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true

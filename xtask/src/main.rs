@@ -178,19 +178,30 @@ fn build_fixtures() -> anyhow::Result<()> {
         }
         run(&mut cmd)?;
     }
-    // gRPC services (tests/e2e_grpc.rs): a module of their own, so the Go fixtures above keep
-    // building with Go 1.21 while grpc-go needs a newer one.
+    // gRPC services (tests/e2e_grpc.rs) and the h2c server (tests/e2e_http2.rs, Go 1.24+): a
+    // module of their own, so the Go fixtures above keep building with Go 1.21 while grpc-go
+    // needs a newer one.
     run(Command::new("go")
         .args(["build", "-o"])
         .arg(&out)
         .arg("./...")
         .current_dir(root().join("tests/fixtures/grpc"))
         .env("CGO_ENABLED", "0"))?;
+    // The database service (tests/e2e_db.rs): go-redis and pgx, a module of their own.
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./...")
+        .current_dir(root().join("tests/fixtures/db"))
+        .env("CGO_ENABLED", "0"))?;
     // The same service against grpc-go releases on both sides of the 1.60 and 1.69 layout
-    // changes (alternate go.mod files), and stripped (offsets from the generated tables).
+    // changes and past the 1.83 one (alternate go.mod files), and stripped (offsets from the
+    // generated tables).
     let grpc_variants: &[(&str, Option<&str>, bool)] = &[
         ("grpcsvc-grpc1.59.0", Some("grpc1.59.0.mod"), false),
         ("grpcsvc-grpc1.68.2", Some("grpc1.68.2.mod"), false),
+        // Newer than the layouts the uprobes know (grpc-go 1.83 reshaped loopyWriter).
+        ("grpcsvc-grpc1.85.0", Some("grpc1.85.0.mod"), false),
         ("grpcsvc-stripped", None, true),
         ("grpcsvc-grpc1.59.0-stripped", Some("grpc1.59.0.mod"), true),
     ];
@@ -286,6 +297,10 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_kernel",
         "--test",
         "e2e_export",
+        "--test",
+        "e2e_db",
+        "--test",
+        "e2e_http2",
         "--",
     ])
     .args(["--ignored", "--test-threads=1", "--nocapture"])
@@ -342,10 +357,31 @@ fn demo(args: Vec<String>) -> anyhow::Result<()> {
     let (go, go_port) =
         spawn_listening(Command::new(fixtures_dir().join("httpserver")).env("OTEL_SERVICE_NAME", "inventory"))?;
     demo.children.push(go);
-    let (py, py_port) =
-        spawn_listening(Command::new("python3").arg(fx.join("python/server.py")).env("OTEL_SERVICE_NAME", "frontend"))?;
+    // Redis (Debian's server; scripts/setup.sh installs it), where the frontend counts its calls.
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let redis = Command::new("redis-server")
+        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("redis-server (scripts/setup.sh installs it)")?;
+    demo.children.push(redis);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("redis-server did not listen on :{redis_port} within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (py, py_port) = spawn_listening(
+        Command::new("python3")
+            .arg(fx.join("python/server.py"))
+            .args(["--redis-port", &redis_port.to_string()])
+            .env("OTEL_SERVICE_NAME", "frontend"),
+    )?;
     demo.children.push(py);
-    eprintln!("demo: frontend (Python) on :{py_port} calls inventory (Go) on :{go_port}");
+    eprintln!(
+        "demo: frontend (Python) on :{py_port} counts in Redis on :{redis_port} and calls inventory (Go) on :{go_port}"
+    );
     // A client loop in Node keeps traffic flowing while the agent runs.
     let url = format!("http://127.0.0.1:{py_port}/call?url=http%3A%2F%2F127.0.0.1%3A{go_port}%2Fhello");
     let script = format!(

@@ -91,6 +91,13 @@ const SUBSET: &[GuestTest] = &[
     GuestTest { file: "e2e_go", name: "go_fanout_children_of_server_span", shows: "Go goroutine fan-out" },
     GuestTest { file: "e2e_grpc", name: "grpc_unary_and_streaming_between_processes", shows: "grpc-go spans" },
     GuestTest { file: "e2e_netrpc", name: "netrpc_calls_paired_on_one_connection", shows: "net/rpc spans" },
+    GuestTest { file: "e2e_http2", name: "http2_curl_prior_knowledge_to_go_h2c", shows: "HTTP/2 spans from the wire" },
+    GuestTest {
+        file: "e2e_db",
+        name: "db_go_redis_pgx_mysql_gomemcache",
+        shows: "PostgreSQL, Redis, MySQL and Memcached client spans",
+    },
+    GuestTest { file: "e2e_db", name: "db_nats_go_nats_go", shows: "NATS publish and receive spans" },
     GuestTest {
         file: "e2e_lifecycle",
         name: "nothing_stays_attached_after_sigint_sigterm_or_sigkill",
