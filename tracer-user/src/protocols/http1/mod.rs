@@ -76,7 +76,13 @@ pub struct Http1 {
     /// head that started with that event takes it.
     pending_ctx: Option<(Stamp, KernelCtx)>,
     next_seq: u64,
+    /// Client side: response bytes read while no request was waiting, held until the request
+    /// write they answer is seen (see [`Http1::parks`]).
+    parked: Vec<Data>,
 }
+
+/// Response reads held at most on one connection while their request write is awaited.
+const MAX_PARKED: usize = 16;
 
 impl Default for Http1 {
     fn default() -> Self {
@@ -95,6 +101,7 @@ impl Http1 {
             open_request: None,
             pending_ctx: None,
             next_seq: 0,
+            parked: Vec::new(),
         }
     }
 
@@ -234,6 +241,43 @@ impl Http1 {
         n
     }
 
+    /// Whether a client's response read must wait for its request's write. A client writes a
+    /// request on one thread and may read the response on another (Go's `writeLoop` and
+    /// `readLoop`): the writer can be preempted after its bytes left and before its syscall exit
+    /// is recorded, so the read of the response can reach the agent first. Response bytes that
+    /// arrive while no request waits and no response is being parsed are held until the next
+    /// request write; everything read after them is held behind them, in order.
+    fn parks(&self, role: Role, d: &Data) -> bool {
+        role == Role::Client
+            && !d.egress
+            && (!self.parked.is_empty()
+                || (self.target == ResponseTarget::None
+                    && self.in_flight.iter().all(|(_, ex)| detail(ex).response.is_some())))
+    }
+
+    /// Feeds the held response reads: after the request write they answer, or, when none can
+    /// be theirs, as they are (unmatched).
+    fn release_parked(&mut self, conn: &ConnInfo, cx: &mut Cx<'_>) {
+        for d in std::mem::take(&mut self.parked) {
+            self.feed(conn, &d, false, cx);
+        }
+    }
+
+    fn feed(&mut self, conn: &ConnInfo, d: &Data, carries_requests: bool, cx: &mut Cx<'_>) {
+        let stamp = Stamp { start_ns: d.start_ns, end_ns: d.end_ns, tid: d.tid };
+        let mut evs = Vec::new();
+        if carries_requests {
+            if let Some(ctx) = d.ctx {
+                self.pending_ctx = Some((stamp, ctx));
+            }
+            self.requests.feed(&d.head, &d.tail, u64::from(d.len), stamp, &mut evs);
+            self.request_events(conn, evs, cx);
+        } else {
+            self.responses.feed(&d.head, &d.tail, u64::from(d.len), stamp, &mut evs);
+            self.response_events(conn, evs, cx);
+        }
+    }
+
     fn give_up(&mut self, cx: &mut Cx<'_>) {
         cx.stats.unanswered_requests += self.drop_in_flight();
         self.requests.set_passthrough();
@@ -256,25 +300,29 @@ impl Protocol for Http1 {
             }
         };
         self.role = Some(role);
-        let stamp = Stamp { start_ns: d.start_ns, end_ns: d.end_ns, tid: d.tid };
         let carries_requests = match role {
             Role::Client => d.egress,
             _ => !d.egress,
         };
-        let mut evs = Vec::new();
-        if carries_requests {
-            if let Some(ctx) = d.ctx {
-                self.pending_ctx = Some((stamp, ctx));
+        if self.parks(role, d) {
+            self.parked.push(d.clone());
+            if self.parked.len() > MAX_PARKED {
+                self.release_parked(conn, cx);
             }
-            self.requests.feed(&d.head, &d.tail, u64::from(d.len), stamp, &mut evs);
-            self.request_events(conn, evs, cx);
-        } else {
-            self.responses.feed(&d.head, &d.tail, u64::from(d.len), stamp, &mut evs);
-            self.response_events(conn, evs, cx);
+            return;
+        }
+        if carries_requests && self.parked.first().is_some_and(|p| p.end_ns < d.start_ns) {
+            // The held response was read before this request's write began: not its answer.
+            self.release_parked(conn, cx);
+        }
+        self.feed(conn, d, carries_requests, cx);
+        if carries_requests && !self.parked.is_empty() {
+            self.release_parked(conn, cx);
         }
     }
 
     fn on_idle(&mut self, conn: &ConnInfo, idle_ns: u64, cx: &mut Cx<'_>) {
+        self.release_parked(conn, cx);
         let quiet_desync = self.responses.is_desynced() && idle_ns >= cx.config.desync_timeout_ns;
         if quiet_desync || idle_ns >= cx.config.exchange_timeout_ns {
             self.end_unframed_response(conn, cx);
@@ -285,6 +333,7 @@ impl Protocol for Http1 {
     }
 
     fn on_end(&mut self, conn: &ConnInfo, reason: EndReason, cx: &mut Cx<'_>) {
+        self.release_parked(conn, cx);
         match reason {
             EndReason::Closed => {
                 self.end_unframed_response(conn, cx);

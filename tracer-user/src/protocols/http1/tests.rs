@@ -324,6 +324,52 @@ fn client_chunked_response() {
     assert_eq!(int_attr(s, "http.response.body.size"), Some(14));
 }
 
+/// Go's client writes a request on its `writeLoop` goroutine and reads the response on
+/// `readLoop`, on another thread: the writer can be preempted after its bytes left and before
+/// its syscall's exit is recorded, so the response's read can reach the agent first.
+#[test]
+fn client_response_seen_before_its_request_write() {
+    let mut sim = Sim::new();
+    sim.tuple.sport = 51000;
+    sim.tuple.dport = 80;
+    sim.write(100, 110, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    sim.read(120, 130, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    // The second exchange's events arrive response first, its body in a second read.
+    sim.read(220, 230, b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nno");
+    sim.read(232, 234, b"pe");
+    sim.write(200, 240, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    // The third, in order again.
+    sim.write(300, 310, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n");
+    sim.read(320, 330, b"HTTP/1.1 204 No Content\r\n\r\n");
+    let spans = sim.take();
+    let got: Vec<_> =
+        spans.iter().map(|s| (str_attr(s, "url.path"), int_attr(s, "http.response.status_code"), times(s))).collect();
+    assert_eq!(
+        got,
+        [(Some("/a"), Some(200), (100, 130)), (Some("/b"), Some(404), (200, 234)), (Some("/c"), Some(204), (300, 330))]
+    );
+    assert_eq!(sim.asm.stats().unmatched_responses, 0);
+}
+
+/// A response that no request seen can have caused (its read ended before the next request's
+/// write began) is not matched to that request.
+#[test]
+fn client_stray_response_is_not_matched_to_a_later_request() {
+    let mut sim = Sim::new();
+    sim.write(100, 110, b"GET /a HTTP/1.1\r\n\r\n");
+    sim.read(120, 130, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    sim.read(140, 150, b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+    sim.write(200, 210, b"GET /b HTTP/1.1\r\n\r\n");
+    sim.read(220, 230, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    let got: Vec<_> = sim
+        .take()
+        .iter()
+        .map(|s| (str_attr(s, "url.path").map(String::from), int_attr(s, "http.response.status_code")))
+        .collect();
+    assert_eq!(got, [(Some("/a".into()), Some(200)), (Some("/b".into()), Some(201))]);
+    assert_eq!(sim.asm.stats().unmatched_responses, 1);
+}
+
 #[test]
 fn client_chunked_split_across_reads() {
     let mut sim = Sim::new();
