@@ -150,10 +150,22 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else { return };
+        if std::thread::panicking() {
+            // A failing test: stop the agent cleanly so that its log ends with its summary
+            // (events lost, exchanges unanswered, spans dropped), and show the end of it.
+            signal(c.id(), libc_sigint());
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("---- agent log (last 40 lines) ----\n{tail}\n----");
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

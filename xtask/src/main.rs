@@ -419,7 +419,13 @@ fn main() -> anyhow::Result<()> {
             // test binaries, the agent and fixtures are built first (e2e reuses them); then each
             // guest, one single-threaded TCG vCPU, boots beside the end-to-end tests (which wait
             // on traffic more than they compute), the Go matrix and the bench smoke run.
-            let vm_args = vm::VmArgs { kernels: Vec::new(), quick: true, no_docs: true, lockdown: vm::Lockdown::Both };
+            let vm_args = vm::VmArgs {
+                kernels: Vec::new(),
+                quick: true,
+                no_docs: true,
+                lockdown: vm::Lockdown::Both,
+                only: None,
+            };
             // A failed preparation (a kernel download, say) fails the run at the end, not before
             // the end-to-end suite has run.
             let vm = timed(&mut times, "build and fetch for vm-test", || vm::prepare(&vm_args)).map(|ready| {

@@ -38,6 +38,9 @@ pub struct VmArgs {
     /// shipped only) or `integrity` (lockdown only).
     #[arg(long, value_enum, default_value_t = Lockdown::Both)]
     pub lockdown: Lockdown,
+    /// Run only the subset's tests whose name contains this (e.g. to repeat one that failed).
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -200,6 +203,9 @@ pub fn boots(args: &VmArgs, ready: Prepared) -> anyhow::Result<()> {
         for &lockdown in settings {
             let mut subset: Vec<GuestTest> = SUBSET.to_vec();
             subset.push(TRACEPOINT_TEST);
+            if let Some(only) = &args.only {
+                subset.retain(|t| t.name.contains(only.as_str()));
+            }
             let mut b = boot(kernel, initrd, &virtiofsd, lockdown, &agent, &tests, &subset, &dir)?;
             if let Some(crash) = b.crash.take() {
                 eprintln!("vm-test: the guest kernel crashed ({crash}); booting it once more");
@@ -212,7 +218,8 @@ pub fn boots(args: &VmArgs, ready: Prepared) -> anyhow::Result<()> {
     let report = report(&boots);
     eprintln!("{report}");
     // The table is only rewritten from a run of every kernel line.
-    if !args.no_docs && !args.quick && args.kernels.is_empty() && args.lockdown == Lockdown::Both {
+    if !args.no_docs && !args.quick && args.only.is_none() && args.kernels.is_empty() && args.lockdown == Lockdown::Both
+    {
         std::fs::write(root().join("docs/kernels.md"), docs(&boots))?;
         eprintln!("vm-test: wrote docs/kernels.md");
     }
