@@ -49,6 +49,26 @@ use crate::streams::{ConnInfo, EndReason};
 /// counted).
 pub const STREAMS_PER_IN_FLIGHT: usize = 16;
 
+/// Client streams whose response events are held while their request HEADERS are awaited.
+const MAX_EARLY_STREAMS: usize = 64;
+/// Response events held per such stream; beyond them the stream's response is given up.
+const MAX_EARLY_EVENTS: usize = 32;
+
+/// A response event of a client stream whose request HEADERS were not seen yet.
+enum Early {
+    Headers { fields: Option<Fields>, end_stream: bool, first: Stamp, at: Stamp },
+    Data { end_stream: bool, len: u32, at: Stamp },
+    Reset { code: u32, at: Stamp },
+}
+
+/// The held response events of one stream.
+#[derive(Default)]
+struct EarlyStream {
+    events: Vec<Early>,
+    /// More arrived than are held: the response is given up.
+    overflow: bool,
+}
+
 /// One direction: its frames and its HPACK table.
 struct Dir {
     walker: Walker,
@@ -90,6 +110,10 @@ pub struct Http2 {
     responses: Option<Dir>,
     streams: BTreeMap<u32, Exchange>,
     events: Vec<FrameEvent>,
+    /// Client side: response events of streams not opened yet (see [`Http2::is_early`]).
+    early: BTreeMap<u32, EarlyStream>,
+    /// The highest stream id a request HEADERS opened.
+    highest_request: u32,
 }
 
 impl Default for Http2 {
@@ -100,7 +124,74 @@ impl Default for Http2 {
 
 impl Http2 {
     pub fn new() -> Self {
-        Self { role: None, requests: None, responses: None, streams: BTreeMap::new(), events: Vec::new() }
+        Self {
+            role: None,
+            requests: None,
+            responses: None,
+            streams: BTreeMap::new(),
+            events: Vec::new(),
+            early: BTreeMap::new(),
+            highest_request: 0,
+        }
+    }
+
+    /// Whether a response event of `stream` must wait for the stream's request HEADERS. A
+    /// client writes requests on one thread and may read responses on another (grpc-go's
+    /// writer and reader goroutines): the writer can be preempted after its bytes left and
+    /// before its syscall exit is recorded, so a response can reach the agent before the
+    /// request that opened its stream. Client streams above every stream opened so far may
+    /// still be opened; their response events are held, in order, until then.
+    fn is_early(&self, stream: u32) -> bool {
+        self.role == Some(Role::Client)
+            && !stream.is_multiple_of(2)
+            && stream > self.highest_request
+            && !self.streams.contains_key(&stream)
+            && (self.early.contains_key(&stream) || self.early.len() < MAX_EARLY_STREAMS)
+    }
+
+    fn hold(&mut self, stream: u32, ev: Early) {
+        let e = self.early.entry(stream).or_default();
+        if e.overflow {
+            return;
+        }
+        if e.events.len() >= MAX_EARLY_EVENTS {
+            e.events.clear();
+            e.overflow = true;
+            return;
+        }
+        e.events.push(ev);
+    }
+
+    /// Drops the held events of streams that can no longer be opened (below `below`, or all),
+    /// counting each held response as unmatched.
+    fn drop_early(&mut self, below: Option<u32>, cx: &mut Cx<'_>) {
+        let keep = match below {
+            Some(b) => self.early.split_off(&b),
+            None => BTreeMap::new(),
+        };
+        let gone = std::mem::replace(&mut self.early, keep);
+        cx.stats.unmatched_responses += gone.len() as u64;
+    }
+
+    /// A request opened `stream`: feeds the response events held for it.
+    fn opened(&mut self, stream: u32, cx: &mut Cx<'_>) {
+        self.highest_request = self.highest_request.max(stream);
+        let held = self.early.remove(&stream);
+        self.drop_early(Some(stream), cx);
+        let Some(held) = held else { return };
+        if held.overflow {
+            cx.stats.unmatched_responses += 1;
+            return;
+        }
+        for ev in held.events {
+            match ev {
+                Early::Headers { fields, end_stream, first, at } => {
+                    self.response_headers(stream, fields, end_stream, first, at, cx);
+                }
+                Early::Data { end_stream, len, at } => self.response_data(stream, end_stream, len, at, cx),
+                Early::Reset { code, at } => self.reset(stream, code, at, cx),
+            }
+        }
     }
 
     fn start(&mut self, conn: &ConnInfo, d: &Data) -> Role {
@@ -182,29 +273,44 @@ impl Http2 {
             let dir = self.responses.as_mut().expect("started");
             match ev {
                 FrameEvent::Headers { stream, end_stream, push, block, first, at } => {
+                    // Decoded now whatever happens next: the HPACK table follows every block.
                     let fields = Self::decode(dir, block);
-                    if !*push {
+                    if *push {
+                        continue;
+                    }
+                    if self.is_early(*stream) {
+                        let ev = Early::Headers { fields, end_stream: *end_stream, first: *first, at: *at };
+                        self.hold(*stream, ev);
+                    } else {
                         self.response_headers(*stream, fields, *end_stream, *first, *at, cx);
                     }
                 }
                 FrameEvent::HeadersLost { stream, end_stream, push, first, at } => {
                     dir.table_known = false;
-                    if !*push {
+                    if *push {
+                        continue;
+                    }
+                    if self.is_early(*stream) {
+                        let ev = Early::Headers { fields: None, end_stream: *end_stream, first: *first, at: *at };
+                        self.hold(*stream, ev);
+                    } else {
                         self.response_headers(*stream, None, *end_stream, *first, *at, cx);
                     }
                 }
                 FrameEvent::Data { stream, end_stream, len, at } => {
-                    if let Some(ex) = self.streams.get_mut(stream) {
-                        detail_mut(ex).response_body_size += u64::from(*len);
-                        if ex.response_first.is_none() {
-                            ex.response_first = Some(*at);
-                        }
-                        if *end_stream {
-                            self.complete(*stream, *at, cx);
-                        }
+                    if self.is_early(*stream) {
+                        self.hold(*stream, Early::Data { end_stream: *end_stream, len: *len, at: *at });
+                    } else {
+                        self.response_data(*stream, *end_stream, *len, *at, cx);
                     }
                 }
-                FrameEvent::Reset { stream, code, at } => self.reset(*stream, *code, *at, cx),
+                FrameEvent::Reset { stream, code, at } => {
+                    if self.is_early(*stream) {
+                        self.hold(*stream, Early::Reset { code: *code, at: *at });
+                    } else {
+                        self.reset(*stream, *code, *at, cx);
+                    }
+                }
                 FrameEvent::Lost => {
                     dir.table_known = false;
                     cx.stats.parse_errors += 1;
@@ -305,6 +411,7 @@ impl Http2 {
             detail: Detail::Http2(detail),
         };
         self.streams.insert(stream, ex);
+        self.opened(stream, cx);
     }
 
     /// A response header block on `stream`: decoded (`fields`) or missing (`None`).
@@ -348,6 +455,18 @@ impl Http2 {
         }
         if end_stream {
             self.complete(stream, at, cx);
+        }
+    }
+
+    fn response_data(&mut self, stream: u32, end_stream: bool, len: u32, at: Stamp, cx: &mut Cx<'_>) {
+        if let Some(ex) = self.streams.get_mut(&stream) {
+            detail_mut(ex).response_body_size += u64::from(len);
+            if ex.response_first.is_none() {
+                ex.response_first = Some(at);
+            }
+            if end_stream {
+                self.complete(stream, at, cx);
+            }
         }
     }
 
@@ -447,6 +566,7 @@ impl Protocol for Http2 {
     }
 
     fn on_idle(&mut self, _conn: &ConnInfo, idle_ns: u64, cx: &mut Cx<'_>) {
+        self.drop_early(None, cx);
         if idle_ns >= cx.config.exchange_timeout_ns {
             cx.stats.expired_requests += self.end_desynced(cx, true);
         } else if idle_ns >= cx.config.desync_timeout_ns {
@@ -455,6 +575,7 @@ impl Protocol for Http2 {
     }
 
     fn on_end(&mut self, _conn: &ConnInfo, reason: EndReason, cx: &mut Cx<'_>) {
+        self.drop_early(None, cx);
         let n = self.end_desynced(cx, true);
         match reason {
             EndReason::Evicted => cx.stats.expired_requests += n,

@@ -358,3 +358,55 @@ fn a_response_whose_end_is_lost_ends_with_the_connection() {
     assert_eq!(attr(&spans[0], "tracer.http2.missing").as_deref(), Some("response end"));
     assert_eq!(c.stats.unanswered_requests, 0);
 }
+
+/// grpc-go writes requests on one goroutine and reads responses on another: the response can
+/// reach the agent before the request HEADERS that opened its stream.
+#[test]
+fn a_response_seen_before_its_request_waits_for_it() {
+    let mut c = client();
+    let (mut req, mut resp) = (Peer::new(), Peer::new());
+    let mut first = H2_PREFACE.to_vec();
+    first.extend(settings());
+    first.extend(get(&mut req, 1, "/a"));
+    c.write(&first);
+    c.read(&settings());
+    c.read(&ok(&mut resp, 1, "200", 3));
+    // Stream 3: the response's HEADERS and DATA come first, in two reads.
+    let r3 = ok(&mut resp, 3, "503", 4);
+    let (h, d) = r3.split_at(r3.len() - 13);
+    c.read(h);
+    c.read(d);
+    assert_eq!(c.stats.unmatched_responses, 0);
+    c.write(&get(&mut req, 3, "/b"));
+    // Stream 5 in order again, its HPACK state carried over the held block.
+    c.write(&get(&mut req, 5, "/c"));
+    c.read(&ok(&mut resp, 5, "204", 0));
+    let spans = c.spans();
+    let got: Vec<_> = spans
+        .iter()
+        .map(|s| (attr(s, "url.path"), attr(s, "http.response.status_code"), attr(s, "http.response.body.size")))
+        .collect();
+    let want = |p: &str, st: &str, b: Option<&str>| (Some(p.to_string()), Some(st.to_string()), b.map(String::from));
+    assert_eq!(got, [want("/a", "200", Some("3")), want("/b", "503", Some("4")), want("/c", "204", Some("0"))]);
+    assert_eq!(c.stats.unmatched_responses, 0);
+    assert_eq!(c.in_flight(), 0);
+}
+
+/// Responses to streams opened before the agent looked never find their request: they are
+/// dropped (and counted) once a later stream opens, and when the connection ends.
+#[test]
+fn responses_of_streams_never_seen_opened_are_counted_unmatched() {
+    let mut c = client();
+    let (mut req, mut resp) = (Peer::new(), Peer::new());
+    let mut first = H2_PREFACE.to_vec();
+    first.extend(settings());
+    c.write(&first);
+    c.read(&ok(&mut resp, 1, "200", 2));
+    c.write(&get(&mut req, 3, "/b"));
+    assert_eq!(c.stats.unmatched_responses, 1);
+    c.read(&ok(&mut resp, 3, "200", 0));
+    c.read(&ok(&mut resp, 7, "200", 0));
+    assert_eq!(c.spans().len(), 1);
+    c.end(EndReason::Closed);
+    assert_eq!(c.stats.unmatched_responses, 2);
+}
