@@ -288,6 +288,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let export_options = ExportOptions {
         queue_capacity: (settings.export_queue as usize).max(1),
         export_latency: Some(metrics.export_latency.clone()),
+        sampler: export::sampler::Sampler::from_env(),
         ..ExportOptions::default()
     };
     let exporter = if hooks.otlp_only && matches!(config, ExportConfig::Stdout) {

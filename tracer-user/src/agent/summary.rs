@@ -29,7 +29,7 @@ impl fmt::Display for Summary<'_> {
              parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
              process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
              goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
-             grpc_servers_unpaired={} grpc_streams_left_to_uprobes={}",
+             grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={}",
             k.events,
             k.lost,
             k.not_http,
@@ -51,7 +51,8 @@ impl fmt::Display for Summary<'_> {
             k.grpc_no_call,
             k.grpc_no_addr,
             k.grpc_unpaired,
-            p.grpc_left_to_uprobes
+            p.grpc_left_to_uprobes,
+            e.sampled_out
         )
     }
 }

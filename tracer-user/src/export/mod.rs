@@ -29,6 +29,7 @@
 pub mod config;
 pub mod otlp;
 pub(crate) mod retry;
+pub mod sampler;
 pub mod stdout;
 pub mod tls;
 mod wire;
@@ -74,6 +75,8 @@ pub struct ExportOptions {
     pub stdout_hold: Duration,
     /// Records the duration of each OTLP export call (retries included), when set.
     pub export_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Which traces are exported. Default: every one.
+    pub sampler: sampler::Sampler,
 }
 
 impl Default for ExportOptions {
@@ -89,6 +92,7 @@ impl Default for ExportOptions {
             warn_interval: Duration::from_secs(30),
             stdout_hold: Duration::from_secs(1),
             export_latency: None,
+            sampler: sampler::Sampler::AlwaysOn,
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct ExportStats {
     pub spans_failed: u64,
     /// Spans the collector refused in a partial success (dropped, not retried).
     pub spans_rejected: u64,
+    /// Spans not exported because the sampler did not keep their trace.
+    pub sampled_out: u64,
 }
 
 #[derive(Default, Debug)]
@@ -136,6 +142,7 @@ pub(crate) struct StatsInner {
     export_failures: AtomicU64,
     spans_failed: AtomicU64,
     spans_rejected: AtomicU64,
+    sampled_out: AtomicU64,
 }
 
 impl StatsInner {
@@ -158,6 +165,7 @@ impl StatsInner {
             export_failures: self.export_failures.load(Ordering::Relaxed),
             spans_failed: self.spans_failed.load(Ordering::Relaxed),
             spans_rejected: self.spans_rejected.load(Ordering::Relaxed),
+            sampled_out: self.sampled_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -196,11 +204,16 @@ impl WarnLimiter {
 pub struct ExportSender {
     tx: mpsc::Sender<Item>,
     stats: Arc<StatsInner>,
+    sampler: sampler::Sampler,
 }
 
 impl ExportSender {
     /// Queues a span without blocking. Returns `false` (and counts) if it was dropped.
     pub fn send(&self, resource: Arc<ProcessResource>, span: SpanRecord) -> bool {
+        if !self.sampler.keeps(&span.trace_id) {
+            self.stats.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         match self.tx.try_send((resource, span)) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -304,12 +317,16 @@ pub fn spawn_with_stdout(
         }
     };
     log::info!("exporting spans to {config}");
+    let sampler = opts.sampler;
+    if sampler != sampler::Sampler::AlwaysOn {
+        log::info!("sampling: exporting {} (OTEL_TRACES_SAMPLER)", sampler.describe());
+    }
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let shutdown_timeout = opts.shutdown_timeout;
     let task = Task { rx, sink, opts, stats: stats.clone() };
     let join = runtime.spawn(task.run(shutdown_rx));
-    Ok(ExportHandle { sender: ExportSender { tx, stats }, shutdown_tx, join, shutdown_timeout })
+    Ok(ExportHandle { sender: ExportSender { tx, stats, sampler }, shutdown_tx, join, shutdown_timeout })
 }
 
 enum Sink {
