@@ -436,3 +436,52 @@ fn partial_success_counts_the_rejected_spans() {
         assert!(lines.iter().any(|l| l.contains("over the span quota")), "{protocol}: {lines:?}");
     }
 }
+
+// ---- sampling ------------------------------------------------------------------------------
+
+/// `OTEL_TRACES_SAMPLER=traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.5` on a Go → Go call
+/// chain: a trace is exported whole or not at all, exactly the traces whose id the
+/// OpenTelemetry SDKs' ratio rule keeps (the last eight bytes, big-endian, shifted right by one,
+/// below 2⁶²) are exported, and the agent counts every span it left out.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn trace_id_ratio_sampling_keeps_whole_traces() {
+    use tracer_tests::harness::{encode, grpc_env};
+    use tracer_tests::receiver::SpanKind as RxKind;
+    use tracer_tests::traces::by_trace;
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let back = Service::go("sampled-back").expect("back");
+    let front = Service::go("sampled-front").expect("front");
+    let mut env = grpc_env(&rx);
+    env.push(("OTEL_TRACES_SAMPLER", "traceidratio".into()));
+    env.push(("OTEL_TRACES_SAMPLER_ARG", "0.5".into()));
+    let agent = Agent::start(&args(&["--pid", &back.pid().to_string(), "--pid", &front.pid().to_string()]), &env)
+        .expect("agent");
+    assert!(agent.log_text().contains("sampling: exporting 0.5000 of traces"), "{}", agent.log_text());
+    let url = front.url(&format!("/call?url={}", encode(&back.url("/hello"))));
+    let n = 60;
+    for _ in 0..n {
+        assert_eq!(curl(&["-sf", &url]).expect("call"), "called 200");
+    }
+    let log = agent.stop().expect("agent stops");
+    let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let spans = rx.spans();
+    let traces = by_trace(&spans);
+    let keeps = |trace: &str| {
+        let low = u64::from_str_radix(&trace[16..], 16).expect("hex trace id");
+        (low >> 1) < (1u64 << 62)
+    };
+    for (id, t) in &traces {
+        let kinds: Vec<_> = t.iter().map(|s| (s.service_name().unwrap_or_default().to_string(), s.kind)).collect();
+        assert_eq!(t.len(), 3, "trace {id} not whole: {kinds:?}");
+        assert_eq!(t.iter().filter(|s| s.kind == RxKind::Server).count(), 2, "{kinds:?}");
+        assert!(keeps(id), "trace {id} exported although the ratio rule drops it");
+    }
+    let kept = traces.len();
+    eprintln!("sampling 0.5: {kept} of {n} traces exported, {} spans sampled out", s["spans_sampled_out"]);
+    assert!(kept > 0 && kept < n, "{kept} of {n} traces kept: the ratio is not applied\n{log}");
+    assert_eq!(s["spans_exported"], spans.len() as u64, "{log}");
+    assert_eq!(s["spans_sampled_out"] + spans.len() as u64, 3 * n as u64, "every span exported or counted\n{log}");
+}
