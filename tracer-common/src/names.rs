@@ -19,6 +19,9 @@ pub mod maps {
     pub const IOV_STATE: &str = "IOV_STATE";
     pub const IOV_SCRATCH: &str = "IOV_SCRATCH";
     pub const OPAQUE: &str = "OPAQUE";
+    /// The kernel log's ring (aya-log) and its per-CPU rate limit.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const LOG_LAST: &str = "LOG_LAST";
     pub const PROGS: &str = "PROGS";
     pub const GO_PROCS: &str = "GO_PROCS";
     pub const GO_NEWPROC: &str = "GO_NEWPROC";
@@ -56,6 +59,8 @@ pub mod maps {
         IOV_STATE,
         IOV_SCRATCH,
         OPAQUE,
+        AYA_LOGS,
+        LOG_LAST,
         PROGS,
         GO_PROCS,
         GO_NEWPROC,
@@ -88,8 +93,11 @@ pub mod globals {
     pub const GO_FSBASE_OFF: &str = "GO_FSBASE_OFF";
     pub const FD_OFF: &str = "FD_OFF";
     pub const TASK_OFF: &str = "TASK_OFF";
+    /// The kernel programs' log level (aya-log's).
+    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
-    pub const ALL: &[&str] = &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF, FD_OFF, TASK_OFF];
+    pub const ALL: &[&str] =
+        &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF, FD_OFF, TASK_OFF, AYA_LOG_LEVEL];
 }
 
 /// Programs.

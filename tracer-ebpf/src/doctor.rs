@@ -1,6 +1,7 @@
 //! No-op programs of each attach type, loaded and attached once by `tracer doctor` to learn for
 //! real what the running kernel allows. They never run on the data path.
 
+use crate::klog::{kdebug, what};
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_write_user},
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, sock_ops, uprobe},
@@ -17,8 +18,11 @@ pub fn cap_fentry(_ctx: FEntryContext) -> u32 {
     0
 }
 
+/// Also the kernel log's check: `tracer doctor --verbose` calls the function it is attached to
+/// and shows this line.
 #[uprobe]
 pub fn cap_uprobe(_ctx: ProbeContext) -> u32 {
+    kdebug!(what::DOCTOR, "doctor: uprobe ran in pid {}; kernel log lines reach the agent", crate::klog::tgid());
     0
 }
 

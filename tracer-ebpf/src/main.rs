@@ -22,6 +22,7 @@ mod context;
 mod doctor;
 mod filter;
 mod go;
+mod klog;
 mod maps;
 mod process;
 mod socket;

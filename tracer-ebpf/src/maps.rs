@@ -11,6 +11,8 @@ use tracer_common::{
     tables::{FixedTable, LruTable, counters},
 };
 
+use crate::klog::{self, kdebug, what};
+
 /// Every record for userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
@@ -119,14 +121,23 @@ pub fn lru_del<K, V>(map: &LruHashMap<K, V>, k: &K, table: LruTable) {
     }
 }
 
-/// Puts `v` in a fixed-size table; a full table refuses the entry, and the refusal is counted.
+/// Puts `v` in a fixed-size table; a full table refuses the entry, and the refusal is counted
+/// (and logged at debug).
 #[inline(always)]
 pub fn put<K, V>(map: &HashMap<K, V>, k: &K, v: &V, table: FixedTable) -> bool {
     let ok = map.insert(k, v, 0).is_ok();
     if !ok {
         bump(counters::table_full(table));
+        kdebug!(what::TABLE_FULL, "table {} refused an entry for pid {} (full)", table.name(), klog::tgid());
     }
     ok
+}
+
+/// A record the ring buffer had no room for: counted (and logged at debug).
+#[inline(always)]
+pub fn lost(kind: &'static str) {
+    bump(counters::LOST);
+    kdebug!(what::RING_FULL, "ring buffer full: a {} record of pid {} lost", kind, klog::tgid());
 }
 
 /// Key of a connection in the per-connection tables: `(tgid << 32) | fd`.

@@ -9,14 +9,14 @@ use aya_ebpf::{
 };
 use tracer_common::{
     EventHeader, EventKind, ProcEvent,
-    tables::{FixedTable, LruTable, counters},
+    tables::{FixedTable, LruTable},
 };
 
 use crate::{
     config::{AGENT_TGID, TP_OFF, TRACE_ALL, cfg},
     filter::traced,
     go,
-    maps::{EVENTS, NO_THREAD_LINK, THREAD_CTX, TRACED, bump, lru_del, put},
+    maps::{EVENTS, NO_THREAD_LINK, THREAD_CTX, TRACED, lru_del, put},
     socket::{ARGS, conn::CONNECT_FD, emit::IOV_STATE},
 };
 
@@ -56,7 +56,7 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
             crate::socket::emit::wakeup_flags()
         });
     } else {
-        bump(counters::LOST);
+        crate::maps::lost("process");
     }
 }
 

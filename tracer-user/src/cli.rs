@@ -26,7 +26,12 @@ pub enum Command {
     /// Spans also go to an OTLP collector when an endpoint is configured; never to stdout.
     Watch(WatchArgs),
     /// Try each eBPF attach type for real and report what this kernel offers.
-    Doctor,
+    Doctor {
+        /// Also turn the kernel programs' log on (at debug), show its lines, and load the
+        /// agent's own programs with it to check the verifier takes them on this kernel.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Show what the agent reads from Go executables: Go and module versions, where symbols
     /// come from, the functions it probes with their return instructions, struct offsets.
     GoInspect {

@@ -24,8 +24,8 @@ fn main() -> std::process::ExitCode {
     }
     logger.init();
     let result = match cli.command {
-        Command::Doctor => {
-            let report = tracer_user::kernel::doctor::run_checks();
+        Command::Doctor { verbose } => {
+            let report = tracer_user::kernel::doctor::run_checks(verbose);
             tracer_user::kernel::doctor::print(&report);
             let _ = std::hint::black_box(tracer_user::kernel::doctor::tracer_doctor_uprobe_target());
             Ok(())

@@ -499,7 +499,8 @@ fn boot(
          ip link set lo up\n\
          echo \"VM-KERNEL $(uname -r) lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null || echo none)\"\n",
     );
-    let _ = writeln!(script, "echo VM-DOCTOR-BEGIN\n{} doctor 2>&1\necho \"VM-DOCTOR-END $?\"", agent.display());
+    let _ =
+        writeln!(script, "echo VM-DOCTOR-BEGIN\n{} doctor --verbose 2>&1\necho \"VM-DOCTOR-END $?\"", agent.display());
     for t in subset {
         let bin = tests
             .iter()

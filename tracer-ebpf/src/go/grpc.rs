@@ -46,6 +46,7 @@ use tracer_common::{
 };
 
 use super::{self as go, GoKey, read};
+use crate::klog::{kdebug, what};
 use crate::{
     config::{PROPAGATION, cfg},
     maps::{EVENTS, bump, lru_del, lru_put, random_bytes8, random_trace_id},
@@ -264,7 +265,7 @@ fn client_start(r: &Regs, method_ptr: u64, method_len: u64, call_flags: u8) {
 #[inline(always)]
 fn emit(tgid_pid: u64, kind: Role, c: &Call) {
     let Some(mut e) = EVENTS.reserve::<GrpcEvent>(0) else {
-        bump(counters::LOST);
+        crate::maps::lost("gRPC");
         return;
     };
     let p = e.as_mut_ptr();
@@ -413,6 +414,7 @@ pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
     // SAFETY: plain data copied out of the map.
     let Some(c) = (unsafe { GRPC_HDR.get(&hk) }).copied() else {
         bump(counters::GRPC_NO_CALL);
+        kdebug!(what::GRPC, "pid {}: gRPC stream opened by no call the probes saw", tgid);
         return 0;
     };
     lru_del(&GRPC_HDR, &hk, LruTable::GrpcHdr);
@@ -420,6 +422,7 @@ pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
     let t = read::<u64>(r.rax + p.loopy_conn + 8).and_then(|conn| conn_tuple(conn, &p));
     let (Some(sid), Some(t)) = (sid, t) else {
         bump(counters::GRPC_NO_ADDR);
+        kdebug!(what::GRPC, "pid {}: gRPC client stream without a readable stream id or address", tgid);
         return 0;
     };
     lru_put(&GRPC_TUPLE, &c.span_id, &t, LruTable::GrpcTuple);
@@ -465,6 +468,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
     let tuple = read::<u64>(r.rcx + p.server_conn + 8).and_then(|conn| conn_tuple(conn, &p));
     if tuple.is_none() || c.stream_id == 0 {
         bump(counters::GRPC_NO_ADDR);
+        kdebug!(what::GRPC, "pid {}: gRPC server stream without a readable stream id or address", tgid);
     }
     if let Some(t) = tuple {
         c.tuple = t;

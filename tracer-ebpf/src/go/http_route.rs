@@ -38,7 +38,7 @@ pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
     // SAFETY: plain data copied out of the map.
     let Some(srv) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return 0 };
     let Some(mut e) = EVENTS.reserve::<GoRouteEvent>(0) else {
-        bump(counters::LOST);
+        crate::maps::lost("Go route");
         return 0;
     };
     let ev = e.as_mut_ptr();

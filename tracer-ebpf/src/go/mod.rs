@@ -38,7 +38,10 @@ use aya_ebpf::{
 };
 use tracer_common::{AF_INET, AF_INET6, ConnTuple, GoProc, TraceCtx, tables::LruTable};
 
-use crate::maps::{lru_del, lru_put};
+use crate::{
+    klog::{kdebug, what},
+    maps::{lru_del, lru_put},
+};
 
 /// Offset of `task_struct.thread.fsbase` in the running kernel (from BTF); 0 disables Go support.
 #[unsafe(no_mangle)]
@@ -130,8 +133,28 @@ pub fn current_g(tgid: u32) -> Option<(u64, u64, GoProc)> {
     if fsbase == 0 {
         return None;
     }
-    let g: u64 = unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }.ok()?;
-    Some((g, goid_of(g, &p)?, p))
+    let Ok(g) = (unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }) else {
+        kdebug!(
+            what::GO_LAYOUT,
+            "pid {}: Go's thread-local g at fs{} not readable (the TLS offset of this Go release?)",
+            tgid,
+            p.tls_g
+        );
+        return None;
+    };
+    let Some(goid) = goid_of(g, &p) else {
+        if g != 0 {
+            kdebug!(
+                what::GO_LAYOUT,
+                "pid {}: goroutine id at g {:x} + {} not readable (runtime.g layout of this Go release?)",
+                tgid,
+                g,
+                p.goid_off
+            );
+        }
+        return None;
+    };
+    Some((g, goid, p))
 }
 
 /// The goroutine the current thread runs, read from Go's thread-local `g`.

@@ -158,7 +158,7 @@ fn start_call(
 #[inline(always)]
 fn emit(ev: &GoRpcEvent) {
     if EVENTS.output(ev, crate::socket::emit::wakeup_flags()).is_err() {
-        bump(counters::LOST);
+        crate::maps::lost("net/rpc");
         return;
     }
     bump(counters::EVENTS);

@@ -8,13 +8,13 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Proto, Role,
-    tables::{FixedTable, LruTable, counters},
+    tables::{FixedTable, LruTable},
 };
 
 use super::{CONNS, NR_CONNECT, arg, ret, syscall_nr};
 use crate::{
     filter::traced,
-    maps::{CONN_TUPLE, EVENTS, bump, conn_key, lru_del, lru_put, put},
+    maps::{CONN_TUPLE, EVENTS, conn_key, lru_del, lru_put, put},
 };
 
 /// fd of an in-flight connect (or -1: an accept), keyed by pid_tgid.
@@ -70,7 +70,7 @@ pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
         }
         e.submit(super::emit::wakeup_flags());
     } else {
-        bump(counters::LOST);
+        crate::maps::lost("connect");
     }
     0
 }
@@ -100,7 +100,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         }
         e.submit(super::emit::wakeup_flags());
     } else {
-        bump(counters::LOST);
+        crate::maps::lost("close");
     }
     0
 }

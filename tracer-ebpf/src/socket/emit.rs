@@ -17,6 +17,7 @@ use tracer_common::{
 use super::{Iovec, SyscallArgs, sock};
 use crate::{
     context::{EvCtx, request_context},
+    klog::{kdebug, what},
     maps::{CONN_TUPLE, EVENTS, bump, conn_key, lru_set},
 };
 
@@ -76,6 +77,14 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
         match unsafe { bpf_probe_read_user((s.iov + s.idx * 16) as *const Iovec) } {
             Ok(v) => (v.base, v.len),
             Err(_) => {
+                kdebug!(
+                    what::UNREADABLE_IOVEC,
+                    "pid {} fd {}: iovec {} at {:x} not readable; the rest of the transfer is not sent",
+                    (pid_tgid >> 32) as u32,
+                    s.args.fd,
+                    s.idx,
+                    s.iov
+                );
                 let _ = IOV_STATE.remove(&pid_tgid);
                 return 0;
             }
@@ -121,7 +130,7 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, readable: u64) {
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        bump(counters::LOST);
+        crate::maps::lost("data");
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -147,6 +156,16 @@ fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, readable: u64) {
         let (captured, tail) = copy_flat(buf, len, readable, &mut (*ev).data, &mut (*ev).tail);
         (*ev).meta.captured = captured;
         (*ev).meta.tail_len = tail;
+        if captured == 0 && len > 0 && readable > 0 {
+            kdebug!(
+                what::UNREADABLE_DATA,
+                "pid {} fd {}: {} bytes at {:x} not readable (sent as a gap of known length)",
+                (pid_tgid >> 32) as u32,
+                a.fd,
+                len,
+                buf
+            );
+        }
     }
     entry.submit(wakeup_flags());
     bump(counters::EVENTS);

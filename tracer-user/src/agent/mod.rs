@@ -276,6 +276,12 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     let mut probes = Probes::load_with(scope, propagation, settings.kernel_connections)
         .context("loading the kernel programs (see `tracer doctor`)")?;
     let (events_ring, maps) = probes.take_maps()?;
+    let mut kernel_log = crate::kernel::klog::KernelLog::start(&mut probes.ebpf, probes.log_level);
+    info!(
+        "kernel log: {}{}",
+        crate::kernel::klog::level_name(probes.log_level),
+        if kernel_log.is_some() { "" } else { " (RUST_LOG=info,tracer::kernel=debug turns it on)" }
+    );
     info!(
         "{} tracepoints attached; tracing {}",
         probes.attached,
@@ -383,6 +389,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                 }
                 deliver!();
             }
+            () = crate::kernel::klog::pump(kernel_log.as_mut()) => {}
             _ = tick.tick() => {
                 agent.pipeline.tick(Clock::mono_now_ns());
                 deliver!();
@@ -454,6 +461,10 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         }
     }
     drop(ring);
+    if let Some(k) = kernel_log.as_mut() {
+        k.flush();
+    }
+    drop(kernel_log);
     let census = agent.census();
     let Agent { probes, mut pipeline, mut processes, maps, decode_errors, .. } = agent;
     drop(probes);

@@ -203,6 +203,18 @@ impl Default for GoProbes {
     }
 }
 
+/// Loads (verifies) every Go uprobe program of `ebpf`; the first that fails is named.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS) {
+        ebpf.program_mut(name)
+            .ok_or_else(|| "missing from the object".to_string())
+            .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| e.to_string()))
+            .and_then(|p| p.load().map_err(|e| format!("{e:#}")))
+            .map_err(|e| format!("loading {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 impl GoProbes {
     pub fn new() -> Self {
         Self::default()
@@ -227,19 +239,13 @@ impl GoProbes {
         if let Some(ok) = self.loaded {
             return ok;
         }
-        let mut ok = true;
-        for name in PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS) {
-            let r = ebpf
-                .program_mut(name)
-                .ok_or_else(|| "missing from the object".to_string())
-                .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| e.to_string()))
-                .and_then(|p| p.load().map_err(|e| format!("{e:#}")));
-            if let Err(e) = r {
-                warn!("Go support off: loading {name}: {e}");
-                ok = false;
-                break;
+        let ok = match load_programs(ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("Go support off: {e}");
+                false
             }
-        }
+        };
         self.loaded = Some(ok);
         ok
     }

@@ -1,6 +1,6 @@
 //! `tracer doctor`: tries each attach type for real and reports what the kernel offers.
 
-use super::loader::EBPF_OBJECT;
+use super::{klog, loader::ebpf_object};
 use aya::{
     Btf, EbpfLoader,
     programs::{
@@ -8,6 +8,7 @@ use aya::{
         uprobe::UProbeScope,
     },
 };
+use aya_log::EbpfLogger;
 use std::fmt;
 use tracer_common::names::programs as prog;
 
@@ -33,6 +34,8 @@ pub struct Report {
     pub kernel: String,
     pub lockdown: String,
     pub checks: Vec<(&'static str, Outcome)>,
+    /// With `--verbose`: the kernel programs' log lines written while probing.
+    pub kernel_log: Vec<String>,
 }
 
 impl Report {
@@ -105,15 +108,27 @@ fn lockdown() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Runs every check. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for some).
-pub fn run_checks() -> Report {
+/// The kernel lines of `tracer doctor --verbose`.
+static KERNEL_LINES: klog::Collect = klog::Collect::new();
+
+/// Runs every check. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for some). `verbose`: the
+/// kernel programs log (at debug, or the more verbose level `RUST_LOG` asks for) and their lines
+/// are kept in the report, and the agent's own programs are loaded with that level too.
+pub fn run_checks(verbose: bool) -> Report {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
     let mut checks = Vec::new();
-    let mut ebpf = match EbpfLoader::new().load(EBPF_OBJECT) {
+    let log_level = if verbose { klog::level().max(aya_log::Level::Debug as u8) } else { 0 };
+    let loaded = ebpf_object().map_err(|e| e.to_string()).and_then(|o| {
+        EbpfLoader::new().override_global(klog::LEVEL_GLOBAL, &log_level, false).load(o).map_err(|e| match err(e) {
+            Outcome::No(why) => why,
+            Outcome::Yes => String::new(),
+        })
+    });
+    let mut ebpf = match loaded {
         Ok(e) => e,
         Err(e) => {
-            checks.push(("load eBPF object", err(e)));
-            return Report { kernel, lockdown: lockdown(), checks };
+            checks.push(("load eBPF object", Outcome::No(e)));
+            return Report { kernel, lockdown: lockdown(), checks, kernel_log: Vec::new() };
         }
     };
     checks.push(("ring buffer", Outcome::Yes));
@@ -176,6 +191,26 @@ pub fn run_checks() -> Report {
         &exe,
         UProbeScope::CallingProcess
     )));
+    let mut kernel_log = Vec::new();
+    if verbose {
+        // The uprobe above logs each time it runs: run it, and read its line back.
+        let outcome = match EbpfLogger::init_with_logger(&mut ebpf, &KERNEL_LINES) {
+            Ok(mut logger) => {
+                std::hint::black_box(tracer_doctor_uprobe_target());
+                logger.flush();
+                kernel_log = KERNEL_LINES.take();
+                if checks.last().is_some_and(|(_, o)| *o != Outcome::Yes) {
+                    Outcome::No("needs the uprobe".into())
+                } else if kernel_log.iter().any(|l| l.contains("doctor: uprobe ran")) {
+                    Outcome::Yes
+                } else {
+                    Outcome::No("the uprobe ran but its line did not come back".into())
+                }
+            }
+            Err(e) => err(e),
+        };
+        checks.push(("kernel log (aya-log)", outcome));
+    }
     check!("bpf_probe_write_user", prog::CAP_WRITE_USER, UProbe, |p| p.load());
     match super::loader::cgroup2_root().map(std::fs::File::open) {
         Some(Ok(cg)) => check!("sockops (cgroup v2)", prog::CAP_SOCK_OPS, SockOps, |p| p
@@ -186,7 +221,24 @@ pub fn run_checks() -> Report {
     }
     // Everything attached above is detached when `ebpf` drops here.
     drop(ebpf);
-    Report { kernel, lockdown: lockdown(), checks }
+    if verbose {
+        checks.push(("agent with kernel log", agent_programs(log_level)));
+    }
+    Report { kernel, lockdown: lockdown(), checks, kernel_log }
+}
+
+/// Loads and attaches the agent's programs as `tracer run` does (tracing no process), and loads
+/// its Go uprobes, all logging at `log_level`: whether the verifier takes every log statement on
+/// this kernel. Everything is detached again on return.
+fn agent_programs(log_level: u8) -> Outcome {
+    use super::loader::{DEFAULT_CONNECTIONS, Probes, Scope};
+    match Probes::load_logging(Scope::Selected, tracer_common::Propagation::Off, DEFAULT_CONNECTIONS, log_level) {
+        Ok(mut probes) => match crate::golang::probes::load_programs(&mut probes.ebpf) {
+            Ok(()) => Outcome::Yes,
+            Err(e) => Outcome::No(e.lines().next().unwrap_or_default().chars().take(160).collect()),
+        },
+        Err(e) => err(e),
+    }
 }
 
 /// A function of the agent's own binary for the uprobe check to attach to.
@@ -204,4 +256,7 @@ pub fn print(report: &Report) {
     }
     println!("mode        {}", report.mode());
     println!("propagation {}", report.propagation());
+    for line in &report.kernel_log {
+        println!("kernel log  {line}");
+    }
 }

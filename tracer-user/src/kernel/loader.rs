@@ -19,12 +19,36 @@ use tracer_common::{
 /// The eBPF object built by build.rs from `tracer-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
+/// Names another build of the kernel programs to load instead of the built-in one (for
+/// `cargo xtask bench`, which compares the programs with and without their log statements).
+pub const OBJECT_ENV: &str = "TRACER_EBPF_OBJECT";
+
+/// The eBPF object to load: [`EBPF_OBJECT`], or the file [`OBJECT_ENV`] names (said once).
+pub fn ebpf_object() -> Result<&'static [u8], LoadError> {
+    static OBJECT: std::sync::OnceLock<Result<&'static [u8], String>> = std::sync::OnceLock::new();
+    let object = OBJECT.get_or_init(|| {
+        let Some(path) = std::env::var_os(OBJECT_ENV) else { return Ok(EBPF_OBJECT) };
+        let path = std::path::PathBuf::from(path);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{OBJECT_ENV}={}: {e}", path.display()))?;
+        log::warn!("kernel programs from {} ({OBJECT_ENV}), not the built-in ones", path.display());
+        // ELF parsing wants the object aligned like the built-in one: copy it into u64 words.
+        let words: &'static mut [u64] = Box::leak(vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice());
+        // SAFETY: the words' memory viewed as bytes (u8 has no alignment or validity needs).
+        let aligned = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        aligned.copy_from_slice(&bytes);
+        Ok(&*aligned)
+    });
+    object.clone().map_err(LoadError::Object)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelInfoError),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("reading the eBPF object: {0}")]
+    Object(String),
     #[error("program {program}: {source}")]
     Program {
         program: &'static str,
@@ -114,6 +138,8 @@ pub struct Probes {
     pub attached: usize,
     /// How the data syscalls find their socket on this kernel.
     pub socket_lookup: SocketLookup,
+    /// The kernel programs' log level (aya-log's numbering, 0 off).
+    pub log_level: u8,
 }
 
 /// Maps the agent reads and writes while running.
@@ -133,8 +159,20 @@ impl Probes {
         Self::load_with(scope, propagation, DEFAULT_CONNECTIONS)
     }
 
-    /// As [`Probes::load`], sizing the per-connection tables for `connections` connections.
+    /// As [`Probes::load`], sizing the per-connection tables for `connections` connections, with
+    /// the kernel programs logging at the agent's level for them (see [`super::klog`]).
     pub fn load_with(scope: Scope, propagation: Propagation, connections: u32) -> Result<Self, LoadError> {
+        Self::load_logging(scope, propagation, connections, super::klog::level())
+    }
+
+    /// As [`Probes::load_with`], the kernel programs logging at `log_level` (aya-log's numbering,
+    /// 0 off). The level is a constant the verifier prunes by.
+    pub fn load_logging(
+        scope: Scope,
+        propagation: Propagation,
+        connections: u32,
+        log_level: u8,
+    ) -> Result<Self, LoadError> {
         let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
         let tracefs = kernel::tracefs()?;
         let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
@@ -162,9 +200,11 @@ impl Probes {
             .override_global(globals::FD_OFF, &fd, true)
             .override_global(globals::TASK_OFF, &task, true)
             .override_global(globals::GO_FSBASE_OFF, &go_fsbase, true)
+            // Absent from a build without log statements (the benchmark's reference build).
+            .override_global(super::klog::LEVEL_GLOBAL, &log_level, false)
             .map_max_entries(maps::CONNS, connections)
             .map_max_entries(maps::CONN_TUPLE, connections)
-            .load(EBPF_OBJECT)
+            .load(ebpf_object()?)
             .map_err(LoadError::Load)?;
         let mut attached = 0;
         let mut attach =
@@ -226,7 +266,7 @@ impl Probes {
             prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| LoadError::Program { program, source })?;
             attached += 1;
         }
-        Ok(Self { ebpf, attached, socket_lookup })
+        Ok(Self { ebpf, attached, socket_lookup, log_level })
     }
 
     /// Takes the ring buffer and the maps the agent uses at run time out of the object.
