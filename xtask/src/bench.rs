@@ -396,6 +396,8 @@ fn command_line() -> String {
 /// Paths of everything the benchmark runs, built or checked up front.
 struct Tools {
     agent: PathBuf,
+    /// The kernel programs built without their log statements (`tracer-ebpf` feature `no-klog`).
+    no_klog_object: PathBuf,
     receiver: PathBuf,
     go_server: PathBuf,
     python: PathBuf,
@@ -437,6 +439,7 @@ impl Tools {
         };
         Ok(Self {
             agent,
+            no_klog_object: crate::build_ebpf_without_log()?,
             receiver: crate::root().join("target/release/otlp-receiver"),
             go_server: crate::fixtures_dir().join("httpserver"),
             python,
@@ -1006,6 +1009,11 @@ impl Agent {
         Self::start_logging(bin, pids, propagation, endpoint, dir, "info")
     }
 
+    /// As `start`, loading the kernel programs from `object` (`TRACER_EBPF_OBJECT`).
+    fn start_with_object(bin: &Path, pids: &[u32], endpoint: &str, dir: &Path, object: &Path) -> Result<Self> {
+        Self::start_env(bin, pids, "same-host", endpoint, dir, "info", &[("TRACER_EBPF_OBJECT", object)])
+    }
+
     /// As `start`, with the agent's `RUST_LOG`.
     fn start_logging(
         bin: &Path,
@@ -1014,6 +1022,18 @@ impl Agent {
         endpoint: &str,
         dir: &Path,
         rust_log: &str,
+    ) -> Result<Self> {
+        Self::start_env(bin, pids, propagation, endpoint, dir, rust_log, &[])
+    }
+
+    fn start_env(
+        bin: &Path,
+        pids: &[u32],
+        propagation: &str,
+        endpoint: &str,
+        dir: &Path,
+        rust_log: &str,
+        env: &[(&str, &Path)],
     ) -> Result<Self> {
         let ready = dir.join("agent.ready");
         let log = dir.join("agent.log");
@@ -1031,6 +1051,7 @@ impl Agent {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?);
@@ -1590,6 +1611,9 @@ enum ProbeSetup {
     Untraced,
     /// An agent tracing the writer.
     Traced,
+    /// The same, with the kernel programs built without their log statements: against
+    /// `Traced` (whose log is off, the default), what the statements cost when off.
+    TracedNoKlog,
 }
 
 impl ProbeSetup {
@@ -1598,6 +1622,7 @@ impl ProbeSetup {
             Self::NoAgent => "no agent",
             Self::Untraced => "agent running, writer not traced",
             Self::Traced => "writer traced",
+            Self::TracedNoKlog => "writer traced, programs without log statements",
         }
     }
 }
@@ -1632,7 +1657,9 @@ fn probe_cost(tools: &Tools, writes: u64, reps: usize, quick: bool, dir: &Path) 
         (ProbeSetup::NoAgent, Payload::Http),
         (ProbeSetup::Untraced, Payload::Raw),
         (ProbeSetup::Traced, Payload::Raw),
+        (ProbeSetup::TracedNoKlog, Payload::Raw),
         (ProbeSetup::Traced, Payload::Http),
+        (ProbeSetup::TracedNoKlog, Payload::Http),
     ];
     // Spans of the traced HTTP case go to a real receiver, so the agent's export path is the usual one.
     let receiver = Receiver::start(&tools.receiver)?;
@@ -1732,6 +1759,9 @@ fn probe_once(
             Some(agent)
         }
         ProbeSetup::Traced => Some(Agent::start(&tools.agent, &[writer.pid()], "same-host", endpoint, dir)?),
+        ProbeSetup::TracedNoKlog => {
+            Some(Agent::start_with_object(&tools.agent, &[writer.pid()], endpoint, dir, &tools.no_klog_object)?)
+        }
     };
     let mut ours = vec![writer.pid()];
     ours.extend(agent.as_ref().map(Agent::pid));
@@ -2311,7 +2341,7 @@ fn render_probe(p: &ProbeReport, s: &mut String) {
             (ProbeSetup::NoAgent, _) | (_, None) => "–".to_string(),
             (_, Some(b)) => format!("{:+.0}", c.ns_per_write - b),
         };
-        let events = if c.setup == ProbeSetup::Traced {
+        let events = if matches!(c.setup, ProbeSetup::Traced | ProbeSetup::TracedNoKlog) {
             format!("{} ({})", c.kernel_events, c.kernel_lost)
         } else {
             "–".into()
@@ -2329,6 +2359,20 @@ fn render_probe(p: &ProbeReport, s: &mut String) {
             runs.join(", "),
             c.max_background
         );
+    }
+    for payload in [Payload::Raw, Payload::Http] {
+        if let (Some(with), Some(without)) =
+            (p.ns(ProbeSetup::Traced, payload), p.ns(ProbeSetup::TracedNoKlog, payload))
+        {
+            let _ = writeln!(
+                s,
+                "\nKernel log statements, log off (the default), {}: {with:.0} ns per write with them, {without:.0} \
+                 without ({:+.0} ns, {:+.1} %); the verifier removes them as dead code at level off.",
+                payload.as_arg(),
+                with - without,
+                (with / without - 1.0) * 100.0
+            );
+        }
     }
     let _ = writeln!(
         s,

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use crate::root;
 
 /// Nightly that builds the fuzz targets (libFuzzer needs `-Z` flags); the eBPF crate's.
-const NIGHTLY: &str = "nightly-2026-06-25";
+pub const NIGHTLY: &str = "nightly-2026-06-25";
 /// cargo-fuzz release installed when missing.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 /// Seconds per target in `cargo xtask test` (CI).

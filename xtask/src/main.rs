@@ -254,6 +254,26 @@ fn build_agent_as(profile: &str) -> anyhow::Result<PathBuf> {
     Ok(root().join("target").join(profile).join("tracer"))
 }
 
+/// Builds the kernel programs as tracer-user/build.rs does (aya-build: the pinned nightly,
+/// bpf-linker, thin LTO, BTF), with the `no-klog` feature: without their log statements. The
+/// benchmark loads it into the same agent (`TRACER_EBPF_OBJECT`) to show what the statements
+/// cost when the log is off. Returns the object's path.
+fn build_ebpf_without_log() -> anyhow::Result<PathBuf> {
+    let target_dir = root().join("target").join("ebpf-no-klog");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", fuzz::NIGHTLY, "cargo", "build", "--package", "tracer-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--features", "no-klog", "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        .env("CARGO_PROFILE_RELEASE_LTO", "thin")
+        .current_dir(root());
+    for var in ["CARGO", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS"] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd)?;
+    Ok(target_dir.join("bpfel-unknown-none").join("release").join("tracer"))
+}
+
 fn e2e(filter: &[String]) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("the end-to-end tests load eBPF programs: run them as root");
