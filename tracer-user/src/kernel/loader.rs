@@ -7,7 +7,7 @@ use super::btf as kernel;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{CgroupAttachMode, SockOps, TracePoint},
+    programs::{CgroupAttachMode, SockOps, TracePoint, trace_point::TracePointLinkId},
 };
 use std::path::Path;
 use tracer_common::{
@@ -140,6 +140,33 @@ pub struct Probes {
     pub socket_lookup: SocketLookup,
     /// The kernel programs' log level (aya-log's numbering, 0 off).
     pub log_level: u8,
+    /// Every tracepoint attachment, detached together on drop.
+    links: Vec<(&'static str, TracePointLinkId)>,
+}
+
+impl Drop for Probes {
+    /// Detaches the tracepoints concurrently. Closing one tracepoint's perf event waits for an
+    /// RCU grace period (about 80 ms measured on Linux 6.18), so detaching the ~28 of them one
+    /// by one, as dropping the object does, took over 2 s of every stop; waits that overlap share
+    /// their grace periods. Anything left (sockops, a link that could not be taken) is detached
+    /// when the object drops after this.
+    fn drop(&mut self) {
+        let mut owned = Vec::with_capacity(self.links.len());
+        for (program, id) in self.links.drain(..) {
+            let link = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                .and_then(|p| p.take_link(id).ok());
+            owned.extend(link);
+        }
+        std::thread::scope(|s| {
+            for link in owned {
+                // Without a thread the closure, and with it the link, is dropped (detached) here.
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
+            }
+        });
+    }
 }
 
 /// Maps the agent reads and writes while running.
@@ -207,16 +234,18 @@ impl Probes {
             .load(ebpf_object()?)
             .map_err(LoadError::Load)?;
         let mut attached = 0;
+        let mut links = Vec::new();
         let mut attach =
             |ebpf: &mut Ebpf, program: &'static str, points: &[(&'static str, String)]| -> Result<(), LoadError> {
                 let prog: &mut TracePoint = loaded(ebpf, program)?;
                 for (category, name) in points {
-                    prog.attach(category, name).map_err(|source| LoadError::Attach {
+                    let link = prog.attach(category, name).map_err(|source| LoadError::Attach {
                         program,
                         category,
                         name: name.clone(),
                         source,
                     })?;
+                    links.push((program, link));
                     attached += 1;
                 }
                 Ok(())
@@ -266,7 +295,7 @@ impl Probes {
             prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| LoadError::Program { program, source })?;
             attached += 1;
         }
-        Ok(Self { ebpf, attached, socket_lookup, log_level })
+        Ok(Self { ebpf, attached, socket_lookup, log_level, links })
     }
 
     /// Takes the ring buffer and the maps the agent uses at run time out of the object.
