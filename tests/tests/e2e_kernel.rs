@@ -78,11 +78,11 @@ fn tracepoint_socket_lookup_gives_the_same_traces() {
     http_with_socket_lookup("tracepoint");
 }
 
-/// A traced Python client reads an HTTP response with `recv(MSG_TRUNC)` into an unmapped address
-/// (the kernel discards the bytes without touching the buffer, so the kernel programs cannot
-/// copy them), then makes a normal request. Returns the agent's log, the client's pid and the
-/// client spans, once the second request's span was exported.
-fn unreadable_response(rust_log: &str) -> (String, u32, Vec<tracer_tests::receiver::ReceivedSpan>) {
+/// A traced Python client writes from an unmapped address on a connection that carried a request
+/// (the syscall fails with EFAULT; the kernel programs, which read a write's first bytes at its
+/// start, cannot read them either), then makes a normal request. Returns the agent's log, the
+/// client's pid and the client spans, once the second request's span was exported.
+fn unreadable_write(rust_log: &str) -> (String, u32, Vec<tracer_tests::receiver::ReceivedSpan>) {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     require_root();
@@ -90,9 +90,9 @@ fn unreadable_response(rust_log: &str) -> (String, u32, Vec<tracer_tests::receiv
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let server = Service::go("server").expect("server");
     let mut client = Command::new(tracer_tests::harness::python_bin())
-        .arg(tracer_tests::harness::fixtures_src().join("python/msg_trunc.py"))
+        .arg(tracer_tests::harness::fixtures_src().join("python/bad_write.py"))
         .arg(server.port.to_string())
-        .env("OTEL_SERVICE_NAME", "truncating-client")
+        .env("OTEL_SERVICE_NAME", "bad-write-client")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -113,39 +113,41 @@ fn unreadable_response(rust_log: &str) -> (String, u32, Vec<tracer_tests::receiv
         lines.push(line.trim().to_owned());
     }
     assert!(client.wait().expect("client exits").success(), "client: {lines:?}");
-    assert!(lines[0].starts_with("TRUNCATED "), "{lines:?}");
+    assert!(lines[0].starts_with("EFAULT "), "{lines:?}");
     assert_eq!(lines[1], "FETCHED 200");
     let fetched = |s: &tracer_tests::receiver::ReceivedSpan| {
         s.kind == SpanKind::Client && int_attr(s, "http.response.status_code") == Some(200)
     };
     rt.block_on(rx.wait_for(|s| s.iter().any(fetched), WAIT)).expect("the second request's client span");
     let log = agent.stop().expect("agent stops");
-    let spans = rx.spans().into_iter().filter(|s| s.service_name() == Some("truncating-client")).collect();
+    let spans = rx.spans().into_iter().filter(|s| s.service_name() == Some("bad-write-client")).collect();
     (log, pid, spans)
 }
 
-/// `RUST_LOG=info,tracer::kernel=debug` turns the kernel programs' log on: the read they could
-/// not copy is named in the agent's log, with the process, under `tracer::kernel`, and the
+/// `RUST_LOG=info,tracer::kernel=debug` turns the kernel programs' log on: the buffer they could
+/// not read is named in the agent's log, with the process, under `tracer::kernel`, and the
 /// request after it is traced as usual.
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn kernel_log_names_a_buffer_the_kernel_could_not_read() {
-    let (log, pid, spans) = unreadable_response("info,tracer::kernel=debug");
+    let (log, pid, spans) = unreadable_write("info,tracer::kernel=debug");
     assert!(log.contains("kernel log: debug"), "{log}");
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("tracer::kernel::socket::emit")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("tracer::kernel::socket::enter")).collect();
     assert!(
-        lines.iter().any(|l| l.contains("DEBUG") && l.contains(&format!("pid {pid} ")) && l.contains("not readable")),
+        lines
+            .iter()
+            .any(|l| l.contains("DEBUG") && l.contains(&format!("pid {pid} ")) && l.contains("could not be read")),
         "no kernel line for pid {pid}:\n{log}"
     );
     assert!(spans.iter().any(|s| int_attr(s, "http.response.status_code") == Some(200)), "{spans:#?}");
 }
 
 /// At the default level (`info`) the kernel programs log nothing, although the same unreadable
-/// read happens: the level written into them is off.
+/// write happens: the level written into them is off.
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn kernel_log_is_off_at_the_default_level() {
-    let (log, _, spans) = unreadable_response("info");
+    let (log, _, spans) = unreadable_write("info");
     assert!(log.contains("kernel log: off"), "{log}");
     assert!(!log.contains("tracer::kernel::"), "a kernel line at the default level:\n{log}");
     assert!(spans.iter().any(|s| int_attr(s, "http.response.status_code") == Some(200)), "{spans:#?}");

@@ -9,7 +9,7 @@ use tracer_common::{
 use crate::{
     config::{PROPAGATION, cfg},
     go,
-    maps::{IN_CTX, NO_THREAD_LINK, OUT_CTX, THREAD_CTX, lru_del, lru_put, put, random_bytes8, random_trace_id},
+    maps::{IN_CTX, NO_THREAD_LINK, OUT_CTX, THREAD_CTX, lru_del, lru_put, put_quiet, random_bytes8, random_trace_id},
     socket::sock::inet,
 };
 
@@ -94,7 +94,7 @@ pub fn request_context(pid_tgid: u64, now: u64, tuple: &ConnTuple, direction: u8
             if now.wrapping_sub(prev.ts_ns) < CTX_MAX_AGE_NS {
                 // The thread took a new request before answering the last one: it multiplexes
                 // requests, so its thread context cannot link calls to requests.
-                put(&NO_THREAD_LINK, &((pid_tgid >> 32) as u32), &1, FixedTable::NoThreadLink);
+                put_quiet(&NO_THREAD_LINK, &((pid_tgid >> 32) as u32), &1, FixedTable::NoThreadLink);
             }
         }
         let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };

@@ -2,6 +2,10 @@
 //! table that refuses an entry, a user-memory read that fails, a Go layout that does not match,
 //! a ring buffer that is full), never one line per packet or per syscall.
 //!
+//! Not in the programs that tail-call (`sys_exit_data`, `emit_step`): a log statement brings
+//! subprograms (its closures, memmove) whose stack Linux 6.1's verifier adds to theirs and
+//! refuses, even where the statement is dead code.
+//!
 //! The agent writes the level (`AYA_LOG_LEVEL`, in `.rodata`) from `RUST_LOG` before it loads
 //! the programs. The verifier treats a frozen `.rodata` value as a constant, so at the default
 //! level (off) every statement below is dead code it removes: logging off costs nothing. When
@@ -15,7 +19,6 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
 pub mod what {
     pub const TABLE_FULL: u32 = 0;
     pub const UNREADABLE_DATA: u32 = 1;
-    pub const UNREADABLE_IOVEC: u32 = 2;
     pub const RING_FULL: u32 = 3;
     pub const GO_LAYOUT: u32 = 4;
     pub const GRPC: u32 = 5;

@@ -133,6 +133,17 @@ pub fn put<K, V>(map: &HashMap<K, V>, k: &K, v: &V, table: FixedTable) -> bool {
     ok
 }
 
+/// As [`put`], without the log line: for the programs that tail-call (`sys_exit_data`,
+/// `emit_step`), where Linux 6.1 refuses the extra stack of a log statement's subprograms.
+#[inline(always)]
+pub fn put_quiet<K, V>(map: &HashMap<K, V>, k: &K, v: &V, table: FixedTable) -> bool {
+    let ok = map.insert(k, v, 0).is_ok();
+    if !ok {
+        bump(counters::table_full(table));
+    }
+    ok
+}
+
 /// A record the ring buffer had no room for: counted (and logged at debug).
 #[inline(always)]
 pub fn lost(kind: &'static str) {

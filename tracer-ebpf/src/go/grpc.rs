@@ -443,7 +443,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let (Some(gp), Some(p)) = (go::proc_info(tgid), grpc_proc(tgid)) else { return 0 };
-    let Some(goid) = go::goid_of(r.r14, &gp) else { return 0 };
+    let Some(goid) = go::goid_of_logged(r.r14, &gp, tgid) else { return 0 };
     let stream = if p.server_stream_stream == GRPC_NONE {
         r.rdi
     } else {

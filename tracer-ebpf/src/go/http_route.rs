@@ -14,7 +14,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use tracer_common::{EventHeader, EventKind, GoRouteEvent, ROUTE_LEN, tables::counters};
 
-use super::{GO_SRV_CTX, goid_of, key, proc_info};
+use super::{GO_SRV_CTX, key, proc_info};
 use crate::{
     maps::{EVENTS, bump},
     socket::emit::wakeup_flags,
@@ -34,7 +34,7 @@ pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
     if len == 0 || ptr == 0 {
         return 0;
     }
-    let Some(goid) = goid_of(g, &p) else { return 0 };
+    let Some(goid) = super::goid_of_logged(g, &p, tgid) else { return 0 };
     // SAFETY: plain data copied out of the map.
     let Some(srv) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return 0 };
     let Some(mut e) = EVENTS.reserve::<GoRouteEvent>(0) else {

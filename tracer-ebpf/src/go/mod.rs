@@ -106,6 +106,23 @@ pub fn goid_of(g: u64, p: &GoProc) -> Option<u64> {
     unsafe { bpf_probe_read_user((g + p.goid_off) as *const u64) }.ok()
 }
 
+/// As [`goid_of`] for the uprobes, which say (at debug) when `g`'s id cannot be read: the
+/// `runtime.g` layout taken from the binary does not match it.
+#[inline(always)]
+pub fn goid_of_logged(g: u64, p: &GoProc, tgid: u32) -> Option<u64> {
+    let id = goid_of(g, p);
+    if id.is_none() && g != 0 {
+        kdebug!(
+            what::GO_LAYOUT,
+            "pid {}: goroutine id at g {:x} + {} not readable (runtime.g layout of this Go release?)",
+            tgid,
+            g,
+            p.goid_off
+        );
+    }
+    id
+}
+
 /// The goroutine that created the goroutine `g` (`runtime.g.parentGoid`), when its offset is
 /// known.
 #[inline(always)]
@@ -133,28 +150,10 @@ pub fn current_g(tgid: u32) -> Option<(u64, u64, GoProc)> {
     if fsbase == 0 {
         return None;
     }
-    let Ok(g) = (unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }) else {
-        kdebug!(
-            what::GO_LAYOUT,
-            "pid {}: Go's thread-local g at fs{} not readable (the TLS offset of this Go release?)",
-            tgid,
-            p.tls_g
-        );
-        return None;
-    };
-    let Some(goid) = goid_of(g, &p) else {
-        if g != 0 {
-            kdebug!(
-                what::GO_LAYOUT,
-                "pid {}: goroutine id at g {:x} + {} not readable (runtime.g layout of this Go release?)",
-                tgid,
-                g,
-                p.goid_off
-            );
-        }
-        return None;
-    };
-    Some((g, goid, p))
+    // No log line here: the data path's tail-called programs read the goroutine too, and Linux
+    // 6.1 refuses the stack of a log statement there (see `crate::klog`).
+    let g: u64 = unsafe { bpf_probe_read_user((fsbase as i64 + p.tls_g) as u64 as *const u64) }.ok()?;
+    Some((g, goid_of(g, &p)?, p))
 }
 
 /// The goroutine the current thread runs, read from Go's thread-local `g`.

@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{MessageKind, Proto, Syscall, classify, tables::FixedTable};
 
+use crate::klog::{kdebug, what};
+
 use super::{
     ARGS, MSG_PEEK, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV,
     SyscallArgs, arg, first_bytes, iovecs, syscall_nr,
@@ -65,7 +67,19 @@ pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
                 // SAFETY: this thread's own entry.
                 let a = unsafe { &mut *a };
                 let (iov, _) = if syscall.vectored() { iovecs(a) } else { (0, 0) };
-                let v = classify(&first_bytes(a, iov));
+                let first = first_bytes(a, iov);
+                if first == [0; 4] {
+                    // Zeros: nothing readable there, or a transfer that starts with zeros.
+                    let src = if syscall.vectored() { iov } else { a.buf };
+                    kdebug!(
+                        what::UNREADABLE_DATA,
+                        "pid {} fd {}: the buffer of a write at {:x} could not be read (or starts with zeros)",
+                        tgid,
+                        a.fd,
+                        src
+                    );
+                }
+                let v = classify(&first);
                 if v.proto == Proto::Http1 && v.kind == MessageKind::Request {
                     client_context(pid_tgid, a.start_ns, Some(&key), &mut a.ctx);
                     a.has_ctx = 1;

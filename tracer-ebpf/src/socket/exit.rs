@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     context::EvCtx,
-    maps::{bump, conn_key, lru_put, opaque, put},
+    maps::{bump, conn_key, lru_put, opaque, put_quiet},
 };
 
 /// A request's first bytes read apart from the rest on an HTTP/1 connection: Go's server reads
@@ -168,7 +168,7 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     st._pad = [0; 3];
     st.tuple = ConnTuple::default();
     st.ctx = EvCtx::default();
-    if put(&IOV_STATE, &pid_tgid, st, FixedTable::IovState) {
+    if put_quiet(&IOV_STATE, &pid_tgid, st, FixedTable::IovState) {
         // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
         let _ = unsafe { PROGS.tail_call(&ctx, 0) };
         let _ = IOV_STATE.remove(&pid_tgid);
