@@ -27,6 +27,8 @@ pub const WINDOW_UPDATE: u8 = 8;
 pub const CONTINUATION: u8 = 9;
 
 pub const END_STREAM: u8 = 0x1;
+/// The ACK flag of SETTINGS and PING.
+pub const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY_FLAG: u8 = 0x20;

@@ -13,9 +13,11 @@
 //!   or trailers) completes the exchange, as does RST_STREAM from either side (the span then
 //!   says so). gRPC is recognised by the request's `content-type: application/grpc*`; its
 //!   status is `grpc-status` from the trailers or from a trailers-only response.
-//! * **Role.** The side that wrote the preface is the client. Without a preface (never expected
-//!   from the kernel's classification) the kernel's role hint is used and both walkers wait for
-//!   a plausible frame header with the tables unknown.
+//! * **Role.** The side that wrote the preface is the client. A client may report the server's
+//!   first SETTINGS just before its own preface (the kernel classifies at the preface write,
+//!   while the reader thread already waits in read()): the connection's start all the same.
+//!   Without either (never expected from the kernel's classification) the kernel's role hint
+//!   is used and both walkers wait for a plausible frame header with the tables unknown.
 //! * **Ids and pairing.** The kernel gives HTTP/2 transfers no trace context (streams are
 //!   multiplexed): span and trace ids are the agent's own, or come from a request's
 //!   `traceparent`. Client and server sides on this host are paired by the connection's
@@ -77,6 +79,13 @@ struct Dir {
     table_known: bool,
     /// The newest transfer of this direction.
     last: Option<Stamp>,
+}
+
+/// `head` starts with a server's connection preface: a SETTINGS frame (not an ACK) on stream 0.
+fn starts_server_preface(head: &[u8]) -> bool {
+    let Some(h) = head.first_chunk::<{ frames::FRAME_HEADER }>() else { return false };
+    let h = frames::FrameHeader::parse(h);
+    h.kind == frames::SETTINGS && h.flags & frames::ACK == 0 && h.stream == 0 && h.len.is_multiple_of(6)
 }
 
 impl Dir {
@@ -196,12 +205,21 @@ impl Http2 {
 
     fn start(&mut self, conn: &ConnInfo, d: &Data) -> Role {
         let preface = d.head.starts_with(&H2_PREFACE[..d.head.len().min(H2_PREFACE.len())]) && !d.head.is_empty();
+        // The server's own preface (a SETTINGS frame, its first) read by the client before the
+        // client's preface write is seen: the kernel classifies the connection at that write,
+        // and the client's reader thread, already waiting in read(), can report the server's
+        // SETTINGS first. Both directions are still at their start.
+        let server_preface = !d.egress && !preface && starts_server_preface(&d.head);
         let role = if preface {
             if d.egress { Role::Client } else { Role::Server }
+        } else if server_preface {
+            Role::Client
         } else {
             [conn.hint, d.role].into_iter().find(|r| *r != Role::Unknown).unwrap_or(Role::Server)
         };
-        if preface {
+        if preface || server_preface {
+            // The requests' walker expects the preface: if it does not come, framing (and so
+            // the table) is lost there, as without it.
             self.requests = Some(Dir::new(true));
             self.responses = Some(Dir::new(false));
         } else {

@@ -410,3 +410,53 @@ fn responses_of_streams_never_seen_opened_are_counted_unmatched() {
     c.end(EndReason::Closed);
     assert_eq!(c.stats.unmatched_responses, 2);
 }
+
+/// The client's reader thread reports the server's SETTINGS before the client's own preface
+/// write is reported (the kernel classifies the connection at that write; the read was already
+/// waiting on another CPU): both directions are still at their start and every header block
+/// is decoded.
+#[test]
+fn the_servers_settings_seen_before_the_clients_preface() {
+    let mut c = client();
+    let (mut req, mut resp) = (Peer::new(), Peer::new());
+    c.read(&settings());
+    let mut first = H2_PREFACE.to_vec();
+    first.extend(settings());
+    c.write(&first);
+    let mut w = grpc_request(&mut req, 1, "/grpc.health.v1.Health/Check");
+    w.extend(grpc_message(1, true));
+    c.write(&w);
+    c.read(&resp.headers(1, true, &[(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")]));
+    c.write(&get(&mut req, 3, "/b"));
+    c.read(&ok(&mut resp, 3, "200", 0));
+    let spans = c.spans();
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(attr(s, "tracer.http2.missing"), None, "{s:?}");
+    }
+    assert_eq!(spans[0].name, "grpc.health.v1.Health/Check");
+    assert_eq!(attr(&spans[1], "url.path").as_deref(), Some("/b"));
+}
+
+/// A SETTINGS ACK, or a SETTINGS frame followed by anything but the client's preface, is no
+/// connection start: nothing is decoded against a table that may hold unseen entries.
+#[test]
+fn settings_first_without_the_clients_preface_decodes_nothing() {
+    let (mut req, mut resp) = (Peer::new(), Peer::new());
+    let mut c = client();
+    c.read(&frame(frames::SETTINGS, frames::ACK, 0, &[]));
+    c.write(&get(&mut req, 1, "/a"));
+    c.read(&ok(&mut resp, 1, "200", 0));
+    let mut d = client();
+    d.read(&settings());
+    d.write(&get(&mut Peer::new(), 1, "/a"));
+    d.read(&ok(&mut Peer::new(), 1, "200", 0));
+    for s in c.spans().iter().chain(d.spans().iter()) {
+        assert_eq!(
+            attr(s, "tracer.http2.missing").as_deref().map(|m| m.contains("request headers")),
+            Some(true),
+            "{s:?}"
+        );
+    }
+}
