@@ -16,6 +16,8 @@
 //! that keep every table's counters; program and map names are `tracer_common::names`.
 #![no_std]
 #![no_main]
+// The reference build without log statements leaves what only they used unused.
+#![cfg_attr(feature = "no-klog", allow(unused_variables, unused_imports))]
 
 mod config;
 mod context;
