@@ -1,52 +1,29 @@
-//! Jaeger v2 as a real OTLP backend for the export tests: built once from the Go module proxy
-//! (`github.com/jaegertracing/jaeger/cmd/jaeger` at [`VERSION`]) into `target/jaeger/`, run
-//! with an in-memory store and OTLP receivers on ephemeral 127.0.0.1 ports, plain, TLS or
-//! mutual TLS; spans are read back through the query API (`/api/traces/{id}`).
+//! Jaeger v2 as a real OTLP backend for the export tests: built once from the Go module proxy by
+//! `scripts/jaeger.sh` (pinned version and checksum; the demo runs the same build) into
+//! `target/jaeger/`, run with an in-memory store and OTLP receivers on ephemeral 127.0.0.1
+//! ports, plain, TLS or mutual TLS; spans are read back through the query API
+//! (`/api/traces/{id}`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
 use crate::certs::CertFiles;
-use crate::harness::{curl, free_port, run_ok, source_root};
-
-/// The Jaeger release the tests run.
-pub const VERSION: &str = "v1.75.0";
-/// Its module's checksum (go.sum), pinned like Helm's in scripts/setup.sh; Go checks every
-/// dependency against the module's own go.sum.
-const MODULE_SUM: &str = "h1:OWj6uKRJ8QaH+AVypRwqINGi3Q/WOchbEfp53FJK0Xk=";
-const MODULE: &str = "github.com/jaegertracing/jaeger";
+use crate::harness::{curl, free_port, source_root};
 
 /// The Jaeger binary, built on first use (a few minutes) and cached under `target/jaeger/`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _once = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = source_root().join("target/jaeger").join(VERSION);
-    let bin = dir.join("jaeger");
-    if bin.exists() {
-        return Ok(bin);
+    let script = source_root().join("scripts/jaeger.sh");
+    // Its progress goes to the test's stderr: the first build takes minutes.
+    let out = Command::new(&script).stdin(Stdio::null()).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("{} failed with {}", script.display(), out.status);
     }
-    let module = dir.join("module");
-    std::fs::create_dir_all(&module)?;
-    std::fs::write(module.join("go.mod"), "module tracerjaeger\n\ngo 1.24\n")?;
-    eprintln!("building Jaeger {VERSION} from the Go module proxy (once; cached in {})", dir.display());
-    let go = |args: &[&str]| {
-        let mut cmd = Command::new("go");
-        cmd.args(args).current_dir(&module).env("GOFLAGS", "-buildvcs=false");
-        run_ok(&mut cmd)
-    };
-    go(&["get", "-tool", &format!("{MODULE}/cmd/jaeger@{VERSION}")])?;
-    let sums = std::fs::read_to_string(module.join("go.sum"))?;
-    if !sums.lines().any(|l| l == format!("{MODULE} {VERSION} {MODULE_SUM}")) {
-        bail!("{MODULE}@{VERSION} does not have the pinned checksum {MODULE_SUM}");
-    }
-    let tmp = dir.join("jaeger.tmp");
-    go(&["build", "-o", tmp.to_str().context("path")?, &format!("{MODULE}/cmd/jaeger")])?;
-    std::fs::rename(&tmp, &bin)?;
-    Ok(bin)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().context("scripts/jaeger.sh printed no path")?;
+    Ok(PathBuf::from(path.trim()))
 }
 
 /// Transport security of Jaeger's OTLP receivers.
