@@ -3,13 +3,14 @@
 //! * `test`   – every test: root-free unit and golden tests, then the privileged end-to-end tests.
 //! * `e2e`    – only the privileged end-to-end tests (real programs, real kernel, real services).
 //! * `fixtures` – build the test services (Go binaries) into target/fixtures.
-//! * `demo`   – start the bundled demo services and trace them (or trace what the arguments name).
+//! * `demo`   – trace the bundled demo services into Jaeger (or trace what the arguments name).
 //! * `bench`  – measure what the agent costs traced services; writes docs/benchmarks.{md,svg}.
 //! * `fuzz`   – run every cargo-fuzz target of `fuzz/` for a bounded time.
 //! * `vm-test` – boot other kernels in qemu and run the doctor and an e2e subset in each.
 //! * `go-offsets` – regenerate the Go struct-offset table from real builds of each Go release.
 
 mod bench;
+mod demo;
 mod fuzz;
 mod gomatrix;
 mod vm;
@@ -17,7 +18,7 @@ mod vm;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 #[derive(Parser)]
 struct Cli {
@@ -326,6 +327,7 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
     .args(["--ignored", "--test-threads=1", "--nocapture"])
     .args(filter)
     .env("TRACER_BIN", &agent)
+    .env("XTASK_BIN", std::env::current_exe()?)
     .env("TRACER_FIXTURES", fixtures_dir())
     .env("TRACER_SOURCE_ROOT", root());
     run(&mut cmd)
@@ -338,86 +340,6 @@ fn nix_is_root() -> bool {
             s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|v| v == "0"))
         })
         .unwrap_or(false)
-}
-
-struct Demo {
-    children: Vec<Child>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn_listening(cmd: &mut Command) -> anyhow::Result<(Child, u16)> {
-    use std::io::BufRead as _;
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("{cmd:?}"))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let port = line
-        .strip_prefix("LISTENING ")
-        .and_then(|p| p.trim().parse().ok())
-        .with_context(|| format!("{cmd:?} printed {line:?}, not LISTENING <port>"))?;
-    Ok((child, port))
-}
-
-fn demo(args: Vec<String>) -> anyhow::Result<()> {
-    let agent = build_agent()?;
-    if !args.is_empty() {
-        return run(Command::new(&agent).arg("run").args(&args));
-    }
-    build_fixtures()?;
-    let fx = root().join("tests/fixtures");
-    let mut demo = Demo { children: Vec::new() };
-    let (go, go_port) =
-        spawn_listening(Command::new(fixtures_dir().join("httpserver")).env("OTEL_SERVICE_NAME", "inventory"))?;
-    demo.children.push(go);
-    // Redis (Debian's server; scripts/setup.sh installs it), where the frontend counts its calls.
-    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let redis = Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("redis-server (scripts/setup.sh installs it)")?;
-    demo.children.push(redis);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
-        if std::time::Instant::now() > deadline {
-            bail!("redis-server did not listen on :{redis_port} within 20 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let (py, py_port) = spawn_listening(
-        Command::new("python3")
-            .arg(fx.join("python/server.py"))
-            .args(["--redis-port", &redis_port.to_string()])
-            .env("OTEL_SERVICE_NAME", "frontend"),
-    )?;
-    demo.children.push(py);
-    eprintln!(
-        "demo: frontend (Python) on :{py_port} counts in Redis on :{redis_port} and calls inventory (Go) on :{go_port}"
-    );
-    // A client loop in Node keeps traffic flowing while the agent runs.
-    let url = format!("http://127.0.0.1:{py_port}/call?url=http%3A%2F%2F127.0.0.1%3A{go_port}%2Fhello");
-    let script = format!(
-        "const http=require('http');const a=new http.Agent({{keepAlive:true}});\
-         setInterval(()=>http.get('{url}',{{agent:a}},r=>r.resume()).on('error',()=>{{}}),500);"
-    );
-    let client = Command::new("node").args(["-e", &script]).env("OTEL_SERVICE_NAME", "shopper").spawn()?;
-    demo.children.push(client);
-    let status = Command::new(&agent)
-        .arg("run")
-        .args(["--exe", "httpserver", "--exe", "server.py", "--exe", "node"])
-        .status()?;
-    if !status.success() {
-        bail!("tracer exited with {status}");
-    }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -474,7 +396,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::E2e { filter } => e2e(&filter),
         Task::Fixtures => build_fixtures(),
-        Task::Demo { args } => demo(args),
+        Task::Demo { args } => demo::demo(args),
         Task::Bench(args) => bench::bench(args),
         Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::GoOffsets => go_offsets(),
