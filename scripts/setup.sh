@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs everything tracer needs on a fresh Debian machine, idempotently.
-# Toolchains are pinned; see docs in README.md.
+# Installs what tracer needs on a fresh Debian machine, idempotently: what the main job
+# (scripts/run.sh: build the agent, run the demo) needs; with --tests, also what the tests need
+# (scripts/test.sh). Toolchains are pinned; see docs in README.md.
 set -euo pipefail
+tests=0
+[ "${1:-}" = "--tests" ] && tests=1
 
 NIGHTLY=nightly-2026-06-25
 STABLE=1.99.0
@@ -16,7 +19,14 @@ HELM_MODULE_SUM=h1:n1if5iQgHYsujPAcO5oonH/KiSNUmqmUF0iGVjSF3AU=
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev g++ curl iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static libseccomp-dev libcap-ng-dev xz-utils redis-server postgresql mariadb-server memcached nats-server; do
+# The agent's build (bpf-linker against LLVM 22), the demo (Redis; curl reads Jaeger's API).
+apt_main=(llvm-22-dev libpolly-22-dev libzstd-dev g++ curl redis-server)
+# The tests: servers and clients they trace, the VM tier (qemu, busybox, virtiofsd's build), tools.
+apt_tests=(iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static
+  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server)
+pkgs=("${apt_main[@]}")
+((tests)) && pkgs+=("${apt_tests[@]}")
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -43,31 +53,36 @@ if ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker ${BPF_LINKER_VERSION
       --no-default-features --features llvm-22
 fi
 
-# The fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`) build with the nightly above.
-if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${CARGO_FUZZ_VERSION}"; then
-  log "cargo-fuzz ${CARGO_FUZZ_VERSION}"
-  cargo "+${STABLE}" install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
-fi
+# The demo's Python service counts its calls in Redis.
+python3 -c 'import redis' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'redis==8.1.0'
 
-if ! helm version --template '{{.Version}}' 2>/dev/null | grep -q "^${HELM_VERSION%.*}"; then
-  log "helm ${HELM_VERSION} (built from its Go module)"
-  export PATH="$PATH:/usr/local/go/bin"
-  sum=$(cd /tmp && go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" | sed -n 's/^\t"Sum": "\(.*\)",$/\1/p')
-  [ "$sum" = "$HELM_MODULE_SUM" ] || { echo "[setup] helm module checksum mismatch: got '$sum'" >&2; exit 1; }
-  (cd /tmp && GOBIN=/usr/local/bin GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
-fi
+if ((tests)); then
+  # The fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`) build with the nightly above.
+  if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${CARGO_FUZZ_VERSION}"; then
+    log "cargo-fuzz ${CARGO_FUZZ_VERSION}"
+    cargo "+${STABLE}" install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
+  fi
 
-# Test fixtures: Go and Node ship with the machine; Java comes from apt above when missing.
-command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { echo "[setup] java missing" >&2; exit 1; }
-# The SDK-instrumented caller of the connected-traces tests.
-python3 -c 'import opentelemetry.sdk' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'opentelemetry-sdk>=1.20,<2'
-# The database tests' clients (tests/tests/e2e_db.rs), pinned.
-python3 -c 'import redis, psycopg' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'redis==8.1.0' 'psycopg==3.3.9'
-python3 -c 'import pymysql, pymemcache' 2>/dev/null ||
-  python3 -m pip install -q --root-user-action=ignore 'PyMySQL==1.2.4' 'pymemcache==4.0.0'
-python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'nats-py==2.16.0'
-# The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
-python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
+  if ! helm version --template '{{.Version}}' 2>/dev/null | grep -q "^${HELM_VERSION%.*}"; then
+    log "helm ${HELM_VERSION} (built from its Go module)"
+    export PATH="$PATH:/usr/local/go/bin"
+    sum=$(cd /tmp && go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" | sed -n 's/^\t"Sum": "\(.*\)",$/\1/p')
+    [ "$sum" = "$HELM_MODULE_SUM" ] || { echo "[setup] helm module checksum mismatch: got '$sum'" >&2; exit 1; }
+    (cd /tmp && GOBIN=/usr/local/bin GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
+  fi
+
+  # Test fixtures: Go and Node ship with the machine; Java comes from apt above when missing.
+  command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { echo "[setup] java missing" >&2; exit 1; }
+  # The SDK-instrumented caller of the connected-traces tests.
+  python3 -c 'import opentelemetry.sdk' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'opentelemetry-sdk>=1.20,<2'
+  # The database tests' clients (tests/tests/e2e_db.rs), pinned.
+  python3 -c 'import psycopg' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'psycopg==3.3.9'
+  python3 -c 'import pymysql, pymemcache' 2>/dev/null ||
+    python3 -m pip install -q --root-user-action=ignore 'PyMySQL==1.2.4' 'pymemcache==4.0.0'
+  python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'nats-py==2.16.0'
+  # The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
+  python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
+fi
 # nginx-light's, redis-server's, postgresql's, mariadb-server's, memcached's and nats-server's
 # packages start daemons; the tests run their own instances.
 systemctl disable --now nginx redis-server postgresql mariadb memcached nats-server >/dev/null 2>&1 || true

@@ -211,7 +211,7 @@ fn a_misspelled_field_is_caught() {
 }
 
 fn helm_template(extra: &[&str]) -> String {
-    let helm = which_helm().expect("helm is not installed: run scripts/setup.sh (the chart test needs it)");
+    let helm = which_helm().expect("helm is not installed: run scripts/setup.sh --tests (the chart test needs it)");
     let out = Command::new(helm)
         .args(["template", "tracer", "deploy/helm/tracer", "--namespace", "observability"])
         .args(extra)
@@ -228,7 +228,7 @@ fn which_helm() -> Option<PathBuf> {
 
 #[test]
 fn helm_chart_renders_the_same_deployment() {
-    let helm = which_helm().expect("helm is not installed: run scripts/setup.sh (the chart test needs it)");
+    let helm = which_helm().expect("helm is not installed: run scripts/setup.sh --tests (the chart test needs it)");
     let lint =
         Command::new(helm).args(["lint", "--strict", "deploy/helm/tracer"]).current_dir(repo()).output().unwrap();
     assert!(lint.status.success(), "helm lint: {}", String::from_utf8_lossy(&lint.stdout));

@@ -156,14 +156,14 @@ pub fn prepare(args: &VmArgs) -> anyhow::Result<Prepared> {
         bail!("vm-test runs qemu and virtiofsd over this host's root: run it as root");
     }
     for tool in ["qemu-system-x86_64", "apt-get", "dpkg-deb", "xz"] {
-        which(tool).with_context(|| format!("{tool} is missing: run scripts/setup.sh"))?;
+        which(tool).with_context(|| format!("{tool} is missing: run scripts/setup.sh --tests"))?;
     }
     let virtiofsd = virtiofsd()?;
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .context("busybox is missing (Debian's busybox-static): run scripts/setup.sh")?;
+        .context("busybox is missing (Debian's busybox-static): run scripts/setup.sh --tests")?;
     let lines: Vec<&Line> = if args.kernels.is_empty() {
         LINES.iter().collect()
     } else {

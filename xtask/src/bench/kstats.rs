@@ -55,7 +55,7 @@ impl ProgStats {
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
             .output()
-            .context("running bpftool (apt-get install bpftool; scripts/setup.sh)")?;
+            .context("running bpftool (apt-get install bpftool; scripts/setup.sh --tests)")?;
         if !out.status.success() {
             bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr));
         }
