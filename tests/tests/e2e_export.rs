@@ -627,3 +627,153 @@ fn the_demo_shows_whole_traces_in_jaeger() {
     poll_until("the demo's processes to exit", Duration::from_secs(10), || unsafe { libc::kill(-pgid, 0) } != 0)
         .unwrap_or_else(|e| panic!("{e}:\n{log}"));
 }
+
+/// Tail sampling in front of a real collector protocol (no kernel): with the head sampler at 0,
+/// the exporter sends exactly the traces with a failed or a slow span, whole, over both
+/// protocols, and counts the rest.
+#[test]
+fn tail_sampling_exports_only_failed_and_slow_traces() {
+    use tracer_user::export::sampler::Sampler;
+    use tracer_user::export::tail::{TailConfig, TailStats};
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).unwrap();
+    for protocol in PROTOCOLS {
+        rx.clear();
+        let (failed, failed_hex) = trace_id();
+        let (slow, slow_hex) = trace_id();
+        let (fine, _) = trace_id();
+        let mut records = spans(failed, 3);
+        records[2].status = SpanStatus::Error("HTTP 503".into());
+        let mut slow_spans = spans(slow, 2);
+        slow_spans[0].start = slow_spans[0].end - Duration::from_millis(250);
+        records.extend(slow_spans);
+        records.extend(spans(fine, 4));
+        let tail = TailConfig { latency: Duration::from_millis(200), wait: Duration::from_millis(100), max_spans: 100 };
+        let stats = rt.block_on(export_all(
+            config(&receiver_vars(&rx, protocol)),
+            records,
+            ExportOptions { sampler: Sampler::ratio(0.0), tail: Some(tail), ..opts() },
+        ));
+        let received = rx.spans();
+        let mut got: Vec<&str> = received.iter().map(|s| s.trace_id.as_str()).collect();
+        got.sort();
+        let mut want = vec![failed_hex.as_str(); 3];
+        want.extend([slow_hex.as_str(); 2]);
+        want.sort();
+        assert_eq!(got, want, "{protocol}: the failed trace (3 spans) and the slow one (2), nothing else");
+        assert_eq!((stats.exported, stats.sampled_out, stats.export_failures), (5, 4, 0), "{protocol}: {stats:?}");
+        assert_eq!(
+            stats.tail,
+            TailStats {
+                traces_error: 1,
+                spans_error: 3,
+                traces_latency: 1,
+                spans_latency: 2,
+                traces_sampled_out: 1,
+                ..Default::default()
+            },
+            "{protocol}"
+        );
+    }
+}
+
+/// `tracer run --tail-sampling` with `OTEL_TRACES_SAMPLER_ARG=0` on a Go → Go call chain: of
+/// fine, failing (the back end answers 500) and slow (it sleeps 400 ms) requests, exactly the
+/// failing and slow ones' traces arrive, each whole (the front's server and client spans and the
+/// back's server span), decided while the agent runs; the stop summary counts them by reason and
+/// the fine ones as sampled out, and the request metrics still count every request.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn tail_sampling_exports_every_failed_and_slow_trace_whole() {
+    use tracer_tests::harness::{encode, free_port, grpc_env, wait_for_histogram_counts};
+    use tracer_tests::receiver::{SpanKind as RxKind, StatusCode};
+    use tracer_tests::traces::{by_trace, one};
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let back = Service::go("tail-back").expect("back");
+    let front = Service::go("tail-front").expect("front");
+    let mut env = grpc_env(&rx);
+    env.push(("OTEL_TRACES_SAMPLER", "traceidratio".into()));
+    env.push(("OTEL_TRACES_SAMPLER_ARG", "0".into()));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let pids = [back.pid().to_string(), front.pid().to_string()];
+    let agent = Agent::start(
+        &args(&[
+            "--pid",
+            &pids[0],
+            "--pid",
+            &pids[1],
+            "--tail-sampling",
+            "--tail-latency",
+            "300ms",
+            "--tail-wait",
+            "1s",
+            "--metrics-listen",
+            &listen,
+        ]),
+        &env,
+    )
+    .expect("agent");
+    assert!(agent.log_text().contains("tail sampling: exporting every trace with an error"), "{}", agent.log_text());
+    let call = |path: &str| front.url(&format!("/call?url={}", encode(&back.url(path))));
+    let (fine, failed, slow) = (10, 3, 3);
+    for i in 0..fine {
+        assert_eq!(curl(&["-sf", &call("/hello")]).expect("call"), "called 200");
+        if i < failed {
+            assert_eq!(curl(&["-sf", &call("/status/500")]).expect("call"), "called 500");
+            assert_eq!(curl(&["-sf", &call("/sleep/400")]).expect("call"), "called 200");
+        }
+    }
+    let kept = failed + slow;
+    // Decided on the quiet wait, before the stop.
+    let spans =
+        rt.block_on(rx.wait_for(|s| s.len() >= 3 * kept, WAIT)).unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    // Every request is counted in the metrics, sampled or not.
+    let back_server = ["service_name=\"tail-back\""];
+    wait_for_histogram_counts(
+        &listen,
+        &[("http_server_request_duration_seconds", &back_server, (fine + failed + slow) as f64)],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    let log = agent.stop().expect("agent stops");
+    let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let all = rx.spans();
+    assert_eq!(all.len(), spans.len(), "spans arrived after the decision wait: {}", all.len());
+    let traces = by_trace(&all);
+    let (mut failed_seen, mut slow_seen) = (0, 0);
+    for (id, t) in &traces {
+        let kinds: Vec<_> = t.iter().map(|s| (s.service_name().unwrap_or_default().to_string(), s.kind)).collect();
+        assert_eq!(t.len(), 3, "trace {id} not whole: {kinds:?}");
+        one(t, "tail-front", RxKind::Server).unwrap_or_else(|e| panic!("trace {id}: {e}: {kinds:?}"));
+        one(t, "tail-front", RxKind::Client).unwrap_or_else(|e| panic!("trace {id}: {e}: {kinds:?}"));
+        let b = one(t, "tail-back", RxKind::Server).unwrap_or_else(|e| panic!("trace {id}: {e}: {kinds:?}"));
+        match b.attr("url.path").and_then(|v| v.as_str()) {
+            Some("/status/500") => {
+                assert_eq!(b.status_code, StatusCode::Error, "trace {id}");
+                failed_seen += 1;
+            }
+            Some("/sleep/400") => {
+                assert!(b.duration() >= Duration::from_millis(300), "trace {id}: {:?}", b.duration());
+                slow_seen += 1;
+            }
+            other => panic!("trace {id} exported although fine and fast: {other:?}"),
+        }
+    }
+    assert_eq!((failed_seen, slow_seen), (failed, slow), "every failed and every slow trace");
+    let n = |k: &str| s.get(k).copied().unwrap_or_else(|| panic!("no {k} in the summary:\n{log}"));
+    let kept_spans = 3 * kept as u64;
+    assert_eq!(n("spans_exported"), kept_spans, "{log}");
+    assert_eq!((n("tail_traces_error"), n("tail_spans_error")), (failed as u64, 3 * failed as u64), "{log}");
+    assert_eq!((n("tail_traces_latency"), n("tail_spans_latency")), (slow as u64, 3 * slow as u64), "{log}");
+    assert_eq!((n("tail_traces_head"), n("tail_spans_head"), n("tail_decided_early")), (0, 0, 0), "{log}");
+    assert_eq!(n("spans_sampled_out"), 3 * fine as u64, "{log}");
+    assert!(n("tail_traces_sampled_out") >= fine as u64, "{log}");
+    eprintln!(
+        "tail sampling: {} spans exported, {} sampled out; summary: {}",
+        n("spans_exported"),
+        n("spans_sampled_out"),
+        s.iter().filter(|(k, _)| k.starts_with("tail_")).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    );
+}

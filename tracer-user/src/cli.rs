@@ -185,6 +185,21 @@ pub struct RunArgs {
     /// an OTLP endpoint is configured, every OTEL_METRIC_EXPORT_INTERVAL ms, default 60 s).
     #[arg(long)]
     pub no_otlp_metrics: bool,
+    /// Tail sampling: hold each trace's spans until the trace is quiet, then export it whole if
+    /// a span failed or was slow (--tail-latency), else as OTEL_TRACES_SAMPLER decides. Off by
+    /// default.
+    #[arg(long)]
+    pub tail_sampling: bool,
+    /// Tail sampling keeps every trace with a span at least this long (default 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tail_latency: Option<std::time::Duration>,
+    /// Tail sampling decides a trace this long after its last span arrived (default 2s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tail_wait: Option<std::time::Duration>,
+    /// Spans tail sampling holds at most (default 16384); beyond, the trace quiet for the
+    /// longest is decided early and counted (`tail_decided_early`).
+    #[arg(long, value_name = "SPANS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tail_buffer: Option<u32>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -254,5 +269,28 @@ mod tests {
         assert_eq!(w.min_duration, Some(Duration::from_millis(50)));
         assert!(w.errors_only);
         assert!(Cli::try_parse_from(["tracer", "run", "--metrics-listen", "not-an-address"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_the_tail_sampling_options() {
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "run",
+            "--tail-sampling",
+            "--tail-latency",
+            "250ms",
+            "--tail-wait",
+            "1.5s",
+            "--tail-buffer",
+            "100",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert!(r.tail_sampling);
+        assert_eq!(r.tail_latency, Some(Duration::from_millis(250)));
+        assert_eq!(r.tail_wait, Some(Duration::from_millis(1500)));
+        assert_eq!(r.tail_buffer, Some(100));
+        assert!(Cli::try_parse_from(["tracer", "run", "--tail-buffer", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tracer", "run", "--tail-latency", "500"]).is_err());
     }
 }

@@ -34,6 +34,12 @@
 //! | kernel connection tables | `--kernel-connections` | `TRACER_KERNEL_CONNECTIONS` | `kernel.connections` (default 65536) |
 //! | Prometheus endpoint | `--metrics-listen` | `TRACER_METRICS_LISTEN` | `metrics.listen` (default off) |
 //! | request metrics over OTLP | `--no-otlp-metrics` | `TRACER_OTLP_METRICS=false` | `metrics.otlp` (default true) |
+//! | tail sampling | `--tail-sampling` | `TRACER_TAIL_SAMPLING=true` | `export.tail.enabled` (default false) |
+//! | tail latency threshold | `--tail-latency` | `TRACER_TAIL_LATENCY` | `export.tail.latency` (default `500ms`) |
+//! | tail decision wait | `--tail-wait` | `TRACER_TAIL_WAIT` | `export.tail.wait` (default `2s`) |
+//! | tail buffer (spans) | `--tail-buffer` | `TRACER_TAIL_BUFFER` | `export.tail.buffer` (default 16384) |
+//!
+//! The tail latency, wait and buffer are checked always and used only when tail sampling is on.
 //!
 //! Every OTLP setting also has an `OTEL_EXPORTER_OTLP_METRICS_*` variable for the request
 //! metrics; the flags and the file set the generic value, for both signals.
@@ -71,6 +77,8 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Whether request metrics go to the OTLP collector too.
     pub otlp_metrics: bool,
+    /// Tail sampling of exported spans (none: off).
+    pub tail: Option<crate::export::tail::TailConfig>,
 }
 
 // ---- the file ----------------------------------------------------------------------------
@@ -127,6 +135,16 @@ struct FileExclude {
 struct FileExport {
     queue: Option<i64>,
     otlp: FileOtlp,
+    tail: FileTail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTail {
+    enabled: Option<bool>,
+    latency: Option<String>,
+    wait: Option<String>,
+    buffer: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -367,6 +385,7 @@ pub fn resolve(
         })
         .transpose()?;
     let otlp_metrics = pick(args.no_otlp_metrics.then_some(false), env_otlp_metrics, f.metrics.otlp).unwrap_or(true);
+    let tail = resolve_tail(args, &env, &f.export.tail, &at)?;
 
     let (export, metrics_export) = resolve_export(args, &env, &f.export.otlp, &fname)?;
     Ok(Settings {
@@ -382,7 +401,65 @@ pub fn resolve(
         kernel_connections,
         metrics_listen,
         otlp_metrics,
+        tail,
     })
+}
+
+/// Tail sampling: on or off, and its three settings, each from the highest level that sets it.
+fn resolve_tail(
+    args: &RunArgs,
+    env: &impl Fn(&str) -> Option<String>,
+    file: &FileTail,
+    at: &impl Fn(&str) -> String,
+) -> Result<Option<crate::export::tail::TailConfig>, ConfigError> {
+    use crate::export::tail::{DEFAULT_LATENCY, DEFAULT_MAX_SPANS, DEFAULT_WAIT, TailConfig};
+    let env_enabled = env("TRACER_TAIL_SAMPLING")
+        .map(|v| match v.trim() {
+            "true" | "1" | "on" => Ok(true),
+            "false" | "0" | "off" => Ok(false),
+            other => Err(ConfigError(format!("TRACER_TAIL_SAMPLING: {other:?} is not true or false"))),
+        })
+        .transpose()?;
+    let enabled = pick(args.tail_sampling.then_some(true), env_enabled, file.enabled).unwrap_or(false);
+    let duration = |source: &str, v: &str| {
+        crate::cli::parse_duration(v)
+            .ok()
+            .ok_or_else(|| ConfigError(format!("{source}: {v:?} is not a duration like 500ms or 2s")))
+    };
+    let latency = pick(
+        args.tail_latency,
+        env("TRACER_TAIL_LATENCY").map(|v| duration("TRACER_TAIL_LATENCY", &v)).transpose()?,
+        file.latency.as_deref().map(|v| duration(&at("export.tail.latency"), v)).transpose()?,
+    )
+    .unwrap_or(DEFAULT_LATENCY);
+    let wait = pick(
+        args.tail_wait,
+        env("TRACER_TAIL_WAIT").map(|v| duration("TRACER_TAIL_WAIT", &v)).transpose()?,
+        file.wait.as_deref().map(|v| duration(&at("export.tail.wait"), v)).transpose()?,
+    )
+    .unwrap_or(DEFAULT_WAIT);
+    if wait.is_zero() {
+        return Err(ConfigError(
+            "the tail sampling wait (--tail-wait, TRACER_TAIL_WAIT, export.tail.wait) must be positive".into(),
+        ));
+    }
+    let spans = |source: &str, v: i64| {
+        u32::try_from(v)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ConfigError(format!("{source}: {v} is not a number of spans (1 to {})", u32::MAX)))
+    };
+    let env_buffer = env("TRACER_TAIL_BUFFER")
+        .map(|r| {
+            r.trim()
+                .parse::<i64>()
+                .map_err(|_| ConfigError(format!("TRACER_TAIL_BUFFER: {r:?} is not a number of spans")))
+                .and_then(|v| spans("TRACER_TAIL_BUFFER", v))
+        })
+        .transpose()?;
+    let file_buffer = file.buffer.map(|v| spans(&at("export.tail.buffer"), v)).transpose()?;
+    let max_spans = pick(args.tail_buffer, env_buffer, file_buffer).map_or(DEFAULT_MAX_SPANS, |n| n as usize);
+    Ok(enabled.then_some(TailConfig { latency, wait, max_spans }))
 }
 
 /// Percent-encodes what would break a `k=v,k=v` list.
@@ -769,5 +846,54 @@ mod agent_option_tests {
         assert!(e.contains("TRACER_OTLP_METRICS: \"maybe\""), "{e}");
         let e = resolve_with(&RunArgs::default(), &[], "metrics: {prometheus: true}\n").unwrap_err().0;
         assert!(e.contains("prometheus"), "unknown field named: {e}");
+    }
+
+    #[test]
+    fn tail_sampling_is_off_by_default_and_follows_the_precedence() {
+        use crate::export::tail::TailConfig;
+        use std::time::Duration;
+        assert_eq!(resolve_with(&RunArgs::default(), &[], "").unwrap().tail, None);
+        let file = "export:\n  tail: {enabled: true, latency: 300ms, wait: 1s, buffer: 50}\n";
+        let s = resolve_with(&RunArgs::default(), &[], file).unwrap();
+        assert_eq!(
+            s.tail,
+            Some(TailConfig { latency: Duration::from_millis(300), wait: Duration::from_secs(1), max_spans: 50 })
+        );
+        let env = [("TRACER_TAIL_LATENCY", "1.5s"), ("TRACER_TAIL_BUFFER", "60"), ("TRACER_TAIL_WAIT", "3s")];
+        let s = resolve_with(&RunArgs::default(), &env, file).unwrap();
+        assert_eq!(
+            s.tail,
+            Some(TailConfig { latency: Duration::from_millis(1500), wait: Duration::from_secs(3), max_spans: 60 })
+        );
+        let args =
+            RunArgs { tail_latency: Some(Duration::from_millis(20)), tail_buffer: Some(70), ..RunArgs::default() };
+        let s = resolve_with(&args, &env, file).unwrap();
+        assert_eq!(
+            s.tail,
+            Some(TailConfig { latency: Duration::from_millis(20), wait: Duration::from_secs(3), max_spans: 70 })
+        );
+        // The environment turns off what the file turns on; the flag turns it on again.
+        let off = [("TRACER_TAIL_SAMPLING", "false")];
+        assert_eq!(resolve_with(&RunArgs::default(), &off, file).unwrap().tail, None);
+        let on = RunArgs { tail_sampling: true, ..RunArgs::default() };
+        assert_eq!(resolve_with(&on, &off, file).unwrap().tail.map(|t| t.max_spans), Some(50));
+        // Defaults when on without settings.
+        assert_eq!(resolve_with(&on, &[], "").unwrap().tail, Some(TailConfig::default()));
+    }
+
+    #[test]
+    fn tail_sampling_errors_name_the_source_and_value() {
+        let e = resolve_with(&RunArgs::default(), &[("TRACER_TAIL_SAMPLING", "maybe")], "").unwrap_err().0;
+        assert!(e.contains("TRACER_TAIL_SAMPLING: \"maybe\""), "{e}");
+        let e = resolve_with(&RunArgs::default(), &[("TRACER_TAIL_LATENCY", "500")], "").unwrap_err().0;
+        assert!(e.contains("TRACER_TAIL_LATENCY: \"500\""), "{e}");
+        let e = resolve_with(&RunArgs::default(), &[], "export: {tail: {wait: soon}}\n").unwrap_err().0;
+        assert!(e.contains("tracer.yaml: export.tail.wait: \"soon\""), "{e}");
+        let e = resolve_with(&RunArgs::default(), &[], "export: {tail: {buffer: 0}}\n").unwrap_err().0;
+        assert!(e.contains("tracer.yaml: export.tail.buffer: 0"), "{e}");
+        let e = resolve_with(&RunArgs::default(), &[("TRACER_TAIL_WAIT", "0s")], "").unwrap_err().0;
+        assert!(e.contains("must be positive"), "{e}");
+        let e = resolve_with(&RunArgs::default(), &[], "export: {tail: {enable: true}}\n").unwrap_err().0;
+        assert!(e.contains("unknown field `enable`"), "{e}");
     }
 }

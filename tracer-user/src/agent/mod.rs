@@ -295,6 +295,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         queue_capacity: (settings.export_queue as usize).max(1),
         export_latency: Some(metrics.export_latency.clone()),
         sampler: export::sampler::Sampler::from_env(),
+        tail: settings.tail,
         ..ExportOptions::default()
     };
     let exporter = if hooks.otlp_only && matches!(config, ExportConfig::Stdout) {

@@ -29,7 +29,9 @@ impl fmt::Display for Summary<'_> {
              parse_errors={} unmatched_responses={} unanswered_requests={} connection_evictions={} \
              process_evictions={} correlation_evictions={} kernel_evictions={} kernel_refused={} \
              goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
-             grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={}",
+             grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={} \
+             tail_traces_error={} tail_spans_error={} tail_traces_latency={} tail_spans_latency={} \
+             tail_traces_head={} tail_spans_head={} tail_traces_sampled_out={} tail_decided_early={}",
             k.events,
             k.lost,
             k.not_http,
@@ -52,7 +54,15 @@ impl fmt::Display for Summary<'_> {
             k.grpc_no_addr,
             k.grpc_unpaired,
             p.grpc_left_to_uprobes,
-            e.sampled_out
+            e.sampled_out,
+            e.tail.traces_error,
+            e.tail.spans_error,
+            e.tail.traces_latency,
+            e.tail.spans_latency,
+            e.tail.traces_head,
+            e.tail.spans_head,
+            e.tail.traces_sampled_out,
+            e.tail.decided_early
         )
     }
 }

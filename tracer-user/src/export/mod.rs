@@ -17,7 +17,8 @@
 //!   [`ExportStats::dropped_queue_full`].
 //! * Memory is bounded: the queue (`queue_capacity`), one batch being exported (one request,
 //!   retried from the same buffer) and, in stdout mode, the spans held
-//!   for incomplete traces (`2 × queue_capacity` at most).
+//!   for incomplete traces (`2 × queue_capacity` at most), and with tail sampling the spans
+//!   held for a decision (`TailConfig::max_spans` at most, see [`tail`]).
 //! * A failing collector is retried with exponential backoff a bounded number of times within
 //!   the export timeout, then the batch is counted in [`ExportStats::export_failures`] /
 //!   [`ExportStats::spans_failed`]; spans a collector refuses in a partial success are counted in
@@ -31,6 +32,7 @@ pub mod otlp;
 pub(crate) mod retry;
 pub mod sampler;
 pub mod stdout;
+pub mod tail;
 pub mod tls;
 mod wire;
 
@@ -77,6 +79,9 @@ pub struct ExportOptions {
     pub export_latency: Option<prometheus_client::metrics::histogram::Histogram>,
     /// Which traces are exported. Default: every one.
     pub sampler: sampler::Sampler,
+    /// Tail sampling (see [`tail`]): when set, `sampler` decides only the traces without an
+    /// error or a slow span, after they were held. Default: off.
+    pub tail: Option<tail::TailConfig>,
 }
 
 impl Default for ExportOptions {
@@ -93,6 +98,7 @@ impl Default for ExportOptions {
             stdout_hold: Duration::from_secs(1),
             export_latency: None,
             sampler: sampler::Sampler::AlwaysOn,
+            tail: None,
         }
     }
 }
@@ -129,8 +135,10 @@ pub struct ExportStats {
     pub spans_failed: u64,
     /// Spans the collector refused in a partial success (dropped, not retried).
     pub spans_rejected: u64,
-    /// Spans not exported because the sampler did not keep their trace.
+    /// Spans not exported because the sampler (head or tail) did not keep their trace.
     pub sampled_out: u64,
+    /// Tail sampling's decisions (all zero when it is off).
+    pub tail: tail::TailStats,
 }
 
 #[derive(Default, Debug)]
@@ -143,6 +151,14 @@ pub(crate) struct StatsInner {
     spans_failed: AtomicU64,
     spans_rejected: AtomicU64,
     sampled_out: AtomicU64,
+    tail_traces_error: AtomicU64,
+    tail_spans_error: AtomicU64,
+    tail_traces_latency: AtomicU64,
+    tail_spans_latency: AtomicU64,
+    tail_traces_head: AtomicU64,
+    tail_spans_head: AtomicU64,
+    tail_traces_sampled_out: AtomicU64,
+    tail_decided_early: AtomicU64,
 }
 
 impl StatsInner {
@@ -166,6 +182,16 @@ impl StatsInner {
             spans_failed: self.spans_failed.load(Ordering::Relaxed),
             spans_rejected: self.spans_rejected.load(Ordering::Relaxed),
             sampled_out: self.sampled_out.load(Ordering::Relaxed),
+            tail: tail::TailStats {
+                traces_error: self.tail_traces_error.load(Ordering::Relaxed),
+                spans_error: self.tail_spans_error.load(Ordering::Relaxed),
+                traces_latency: self.tail_traces_latency.load(Ordering::Relaxed),
+                spans_latency: self.tail_spans_latency.load(Ordering::Relaxed),
+                traces_head: self.tail_traces_head.load(Ordering::Relaxed),
+                spans_head: self.tail_spans_head.load(Ordering::Relaxed),
+                traces_sampled_out: self.tail_traces_sampled_out.load(Ordering::Relaxed),
+                decided_early: self.tail_decided_early.load(Ordering::Relaxed),
+            },
         }
     }
 }
@@ -204,6 +230,7 @@ impl WarnLimiter {
 pub struct ExportSender {
     tx: mpsc::Sender<Item>,
     stats: Arc<StatsInner>,
+    /// The head decision taken here; `AlwaysOn` with tail sampling (the task decides).
     sampler: sampler::Sampler,
 }
 
@@ -300,6 +327,14 @@ pub fn spawn_with_stdout(
     if opts.flush_interval.is_zero() {
         return Err(ExportError::InvalidOptions { reason: "flush_interval must be positive" });
     }
+    if let Some(t) = &opts.tail {
+        if t.wait.is_zero() {
+            return Err(ExportError::InvalidOptions { reason: "the tail sampling wait must be positive" });
+        }
+        if t.max_spans == 0 {
+            return Err(ExportError::InvalidOptions { reason: "the tail sampling buffer must hold a span" });
+        }
+    }
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let stats = Arc::new(StatsInner::default());
     let sink = {
@@ -317,14 +352,27 @@ pub fn spawn_with_stdout(
         }
     };
     log::info!("exporting spans to {config}");
-    let sampler = opts.sampler;
+    let head = opts.sampler;
+    let tail = opts.tail.map(|cfg| {
+        log::info!(
+            "tail sampling: exporting every trace with an error or a span of at least {:?}, and {} of the \
+             others (OTEL_TRACES_SAMPLER); a trace is decided {:?} after its last span, at most {} spans held",
+            cfg.latency,
+            head.describe(),
+            cfg.wait,
+            cfg.max_spans
+        );
+        tail::TailSampler::new(cfg, head, stats.clone())
+    });
+    // With tail sampling the head sampler is applied by the task, at the decision.
+    let sampler = if tail.is_some() { sampler::Sampler::AlwaysOn } else { head };
     if sampler != sampler::Sampler::AlwaysOn {
         log::info!("sampling: exporting {} (OTEL_TRACES_SAMPLER)", sampler.describe());
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let shutdown_timeout = opts.shutdown_timeout;
-    let task = Task { rx, sink, opts, stats: stats.clone() };
+    let task = Task { rx, sink, opts, stats: stats.clone(), tail };
     let join = runtime.spawn(task.run(shutdown_rx));
     Ok(ExportHandle { sender: ExportSender { tx, stats, sampler }, shutdown_tx, join, shutdown_timeout })
 }
@@ -362,6 +410,17 @@ struct Task {
     sink: Sink,
     opts: ExportOptions,
     stats: Arc<StatsInner>,
+    tail: Option<tail::TailSampler>,
+}
+
+/// Waits for the next tick of `interval`, or forever without one.
+async fn tick_of(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Task {
@@ -373,30 +432,48 @@ impl Task {
             if stdout { self.opts.flush_interval.min(Duration::from_millis(250)) } else { self.opts.flush_interval };
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Tail decisions are taken on their own, finer tick: a quarter of the wait, 10 to 250 ms.
+        let mut tail_ticker = self.tail.as_ref().map(|t| {
+            let p = (t.config().wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            let mut i = tokio::time::interval_at(Instant::now() + p, p);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
         let mut drops = DropReporter::new(self.opts.warn_interval);
+        // Spans ready for the sink; full batches leave at once, a partial one on the ticker.
         let mut buf: Vec<Item> = Vec::with_capacity(batch_size);
+        let mut incoming: Vec<Item> = Vec::with_capacity(batch_size);
 
         let deadline = loop {
-            // Invariant: buf.len() < batch_size here, so recv_many's limit is never 0.
-            let room = batch_size - buf.len();
             tokio::select! {
                 biased;
                 deadline = &mut shutdown_rx => {
                     // Err: the handle was dropped without shutdown; stop with the default deadline.
                     break deadline.unwrap_or_else(|_| Instant::now() + self.opts.shutdown_timeout);
                 }
-                n = self.rx.recv_many(&mut buf, room) => {
+                n = self.rx.recv_many(&mut incoming, batch_size) => {
                     if n == 0 {
                         break Instant::now() + self.opts.shutdown_timeout; // all senders gone
                     }
-                    if stdout || buf.len() >= batch_size {
-                        self.sink.handle(std::mem::replace(&mut buf, Vec::with_capacity(batch_size))).await;
+                    match &mut self.tail {
+                        Some(tail) => {
+                            let now = Instant::now();
+                            for item in incoming.drain(..) {
+                                tail.push(item, now, &mut buf);
+                            }
+                        }
+                        None => buf.append(&mut incoming),
                     }
+                    self.send_full(&mut buf, stdout).await;
+                }
+                _ = tick_of(&mut tail_ticker) => {
+                    if let Some(tail) = &mut self.tail {
+                        tail.tick(Instant::now(), &mut buf);
+                    }
+                    self.send_full(&mut buf, stdout).await;
                 }
                 _ = ticker.tick() => {
-                    if !buf.is_empty() {
-                        self.sink.handle(std::mem::replace(&mut buf, Vec::with_capacity(batch_size))).await;
-                    }
+                    self.send_full(&mut buf, true).await;
                     self.sink.tick(Instant::now());
                     drops.report(&self.stats);
                 }
@@ -406,10 +483,34 @@ impl Task {
         drops.report(&self.stats);
     }
 
-    /// Exports what is buffered and still queued, in batches, until `deadline`.
+    /// Hands `buf` to the sink in batches: all of it when `all`, else its full batches only.
+    async fn send_full(&mut self, buf: &mut Vec<Item>, all: bool) {
+        let batch_size = self.opts.batch_size;
+        while buf.len() >= batch_size || (all && !buf.is_empty()) {
+            let rest = buf.split_off(batch_size.min(buf.len()));
+            let batch = std::mem::replace(buf, rest);
+            self.sink.handle(batch).await;
+        }
+        if buf.capacity() == 0 {
+            buf.reserve(batch_size);
+        }
+    }
+
+    /// Exports what is buffered and still queued, in batches, until `deadline`. With tail
+    /// sampling every trace still held is decided first.
     async fn drain(&mut self, mut buf: Vec<Item>, deadline: Instant) {
         self.rx.close();
         let batch_size = self.opts.batch_size;
+        if let Some(tail) = &mut self.tail {
+            let now = Instant::now();
+            while let Ok(item) = self.rx.try_recv() {
+                tail.push(item, now, &mut buf);
+            }
+            let n = tail.finish(&mut buf);
+            if n > 0 {
+                log::debug!("tail sampling: {n} traces decided at stop");
+            }
+        }
         loop {
             while buf.len() < batch_size {
                 match self.rx.try_recv() {
@@ -420,11 +521,12 @@ impl Task {
             if buf.is_empty() {
                 break;
             }
-            let n = buf.len() as u64;
-            let batch = std::mem::take(&mut buf);
+            let rest = buf.split_off(batch_size.min(buf.len()));
+            let batch = std::mem::replace(&mut buf, rest);
+            let n = batch.len() as u64;
             if tokio::time::timeout_at(deadline, self.sink.handle(batch)).await.is_err() {
-                // Out of time: the in-flight batch and everything still queued are lost.
-                let mut lost = n;
+                // Out of time: the in-flight batch and everything still held or queued are lost.
+                let mut lost = n + buf.len() as u64;
                 while self.rx.try_recv().is_ok() {
                     lost += 1;
                 }
@@ -557,6 +659,85 @@ mod tests {
         let cfg = OtlpConfig::new(Protocol::Grpc, "http://127.0.0.1:9");
         let handle = spawn(ExportConfig::Otlp(cfg), ExportOptions::default()).unwrap();
         assert_eq!(handle.shutdown().await, ExportStats::default());
+    }
+
+    fn traced(trace: u8, id: u8, ms: u64, error: bool) -> SpanRecord {
+        let mut r = record(trace, id);
+        r.end = r.start + Duration::from_millis(ms);
+        if error {
+            r.status = SpanStatus::Error("HTTP 500".into());
+        }
+        r
+    }
+
+    fn tail_opts(wait: Duration) -> ExportOptions {
+        ExportOptions {
+            sampler: sampler::Sampler::AlwaysOff,
+            tail: Some(tail::TailConfig { latency: Duration::from_millis(100), wait, max_spans: 1000 }),
+            ..Default::default()
+        }
+    }
+
+    /// Head ratio 0 plus tail sampling: the head sampler does not drop at `send`, and the trace
+    /// held at shutdown are decided and printed, not lost.
+    #[tokio::test]
+    async fn tail_sampling_flushes_held_traces_at_shutdown_keeping_errors_and_slow_ones() {
+        let buf = Buf::default();
+        // A wait far longer than the test: only the shutdown can decide.
+        let handle =
+            spawn_with_stdout(ExportConfig::Stdout, tail_opts(Duration::from_secs(3600)), Box::new(buf.clone()))
+                .unwrap();
+        for (trace, ms, error) in [(1, 5, true), (2, 150, false), (3, 5, false)] {
+            assert!(handle.send(resource(), traced(trace, 1, ms, false)));
+            assert!(handle.send(resource(), traced(trace, 2, 5, error)));
+        }
+        let stats = handle.shutdown().await;
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("trace 01010101010101010101010101010101"), "{out}");
+        assert!(out.contains("trace 02020202020202020202020202020202"), "{out}");
+        assert!(!out.contains("trace 03030303"), "{out}");
+        assert_eq!((stats.queued, stats.exported, stats.sampled_out), (6, 4, 2), "{stats:?}");
+        assert_eq!(
+            stats.tail,
+            tail::TailStats {
+                traces_error: 1,
+                spans_error: 2,
+                traces_latency: 1,
+                spans_latency: 2,
+                traces_sampled_out: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    /// While running, a trace is exported once it has been quiet for the wait.
+    #[tokio::test]
+    async fn tail_sampling_decides_quiet_traces_while_running() {
+        let buf = Buf::default();
+        let handle =
+            spawn_with_stdout(ExportConfig::Stdout, tail_opts(Duration::from_millis(50)), Box::new(buf.clone()))
+                .unwrap();
+        assert!(handle.send(resource(), traced(4, 1, 5, true)));
+        assert!(handle.send(resource(), traced(5, 1, 5, false)));
+        let started = Instant::now();
+        while handle.stats().exported == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never exported: {:?}", handle.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = handle.stats();
+        assert_eq!((stats.exported, stats.sampled_out, stats.tail.traces_error), (1, 1, 1), "{stats:?}");
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("trace 04040404") && !out.contains("trace 05050505"), "{out}");
+        let stats = handle.shutdown().await;
+        assert_eq!(stats.exported, 1);
+    }
+
+    #[tokio::test]
+    async fn tail_sampling_rejects_a_zero_wait_or_buffer() {
+        let mut opts = tail_opts(Duration::ZERO);
+        assert!(matches!(spawn(ExportConfig::Stdout, opts.clone()), Err(ExportError::InvalidOptions { .. })));
+        opts.tail = Some(tail::TailConfig { max_spans: 0, ..Default::default() });
+        assert!(matches!(spawn(ExportConfig::Stdout, opts), Err(ExportError::InvalidOptions { .. })));
     }
 
     #[test]

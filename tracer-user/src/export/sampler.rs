@@ -11,6 +11,9 @@
 //! was decided on the same trace id (the sampled flag of a `traceparent` header sent by an SDK is
 //! not consulted). Only export is sampled: metrics count every request, and `tracer watch` sees
 //! every span. Spans sampled out are counted (`spans_sampled_out` in the agent's summary).
+//!
+//! With tail sampling ([`super::tail`]) this sampler decides only the traces that have neither a
+//! failed nor a slow span, once they were held.
 
 use crate::model::TraceId;
 
