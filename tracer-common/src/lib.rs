@@ -42,7 +42,6 @@ const _: () = {
     assert!(size_of::<ConnEvent>() == 32);
     assert!(size_of::<ProcEvent>() == 48);
     assert!(size_of::<SockOffsets>() == 32);
-    assert!(size_of::<TpOffsets>() == 24);
     assert!(size_of::<FdOffsets>() == 40);
     assert!(size_of::<TaskOffsets>() == 8);
     assert!(size_of::<ConnState>() == 8);
@@ -58,8 +57,6 @@ const _: () = {
 mod pod {
     // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SockOffsets {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FdOffsets {}
     // SAFETY: as above.

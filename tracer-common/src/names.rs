@@ -89,7 +89,6 @@ pub mod globals {
     pub const TRACE_ALL: &str = "TRACE_ALL";
     pub const PROPAGATION: &str = "PROPAGATION";
     pub const SOCK_OFF: &str = "SOCK_OFF";
-    pub const TP_OFF: &str = "TP_OFF";
     pub const GO_FSBASE_OFF: &str = "GO_FSBASE_OFF";
     pub const FD_OFF: &str = "FD_OFF";
     pub const TASK_OFF: &str = "TASK_OFF";
@@ -97,20 +96,31 @@ pub mod globals {
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
     pub const ALL: &[&str] =
-        &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, TP_OFF, GO_FSBASE_OFF, FD_OFF, TASK_OFF, AYA_LOG_LEVEL];
+        &[AGENT_TGID, TRACE_ALL, PROPAGATION, SOCK_OFF, GO_FSBASE_OFF, FD_OFF, TASK_OFF, AYA_LOG_LEVEL];
+}
+
+/// Slots of the `PROGS` program array: the programs reached only by tail calls.
+pub mod tail {
+    /// `emit_step`, from `sys_exit` (a data syscall's first chunk) and from itself (the next).
+    pub const EMIT_STEP: u32 = 0;
+    /// `sys_exit_conn`, from `sys_exit` (connect, accept, accept4).
+    pub const EXIT_CONN: u32 = 1;
+    /// Slots in all.
+    pub const COUNT: u32 = 2;
 }
 
 /// Programs.
 pub mod programs {
-    // Socket data path (syscall and sock tracepoints).
-    pub const SYS_ENTER_DATA: &str = "sys_enter_data";
+    // Socket data path (raw syscall tracepoints and the sock tracepoints).
+    /// Raw `sys_enter`: data syscalls, connect/accept, close.
+    pub const SYS_ENTER: &str = "sys_enter";
+    /// Raw `sys_exit`: data syscalls; connect/accept through `sys_exit_conn`.
+    pub const SYS_EXIT: &str = "sys_exit";
     pub const SOCK_LENGTH: &str = "sock_length";
-    pub const SYS_EXIT_DATA: &str = "sys_exit_data";
-    /// Tail-called by `sys_exit_data` (slot 0 of `PROGS`), never attached.
+    /// Tail-called (slot `tail::EMIT_STEP` of `PROGS`), never attached.
     pub const EMIT_STEP: &str = "emit_step";
-    pub const SYS_ENTER_CONN: &str = "sys_enter_conn";
+    /// Tail-called (slot `tail::EXIT_CONN` of `PROGS`), never attached.
     pub const SYS_EXIT_CONN: &str = "sys_exit_conn";
-    pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
     // Process lifecycle.
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
@@ -145,19 +155,16 @@ pub mod programs {
     pub const CAP_FENTRY: &str = "cap_fentry";
     pub const CAP_UPROBE: &str = "cap_uprobe";
     pub const CAP_TP_BTF: &str = "cap_tp_btf";
-    pub const CAP_RAW_TP: &str = "cap_raw_tp";
     pub const CAP_SOCK_OPS: &str = "cap_sock_ops";
     pub const CAP_WRITE_USER: &str = "cap_write_user";
 
     /// Every program of the object.
     pub const ALL: &[&str] = &[
-        SYS_ENTER_DATA,
+        SYS_ENTER,
+        SYS_EXIT,
         SOCK_LENGTH,
-        SYS_EXIT_DATA,
         EMIT_STEP,
-        SYS_ENTER_CONN,
         SYS_EXIT_CONN,
-        SYS_ENTER_CLOSE,
         SCHED_PROCESS_FORK,
         SCHED_PROCESS_EXEC,
         SCHED_PROCESS_EXIT,
@@ -186,7 +193,6 @@ pub mod programs {
         CAP_FENTRY,
         CAP_UPROBE,
         CAP_TP_BTF,
-        CAP_RAW_TP,
         CAP_SOCK_OPS,
         CAP_WRITE_USER,
     ];

@@ -67,20 +67,3 @@ pub struct TaskOffsets {
     /// `task_struct.tgid`: the process id (the high half).
     pub tgid: u32,
 }
-
-/// Field offsets inside tracepoint records whose layout changed across kernel versions, read from
-/// tracefs `format` files at start-up. The syscall tracepoints' layout (`__syscall_nr` at 8,
-/// arguments from 16, `ret` at 16) has been stable for a decade and is not listed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
-pub struct TpOffsets {
-    /// `sock:sock_{send,recv}_length`: `sk`, `family`, `protocol`, `flags`.
-    pub socklen_sk: u32,
-    pub socklen_family: u32,
-    pub socklen_protocol: u32,
-    pub socklen_flags: u32,
-    /// `sched:sched_process_fork`: `parent_pid`, `child_pid`.
-    pub fork_parent_pid: u32,
-    pub fork_child_pid: u32,
-}

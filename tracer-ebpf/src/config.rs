@@ -1,6 +1,6 @@
 //! Configuration userspace writes into the object's globals before it loads the programs.
 
-use tracer_common::{FdOffsets, SockOffsets, TaskOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TaskOffsets};
 
 /// tgid of the agent itself: never traced.
 #[unsafe(no_mangle)]
@@ -24,8 +24,9 @@ pub static SOCK_OFF: SockOffsets = SockOffsets {
     skc_v6_rcv_saddr: 0,
     valid: 0,
 };
-/// File-table offsets from the running kernel's BTF; `enabled` when the data syscalls find their
-/// socket through the fd table (no sock length tracepoints).
+/// File-table and `struct sock` offsets from the running kernel's BTF (`sk_protocol` is also read
+/// by `sock_length`); `enabled` when the data syscalls find their socket through the fd table
+/// (no sock length tracepoints).
 #[unsafe(no_mangle)]
 pub static FD_OFF: FdOffsets = FdOffsets {
     task_files: 0,
@@ -40,20 +41,9 @@ pub static FD_OFF: FdOffsets = FdOffsets {
     enabled: 0,
 };
 /// `task_struct` offsets from the running kernel's BTF, for the sockops program's current
-/// process (see [`crate::sockops`]).
+/// process (see [`crate::sockops`]) and a forked child's ids.
 #[unsafe(no_mangle)]
 pub static TASK_OFF: TaskOffsets = TaskOffsets { pid: 0, tgid: 0 };
-/// Tracepoint record layouts from tracefs.
-#[unsafe(no_mangle)]
-pub static TP_OFF: TpOffsets = TpOffsets {
-    socklen_sk: 8,
-    socklen_family: 16,
-    socklen_protocol: 18,
-    socklen_flags: 24,
-    fork_parent_pid: 12,
-    fork_child_pid: 20,
-};
-
 /// Reads a global the loader may have rewritten (volatile, so the compiler keeps the load).
 #[inline(always)]
 pub fn cfg<T: Copy>(v: &T) -> T {

@@ -4,8 +4,8 @@
 use crate::klog::{kdebug, what};
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_write_user},
-    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, sock_ops, uprobe},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, SockOpsContext},
+    macros::{btf_tracepoint, fentry, kprobe, sock_ops, uprobe},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SockOpsContext},
 };
 
 #[kprobe]
@@ -28,11 +28,6 @@ pub fn cap_uprobe(_ctx: ProbeContext) -> u32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn cap_tp_btf(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn cap_raw_tp(_ctx: RawTracePointContext) -> u32 {
     0
 }
 

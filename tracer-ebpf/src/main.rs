@@ -1,7 +1,8 @@
 //! Kernel programs of the `tracer` agent.
 //!
-//! Socket I/O is seen through syscall tracepoints only (no kprobes, no fentry), so the agent works
-//! on kernels in lockdown and without CONFIG_KPROBES. Processes are filtered in the kernel before
+//! Socket I/O is seen through raw tracepoints only (`sys_enter`, `sys_exit` and the `sock` length
+//! events; no kprobes, no fentry), so the agent works on kernels in lockdown and without
+//! CONFIG_KPROBES. Processes are filtered in the kernel before
 //! anything is copied; the agent's own process is never traced. Every failed ring-buffer
 //! reservation is counted. Program families, one module each:
 //!

@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
     EventHeader, EventKind, ProcEvent,
@@ -13,26 +13,33 @@ use tracer_common::{
 };
 
 use crate::{
-    config::{AGENT_TGID, TP_OFF, TRACE_ALL, cfg},
+    config::{AGENT_TGID, TASK_OFF, TRACE_ALL, cfg},
     filter::traced,
     go,
     maps::{EVENTS, NO_THREAD_LINK, THREAD_CTX, TRACED, lru_del, put},
     socket::{ARGS, conn::CONNECT_FD, emit::IOV_STATE},
 };
 
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw: run by the
+/// parent, so the current process is the one that forks (whichever of its threads does).
+#[raw_tracepoint]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
     if cfg(&TRACE_ALL) != 0 {
         return 0;
     }
-    let off = cfg(&TP_OFF);
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let parent = unsafe { ctx.read_at::<i32>(off.fork_parent_pid as usize) }.unwrap_or(0) as u32;
-    let child = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) }.unwrap_or(0) as u32;
-    // Threads share the parent's tgid already; new processes inherit tracing.
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only presence is tested.
-    if parent != 0 && child != 0 && unsafe { TRACED.get(&parent) }.is_some() {
-        put(&TRACED, &child, &1, FixedTable::Traced);
+    if unsafe { TRACED.get(&parent) }.is_none() {
+        return 0;
+    }
+    let child: u64 = ctx.arg(1);
+    let off = cfg(&TASK_OFF);
+    // SAFETY: kernel memory read through the probe helper, at offsets from this kernel's BTF.
+    let pid = unsafe { bpf_probe_read_kernel((child + u64::from(off.pid)) as *const i32) }.unwrap_or(0) as u32;
+    let tgid = unsafe { bpf_probe_read_kernel((child + u64::from(off.tgid)) as *const i32) }.unwrap_or(0) as u32;
+    // A new thread shares the parent's tgid already; a new process inherits tracing.
+    if pid != 0 && pid == tgid {
+        put(&TRACED, &tgid, &1, FixedTable::Traced);
     }
     0
 }
@@ -60,8 +67,9 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
     }
 }
 
-#[tracepoint]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+/// `sched_process_exec`, raw: run by the process that has just exec'd.
+#[raw_tracepoint]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == cfg(&AGENT_TGID) {
         return 0;
@@ -70,8 +78,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+/// `sched_process_exit`, raw: run by each exiting thread.
+#[raw_tracepoint]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // Per-thread entries normally end with their syscall; a thread that dies inside one (exit,

@@ -2,16 +2,16 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
     CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Proto, Role,
     tables::{FixedTable, LruTable},
 };
 
-use super::{CONNS, NR_CONNECT, arg, ret, syscall_nr};
+use super::{CONNS, NR_CONNECT, SysRegs};
 use crate::{
     filter::traced,
     maps::{CONN_TUPLE, EVENTS, conn_key, lru_del, lru_put, put},
@@ -23,28 +23,35 @@ pub static CONNECT_FD: HashMap<u64, i64> = HashMap::with_max_entries(16384, 0);
 
 const EINPROGRESS: i64 = 115;
 
-/// `sys_enter_connect`, `sys_enter_accept`, `sys_enter_accept4`: remember the fd (connect) or
-/// that an accept is pending.
-#[tracepoint]
-pub fn sys_enter_conn(ctx: TracePointContext) -> u32 {
+/// Entry of connect, accept or accept4 (syscall `nr`, from `sys_enter`): remember the fd
+/// (connect) or that an accept is pending.
+#[inline(always)]
+pub fn enter_conn(regs: u64, nr: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced((pid_tgid >> 32) as u32) {
         return 0;
     }
     // connect: remember its fd; accept: -1 marks "the fd is the return value".
-    let fd: i64 = if syscall_nr(&ctx) == NR_CONNECT { arg(&ctx, 0) as i32 as i64 } else { -1 };
+    let fd: i64 = if nr == NR_CONNECT {
+        match SysRegs::read(regs) {
+            Some(r) => r.arg(0) as i32 as i64,
+            None => return 0,
+        }
+    } else {
+        -1
+    };
     put(&CONNECT_FD, &pid_tgid, &fd, FixedTable::ConnectFd);
     0
 }
 
-/// `sys_exit_connect`, `sys_exit_accept`, `sys_exit_accept4`.
-#[tracepoint]
-pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
+/// Exit of connect, accept or accept4: tail-called from `sys_exit` (raw: `regs`, `ret`).
+#[raw_tracepoint]
+pub fn sys_exit_conn(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of the map.
     let Some(fd) = (unsafe { CONNECT_FD.get(&pid_tgid) }).copied() else { return 0 };
     let _ = CONNECT_FD.remove(&pid_tgid);
-    let r = ret(&ctx);
+    let r: i64 = ctx.arg(1);
     let (fd, role) = if fd < 0 {
         if r < 0 {
             return 0;
@@ -75,12 +82,12 @@ pub fn sys_exit_conn(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sys_enter_close`: forget the connection; tell userspace if it carried a traced protocol.
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+/// Entry of close(`fd`) (from `sys_enter`): forget the connection; tell userspace if it carried
+/// a traced protocol.
+#[inline(always)]
+pub fn enter_close(fd: i32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let fd = arg(&ctx, 0) as i32;
     let key = conn_key(tgid, fd);
     lru_del(&CONN_TUPLE, &key, LruTable::ConnTuple);
     // SAFETY: plain data copied out of the map.

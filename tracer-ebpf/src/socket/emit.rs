@@ -4,13 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as raw_probe_read_user},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, ProgramArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use core::ffi::c_void;
 use tracer_common::{
     ConnTuple, DataEvent, EventHeader, EventKind, MAX_IOVECS, MAX_PAYLOAD, MessageKind, TAIL_PAYLOAD, TupleKey,
+    names::tail,
     tables::{LruTable, counters},
 };
 
@@ -54,13 +55,14 @@ pub static IOV_STATE: HashMap<u64, IovState> = HashMap::with_max_entries(4096, 0
 #[map]
 pub static IOV_SCRATCH: PerCpuArray<IovState> = PerCpuArray::with_max_entries(1, 0);
 
+/// The programs reached by tail calls, at the slots `tracer_common::names::tail` names.
 #[map]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(tail::COUNT, 0);
 
 /// Emits one chunk of a data syscall, then tail-calls itself for the next one. The first chunk
 /// carries the trace context when the transfer starts a request.
-#[tracepoint]
-pub fn emit_step(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn emit_step(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(st) = IOV_STATE.get_ptr_mut(&pid_tgid) else { return 0 };
     // SAFETY: this task's own entry.
@@ -108,8 +110,8 @@ pub fn emit_step(ctx: TracePointContext) -> u32 {
     s.seen += take;
     s.idx += 1;
     if s.idx < s.cnt && s.seen < s.len {
-        // SAFETY: slot 0 holds this program.
-        let _ = unsafe { PROGS.tail_call(&ctx, 0) };
+        // SAFETY: the slot holds this program.
+        let _ = unsafe { PROGS.tail_call(&ctx, tail::EMIT_STEP) };
     }
     let _ = IOV_STATE.remove(&pid_tgid);
     0

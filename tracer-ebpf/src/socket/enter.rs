@@ -1,32 +1,34 @@
 //! Syscall entry: remember the fd and buffer of a data syscall, and learn its socket.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{MessageKind, Proto, Syscall, classify, tables::FixedTable};
 
 use crate::klog::{kdebug, what};
 
 use super::{
-    ARGS, MSG_PEEK, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV,
-    SyscallArgs, arg, first_bytes, iovecs, syscall_nr,
+    ARGS, MSG_PEEK, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV, SysRegs,
+    SyscallArgs, first_bytes, iovecs,
 };
 use crate::{
-    config::{TP_OFF, cfg},
+    config::{FD_OFF, SOCK_OFF, cfg},
     context::{EvCtx, client_context},
     filter::traced,
     maps::{CONN_TUPLE, conn_key, put},
 };
 
-#[tracepoint]
-pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
+/// Entry of data syscall `nr` (from `sys_enter`): stash its fd and buffer for its exit.
+#[inline(always)]
+pub fn enter_data(regs: u64, nr: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let syscall = match syscall_nr(&ctx) {
+    let Some(r) = SysRegs::read(regs) else { return 0 };
+    let syscall = match nr {
         NR_READ => Syscall::Read,
         NR_WRITE => Syscall::Write,
         NR_READV => Syscall::Readv,
@@ -37,18 +39,18 @@ pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
         NR_SENDMSG => Syscall::Sendmsg,
         _ => return 0,
     };
-    if (syscall == Syscall::Recvfrom && arg(&ctx, 3) & MSG_PEEK != 0)
-        || (syscall == Syscall::Recvmsg && arg(&ctx, 2) & MSG_PEEK != 0)
+    if (syscall == Syscall::Recvfrom && r.arg(3) & MSG_PEEK != 0)
+        || (syscall == Syscall::Recvmsg && r.arg(2) & MSG_PEEK != 0)
     {
         return 0;
     }
     let args = SyscallArgs {
-        buf: arg(&ctx, 1),
+        buf: r.arg(1),
         sk: 0,
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
-        iovcnt: arg(&ctx, 2),
-        fd: arg(&ctx, 0) as i32,
+        iovcnt: r.arg(2),
+        fd: r.arg(0) as i32,
         syscall: syscall as u8,
         has_ctx: 0,
         _pad: [0; 2],
@@ -90,23 +92,23 @@ pub fn sys_enter_data(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sock:sock_send_length` and `sock:sock_recv_length`: learn the socket of the pending syscall.
-#[tracepoint]
-pub fn sock_length(ctx: TracePointContext) -> u32 {
+/// `sock:sock_send_length` and `sock:sock_recv_length` (raw: `struct sock *sk, int ret, int
+/// flags`): learn the socket of the pending syscall.
+#[raw_tracepoint]
+pub fn sock_length(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(args) = ARGS.get_ptr_mut(&pid_tgid) else { return 0 };
-    let off = cfg(&TP_OFF);
-    // SAFETY: offsets come from this kernel's tracefs format file.
-    let family = unsafe { ctx.read_at::<u16>(off.socklen_family as usize) }.unwrap_or(0);
-    let protocol = unsafe { ctx.read_at::<u16>(off.socklen_protocol as usize) }.unwrap_or(0);
-    if protocol != 6 || !super::sock::inet(family) {
+    let sk: u64 = ctx.arg(0);
+    let flags: u64 = ctx.arg(2);
+    if sk == 0 || flags & MSG_PEEK != 0 {
         return 0;
     }
-    let flags = unsafe { ctx.read_at::<i32>(off.socklen_flags as usize) }.unwrap_or(0);
-    if flags as u64 & MSG_PEEK != 0 {
+    // SAFETY: kernel memory read through the probe helper, at offsets from this kernel's BTF.
+    let family = unsafe { bpf_probe_read_kernel((sk + u64::from(cfg(&SOCK_OFF).skc_family)) as *const u16) };
+    let protocol = unsafe { bpf_probe_read_kernel((sk + u64::from(cfg(&FD_OFF).sk_protocol)) as *const u16) };
+    if protocol != Ok(6) || !super::sock::inet(family.unwrap_or(0)) {
         return 0;
     }
-    let sk = unsafe { ctx.read_at::<u64>(off.socklen_sk as usize) }.unwrap_or(0);
     // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.
     unsafe { (*args).sk = sk };
     0

@@ -2,18 +2,18 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
     ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify, classify_first8,
+    names::tail,
     tables::{FixedTable, LruTable, counters},
 };
 
 use super::{
     ARGS, CONNS,
     emit::{IOV_SCRATCH, IOV_STATE, PROGS},
-    first_bytes, first_bytes8, iovecs, ret,
+    first_bytes, first_bytes8, iovecs,
 };
 use crate::{
     context::EvCtx,
@@ -47,13 +47,13 @@ fn split_request_start(state: &mut ConnState, key: u64, first: &[u8; 4], v: &mut
     }
 }
 
-#[tracepoint]
-pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
+/// Exit of a data syscall (from `sys_exit`) that returned `r`.
+#[inline(always)]
+pub fn exit_data(ctx: &RawTracePointContext, r: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of the map before the entry is removed.
     let Some(mut a) = (unsafe { ARGS.get(&pid_tgid) }).copied() else { return 0 };
     let _ = ARGS.remove(&pid_tgid);
-    let r = ret(&ctx);
     if r <= 0 {
         return 0;
     }
@@ -169,8 +169,8 @@ pub fn sys_exit_data(ctx: TracePointContext) -> u32 {
     st.tuple = ConnTuple::default();
     st.ctx = EvCtx::default();
     if put_quiet(&IOV_STATE, &pid_tgid, st, FixedTable::IovState) {
-        // SAFETY: slot 0 holds `emit_step`, a tracepoint program like this one.
-        let _ = unsafe { PROGS.tail_call(&ctx, 0) };
+        // SAFETY: the slot holds `emit_step`, a raw tracepoint program like this one.
+        let _ = unsafe { PROGS.tail_call(ctx, tail::EMIT_STEP) };
         let _ = IOV_STATE.remove(&pid_tgid);
     }
     0

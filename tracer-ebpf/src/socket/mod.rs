@@ -1,13 +1,20 @@
-//! The socket data path: syscall tracepoints on reads and writes, the `sock` tracepoints that
-//! name the socket, connection set-up and close.
+//! The socket data path: the raw `sys_enter` and `sys_exit` tracepoints, dispatched by syscall
+//! number to reads and writes, connection set-up and close; the `sock` tracepoints that name the
+//! socket.
 //!
-//! * `sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg}` stash the fd and the
-//!   user buffer per thread ([`enter`]);
+//! Raw tracepoints rather than the per-syscall `syscalls:sys_{enter,exit}_*` events: two
+//! attachments instead of two per syscall (each perf-event tracepoint waits for an RCU grace
+//! period when it is detached, which made stopping the agent take seconds), and no perf record
+//! built per traced syscall. The arguments come from the syscall's saved user registers
+//! ([`SysRegs`]).
+//!
+//! * at entry of `read`, `write`, `readv`, `writev`, `recvfrom`, `sendto`, `recvmsg` and `sendmsg`
+//!   the fd and the user buffer are stashed per thread ([`enter`]);
 //! * `sock:sock_{send,recv}_length`, which fire inside those syscalls on the same thread, hand over
 //!   the `struct sock *` and tell a TCP socket from any other fd without walking the fd table;
-//! * `sys_exit_*` classify the connection on its first bytes (`tracer_common::classify`), and for
-//!   a traced protocol copy a bounded head (and tail) of the payload into the ring buffer with the
-//!   4-tuple read from the socket ([`exit`], [`emit`], [`sock`]);
+//! * at exit the connection is classified on its first bytes (`tracer_common::classify`), and for
+//!   a traced protocol a bounded head (and tail) of the payload is copied into the ring buffer
+//!   with the 4-tuple read from the socket ([`exit`], [`emit`], [`sock`]);
 //! * accept/connect/close keep the per-connection state ([`conn`]).
 
 pub mod conn;
@@ -15,27 +22,30 @@ pub mod emit;
 pub mod enter;
 pub mod exit;
 pub mod sock;
+pub mod syscalls;
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap},
-    programs::TracePointContext,
 };
 use tracer_common::{ConnState, Syscall};
 
 use crate::context::EvCtx;
 
 // x86-64 syscall numbers.
-pub const NR_READ: i32 = 0;
-pub const NR_WRITE: i32 = 1;
-pub const NR_READV: i32 = 19;
-pub const NR_WRITEV: i32 = 20;
-pub const NR_CONNECT: i32 = 42;
-pub const NR_SENDTO: i32 = 44;
-pub const NR_RECVFROM: i32 = 45;
-pub const NR_SENDMSG: i32 = 46;
-pub const NR_RECVMSG: i32 = 47;
+pub const NR_READ: i64 = 0;
+pub const NR_WRITE: i64 = 1;
+pub const NR_CLOSE: i64 = 3;
+pub const NR_READV: i64 = 19;
+pub const NR_WRITEV: i64 = 20;
+pub const NR_CONNECT: i64 = 42;
+pub const NR_ACCEPT: i64 = 43;
+pub const NR_SENDTO: i64 = 44;
+pub const NR_RECVFROM: i64 = 45;
+pub const NR_SENDMSG: i64 = 46;
+pub const NR_RECVMSG: i64 = 47;
+pub const NR_ACCEPT4: i64 = 288;
 pub const MSG_PEEK: u64 = 2;
 
 /// Arguments of an in-flight data syscall, keyed by pid_tgid.
@@ -72,25 +82,70 @@ impl SyscallArgs {
     }
 }
 
-/// Argument `i` of a syscall tracepoint record.
-#[inline(always)]
-pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: syscall tracepoint records hold six u64 arguments from offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+/// The tail of x86-64's `struct pt_regs` from `r10` to `cs` (offsets 56 to 144): the registers
+/// that hold a syscall's arguments (`di`, `si`, `dx`, `r10`, `r8`, `r9`), its number and the code
+/// segment it came from. The layout is the kernel's user ABI (`asm/ptrace.h`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SysRegs {
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub orig_ax: u64,
+    pub ip: u64,
+    pub cs: u64,
 }
 
-/// The return value of a `sys_exit_*` record.
-#[inline(always)]
-pub fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: sys_exit records hold `long ret` at offset 16.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+/// Offset of [`SysRegs`] (`r10`) in `struct pt_regs`.
+const REGS_R10: u64 = 56;
+/// Offset of `orig_ax` (the syscall number) in `struct pt_regs`.
+const REGS_ORIG_AX: u64 = 120;
+/// The user code segment of 32-bit processes (`__USER32_CS`): their syscalls are numbered
+/// differently and are not traced.
+const USER32_CS: u64 = 0x23;
+
+impl SysRegs {
+    /// The saved user registers of the syscall in progress, from the tracepoint's `regs`; `None`
+    /// when they cannot be read or the syscall is a 32-bit one.
+    #[inline(always)]
+    pub fn read(regs: u64) -> Option<Self> {
+        // SAFETY: kernel memory read through the probe helper.
+        let r = unsafe { bpf_probe_read_kernel((regs + REGS_R10) as *const SysRegs) }.ok()?;
+        if r.cs & 0xffff == USER32_CS {
+            return None;
+        }
+        Some(r)
+    }
+
+    /// Argument `i` (0 to 5) of the syscall.
+    #[inline(always)]
+    pub fn arg(&self, i: usize) -> u64 {
+        match i {
+            0 => self.di,
+            1 => self.si,
+            2 => self.dx,
+            3 => self.r10,
+            4 => self.r8,
+            _ => self.r9,
+        }
+    }
 }
 
-/// The syscall number of a syscall tracepoint record.
+/// The number of the syscall that is returning, from `sys_exit`'s `regs` (its `orig_ax` and
+/// code segment); `None` for a 32-bit syscall or unreadable registers.
 #[inline(always)]
-pub fn syscall_nr(ctx: &TracePointContext) -> i32 {
-    // SAFETY: `__syscall_nr` is an int at offset 8 of every syscall tracepoint.
-    unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1)
+pub fn exiting_syscall(regs: u64) -> Option<i64> {
+    // SAFETY: kernel memory read through the probe helper: orig_ax, ip, cs.
+    let r = unsafe { bpf_probe_read_kernel((regs + REGS_ORIG_AX) as *const [u64; 3]) }.ok()?;
+    if r[2] & 0xffff == USER32_CS {
+        return None;
+    }
+    Some(r[0] as i64)
 }
 
 #[repr(C)]

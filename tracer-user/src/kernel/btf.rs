@@ -1,8 +1,9 @@
-//! Facts about the running kernel that the programs need at load time: `struct sock` offsets from
-//! BTF (aya's Rust eBPF has no CO-RE) and tracepoint record layouts from tracefs.
+//! Facts about the running kernel that the programs need at load time, from its BTF (aya's Rust
+//! eBPF has no CO-RE): `struct sock`, file-table and `task_struct` offsets, which tracepoints
+//! exist, and that `struct pt_regs` has the layout the syscall programs read.
 
 use std::path::{Path, PathBuf};
-use tracer_common::{FdOffsets, SockOffsets, TaskOffsets, TpOffsets};
+use tracer_common::{FdOffsets, SockOffsets, TaskOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelInfoError {
@@ -14,18 +15,10 @@ pub enum KernelInfoError {
     },
     #[error("BTF has no {what}")]
     MissingType { what: String },
-    #[error("reading tracepoint format {path}: {source}")]
-    Format {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("tracepoint {tracepoint} has no field {field}")]
-    MissingField { tracepoint: String, field: String },
     #[error(
-        "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing); mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+        "struct pt_regs.{field} is at offset {found} in this kernel's BTF, not {want}: the syscall programs read the x86-64 layout"
     )]
-    NoTracefs,
+    Regs { field: &'static str, found: u32, want: u32 },
 }
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -107,9 +100,32 @@ pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, KernelInfoError> {
 }
 
 /// Whether the kernel has the `sock:sock_{send,recv}_length` tracepoints (Linux 6.3 and later),
-/// which hand the data syscalls their `struct sock *`.
-pub fn has_sock_length(tracefs: &Path) -> bool {
-    ["sock_send_length", "sock_recv_length"].iter().all(|t| tracefs.join("events/sock").join(t).join("format").exists())
+/// which hand the data syscalls their `struct sock *`: each raw tracepoint has a
+/// `btf_trace_<name>` type in the kernel's BTF.
+pub fn has_sock_length(btf_path: &Path) -> bool {
+    let Ok(btf) = open_btf(btf_path) else { return false };
+    ["sock_send_length", "sock_recv_length"].iter().all(|t| {
+        btf.resolve_types_by_name(&format!("btf_trace_{t}"))
+            .is_ok_and(|v| v.iter().any(|t| matches!(t, btf_rs::Type::Typedef(_))))
+    })
+}
+
+/// The offsets of `struct pt_regs` the raw syscall programs read (`tracer-ebpf`'s `SysRegs`):
+/// x86-64's user ABI, checked against the kernel's BTF so a different layout refuses to load
+/// rather than reading the wrong registers.
+pub const PT_REGS: &[(&str, u32)] =
+    &[("r10", 56), ("r8", 72), ("dx", 96), ("si", 104), ("di", 112), ("orig_ax", 120), ("cs", 136)];
+
+/// Checks [`PT_REGS`] against this kernel's BTF.
+pub fn check_pt_regs(btf_path: &Path) -> Result<(), KernelInfoError> {
+    let btf = open_btf(btf_path)?;
+    for &(field, want) in PT_REGS {
+        let found = struct_member(&btf, "pt_regs", field)?;
+        if found != want {
+            return Err(KernelInfoError::Regs { field, found, want });
+        }
+    }
+    Ok(())
 }
 
 /// Reads the `struct sock_common` offsets the kernel side needs to read a connection's 4-tuple.
@@ -145,79 +161,9 @@ pub fn task_fsbase_offset(btf_path: &Path) -> Result<u64, KernelInfoError> {
     Ok(u64::from(a) + u64::from(b))
 }
 
-/// The tracefs mount point.
-pub fn tracefs() -> Result<PathBuf, KernelInfoError> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
-        .ok_or(KernelInfoError::NoTracefs)
-}
-
-/// Offset of `field` in a tracefs `format` file's text.
-pub fn field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let line = line.trim();
-        let decl = line.strip_prefix("field:")?;
-        let (decl, rest) = decl.split_once(';')?;
-        let name = decl.split_whitespace().last()?.trim_start_matches('*');
-        let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        rest.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|v| v.trim().parse().ok())
-    })
-}
-
-fn read_format(tracefs: &Path, tp: &str) -> Result<String, KernelInfoError> {
-    let path = tracefs.join("events").join(tp).join("format");
-    std::fs::read_to_string(&path).map_err(|source| KernelInfoError::Format { path, source })
-}
-
-/// Reads the layouts of the tracepoints whose records changed across kernel versions.
-pub fn tp_offsets(tracefs: &Path) -> Result<TpOffsets, KernelInfoError> {
-    let get = |tp: &str, text: &str, f: &str| {
-        field_offset(text, f)
-            .ok_or_else(|| KernelInfoError::MissingField { tracepoint: tp.to_owned(), field: f.to_owned() })
-    };
-    let fk = "sched/sched_process_fork";
-    let fork = read_format(tracefs, fk)?;
-    let mut tp = TpOffsets {
-        fork_parent_pid: get(fk, &fork, "parent_pid")?,
-        fork_child_pid: get(fk, &fork, "child_pid")?,
-        ..TpOffsets::default()
-    };
-    // Only kernels from 6.3 have the sock length tracepoints; elsewhere the fd table is used.
-    if has_sock_length(tracefs) {
-        let sl = "sock/sock_send_length";
-        let sock = read_format(tracefs, sl)?;
-        tp.socklen_sk = get(sl, &sock, "sk")?;
-        tp.socklen_family = get(sl, &sock, "family")?;
-        tp.socklen_protocol = get(sl, &sock, "protocol")?;
-        tp.socklen_flags = get(sl, &sock, "flags")?;
-    }
-    Ok(tp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SOCK_FMT: &str = "name: sock_send_length\nID: 2284\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;\n\tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n\tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;\n";
-    const FORK_OLD: &str = "format:\n\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
-    const FORK_NEW: &str = "format:\n\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
-
-    #[test]
-    fn parses_format_files() {
-        assert_eq!(field_offset(SOCK_FMT, "sk"), Some(8));
-        assert_eq!(field_offset(SOCK_FMT, "protocol"), Some(18));
-        assert_eq!(field_offset(SOCK_FMT, "flags"), Some(24));
-        assert_eq!(field_offset(SOCK_FMT, "nope"), None);
-        assert_eq!(field_offset(FORK_OLD, "child_pid"), Some(44));
-        assert_eq!(field_offset(FORK_OLD, "parent_comm"), Some(8));
-        assert_eq!(field_offset(FORK_NEW, "child_pid"), Some(20));
-        assert_eq!(field_offset(FORK_NEW, "parent_comm"), Some(8));
-    }
 
     #[test]
     fn reads_running_kernel_btf_when_present() {
@@ -245,5 +191,14 @@ mod tests {
         // pid and tgid are adjacent 4-byte fields of task_struct, pid first.
         let t = task_offsets(p).expect("task offsets");
         assert!(t.pid > 0 && t.tgid == t.pid + 4, "{t:?}");
+        // The syscall programs' register layout, and a tracepoint every supported kernel has
+        // next to one that no kernel has.
+        check_pt_regs(p).expect("x86-64 pt_regs");
+        let btf = open_btf(p).expect("BTF");
+        let typedef = |n: &str| {
+            btf.resolve_types_by_name(n).is_ok_and(|v| v.iter().any(|t| matches!(t, btf_rs::Type::Typedef(_))))
+        };
+        assert!(typedef("btf_trace_sys_enter") && typedef("btf_trace_sched_process_fork"));
+        assert!(!typedef("btf_trace_no_such_tracepoint"));
     }
 }

@@ -3,10 +3,7 @@
 use super::{klog, loader::ebpf_object};
 use aya::{
     Btf, EbpfLoader,
-    programs::{
-        BtfTracePoint, CgroupAttachMode, FEntry, KProbe, RawTracePoint, SockOps, TracePoint, UProbe,
-        uprobe::UProbeScope,
-    },
+    programs::{BtfTracePoint, CgroupAttachMode, FEntry, KProbe, RawTracePoint, SockOps, UProbe, uprobe::UProbeScope},
 };
 use aya_log::EbpfLogger;
 use std::fmt;
@@ -46,13 +43,13 @@ impl Report {
     /// The socket data path the agent uses on this kernel.
     pub fn mode(&self) -> String {
         let ok = |n| self.get(n) == Some(&Outcome::Yes);
-        if !(ok("tracepoint") && ok("ring buffer")) {
-            "unavailable: the agent needs tracepoints and the BPF ring buffer".into()
+        if !(ok("raw tracepoint") && ok("ring buffer")) {
+            "unavailable: the agent needs raw tracepoints and the BPF ring buffer".into()
         } else if ok("sock tracepoints") {
-            "syscall tracepoints; sockets from sock:sock_{send,recv}_length".into()
+            "raw syscall tracepoints; sockets from sock:sock_{send,recv}_length".into()
         } else if ok("fd-table socket lookup") {
-            "syscall tracepoints; sockets from the task's fd table (this kernel has no sock length \
-             tracepoints, Linux < 6.3)"
+            "raw syscall tracepoints; sockets from the task's fd table (this kernel has no sock \
+             length tracepoints, Linux < 6.3)"
                 .into()
         } else {
             "unavailable: no way to find a syscall's socket (no sock length tracepoints, and the \
@@ -157,12 +154,11 @@ pub fn run_checks(verbose: bool) -> Report {
         }};
     }
 
-    check!("tracepoint", prog::SYS_ENTER_CLOSE, TracePoint, |p| p
-        .load()
-        .and_then(|()| p.attach("syscalls", "sys_enter_close")));
-    check!("sock tracepoints", prog::SOCK_LENGTH, TracePoint, |p| p.load().and_then(|()| {
-        p.attach("sock", "sock_send_length")?;
-        p.attach("sock", "sock_recv_length")
+    // The data path's own programs: this kernel's verifier accepts them, and the points exist.
+    check!("raw tracepoint", prog::SYS_ENTER, RawTracePoint, |p| p.load().and_then(|()| p.attach("sys_enter")));
+    check!("sock tracepoints", prog::SOCK_LENGTH, RawTracePoint, |p| p.load().and_then(|()| {
+        p.attach("sock_send_length")?;
+        p.attach("sock_recv_length")
     }));
     checks.push((
         "fd-table socket lookup",
@@ -171,7 +167,6 @@ pub fn run_checks(verbose: bool) -> Report {
             Err(e) => Outcome::No(e.to_string()),
         },
     ));
-    check!("raw tracepoint", prog::CAP_RAW_TP, RawTracePoint, |p| p.load().and_then(|()| p.attach("sys_enter")));
     match &btf {
         Ok(btf) => {
             check!("tp_btf", prog::CAP_TP_BTF, BtfTracePoint, |p| p

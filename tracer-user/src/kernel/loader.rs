@@ -7,12 +7,12 @@ use super::btf as kernel;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{CgroupAttachMode, SockOps, TracePoint, trace_point::TracePointLinkId},
+    programs::{CgroupAttachMode, RawTracePoint, SockOps, raw_trace_point::RawTracePointLinkId},
 };
 use std::path::Path;
 use tracer_common::{
-    FdOffsets, Propagation, SockOffsets, TpOffsets,
-    names::{globals, maps, programs},
+    FdOffsets, Propagation, SockOffsets,
+    names::{globals, maps, programs, tail},
     tables::counters,
 };
 
@@ -55,11 +55,10 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
+    #[error("attaching {program} to raw tracepoint {name}: {source}")]
     Attach {
         program: &'static str,
-        category: &'static str,
-        name: String,
+        name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -93,10 +92,6 @@ pub enum Scope {
 /// Connections the kernel tracks at once by default (per host; least recently used evicted).
 pub const DEFAULT_CONNECTIONS: u32 = 65_536;
 
-/// The syscalls whose enter/exit carry socket payload.
-const DATA_SYSCALLS: &[&str] = &["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"];
-const CONN_SYSCALLS: &[&str] = &["connect", "accept", "accept4"];
-
 /// How the data syscalls learn the `struct sock` of their fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SocketLookup {
@@ -113,11 +108,11 @@ pub const SOCKET_LOOKUP_ENV: &str = "TRACER_SOCKET_LOOKUP";
 
 impl SocketLookup {
     /// The best lookup this kernel offers, unless `TRACER_SOCKET_LOOKUP` names one.
-    pub fn choose(tracefs: &Path) -> Self {
+    pub fn choose(btf: &Path) -> Self {
         match std::env::var(SOCKET_LOOKUP_ENV).as_deref() {
             Ok("fd-table") => Self::FdTable,
             Ok("tracepoint") => Self::Tracepoints,
-            _ if kernel::has_sock_length(tracefs) => Self::Tracepoints,
+            _ if kernel::has_sock_length(btf) => Self::Tracepoints,
             _ => Self::FdTable,
         }
     }
@@ -140,33 +135,6 @@ pub struct Probes {
     pub socket_lookup: SocketLookup,
     /// The kernel programs' log level (aya-log's numbering, 0 off).
     pub log_level: u8,
-    /// Every tracepoint attachment, detached together on drop.
-    links: Vec<(&'static str, TracePointLinkId)>,
-}
-
-impl Drop for Probes {
-    /// Detaches the tracepoints concurrently. Closing one tracepoint's perf event waits for an
-    /// RCU grace period (about 80 ms measured on Linux 6.18), so detaching the ~28 of them one
-    /// by one, as dropping the object does, took over 2 s of every stop; waits that overlap share
-    /// their grace periods. Anything left (sockops, a link that could not be taken) is detached
-    /// when the object drops after this.
-    fn drop(&mut self) {
-        let mut owned = Vec::with_capacity(self.links.len());
-        for (program, id) in self.links.drain(..) {
-            let link = self
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-                .and_then(|p| p.take_link(id).ok());
-            owned.extend(link);
-        }
-        std::thread::scope(|s| {
-            for link in owned {
-                // Without a thread the closure, and with it the link, is dropped (detached) here.
-                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
-            }
-        });
-    }
 }
 
 /// Maps the agent reads and writes while running.
@@ -200,14 +168,12 @@ impl Probes {
         connections: u32,
         log_level: u8,
     ) -> Result<Self, LoadError> {
-        let sock: SockOffsets = kernel::sock_offsets(Path::new(kernel::VMLINUX_BTF))?;
-        let tracefs = kernel::tracefs()?;
-        let tp: TpOffsets = kernel::tp_offsets(&tracefs)?;
-        let socket_lookup = SocketLookup::choose(&tracefs);
-        let fd = match socket_lookup {
-            SocketLookup::FdTable => FdOffsets { enabled: 1, ..kernel::fd_offsets(Path::new(kernel::VMLINUX_BTF))? },
-            SocketLookup::Tracepoints => FdOffsets::default(),
-        };
+        let btf = Path::new(kernel::VMLINUX_BTF);
+        kernel::check_pt_regs(btf)?;
+        let sock: SockOffsets = kernel::sock_offsets(btf)?;
+        let socket_lookup = SocketLookup::choose(btf);
+        // `sock_length` reads `sk_protocol` too: the offsets are always set.
+        let fd = FdOffsets { enabled: u32::from(socket_lookup == SocketLookup::FdTable), ..kernel::fd_offsets(btf)? };
         log::info!("socket lookup: {socket_lookup}");
         let task = kernel::task_offsets(Path::new(kernel::VMLINUX_BTF))?;
         // Go support reads each thread's FS base; without the offset it stays off.
@@ -223,7 +189,6 @@ impl Probes {
             .override_global(globals::TRACE_ALL, &all, true)
             .override_global(globals::PROPAGATION, &propagation_mode, true)
             .override_global(globals::SOCK_OFF, &sock, true)
-            .override_global(globals::TP_OFF, &tp, true)
             .override_global(globals::FD_OFF, &fd, true)
             .override_global(globals::TASK_OFF, &task, true)
             .override_global(globals::GO_FSBASE_OFF, &go_fsbase, true)
@@ -234,31 +199,20 @@ impl Probes {
             .load(ebpf_object()?)
             .map_err(LoadError::Load)?;
         let mut attached = 0;
-        let mut links = Vec::new();
-        let mut attach =
-            |ebpf: &mut Ebpf, program: &'static str, points: &[(&'static str, String)]| -> Result<(), LoadError> {
-                let prog: &mut TracePoint = loaded(ebpf, program)?;
-                for (category, name) in points {
-                    let link = prog.attach(category, name).map_err(|source| LoadError::Attach {
-                        program,
-                        category,
-                        name: name.clone(),
-                        source,
-                    })?;
-                    links.push((program, link));
-                    attached += 1;
-                }
-                Ok(())
-            };
-        let sys = |prefix: &str, names: &[&str]| -> Vec<(&'static str, String)> {
-            names.iter().map(|n| ("syscalls", format!("{prefix}_{n}"))).collect()
+        let mut attach = |ebpf: &mut Ebpf, program: &'static str, points: &[&'static str]| -> Result<(), LoadError> {
+            let prog: &mut RawTracePoint = loaded(ebpf, program)?;
+            for &name in points {
+                // Dropped with the program (at stop): raw tracepoints detach without the RCU
+                // grace period a perf-event tracepoint's close waits for.
+                let _: RawTracePointLinkId =
+                    prog.attach(name).map_err(|source| LoadError::Attach { program, name, source })?;
+                attached += 1;
+            }
+            Ok(())
         };
-        // Order matters: exits and the socket tracepoints before enters, so no syscall is stashed
-        // without a program to finish it.
-        // `emit_step` runs only as a tail call from `sys_exit_data` (one chunk per run).
-        {
-            let program = programs::EMIT_STEP;
-            let prog: &mut TracePoint = loaded(&mut ebpf, program)?;
+        // The programs reached by tail calls, at their slots.
+        for (slot, program) in [(tail::EMIT_STEP, programs::EMIT_STEP), (tail::EXIT_CONN, programs::SYS_EXIT_CONN)] {
+            let prog: &mut RawTracePoint = loaded(&mut ebpf, program)?;
             let fd = prog
                 .fd()
                 .map_err(|source| LoadError::Program { program, source })?
@@ -269,23 +223,18 @@ impl Probes {
                 .ok_or(LoadError::MissingMap(maps::PROGS))?
                 .try_into()
                 .map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
-            progs.set(0, &fd, 0).map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
+            progs.set(slot, &fd, 0).map_err(|source| LoadError::Map { name: maps::PROGS, source })?;
         }
-        attach(&mut ebpf, programs::SYS_EXIT_DATA, &sys("sys_exit", DATA_SYSCALLS))?;
+        // Order matters: the exit and the socket tracepoints before the entry, so no syscall is
+        // stashed without a program to finish it.
+        attach(&mut ebpf, programs::SYS_EXIT, &["sys_exit"])?;
         if socket_lookup == SocketLookup::Tracepoints {
-            attach(
-                &mut ebpf,
-                programs::SOCK_LENGTH,
-                &[("sock", "sock_send_length".into()), ("sock", "sock_recv_length".into())],
-            )?;
+            attach(&mut ebpf, programs::SOCK_LENGTH, &["sock_send_length", "sock_recv_length"])?;
         }
-        attach(&mut ebpf, programs::SYS_ENTER_DATA, &sys("sys_enter", DATA_SYSCALLS))?;
-        attach(&mut ebpf, programs::SYS_EXIT_CONN, &sys("sys_exit", CONN_SYSCALLS))?;
-        attach(&mut ebpf, programs::SYS_ENTER_CONN, &sys("sys_enter", CONN_SYSCALLS))?;
-        attach(&mut ebpf, programs::SYS_ENTER_CLOSE, &[("syscalls", "sys_enter_close".into())])?;
-        attach(&mut ebpf, programs::SCHED_PROCESS_FORK, &[("sched", "sched_process_fork".into())])?;
-        attach(&mut ebpf, programs::SCHED_PROCESS_EXEC, &[("sched", "sched_process_exec".into())])?;
-        attach(&mut ebpf, programs::SCHED_PROCESS_EXIT, &[("sched", "sched_process_exit".into())])?;
+        attach(&mut ebpf, programs::SYS_ENTER, &["sys_enter"])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_FORK, &["sched_process_fork"])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_EXEC, &["sched_process_exec"])?;
+        attach(&mut ebpf, programs::SCHED_PROCESS_EXIT, &["sched_process_exit"])?;
         if propagation == Propagation::On {
             let root = cgroup2_root().ok_or(LoadError::NoCgroup2)?;
             let cg = std::fs::File::open(&root).map_err(|source| LoadError::Cgroup { path: root.clone(), source })?;
@@ -295,7 +244,7 @@ impl Probes {
             prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| LoadError::Program { program, source })?;
             attached += 1;
         }
-        Ok(Self { ebpf, attached, socket_lookup, log_level, links })
+        Ok(Self { ebpf, attached, socket_lookup, log_level })
     }
 
     /// Takes the ring buffer and the maps the agent uses at run time out of the object.
@@ -367,7 +316,7 @@ where
 trait LoadableProgram {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
 }
-impl LoadableProgram for TracePoint {
+impl LoadableProgram for RawTracePoint {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
         self.load()
     }
@@ -434,7 +383,7 @@ mod tests {
         let obj = object::File::parse(EBPF_OBJECT).expect("the built eBPF object parses");
         let symbols = obj.symbol_table().expect("a symbol table");
         let log_symbols = [names::maps::AYA_LOGS, names::maps::LOG_LAST, names::globals::AYA_LOG_LEVEL];
-        for program in [names::programs::EMIT_STEP, names::programs::SYS_EXIT_DATA] {
+        for program in [names::programs::EMIT_STEP, names::programs::SYS_EXIT] {
             let sym = obj.symbols().find(|s| s.name() == Ok(program)).expect("the program's symbol");
             let section = obj.section_by_index(sym.section_index().expect("in a section")).expect("its section");
             let (start, end) = (sym.address(), sym.address() + sym.size());
