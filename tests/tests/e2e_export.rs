@@ -277,8 +277,7 @@ fn tracer_run_exports_to_https_with_a_custom_ca_and_a_header() {
 
 /// Jaeger as users run it, a traces-only backend: the agent's metrics export is refused
 /// (UNIMPLEMENTED over gRPC, 404 over HTTP), which the agent says once and then stops trying;
-/// the spans still arrive, and the stop is quick (the time is printed; the benchmark and the
-/// closing notes report it).
+/// the spans still arrive, and the stop is quick: within 2 s of SIGINT (the time is printed).
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn a_traces_only_backend_refuses_metrics_once() {
@@ -316,7 +315,8 @@ fn a_traces_only_backend_refuses_metrics_once() {
         assert!(!log.contains("final export failed"), "{protocol}: no attempt at the stop:\n{log}");
         let s = summary(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
         assert_eq!((s["spans_failed"], s["export_failures"]), (0, 0), "{protocol}: {log}");
-        assert!(stop < Duration::from_secs(5), "{protocol}: stopping took {stop:?}");
+        // The budget users are given (SIGINT to exit within 2 s); about 0.1 s on this host.
+        assert!(stop < Duration::from_secs(2), "{protocol}: stopping took {stop:?}");
     }
 }
 

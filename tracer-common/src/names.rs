@@ -150,6 +150,50 @@ pub mod programs {
     pub const GRPC_HANDLE_STREAM: &str = "grpc_handle_stream";
     pub const GRPC_WRITE_STATUS: &str = "grpc_write_status";
     pub const GRPC_HANDLE_STREAM_RET: &str = "grpc_handle_stream_ret";
+    // The same Go programs as multi-uprobes (`uprobe.multi`, Linux 6.6 and later).
+    pub const GO_NEWPROC1_MULTI: &str = "go_newproc1_multi";
+    pub const GO_NEWPROC1_RET_MULTI: &str = "go_newproc1_ret_multi";
+    pub const GO_HTTP_ROUNDTRIP_MULTI: &str = "go_http_roundtrip_multi";
+    pub const GO_HTTP_REQUEST_WRITE_MULTI: &str = "go_http_request_write_multi";
+    pub const GO_HTTP_ROUTE_RET_MULTI: &str = "go_http_route_ret_multi";
+    pub const GO_RPC_CLIENT_SEND_MULTI: &str = "go_rpc_client_send_multi";
+    pub const GO_RPC_CLIENT_WRITE_MULTI: &str = "go_rpc_client_write_multi";
+    pub const GO_RPC_CLIENT_DONE_MULTI: &str = "go_rpc_client_done_multi";
+    pub const GO_RPC_SERVER_CALL_MULTI: &str = "go_rpc_server_call_multi";
+    pub const GO_RPC_SERVER_RESPOND_MULTI: &str = "go_rpc_server_respond_multi";
+    pub const GRPC_INVOKE_MULTI: &str = "grpc_invoke_multi";
+    pub const GRPC_INVOKE_RET_MULTI: &str = "grpc_invoke_ret_multi";
+    pub const GRPC_NEW_STREAM_MULTI: &str = "grpc_new_stream_multi";
+    pub const GRPC_NEW_STREAM_RET_MULTI: &str = "grpc_new_stream_ret_multi";
+    pub const GRPC_STREAM_FINISH_MULTI: &str = "grpc_stream_finish_multi";
+    pub const GRPC_EXECUTE_AND_PUT_MULTI: &str = "grpc_execute_and_put_multi";
+    pub const GRPC_ORIGINATE_STREAM_MULTI: &str = "grpc_originate_stream_multi";
+    pub const GRPC_HANDLE_STREAM_MULTI: &str = "grpc_handle_stream_multi";
+    pub const GRPC_WRITE_STATUS_MULTI: &str = "grpc_write_status_multi";
+    pub const GRPC_HANDLE_STREAM_RET_MULTI: &str = "grpc_handle_stream_ret_multi";
+    /// Each Go uprobe program and its multi-uprobe twin (same body): the agent loads one set.
+    pub const GO_MULTI: &[(&str, &str)] = &[
+        (GO_NEWPROC1, GO_NEWPROC1_MULTI),
+        (GO_NEWPROC1_RET, GO_NEWPROC1_RET_MULTI),
+        (GO_HTTP_ROUNDTRIP, GO_HTTP_ROUNDTRIP_MULTI),
+        (GO_HTTP_REQUEST_WRITE, GO_HTTP_REQUEST_WRITE_MULTI),
+        (GO_HTTP_ROUTE_RET, GO_HTTP_ROUTE_RET_MULTI),
+        (GO_RPC_CLIENT_SEND, GO_RPC_CLIENT_SEND_MULTI),
+        (GO_RPC_CLIENT_WRITE, GO_RPC_CLIENT_WRITE_MULTI),
+        (GO_RPC_CLIENT_DONE, GO_RPC_CLIENT_DONE_MULTI),
+        (GO_RPC_SERVER_CALL, GO_RPC_SERVER_CALL_MULTI),
+        (GO_RPC_SERVER_RESPOND, GO_RPC_SERVER_RESPOND_MULTI),
+        (GRPC_INVOKE, GRPC_INVOKE_MULTI),
+        (GRPC_INVOKE_RET, GRPC_INVOKE_RET_MULTI),
+        (GRPC_NEW_STREAM, GRPC_NEW_STREAM_MULTI),
+        (GRPC_NEW_STREAM_RET, GRPC_NEW_STREAM_RET_MULTI),
+        (GRPC_STREAM_FINISH, GRPC_STREAM_FINISH_MULTI),
+        (GRPC_EXECUTE_AND_PUT, GRPC_EXECUTE_AND_PUT_MULTI),
+        (GRPC_ORIGINATE_STREAM, GRPC_ORIGINATE_STREAM_MULTI),
+        (GRPC_HANDLE_STREAM, GRPC_HANDLE_STREAM_MULTI),
+        (GRPC_WRITE_STATUS, GRPC_WRITE_STATUS_MULTI),
+        (GRPC_HANDLE_STREAM_RET, GRPC_HANDLE_STREAM_RET_MULTI),
+    ];
     // `tracer doctor`: no-op programs of each attach type.
     pub const CAP_KPROBE: &str = "cap_kprobe";
     pub const CAP_FENTRY: &str = "cap_fentry";
@@ -189,6 +233,26 @@ pub mod programs {
         GRPC_HANDLE_STREAM,
         GRPC_WRITE_STATUS,
         GRPC_HANDLE_STREAM_RET,
+        GO_NEWPROC1_MULTI,
+        GO_NEWPROC1_RET_MULTI,
+        GO_HTTP_ROUNDTRIP_MULTI,
+        GO_HTTP_REQUEST_WRITE_MULTI,
+        GO_HTTP_ROUTE_RET_MULTI,
+        GO_RPC_CLIENT_SEND_MULTI,
+        GO_RPC_CLIENT_WRITE_MULTI,
+        GO_RPC_CLIENT_DONE_MULTI,
+        GO_RPC_SERVER_CALL_MULTI,
+        GO_RPC_SERVER_RESPOND_MULTI,
+        GRPC_INVOKE_MULTI,
+        GRPC_INVOKE_RET_MULTI,
+        GRPC_NEW_STREAM_MULTI,
+        GRPC_NEW_STREAM_RET_MULTI,
+        GRPC_STREAM_FINISH_MULTI,
+        GRPC_EXECUTE_AND_PUT_MULTI,
+        GRPC_ORIGINATE_STREAM_MULTI,
+        GRPC_HANDLE_STREAM_MULTI,
+        GRPC_WRITE_STATUS_MULTI,
+        GRPC_HANDLE_STREAM_RET_MULTI,
         CAP_KPROBE,
         CAP_FENTRY,
         CAP_UPROBE,

@@ -166,6 +166,9 @@ pub enum Payload {
     Raw,
     /// A small HTTP request per write: every write is captured into the ring buffer.
     Http,
+    /// No write: `getppid(2)`, a syscall the data path does not follow, whose only cost is
+    /// the syscall programs' dispatch (they run for every syscall).
+    Other,
 }
 
 const HTTP_PAYLOAD: &[u8] = b"GET /probe HTTP/1.1\r\nHost: bench\r\n\r\n";
@@ -174,13 +177,14 @@ impl Payload {
     fn bytes(self) -> Vec<u8> {
         match self {
             Self::Http => HTTP_PAYLOAD.to_vec(),
-            Self::Raw => vec![b'x'; HTTP_PAYLOAD.len()],
+            Self::Raw | Self::Other => vec![b'x'; HTTP_PAYLOAD.len()],
         }
     }
     fn as_arg(self) -> &'static str {
         match self {
             Self::Raw => "raw",
             Self::Http => "http",
+            Self::Other => "other",
         }
     }
 }
@@ -1660,6 +1664,9 @@ fn probe_cost(tools: &Tools, writes: u64, reps: usize, quick: bool, dir: &Path) 
         (ProbeSetup::TracedNoKlog, Payload::Raw),
         (ProbeSetup::Traced, Payload::Http),
         (ProbeSetup::TracedNoKlog, Payload::Http),
+        (ProbeSetup::NoAgent, Payload::Other),
+        (ProbeSetup::Untraced, Payload::Other),
+        (ProbeSetup::Traced, Payload::Other),
     ];
     // Spans of the traced HTTP case go to a real receiver, so the agent's export path is the usual one.
     let receiver = Receiver::start(&tools.receiver)?;
@@ -1839,6 +1846,13 @@ fn probe_writer_child(port: u16, count: u64, payload: Payload) -> Result<()> {
     let data = payload.bytes();
     let fd = stream.as_raw_fd();
     let write_all = |n: u64| -> Result<()> {
+        if payload == Payload::Other {
+            for _ in 0..n {
+                // SAFETY: a syscall without arguments.
+                std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            return Ok(());
+        }
         for _ in 0..n {
             // SAFETY: writing from a live buffer to a socket this function owns.
             let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
@@ -2325,7 +2339,9 @@ fn render_probe(p: &ProbeReport, s: &mut String) {
          Each traced write enters `sys_enter` (pid filter, argument save, for HTTP request bytes the client \
          context), `sock:sock_send_length` and `sys_exit`; on a connection classified as not HTTP `sys_exit` \
          stops after one 4-byte read, on an HTTP one it tail-calls `emit_step`, which copies the bytes into the \
-         ring buffer for the agent.\n",
+         ring buffer for the agent. The *no write* rows make `getppid(2)` calls instead (per call): a syscall \
+         the data path does not follow, which pays only the two syscall programs' dispatch, as every \
+         syscall of every process on the host does.\n",
         p.writes,
         HTTP_PAYLOAD.len(),
         p.reps
@@ -2349,6 +2365,7 @@ fn render_probe(p: &ProbeReport, s: &mut String) {
         let payload = match c.payload {
             Payload::Raw => "not HTTP (filter path)",
             Payload::Http => "HTTP request (capture path)",
+            Payload::Other => "no write: getppid (not followed)",
         };
         let runs: Vec<String> = c.all_ns.iter().map(|n| format!("{n:.0}")).collect();
         let _ = writeln!(

@@ -34,7 +34,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
-    macros::{map, uprobe},
+    macros::map,
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
@@ -310,7 +310,7 @@ fn client_end(pid_tgid: u64, c: *mut Call, itab: u64, data: u64, p: &GrpcProc) {
 }
 
 /// `(*ClientConn).Invoke(cc, ctx, method string, args, reply, opts...)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_invoke(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     client_start(&r, r.rdi, r.rsi, 0);
@@ -318,7 +318,7 @@ pub fn grpc_invoke(ctx: ProbeContext) -> u32 {
 }
 
 /// Each RET of `(*ClientConn).Invoke`: the error in RAX (itab), RBX (data).
-#[uprobe]
+#[inline(always)]
 pub fn grpc_invoke_ret(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -333,7 +333,7 @@ pub fn grpc_invoke_ret(ctx: ProbeContext) -> u32 {
 }
 
 /// `(*ClientConn).NewStream(cc, ctx, desc, method string, opts...)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_new_stream(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     client_start(&r, r.rsi, r.r8, STREAM);
@@ -341,7 +341,7 @@ pub fn grpc_new_stream(ctx: ProbeContext) -> u32 {
 }
 
 /// Each RET of `(*ClientConn).NewStream`: `ClientStream` in RAX, RBX; error in RCX, RDI.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_new_stream_ret(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -361,7 +361,7 @@ pub fn grpc_new_stream_ret(ctx: ProbeContext) -> u32 {
 }
 
 /// `(*clientStream).finish(cs, err error)` entry: cs in RAX, err in RBX, RCX.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_stream_finish(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -379,7 +379,7 @@ pub fn grpc_stream_finish(ctx: ProbeContext) -> u32 {
 /// HEADERS frame (`NewStream`). When the caller itself ends the stream (cancelled, failed), the
 /// stream's cleanup (`closeStream`) follows on the same goroutine with another item type; it is
 /// left out, or its entry would stay in `GRPC_HDR` until evicted.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_execute_and_put(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     if r.rbx == 0 || r.rdi == 0 {
@@ -404,7 +404,7 @@ pub fn grpc_execute_and_put(ctx: ProbeContext) -> u32 {
 
 /// `(*loopyWriter).originateStream(l, str *outStream, hdr *headerFrame)` entry, on the writer
 /// goroutine before the HEADERS frame is written: l in RAX, hdr in RCX.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -437,7 +437,7 @@ pub fn grpc_originate_stream(ctx: ProbeContext) -> u32 {
 
 /// `(*Server).handleStream(s, t ServerTransport, stream)` entry: t's data in RCX, the stream
 /// (`*ServerStream` or `*Stream`) in RDI.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -493,7 +493,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
 
 /// `(*http2Server).writeStatus(t, s, st *status.Status)` entry (`WriteStatus` before 1.69), on
 /// the handler goroutine: st in RCX.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_write_status(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -513,7 +513,7 @@ pub fn grpc_write_status(ctx: ProbeContext) -> u32 {
 }
 
 /// Each RET of `(*Server).handleStream`: the handler is done.
-#[uprobe]
+#[inline(always)]
 pub fn grpc_handle_stream_ret(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -4,14 +4,14 @@
 //! `net/http.(*Request).write` (writeLoop goroutine, `*Request` in RAX) hands it to the
 //! goroutine that then writes the bytes (`GO_WRITER_CTX`, read by `super::client_parent`).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::ProbeContext};
 use tracer_common::tables::LruTable;
 
 use super::{GO_REQ_CTX, GO_WRITER_CTX, ancestor_ctx, goid_of, key, proc_info, regs};
 use crate::maps::{lru_del, lru_put};
 
 /// `net/http.(*Transport).roundTrip(t, req)` entry, on the caller's goroutine.
-#[uprobe]
+#[inline(always)]
 pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -30,7 +30,7 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
 }
 
 /// `net/http.(*Request).write(r, ...)` entry, on the goroutine that writes the request.
-#[uprobe]
+#[inline(always)]
 pub fn go_http_request_write(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;

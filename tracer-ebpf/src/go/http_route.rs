@@ -8,7 +8,6 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
-    macros::uprobe,
     programs::ProbeContext,
 };
 use core::ffi::c_void;
@@ -21,7 +20,7 @@ use crate::{
 };
 
 /// Each RET of `(*ServeMux).findHandler` / `(*ServeMux).Handler`.
-#[uprobe]
+#[inline(always)]
 pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;

@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod http_route;
 pub mod netrpc;
+pub mod programs;
 pub mod runtime;
 
 use aya_ebpf::{

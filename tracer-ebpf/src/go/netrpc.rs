@@ -24,7 +24,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
-    macros::{map, uprobe},
+    macros::map,
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
@@ -192,7 +192,7 @@ fn regs(ctx: &ProbeContext) -> Regs {
 }
 
 /// `net/rpc.(*Client).send(client, call)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn go_rpc_client_send(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -204,7 +204,7 @@ pub fn go_rpc_client_send(ctx: ProbeContext) -> u32 {
 }
 
 /// `net/rpc.(*gobClientCodec).WriteRequest(c, r, body)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -243,7 +243,7 @@ pub fn go_rpc_client_write(ctx: ProbeContext) -> u32 {
 
 /// `net/rpc.(*Call).done(call)` entry: `Call{ServiceMethod string, Args any, Reply any, Error
 /// error, Done chan}`, so `Error`'s type word is at offset 48.
-#[uprobe]
+#[inline(always)]
 pub fn go_rpc_client_done(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -267,7 +267,7 @@ pub fn go_rpc_client_done(ctx: ProbeContext) -> u32 {
 }
 
 /// `net/rpc.(*service).call(...)` entry, on the call's own goroutine.
-#[uprobe]
+#[inline(always)]
 pub fn go_rpc_server_call(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -307,7 +307,7 @@ pub fn go_rpc_server_call(ctx: ProbeContext) -> u32 {
 }
 
 /// `net/rpc.(*Server).sendResponse(server, sending, req, reply, codec, errmsg)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn go_rpc_server_respond(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;

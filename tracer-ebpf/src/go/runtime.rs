@@ -5,14 +5,14 @@
 //! is read from its `g` when it reaches a probe) and no RET is probed; otherwise each RET of the
 //! function (found by disassembly in userspace, never a uretprobe) reads the new `g` in RAX.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::ProbeContext};
 use tracer_common::tables::{FixedTable, LruTable};
 
 use super::{GO_NEWPROC, GO_PARENT, goid_of, key, parent_goid, proc_info, regs};
 use crate::maps::{lru_put, lru_set, put};
 
 /// `runtime.newproc1(fn, callergp *g, ...)` entry.
-#[uprobe]
+#[inline(always)]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
@@ -33,7 +33,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
 }
 
 /// Each RET of `runtime.newproc1`: the new goroutine's `g` is in RAX.
-#[uprobe]
+#[inline(always)]
 pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out of the map before the entry is removed.

@@ -467,7 +467,8 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     }
     drop(kernel_log);
     let census = agent.census();
-    let Agent { probes, mut pipeline, mut processes, maps, decode_errors, .. } = agent;
+    let Agent { mut probes, mut go, mut pipeline, mut processes, maps, decode_errors, .. } = agent;
+    go.detach_all(&mut probes.ebpf);
     drop(probes);
     pipeline.finish(Clock::mono_now_ns(), &mut spans);
     pipeline.take_points(&mut points);

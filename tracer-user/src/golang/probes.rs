@@ -127,6 +127,53 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
     })
 }
 
+/// Environment variable that picks how the Go uprobes attach (`multi` or `classic`) instead of
+/// the kernel's best; for tests and for comparing the two on one kernel.
+pub const UPROBE_MODE_ENV: &str = "TRACER_UPROBES";
+
+/// How the Go uprobes attach on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UprobeMode {
+    /// Multi-uprobe links (Linux 6.6 and later, with a process-wide pid filter): one link per
+    /// program and process, whatever its number of points; detaching it waits once.
+    Multi,
+    /// One perf event per point: detaching each waits for an RCU grace period under the
+    /// kernel's `event_mutex`, one after the other.
+    Classic,
+}
+
+impl UprobeMode {
+    /// The best mode this kernel offers, unless `TRACER_UPROBES` names one.
+    pub fn choose() -> Self {
+        use aya::sys::{UProbeMultiFeature, is_uprobe_multi_supported};
+        match std::env::var(UPROBE_MODE_ENV).as_deref() {
+            Ok("classic") => Self::Classic,
+            Ok("multi") => Self::Multi,
+            _ => match is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter) {
+                Ok(true) => Self::Multi,
+                _ => Self::Classic,
+            },
+        }
+    }
+
+    /// The object's program for Go program `name` (a `names::programs` constant) in this mode.
+    pub fn program(self, name: &'static str) -> &'static str {
+        match self {
+            Self::Classic => name,
+            Self::Multi => p::GO_MULTI.iter().find(|(single, _)| *single == name).map_or(name, |(_, multi)| multi),
+        }
+    }
+}
+
+impl std::fmt::Display for UprobeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Multi => "multi-uprobe links (one per program and process)",
+            Self::Classic => "one perf event per point (no multi-uprobe links with a process filter here)",
+        })
+    }
+}
+
 /// Programs of the eBPF object this module attaches.
 const PROGRAMS: &[&str] =
     &[p::GO_NEWPROC1, p::GO_NEWPROC1_RET, p::GO_HTTP_ROUNDTRIP, p::GO_HTTP_REQUEST_WRITE, p::GO_HTTP_ROUTE_RET];
@@ -137,7 +184,8 @@ type ExeId = (u64, u64, u64, i64);
 type Inspected = (ExeId, PathBuf, Option<Result<Plan, String>>);
 
 pub struct GoProbes {
-    loaded: Option<bool>,
+    /// Whether the programs loaded, and in which mode.
+    loaded: Option<Option<UprobeMode>>,
     /// Attached links per process.
     procs: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// Inspection results per executable (device, inode, size, mtime).
@@ -204,8 +252,9 @@ impl Default for GoProbes {
 }
 
 /// Loads (verifies) every Go uprobe program of `ebpf`; the first that fails is named.
-pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+pub fn load_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String> {
     for name in PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS) {
+        let name = mode.program(name);
         ebpf.program_mut(name)
             .ok_or_else(|| "missing from the object".to_string())
             .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| e.to_string()))
@@ -235,19 +284,24 @@ impl GoProbes {
         std::mem::take(&mut self.grpc_changes)
     }
 
-    fn load(&mut self, ebpf: &mut Ebpf) -> bool {
-        if let Some(ok) = self.loaded {
-            return ok;
+    /// Loads the Go programs once; the mode they attach in, or `None` when they cannot load.
+    fn load(&mut self, ebpf: &mut Ebpf) -> Option<UprobeMode> {
+        if let Some(mode) = self.loaded {
+            return mode;
         }
-        let ok = match load_programs(ebpf) {
-            Ok(()) => true,
+        let mode = UprobeMode::choose();
+        let loaded = match load_programs(ebpf, mode) {
+            Ok(()) => {
+                info!("Go uprobes: {mode}");
+                Some(mode)
+            }
             Err(e) => {
                 warn!("Go support off: {e}");
-                false
+                None
             }
         };
-        self.loaded = Some(ok);
-        ok
+        self.loaded = Some(loaded);
+        loaded
     }
 
     /// Attaches the Go probes to `pid` if it runs a Go program that has what they need: at once
@@ -323,13 +377,12 @@ impl GoProbes {
         if self.procs.contains_key(&pid) {
             return;
         }
-        if !self.load(ebpf) {
-            return;
-        }
+        let Some(mode) = self.load(ebpf) else { return };
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let Some(npid) = NonZeroU32::new(pid) else { return };
         let mut links = Vec::new();
         for (prog, offsets) in &plan.points {
+            let prog = mode.program(prog);
             let r = ebpf
                 .program_mut(prog)
                 .and_then(|p| <&mut UProbe>::try_from(p).ok())
@@ -338,7 +391,7 @@ impl GoProbes {
                     p.attach(offsets.iter().copied(), &exe, UProbeScope::OneProcess(npid)).map_err(|e| format!("{e:#}"))
                 });
             match r {
-                Ok(link) => links.push((*prog, link)),
+                Ok(link) => links.push((prog, link)),
                 Err(e) => {
                     warn!("pid {pid}: attaching {prog}: {e}; goroutine-aware linking off");
                     detach_links(ebpf, links, &self.reaper);
@@ -413,6 +466,21 @@ impl GoProbes {
         }
         detach_links(ebpf, links, &self.reaper);
     }
+
+    /// Detaches every process's probes at once (at stop), on parallel threads so that the
+    /// kernel's waits overlap where they can.
+    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        let mut owned = Vec::new();
+        for (_, links) in self.procs.drain() {
+            owned.extend(take_links(ebpf, links));
+        }
+        std::thread::scope(|s| {
+            for link in owned {
+                // Without a thread the closure, and with it the link, is dropped (detached) here.
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
+            }
+        });
+    }
 }
 
 /// Takes the links out of their programs and hands them to the detach thread (or detaches them
@@ -422,6 +490,14 @@ fn detach_links(
     links: Vec<(&'static str, UProbeLinkId)>,
     reaper: &std::sync::mpsc::Sender<Vec<UProbeLink>>,
 ) {
+    let owned = take_links(ebpf, links);
+    if let Err(std::sync::mpsc::SendError(owned)) = reaper.send(owned) {
+        drop(owned);
+    }
+}
+
+/// The links, taken out of their programs (dropping one detaches it).
+fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
     let mut owned = Vec::with_capacity(links.len());
     for (prog, link) in links {
         if let Some(p) = ebpf.program_mut(prog).and_then(|p| <&mut UProbe>::try_from(p).ok())
@@ -430,7 +506,5 @@ fn detach_links(
             owned.push(l);
         }
     }
-    if let Err(std::sync::mpsc::SendError(owned)) = reaper.send(owned) {
-        drop(owned);
-    }
+    owned
 }

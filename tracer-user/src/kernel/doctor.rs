@@ -180,6 +180,16 @@ pub fn run_checks(verbose: bool) -> Report {
         }
     }
     check!("kprobe", prog::CAP_KPROBE, KProbe, |p| p.load().and_then(|()| p.attach("tcp_sendmsg", 0)));
+    checks.push((
+        "multi-uprobe links",
+        match aya::sys::is_uprobe_multi_supported(aya::sys::UProbeMultiFeature::ProcessScopedPidFilter) {
+            Ok(true) => Outcome::Yes,
+            Ok(false) => Outcome::No(
+                "Linux < 6.6, or its multi-uprobe pid filter is per thread: one perf event per Go probe point".into(),
+            ),
+            Err(e) => Outcome::No(e.to_string()),
+        },
+    ));
     let exe = std::env::current_exe().unwrap_or_default();
     check!("uprobe", prog::CAP_UPROBE, UProbe, |p| p.load().and_then(|()| p.attach(
         ["tracer_doctor_uprobe_target"],
@@ -228,10 +238,12 @@ pub fn run_checks(verbose: bool) -> Report {
 fn agent_programs(log_level: u8) -> Outcome {
     use super::loader::{DEFAULT_CONNECTIONS, Probes, Scope};
     match Probes::load_logging(Scope::Selected, tracer_common::Propagation::Off, DEFAULT_CONNECTIONS, log_level) {
-        Ok(mut probes) => match crate::golang::probes::load_programs(&mut probes.ebpf) {
-            Ok(()) => Outcome::Yes,
-            Err(e) => Outcome::No(e.lines().next().unwrap_or_default().chars().take(160).collect()),
-        },
+        Ok(mut probes) => {
+            match crate::golang::probes::load_programs(&mut probes.ebpf, crate::golang::probes::UprobeMode::choose()) {
+                Ok(()) => Outcome::Yes,
+                Err(e) => Outcome::No(e.lines().next().unwrap_or_default().chars().take(160).collect()),
+            }
+        }
         Err(e) => err(e),
     }
 }
