@@ -551,7 +551,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(l.local_addr()?.port())
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::bench::free_port;
 use crate::{build_agent, build_fixtures, fixtures_dir, root, run};
 
 /// The services of the demo, in call order (client first).
@@ -46,10 +47,6 @@ fn spawn_listening(cmd: &mut Command) -> anyhow::Result<(Child, u16)> {
         .and_then(|p| p.trim().parse().ok())
         .with_context(|| format!("{cmd:?} printed {line:?}, not LISTENING <port>"))?;
     Ok((child, port))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Waits until `ready` holds, checking every 50 ms, for at most `limit`.
