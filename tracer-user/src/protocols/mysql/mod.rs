@@ -268,7 +268,8 @@ impl Mysql {
         self.phase = Phase::Auth;
         let (_user, rest) = cstr(&b[32..]);
         let auth_len = if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
-            lenenc(rest).map(|(n, k)| n as usize + k)
+            // A length past what any packet holds (up to 2^64 - 1 on the wire) finds no database.
+            lenenc(rest).and_then(|(n, k)| usize::try_from(n).ok()?.checked_add(k))
         } else if caps & CLIENT_SECURE_CONNECTION != 0 {
             rest.first().map(|&n| n as usize + 1)
         } else {
