@@ -61,7 +61,8 @@ fn struct_member(btf: &btf_rs::Btf, strukt: &str, member: &str) -> Result<u32, K
         .ok_or_else(|| KernelInfoError::MissingType { what: format!("{strukt}.{member}") })
 }
 
-fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
+/// Opens a BTF file (the running kernel's is [`VMLINUX_BTF`]) once for the readers below.
+pub fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
     // Mapped, not parsed up front: the cached backend builds a model of every kernel type
     // (about 40 MB at its peak for a 6 MB vmlinux BTF) to answer a dozen lookups.
     // Kernels before 6.10 cannot map /sys/kernel/btf/vmlinux: read it whole there.
@@ -72,9 +73,8 @@ fn open_btf(btf_path: &Path) -> Result<btf_rs::Btf, KernelInfoError> {
 
 /// Reads the offsets the kernel side needs to find the `struct sock` of an fd through the
 /// current task's file table (`FdOffsets`), for kernels without the sock length tracepoints.
-pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
-    let btf = open_btf(btf_path)?;
-    let field = |strukt: &str, member: &str| struct_member(&btf, strukt, member);
+pub fn fd_offsets(btf: &btf_rs::Btf) -> Result<FdOffsets, KernelInfoError> {
+    let field = |strukt: &str, member: &str| struct_member(btf, strukt, member);
     Ok(FdOffsets {
         task_files: field("task_struct", "files")?,
         files_fdt: field("files_struct", "fdt")?,
@@ -91,23 +91,21 @@ pub fn fd_offsets(btf_path: &Path) -> Result<FdOffsets, KernelInfoError> {
 
 /// Reads `task_struct.pid` and `.tgid`: the sockops program learns the current process from its
 /// task (`TaskOffsets`).
-pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, KernelInfoError> {
-    let btf = open_btf(btf_path)?;
-    Ok(TaskOffsets {
-        pid: struct_member(&btf, "task_struct", "pid")?,
-        tgid: struct_member(&btf, "task_struct", "tgid")?,
-    })
+pub fn task_offsets(btf: &btf_rs::Btf) -> Result<TaskOffsets, KernelInfoError> {
+    Ok(TaskOffsets { pid: struct_member(btf, "task_struct", "pid")?, tgid: struct_member(btf, "task_struct", "tgid")? })
 }
 
 /// Whether the kernel has the `sock:sock_{send,recv}_length` tracepoints (Linux 6.3 and later),
 /// which hand the data syscalls their `struct sock *`: each raw tracepoint has a
 /// `btf_trace_<name>` type in the kernel's BTF.
-pub fn has_sock_length(btf_path: &Path) -> bool {
-    let Ok(btf) = open_btf(btf_path) else { return false };
-    ["sock_send_length", "sock_recv_length"].iter().all(|t| {
-        btf.resolve_types_by_name(&format!("btf_trace_{t}"))
-            .is_ok_and(|v| v.iter().any(|t| matches!(t, btf_rs::Type::Typedef(_))))
-    })
+pub fn has_sock_length(btf: &btf_rs::Btf) -> bool {
+    ["sock_send_length", "sock_recv_length"].iter().all(|t| has_raw_tracepoint(btf, t))
+}
+
+/// Whether the kernel has raw tracepoint `name` (its `btf_trace_<name>` typedef).
+pub fn has_raw_tracepoint(btf: &btf_rs::Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(&format!("btf_trace_{name}"))
+        .is_ok_and(|v| v.iter().any(|t| matches!(t, btf_rs::Type::Typedef(_))))
 }
 
 /// The offsets of `struct pt_regs` the raw syscall programs read (`tracer-ebpf`'s `SysRegs`):
@@ -117,10 +115,9 @@ pub const PT_REGS: &[(&str, u32)] =
     &[("r10", 56), ("r8", 72), ("dx", 96), ("si", 104), ("di", 112), ("orig_ax", 120), ("cs", 136)];
 
 /// Checks [`PT_REGS`] against this kernel's BTF.
-pub fn check_pt_regs(btf_path: &Path) -> Result<(), KernelInfoError> {
-    let btf = open_btf(btf_path)?;
+pub fn check_pt_regs(btf: &btf_rs::Btf) -> Result<(), KernelInfoError> {
     for &(field, want) in PT_REGS {
-        let found = struct_member(&btf, "pt_regs", field)?;
+        let found = struct_member(btf, "pt_regs", field)?;
         if found != want {
             return Err(KernelInfoError::Regs { field, found, want });
         }
@@ -129,14 +126,13 @@ pub fn check_pt_regs(btf_path: &Path) -> Result<(), KernelInfoError> {
 }
 
 /// Reads the `struct sock_common` offsets the kernel side needs to read a connection's 4-tuple.
-pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
-    let btf = open_btf(btf_path)?;
-    let sock = find_struct(&btf, "sock")?;
-    let common = find_struct(&btf, "sock_common")?;
-    let base = member_offset(&btf, &sock, "__sk_common", 0)
+pub fn sock_offsets(btf: &btf_rs::Btf) -> Result<SockOffsets, KernelInfoError> {
+    let sock = find_struct(btf, "sock")?;
+    let common = find_struct(btf, "sock_common")?;
+    let base = member_offset(btf, &sock, "__sk_common", 0)
         .ok_or_else(|| KernelInfoError::MissingType { what: "sock.__sk_common".into() })?;
     let field = |n: &str| {
-        member_offset(&btf, &common, n, 0)
+        member_offset(btf, &common, n, 0)
             .map(|o| o + base)
             .ok_or_else(|| KernelInfoError::MissingType { what: format!("sock_common.{n}") })
     };
@@ -154,10 +150,9 @@ pub fn sock_offsets(btf_path: &Path) -> Result<SockOffsets, KernelInfoError> {
 
 /// Offset of `task_struct.thread.fsbase` (x86-64): where the kernel keeps a thread's FS base,
 /// through which the Go support finds the running goroutine.
-pub fn task_fsbase_offset(btf_path: &Path) -> Result<u64, KernelInfoError> {
-    let btf = open_btf(btf_path)?;
-    let a = struct_member(&btf, "task_struct", "thread")?;
-    let b = struct_member(&btf, "thread_struct", "fsbase")?;
+pub fn task_fsbase_offset(btf: &btf_rs::Btf) -> Result<u64, KernelInfoError> {
+    let a = struct_member(btf, "task_struct", "thread")?;
+    let b = struct_member(btf, "thread_struct", "fsbase")?;
     Ok(u64::from(a) + u64::from(b))
 }
 
@@ -173,32 +168,29 @@ mod tests {
             eprintln!("SKIP: {VMLINUX_BTF} absent");
             return;
         }
-        let o = sock_offsets(p).expect("offsets");
+        let btf = open_btf(p).expect("BTF");
+        let o = sock_offsets(&btf).expect("offsets");
         // struct sock_common starts with the address pair on every kernel since 2.6.
         assert_eq!((o.skc_daddr, o.skc_rcv_saddr), (0, 4));
         assert_eq!(o.valid, 1);
         assert!(o.skc_family > o.skc_num && o.skc_v6_daddr > o.skc_family);
         // `thread` is the last member of task_struct, thousands of bytes in.
-        let fs = task_fsbase_offset(p).expect("fsbase offset");
+        let fs = task_fsbase_offset(&btf).expect("fsbase offset");
         assert!(fs > 1024 && fs.is_multiple_of(8), "{fs}");
         // The fd-table path: pointers are 8-byte aligned; `fdtable` starts with `max_fds`.
-        let f = fd_offsets(p).expect("fd-table offsets");
+        let f = fd_offsets(&btf).expect("fd-table offsets");
         assert_eq!((f.fdt_max_fds, f.enabled), (0, 0));
         for off in [f.task_files, f.files_fdt, f.fdt_fd, f.file_inode, f.file_private_data, f.socket_sk] {
             assert!(off.is_multiple_of(8), "{f:?}");
         }
         assert!(f.task_files > 1024 && f.sk_protocol > o.skc_v6_rcv_saddr, "{f:?}");
         // pid and tgid are adjacent 4-byte fields of task_struct, pid first.
-        let t = task_offsets(p).expect("task offsets");
+        let t = task_offsets(&btf).expect("task offsets");
         assert!(t.pid > 0 && t.tgid == t.pid + 4, "{t:?}");
         // The syscall programs' register layout, and a tracepoint every supported kernel has
         // next to one that no kernel has.
-        check_pt_regs(p).expect("x86-64 pt_regs");
-        let btf = open_btf(p).expect("BTF");
-        let typedef = |n: &str| {
-            btf.resolve_types_by_name(n).is_ok_and(|v| v.iter().any(|t| matches!(t, btf_rs::Type::Typedef(_))))
-        };
-        assert!(typedef("btf_trace_sys_enter") && typedef("btf_trace_sched_process_fork"));
-        assert!(!typedef("btf_trace_no_such_tracepoint"));
+        check_pt_regs(&btf).expect("x86-64 pt_regs");
+        assert!(has_raw_tracepoint(&btf, "sys_enter") && has_raw_tracepoint(&btf, "sched_process_fork"));
+        assert!(!has_raw_tracepoint(&btf, "no_such_tracepoint"));
     }
 }

@@ -162,7 +162,9 @@ pub fn run_checks(verbose: bool) -> Report {
     }));
     checks.push((
         "fd-table socket lookup",
-        match super::btf::fd_offsets(std::path::Path::new(super::btf::VMLINUX_BTF)) {
+        match super::btf::open_btf(std::path::Path::new(super::btf::VMLINUX_BTF))
+            .and_then(|b| super::btf::fd_offsets(&b))
+        {
             Ok(_) => Outcome::Yes,
             Err(e) => Outcome::No(e.to_string()),
         },

@@ -108,7 +108,7 @@ pub const SOCKET_LOOKUP_ENV: &str = "TRACER_SOCKET_LOOKUP";
 
 impl SocketLookup {
     /// The best lookup this kernel offers, unless `TRACER_SOCKET_LOOKUP` names one.
-    pub fn choose(btf: &Path) -> Self {
+    pub fn choose(btf: &btf_rs::Btf) -> Self {
         match std::env::var(SOCKET_LOOKUP_ENV).as_deref() {
             Ok("fd-table") => Self::FdTable,
             Ok("tracepoint") => Self::Tracepoints,
@@ -168,16 +168,17 @@ impl Probes {
         connections: u32,
         log_level: u8,
     ) -> Result<Self, LoadError> {
-        let btf = Path::new(kernel::VMLINUX_BTF);
+        // Opened once for every reader below.
+        let btf = &kernel::open_btf(Path::new(kernel::VMLINUX_BTF))?;
         kernel::check_pt_regs(btf)?;
         let sock: SockOffsets = kernel::sock_offsets(btf)?;
         let socket_lookup = SocketLookup::choose(btf);
         // `sock_length` reads `sk_protocol` too: the offsets are always set.
         let fd = FdOffsets { enabled: u32::from(socket_lookup == SocketLookup::FdTable), ..kernel::fd_offsets(btf)? };
         log::info!("socket lookup: {socket_lookup}");
-        let task = kernel::task_offsets(Path::new(kernel::VMLINUX_BTF))?;
+        let task = kernel::task_offsets(btf)?;
         // Go support reads each thread's FS base; without the offset it stays off.
-        let go_fsbase = kernel::task_fsbase_offset(Path::new(kernel::VMLINUX_BTF)).unwrap_or_else(|e| {
+        let go_fsbase = kernel::task_fsbase_offset(btf).unwrap_or_else(|e| {
             log::warn!("Go goroutine-aware linking off: {e}");
             0
         });
