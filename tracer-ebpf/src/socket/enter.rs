@@ -1,7 +1,7 @@
 //! Syscall entry: remember the fd and buffer of a data syscall, and learn its socket.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -14,7 +14,6 @@ use super::{
     SyscallArgs, first_bytes, iovecs,
 };
 use crate::{
-    config::{FD_OFF, SOCK_OFF, cfg},
     context::{EvCtx, client_context},
     filter::traced,
     maps::{CONN_TUPLE, conn_key, put},
@@ -100,13 +99,7 @@ pub fn sock_length(ctx: RawTracePointContext) -> u32 {
     let Some(args) = ARGS.get_ptr_mut(&pid_tgid) else { return 0 };
     let sk: u64 = ctx.arg(0);
     let flags: u64 = ctx.arg(2);
-    if sk == 0 || flags & MSG_PEEK != 0 {
-        return 0;
-    }
-    // SAFETY: kernel memory read through the probe helper, at offsets from this kernel's BTF.
-    let family = unsafe { bpf_probe_read_kernel((sk + u64::from(cfg(&SOCK_OFF).skc_family)) as *const u16) };
-    let protocol = unsafe { bpf_probe_read_kernel((sk + u64::from(cfg(&FD_OFF).sk_protocol)) as *const u16) };
-    if protocol != Ok(6) || !super::sock::inet(family.unwrap_or(0)) {
+    if flags & MSG_PEEK != 0 || !super::sock::inet_tcp(sk) {
         return 0;
     }
     // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.

@@ -46,14 +46,21 @@ pub fn sock_of_fd(fd: i32) -> u64 {
         }
         let Some(socket) = at::<u64>(file, o.file_private_data) else { return 0 };
         let sk = at::<u64>(socket, o.socket_sk).unwrap_or(0);
-        if sk == 0 || !inet(at::<u16>(sk, cfg(&SOCK_OFF).skc_family).unwrap_or(0)) {
-            return 0;
-        }
-        if at::<u16>(sk, o.sk_protocol) != Some(IPPROTO_TCP) {
+        if !inet_tcp(sk) {
             return 0;
         }
         sk
     }
+}
+
+/// Whether `sk` (non-null) is an IPv4 or IPv6 TCP `struct sock`, read at offsets from this
+/// kernel's BTF.
+#[inline(always)]
+pub fn inet_tcp(sk: u64) -> bool {
+    // SAFETY: kernel memory read through the probe helper.
+    sk != 0
+        && inet(unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_family) }.unwrap_or(0))
+        && unsafe { at::<u16>(sk, cfg(&FD_OFF).sk_protocol) } == Some(IPPROTO_TCP)
 }
 
 #[inline(always)]
