@@ -118,7 +118,7 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<Token> {
         } else if !my && matches!(c, 'u' | 'U') && i + 2 < n && b[i + 1] == '&' && b[i + 2] == '\'' {
             i = skip_string(i + 2, false);
             out.push(Token::Literal);
-        } else if c == '"' || (matches!(c, 'u' | 'U') && i + 2 < n && b[i + 1] == '&' && b[i + 2] == '"') {
+        } else if c == '"' || (!my && matches!(c, 'u' | 'U') && i + 2 < n && b[i + 1] == '&' && b[i + 2] == '"') {
             let start = if c == '"' { i } else { i + 2 };
             let mut j = start + 1;
             while j < n {
@@ -379,6 +379,8 @@ mod tests {
         assert_eq!(my("SELECT \"unterminated secret"), "SELECT ?");
         assert_eq!(my("SELECT `unterminated secret"), "SELECT ?");
         assert_eq!(my("SELECT $1"), "SELECT $ ?", "no dollar quoting in MySQL");
+        let uamp = my("SELECT U&\"secret\"\"\"");
+        assert!(!uamp.contains("secret") && !uamp.contains('"'), "U&\"…\" is PostgreSQL's, in MySQL a string: {uamp}");
         let q = sanitize_as("UPDATE `items` SET n = n + 1 WHERE name = 'x'", Dialect::Mysql);
         assert_eq!((q.operation.as_deref(), q.collection.as_deref()), (Some("UPDATE"), Some("`items`")));
         assert_eq!(sanitize("SELECT \"ident\"").text, "SELECT \"ident\"", "PostgreSQL keeps quoted identifiers");
