@@ -41,6 +41,9 @@ pub mod maps {
     pub const GRPC_TUPLE: &str = "GRPC_TUPLE";
     pub const GRPC_PEER: &str = "GRPC_PEER";
     pub const GRPC_SRV: &str = "GRPC_SRV";
+    pub const SSL_CALL: &str = "SSL_CALL";
+    pub const SSL_FD: &str = "SSL_FD";
+    pub const SSL_PROGS: &str = "SSL_PROGS";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -80,6 +83,9 @@ pub mod maps {
         GRPC_TUPLE,
         GRPC_PEER,
         GRPC_SRV,
+        SSL_CALL,
+        SSL_FD,
+        SSL_PROGS,
     ];
 }
 
@@ -194,6 +200,15 @@ pub mod programs {
         (GRPC_WRITE_STATUS, GRPC_WRITE_STATUS_MULTI),
         (GRPC_HANDLE_STREAM_RET, GRPC_HANDLE_STREAM_RET_MULTI),
     ];
+    // OpenSSL (libssl.so.*): TLS plaintext into the socket data path.
+    pub const SSL_WRITE: &str = "ssl_write";
+    pub const SSL_READ: &str = "ssl_read";
+    pub const SSL_WRITE_EX: &str = "ssl_write_ex";
+    pub const SSL_READ_EX: &str = "ssl_read_ex";
+    pub const SSL_RET: &str = "ssl_ret";
+    pub const SSL_FREE: &str = "ssl_free";
+    /// Tail-called by `ssl_ret` (slot 0 of `SSL_PROGS`), never attached.
+    pub const SSL_EMIT_STEP: &str = "ssl_emit_step";
     // `tracer doctor`: no-op programs of each attach type.
     pub const CAP_KPROBE: &str = "cap_kprobe";
     pub const CAP_FENTRY: &str = "cap_fentry";
@@ -253,6 +268,13 @@ pub mod programs {
         GRPC_HANDLE_STREAM_MULTI,
         GRPC_WRITE_STATUS_MULTI,
         GRPC_HANDLE_STREAM_RET_MULTI,
+        SSL_WRITE,
+        SSL_READ,
+        SSL_WRITE_EX,
+        SSL_READ_EX,
+        SSL_RET,
+        SSL_FREE,
+        SSL_EMIT_STEP,
         CAP_KPROBE,
         CAP_FENTRY,
         CAP_UPROBE,

@@ -171,7 +171,10 @@ pub struct DataMeta {
     pub role: u8,
     /// The connection's [`crate::Proto`] as the kernel classified it.
     pub proto: u8,
-    pub _pad: [u8; 4],
+    /// 1 when the bytes are the plaintext of a TLS connection (read from OpenSSL's buffers by
+    /// uprobes, not from the socket), else 0.
+    pub tls: u8,
+    pub _pad: [u8; 3],
     /// Trace context the kernel assigned when this event starts a request (`ctx_flags` has
     /// [`crate::flags::PRESENT`]): the span id of the request's span, its trace id and its parent
     /// (the thread's current server span for a client request, or the client span named by a
@@ -220,5 +223,16 @@ pub struct ConnState {
     /// four bytes.
     pub plen: u8,
     pub prefix: [u8; 4],
-    pub _pad: u8,
+    /// [`conn_flags`] bits.
+    pub flags: u8,
+}
+
+/// Bits of [`ConnState::flags`].
+pub mod conn_flags {
+    /// A TLS library call was seen using the connection: the socket carries ciphertext, which
+    /// the syscall path ignores; the plaintext comes from the library's uprobes.
+    pub const TLS: u8 = 1;
+    /// Plaintext was classified on the connection (the handshake's ciphertext, seen before the
+    /// connection was known to be TLS, no longer counts).
+    pub const TLS_PLAIN: u8 = 2;
 }

@@ -31,10 +31,11 @@ pub enum LruTable {
     RpcClient,
     RpcServer,
     RpcOut,
+    SslFd,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 19] = [
+    pub const ALL: [LruTable; 20] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -54,6 +55,7 @@ impl LruTable {
         Self::RpcClient,
         Self::RpcServer,
         Self::RpcOut,
+        Self::SslFd,
     ];
 
     /// The map's name in the object.
@@ -78,6 +80,7 @@ impl LruTable {
             Self::RpcClient => maps::RPC_CLIENT,
             Self::RpcServer => maps::RPC_SERVER,
             Self::RpcOut => maps::RPC_OUT,
+            Self::SslFd => maps::SSL_FD,
         }
     }
 }
@@ -94,10 +97,11 @@ pub enum FixedTable {
     IovState,
     GoProcs,
     GoNewproc,
+    SslCall,
 }
 
 impl FixedTable {
-    pub const ALL: [FixedTable; 8] = [
+    pub const ALL: [FixedTable; 9] = [
         Self::Traced,
         Self::Excluded,
         Self::Args,
@@ -106,6 +110,7 @@ impl FixedTable {
         Self::IovState,
         Self::GoProcs,
         Self::GoNewproc,
+        Self::SslCall,
     ];
 
     /// The map's name in the object.
@@ -119,6 +124,7 @@ impl FixedTable {
             Self::IovState => maps::IOV_STATE,
             Self::GoProcs => maps::GO_PROCS,
             Self::GoNewproc => maps::GO_NEWPROC,
+            Self::SslCall => maps::SSL_CALL,
         }
     }
 }
@@ -155,8 +161,11 @@ pub mod counters {
     pub const GRPC_NO_ADDR: u32 = GRPC_NO_CALL + 1;
     /// gRPC server calls without a traced client on this host for their stream.
     pub const GRPC_UNPAIRED: u32 = GRPC_NO_CALL + 2;
+    /// TLS plaintext dropped because no socket was seen under the library call (a memory BIO
+    /// or BIO pair, or a socket that is not TCP).
+    pub const TLS_NO_FD: u32 = GRPC_NO_CALL + 3;
     /// Entries of the counters map.
-    pub const COUNT: u32 = GRPC_UNPAIRED + 1;
+    pub const COUNT: u32 = TLS_NO_FD + 1;
 }
 
 #[cfg(test)]

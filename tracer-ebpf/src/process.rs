@@ -88,6 +88,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
     let _ = ARGS.remove(&pid_tgid);
     let _ = CONNECT_FD.remove(&pid_tgid);
     let _ = IOV_STATE.remove(&pid_tgid);
+    crate::socket::tls::forget_thread(pid_tgid);
     go::forget_thread(pid_tgid);
     lru_del(&THREAD_CTX, &pid_tgid, LruTable::ThreadCtx);
     if tgid != pid_tgid as u32 {

@@ -64,7 +64,7 @@ pub fn sys_exit_conn(ctx: RawTracePointContext) -> u32 {
         (fd as i32, Role::Client)
     };
     let tgid = (pid_tgid >> 32) as u32;
-    let state = ConnState { proto: Proto::Unknown as u8, role: role as u8, plen: 0, prefix: [0; 4], _pad: 0 };
+    let state = ConnState { proto: Proto::Unknown as u8, role: role as u8, plen: 0, prefix: [0; 4], flags: 0 };
     lru_put(&CONNS, &conn_key(tgid, fd), &state, LruTable::Conns);
     if let Some(mut e) = EVENTS.reserve::<ConnEvent>(0) {
         let p = e.as_mut_ptr();

@@ -2,6 +2,7 @@
 //! iovec of a vectored one), each with a bounded head and tail of the bytes.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as raw_probe_read_user},
     macros::{map, raw_tracepoint},
@@ -41,7 +42,9 @@ pub struct IovState {
     pub proto: u8,
     /// The `MessageKind` the transfer starts with.
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// 1 for TLS plaintext (`super::tls`).
+    pub tls: u8,
+    pub _pad: [u8; 2],
     /// Filled by `emit_step` (kept here, in map memory, rather than on the 512-byte stack).
     pub tuple: ConnTuple,
     pub ctx: EvCtx,
@@ -63,6 +66,14 @@ pub static PROGS: ProgramArray = ProgramArray::with_max_entries(tail::COUNT, 0);
 /// carries the trace context when the transfer starts a request.
 #[raw_tracepoint]
 pub fn emit_step(ctx: RawTracePointContext) -> u32 {
+    step(&ctx, &PROGS, tail::EMIT_STEP)
+}
+
+/// The body of `emit_step`, shared with the TLS plaintext path (`super::tls::ssl_emit_step`,
+/// a uprobe program, which can only tail-call programs of its own type through its own array):
+/// `slot` of `progs` holds the program itself.
+#[inline(always)]
+pub fn step<C: EbpfContext>(ctx: &C, progs: &ProgramArray, slot: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(st) = IOV_STATE.get_ptr_mut(&pid_tgid) else { return 0 };
     // SAFETY: this task's own entry.
@@ -111,7 +122,7 @@ pub fn emit_step(ctx: RawTracePointContext) -> u32 {
     s.idx += 1;
     if s.idx < s.cnt && s.seen < s.len {
         // SAFETY: the slot holds this program.
-        let _ = unsafe { PROGS.tail_call(&ctx, tail::EMIT_STEP) };
+        let _ = unsafe { progs.tail_call(ctx, slot) };
     }
     let _ = IOV_STATE.remove(&pid_tgid);
     0
@@ -141,7 +152,8 @@ fn emit_data(s: &IovState, pid_tgid: u64, buf: u64, len: u64, readable: u64) {
         (*ev).meta.syscall = a.syscall;
         (*ev).meta.role = s.role;
         (*ev).meta.proto = s.proto;
-        (*ev).meta._pad = [0; 4];
+        (*ev).meta.tls = s.tls;
+        (*ev).meta._pad = [0; 3];
         (*ev).meta.tuple = s.tuple;
         (*ev).meta.trace_id = s.ctx.trace_id;
         (*ev).meta.span_id = s.ctx.span_id;

@@ -43,6 +43,7 @@ pub fn enter_data(regs: u64, nr: i64) -> u32 {
     {
         return 0;
     }
+    super::tls::in_call(pid_tgid, r.arg(0) as i32, syscall.writes());
     let args = SyscallArgs {
         buf: r.arg(1),
         sk: 0,
@@ -104,5 +105,7 @@ pub fn sock_length(ctx: RawTracePointContext) -> u32 {
     }
     // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.
     unsafe { (*args).sk = sk };
+    // SAFETY: as above.
+    super::tls::learn_sock(pid_tgid, unsafe { (*args).fd }, sk);
     0
 }

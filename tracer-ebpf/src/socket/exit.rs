@@ -1,17 +1,19 @@
 //! Syscall exit: classify the connection and hand a traced protocol's transfer to the emitter.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::ProgramArray,
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify, classify_first8,
+    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify, classify_first8, conn_flags,
     names::tail,
     tables::{FixedTable, LruTable, counters},
 };
 
 use super::{
-    ARGS, CONNS,
+    ARGS, CONNS, SyscallArgs,
     emit::{IOV_SCRATCH, IOV_STATE, PROGS},
     first_bytes, first_bytes8, iovecs,
 };
@@ -68,7 +70,30 @@ pub fn exit_data(ctx: &RawTracePointContext, r: i64) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let key = conn_key(tgid, a.fd);
     // SAFETY: plain data copied out of the map.
-    let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    let state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if state.flags & conn_flags::TLS != 0 {
+        // Ciphertext: the connection's plaintext comes from the TLS library's probes.
+        return 0;
+    }
+    transfer(ctx, &PROGS, tail::EMIT_STEP, pid_tgid, a, len, state, 0)
+}
+
+/// Classifies a transfer of `len` bytes on the connection `state` describes and hands a traced
+/// protocol's bytes to the emitter (`progs` at `slot`, a program of the caller's type). Shared by
+/// the syscall path and the TLS plaintext path (`tls` = 1, `super::tls`): one classification,
+/// one connection state, one emitter.
+#[inline(always)]
+pub fn transfer<C: EbpfContext>(
+    ctx: &C,
+    progs: &ProgramArray,
+    slot: u32,
+    pid_tgid: u64,
+    a: SyscallArgs,
+    len: u64,
+    mut state: ConnState,
+    tls: u8,
+) -> u32 {
+    let key = conn_key((pid_tgid >> 32) as u32, a.fd);
     let syscall = a.syscall();
     let vectored = syscall.vectored();
     let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
@@ -165,12 +190,13 @@ pub fn exit_data(ctx: &RawTracePointContext, r: i64) -> u32 {
     st.vectored = vectored as u8;
     st.proto = state.proto;
     st.kind = kind;
-    st._pad = [0; 3];
+    st.tls = tls;
+    st._pad = [0; 2];
     st.tuple = ConnTuple::default();
     st.ctx = EvCtx::default();
     if put_quiet(&IOV_STATE, &pid_tgid, st, FixedTable::IovState) {
-        // SAFETY: the slot holds `emit_step`, a raw tracepoint program like this one.
-        let _ = unsafe { PROGS.tail_call(ctx, tail::EMIT_STEP) };
+        // SAFETY: the slot holds `emit_step` (or `ssl_emit_step`), a program of the caller's type.
+        let _ = unsafe { progs.tail_call(ctx, slot) };
         let _ = IOV_STATE.remove(&pid_tgid);
     }
     0

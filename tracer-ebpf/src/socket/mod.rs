@@ -15,7 +15,9 @@
 //! * at exit the connection is classified on its first bytes (`tracer_common::classify`), and for
 //!   a traced protocol a bounded head (and tail) of the payload is copied into the ring buffer
 //!   with the 4-tuple read from the socket ([`exit`], [`emit`], [`sock`]);
-//! * accept/connect/close keep the per-connection state ([`conn`]).
+//! * accept/connect/close keep the per-connection state ([`conn`]);
+//! * uprobes on OpenSSL hand TLS plaintext to the same classification and emitter, and mark
+//!   the connection so its ciphertext is skipped ([`tls`]).
 
 pub mod conn;
 pub mod emit;
@@ -23,6 +25,7 @@ pub mod enter;
 pub mod exit;
 pub mod sock;
 pub mod syscalls;
+pub mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user},

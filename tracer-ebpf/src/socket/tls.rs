@@ -1,0 +1,255 @@
+//! TLS plaintext from OpenSSL (`libssl.so.*`), fed to the socket data path as if the socket had
+//! carried it.
+//!
+//! * `SSL_write`, `SSL_read`, `SSL_write_ex`, `SSL_read_ex` entry: the thread's call (the `SSL *`,
+//!   the buffer, the `size_t *` of the `_ex` forms) in `SSL_CALL`;
+//! * a read or write syscall the thread makes inside the call names the socket (no struct
+//!   offsets of any OpenSSL release): `SSL *` → fd in `SSL_FD` for later calls that make none,
+//!   the connection marked [`conn_flags::TLS`] so the syscall path skips its ciphertext
+//!   (`super::exit`), and a client request's context decided before its bytes leave (as
+//!   `super::enter` does for plain writes);
+//! * the return (a uretprobe: C code, whose stack does not move) takes the bytes the call
+//!   really moved (its return value, or `*written` / `*readbytes`) and enters
+//!   `super::exit::transfer` with the connection's state: the same classification, contexts
+//!   and emitter as a syscall (`emit::step`, through `SSL_PROGS`, a uprobe-type array);
+//! * `SSL_free` forgets the `SSL *`, whose address a later connection may reuse.
+//!
+//! Calls with no socket under them (memory BIOs, BIO pairs) are counted, not traced.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, ProgramArray},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{
+    ConnState, MessageKind, Proto, Syscall, classify, conn_flags,
+    tables::{FixedTable, LruTable, counters},
+};
+
+use super::{CONNS, SyscallArgs, emit, exit::transfer};
+use crate::{
+    context::{EvCtx, client_context},
+    filter::traced,
+    maps::{CONN_TUPLE, bump, conn_key, lru_del, lru_put, put},
+};
+
+/// A thread's OpenSSL call in progress, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *written` / `size_t *readbytes` of the `_ex` forms; 0 for the others.
+    pub out: u64,
+    /// `struct sock *` of the socket, once known.
+    pub sk: u64,
+    pub start_ns: u64,
+    /// The socket's fd, or -1 while unknown.
+    pub fd: i32,
+    pub writes: u8,
+    /// 1 when `ctx` holds a client request's context, decided before its bytes left.
+    pub has_ctx: u8,
+    pub _pad: [u8; 2],
+    pub ctx: EvCtx,
+}
+
+/// An `SSL *` of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// The socket under an `SSL *`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSock {
+    pub sk: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static SSL_CALL: HashMap<u64, SslCall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static SSL_FD: LruHashMap<SslKey, SslSock> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static SSL_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, writes: bool, ex: bool) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid) {
+        return 0;
+    }
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    // SAFETY: plain data copied out of the map.
+    let known = unsafe { SSL_FD.get(&SslKey { ssl, tgid, _pad: 0 }) }.copied();
+    let call = SslCall {
+        ssl,
+        buf: ctx.arg(1).unwrap_or(0),
+        out: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        sk: known.map_or(0, |k| k.sk),
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd: known.map_or(-1, |k| k.fd),
+        writes: writes as u8,
+        has_ctx: 0,
+        _pad: [0; 2],
+        ctx: EvCtx::default(),
+    };
+    put(&SSL_CALL, &pid_tgid, &call, FixedTable::SslCall);
+    0
+}
+
+/// `int SSL_write(SSL *s, const void *buf, int num)`.
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, true, false)
+}
+
+/// `int SSL_read(SSL *s, void *buf, int num)`.
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, false, false)
+}
+
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, true, true)
+}
+
+/// `int SSL_read_ex(SSL *s, void *buf, size_t num, size_t *readbytes)`.
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, false, true)
+}
+
+/// `void SSL_free(SSL *s)`: the address may come back for another connection.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    lru_del(&SSL_FD, &SslKey { ssl, tgid, _pad: 0 }, LruTable::SslFd);
+    0
+}
+
+/// A data syscall's entry on `fd` (`super::enter`): if the thread is inside an OpenSSL call,
+/// the call's socket is `fd`, and the connection carries TLS.
+#[inline(always)]
+pub fn in_call(pid_tgid: u64, fd: i32, writes: bool) {
+    let Some(call) = SSL_CALL.get_ptr_mut(&pid_tgid) else { return };
+    // SAFETY: this thread's own entry.
+    let c = unsafe { &mut *call };
+    let tgid = (pid_tgid >> 32) as u32;
+    if c.fd != fd {
+        c.fd = fd;
+        c.sk = 0;
+        lru_put(&SSL_FD, &SslKey { ssl: c.ssl, tgid, _pad: 0 }, &SslSock { sk: 0, fd, _pad: 0 }, LruTable::SslFd);
+    }
+    let key = conn_key(tgid, fd);
+    // SAFETY: plain data copied out of the map.
+    let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if state.flags & conn_flags::TLS == 0 {
+        state.flags |= conn_flags::TLS;
+        lru_put(&CONNS, &key, &state, LruTable::Conns);
+    }
+    if writes && c.writes != 0 && c.has_ctx == 0 {
+        // A client request must get its context before its bytes leave, so the TCP option can
+        // carry it (as `super::enter` decides it for plain writes).
+        // SAFETY: plain data copied out of the map.
+        if let Some(tuple) = unsafe { CONN_TUPLE.get(&key) }.copied() {
+            // SAFETY: user memory read through the probe helper.
+            let first = unsafe { bpf_probe_read_user(c.buf as *const [u8; 4]) }.unwrap_or([0; 4]);
+            let v = classify(&first);
+            if v.proto == Proto::Http1 && v.kind == MessageKind::Request {
+                client_context(pid_tgid, c.start_ns, Some(&tuple), &mut c.ctx);
+                c.has_ctx = 1;
+            }
+        }
+    }
+}
+
+/// The socket of the syscall `fd` the thread is in (`sock_*_length`): the call's socket.
+#[inline(always)]
+pub fn learn_sock(pid_tgid: u64, fd: i32, sk: u64) {
+    let Some(call) = SSL_CALL.get_ptr_mut(&pid_tgid) else { return };
+    // SAFETY: this thread's own entry.
+    let c = unsafe { &mut *call };
+    if c.fd == fd && c.sk != sk {
+        c.sk = sk;
+        let k = SslKey { ssl: c.ssl, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
+        lru_put(&SSL_FD, &k, &SslSock { sk, fd, _pad: 0 }, LruTable::SslFd);
+    }
+}
+
+/// The thread ended (`sched_process_exit`), possibly inside a call.
+#[inline(always)]
+pub fn forget_thread(pid_tgid: u64) {
+    let _ = SSL_CALL.remove(&pid_tgid);
+}
+
+/// Return of the four calls: the bytes they moved, as a transfer of the socket.
+#[uretprobe]
+pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(c) = (unsafe { SSL_CALL.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = SSL_CALL.remove(&pid_tgid);
+    // `int`: 1 for the `_ex` forms' success, else the byte count; <= 0 is a failure or a retry
+    // (WANT_READ / WANT_WRITE on a non-blocking socket), which moved nothing.
+    let r: i32 = ctx.ret();
+    if r <= 0 {
+        return 0;
+    }
+    let len = if c.out != 0 {
+        // SAFETY: user memory read through the probe helper.
+        unsafe { bpf_probe_read_user(c.out as *const u64) }.unwrap_or(0)
+    } else {
+        r as u64
+    };
+    if len == 0 {
+        return 0;
+    }
+    let sk = if c.sk != 0 { c.sk } else { super::sock::sock_of_fd(c.fd) };
+    if c.fd < 0 || sk == 0 {
+        bump(counters::TLS_NO_FD);
+        return 0;
+    }
+    let key = conn_key((pid_tgid >> 32) as u32, c.fd);
+    // SAFETY: plain data copied out of the map.
+    let mut state: ConnState = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if state.flags & conn_flags::TLS_PLAIN == 0 {
+        // The first plaintext: what the handshake's ciphertext made of the connection (`Other`)
+        // no longer counts.
+        state.proto = Proto::Unknown as u8;
+        state.plen = 0;
+        state.flags |= conn_flags::TLS | conn_flags::TLS_PLAIN;
+        lru_put(&CONNS, &key, &state, LruTable::Conns);
+    }
+    let a = SyscallArgs {
+        buf: c.buf,
+        sk,
+        start_ns: c.start_ns,
+        iovcnt: 0,
+        fd: c.fd,
+        syscall: if c.writes != 0 { Syscall::Write as u8 } else { Syscall::Read as u8 },
+        has_ctx: c.has_ctx,
+        _pad: [0; 2],
+        ctx: c.ctx,
+    };
+    transfer(&ctx, &SSL_PROGS, 0, pid_tgid, a, len, state, 1)
+}
+
+/// Tail-called by `ssl_ret` (slot 0 of `SSL_PROGS`) and by itself: `emit::step`.
+#[uprobe]
+pub fn ssl_emit_step(ctx: ProbeContext) -> u32 {
+    emit::step(&ctx, &SSL_PROGS, 0)
+}
