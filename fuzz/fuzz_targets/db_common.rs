@@ -16,7 +16,7 @@ pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, che
     let mut tuple = ConnTuple { family: 2, sport: 40000, dport: 5432, ..Default::default() };
     tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto, last_activity_ns: 0 };
+    let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto, tls: false, last_activity_ns: 0 };
     let config = ProtocolConfig { max_in_flight: 8, ..Default::default() };
     let mut stats = ProtocolStats::default();
     let mut out = Vec::new();
@@ -61,6 +61,7 @@ pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, che
                     syscall: 0,
                     role: Role::Client,
                     proto,
+                    tls: false,
                     len: len.min(u64::from(u32::MAX)) as u32,
                     ctx,
                     head: Bytes::from(head),

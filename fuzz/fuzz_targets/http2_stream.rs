@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         let mut tuple = ConnTuple { family: 2, sport: 40000, dport: 5432, ..Default::default() };
         tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto: Proto::Http2, last_activity_ns: 0 };
+        let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto: Proto::Http2, tls: false, last_activity_ns: 0 };
         let config = ProtocolConfig { max_in_flight: 8, ..Default::default() };
         let mut stats = ProtocolStats::default();
         let mut out = Vec::new();
@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
             syscall: 0,
             role: Role::Client,
             proto: Proto::Http2,
+            tls: false,
             len: H2_PREFACE.len() as u32,
             ctx: None,
             head: Bytes::from_static(H2_PREFACE),

@@ -101,6 +101,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                         Proto::Memcached,
                         Proto::Nats,
                     ])?,
+                    tls: u.arbitrary()?,
                     len: head.len().max(tail.len()) as u32 + gap,
                     ctx,
                     head,

@@ -32,5 +32,6 @@ pub mod config;
 pub mod discovery;
 pub mod golang;
 pub mod kernel;
+pub mod libssl;
 pub mod process;
 pub mod watch;

@@ -328,6 +328,7 @@ fn parse_events(text: &str) -> Result<Case, String> {
                         .map_or(if egress { Syscall::Write as u8 } else { Syscall::Read as u8 }, |s| s as u8),
                     role: f.role().map_err(err)?,
                     proto: Proto::Http1,
+                    tls: false,
                     ctx: f.text("ctx").map_err(err)?.as_deref().map(kernel_ctx).transpose().map_err(err)?,
                     len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
                     head: Bytes::from(head),

@@ -322,6 +322,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_db",
         "--test",
         "e2e_http2",
+        "--test",
+        "e2e_tls",
         "--",
     ])
     .args(["--ignored", "--test-threads=1", "--nocapture"])

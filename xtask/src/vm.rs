@@ -95,6 +95,7 @@ const SUBSET: &[GuestTest] = &[
     GuestTest { file: "e2e_grpc", name: "grpc_unary_and_streaming_between_processes", shows: "grpc-go spans" },
     GuestTest { file: "e2e_netrpc", name: "netrpc_calls_paired_on_one_connection", shows: "net/rpc spans" },
     GuestTest { file: "e2e_http2", name: "http2_curl_prior_knowledge_to_go_h2c", shows: "HTTP/2 spans from the wire" },
+    GuestTest { file: "e2e_tls", name: "tls_openssl_curl_nginx_and_python", shows: "HTTPS through OpenSSL's uprobes" },
     GuestTest {
         file: "e2e_db",
         name: "db_go_redis_pgx_mysql_gomemcache",

@@ -29,6 +29,7 @@ use crate::discovery::{Discovery, Selector};
 use crate::export::{self, ExportConfig, ExportOptions};
 use crate::golang::probes::GoProbes;
 use crate::kernel::loader::{Maps, Probes, Scope};
+use crate::libssl::SslProbes;
 use crate::model::{ProcessResource, SpanRecord};
 use crate::process::ProcessCache;
 use crate::protocols::shape::MetricPoint;
@@ -132,6 +133,8 @@ struct Agent {
     maps: Maps,
     probes: Probes,
     go: GoProbes,
+    /// OpenSSL's probes (TLS plaintext), on every libssl file found.
+    ssl: SslProbes,
     discovery: Discovery,
     processes: ProcessCache,
     pipeline: Pipeline,
@@ -176,6 +179,7 @@ impl Agent {
                 self.processes.refresh(tgid);
                 let _ = self.maps.no_thread_link.remove(&tgid);
                 self.go.detach(&mut self.probes.ebpf, tgid);
+                self.ssl.exec(&mut self.probes.ebpf, tgid);
                 let _ = self.processes.get_named(tgid, Some(comm));
                 let is_go = mark_runtime(&mut self.maps, tgid);
                 if self.scope == Scope::Selected {
@@ -209,6 +213,7 @@ impl Agent {
     fn seen(&mut self, tgid: u32) {
         if !self.processes.contains(tgid) {
             let _ = self.processes.get(tgid);
+            self.ssl.mapped(&mut self.probes.ebpf, tgid);
             if mark_runtime(&mut self.maps, tgid) {
                 self.go.attach(&mut self.probes.ebpf, tgid);
             }
@@ -227,6 +232,7 @@ impl Agent {
     fn attach_selected(&mut self) {
         for pid in std::mem::take(&mut self.discovery.added) {
             let _ = self.processes.get(pid);
+            self.ssl.mapped(&mut self.probes.ebpf, pid);
             if mark_runtime(&mut self.maps, pid) {
                 self.go.attach(&mut self.probes.ebpf, pid);
             }
@@ -314,12 +320,14 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         maps,
         probes,
         go: GoProbes::new(),
+        ssl: SslProbes::new(),
         discovery: Discovery::new(selector, PROC.into(), k8s),
         processes,
         pipeline: Pipeline::new(clock, PipelineConfig::new(propagation, CORRELATION_HOLD)),
         exited: VecDeque::new(),
         decode_errors: 0,
     };
+    agent.ssl.start(&mut agent.probes.ebpf);
     if scope == Scope::Selected {
         agent.discovery.scan(&mut agent.maps);
         agent.attach_selected();
@@ -440,7 +448,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
                     spans_dropped: e.dropped_queue_full + e.dropped_closed,
                     spans_failed: e.spans_failed,
                     spans_rejected: e.spans_rejected,
-                    probes_attached: (agent.probes.attached + agent.go.attached_links()) as u64,
+                    probes_attached: (agent.probes.attached + agent.go.attached_links() + agent.ssl.attached_links()) as u64,
                     processes_traced: traced as u64,
                 });
             }
@@ -467,8 +475,9 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
     }
     drop(kernel_log);
     let census = agent.census();
-    let Agent { mut probes, mut go, mut pipeline, mut processes, maps, decode_errors, .. } = agent;
+    let Agent { mut probes, mut go, mut ssl, mut pipeline, mut processes, maps, decode_errors, .. } = agent;
     go.detach_all(&mut probes.ebpf);
+    ssl.detach_all(&mut probes.ebpf);
     drop(probes);
     pipeline.finish(Clock::mono_now_ns(), &mut spans);
     pipeline.take_points(&mut points);

@@ -42,6 +42,7 @@ pub fn data(d: &Data) -> Vec<u8> {
             syscall: d.syscall,
             role: d.role as u8,
             proto: d.proto as u8,
+            tls: u8::from(d.tls),
             ..DataMeta::default()
         },
         data: [0; MAX_PAYLOAD],

@@ -74,6 +74,8 @@ pub struct Data {
     pub role: Role,
     /// The connection's protocol, as the kernel classified it.
     pub proto: Proto,
+    /// The bytes are a TLS connection's plaintext, read from the TLS library by uprobes.
+    pub tls: bool,
     /// True byte count of the transfer.
     pub len: u32,
     /// Kernel-assigned ids when this event starts a request.

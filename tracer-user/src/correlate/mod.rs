@@ -901,6 +901,7 @@ mod tests {
             fd: 3,
             sock: 1,
             tuple: tuple(local, remote),
+            tls: false,
             request_first: first,
             request_last: Some(first),
             response_first: Some(resp),

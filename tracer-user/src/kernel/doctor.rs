@@ -235,13 +235,16 @@ pub fn run_checks(verbose: bool) -> Report {
 }
 
 /// Loads and attaches the agent's programs as `tracer run` does (tracing no process), and loads
-/// its Go uprobes, all logging at `log_level`: whether the verifier takes every log statement on
+/// its Go and OpenSSL uprobes, all logging at `log_level`: whether the verifier takes every log statement on
 /// this kernel. Everything is detached again on return.
 fn agent_programs(log_level: u8) -> Outcome {
     use super::loader::{DEFAULT_CONNECTIONS, Probes, Scope};
     match Probes::load_logging(Scope::Selected, tracer_common::Propagation::Off, DEFAULT_CONNECTIONS, log_level) {
         Ok(mut probes) => {
-            match crate::golang::probes::load_programs(&mut probes.ebpf, crate::golang::probes::UprobeMode::choose()) {
+            let loaded =
+                crate::golang::probes::load_programs(&mut probes.ebpf, crate::golang::probes::UprobeMode::choose())
+                    .and_then(|()| crate::libssl::load_programs(&mut probes.ebpf));
+            match loaded {
                 Ok(()) => Outcome::Yes,
                 Err(e) => Outcome::No(e.lines().next().unwrap_or_default().chars().take(160).collect()),
             }

@@ -77,6 +77,8 @@ pub struct Exchange {
     pub sock: u64,
     /// Local (`s*`) and remote (`d*`) addresses (family 0 when unknown).
     pub tuple: ConnTuple,
+    /// The connection is TLS (its plaintext came from the TLS library's uprobes).
+    pub tls: bool,
     /// The syscall that carried the first request byte.
     pub request_first: Stamp,
     /// The syscall that carried the last request byte, once seen.
@@ -211,6 +213,7 @@ impl KernelCall {
             fd: -1,
             sock: 0,
             tuple: self.tuple.unwrap_or_default(),
+            tls: false,
             request_first: first,
             request_last: Some(first),
             response_first: Some(last),

@@ -37,8 +37,8 @@ pub fn endpoints(ex: &Exchange) -> Endpoints {
 
 fn shape(ex: &Exchange, ep: &Endpoints) -> Shape {
     match &ex.detail {
-        Detail::Http1(d) => d.shape(ex.kind, ep),
-        Detail::Http2(d) => d.shape(ex.kind),
+        Detail::Http1(d) => d.shape(ex.kind, ep, ex.tls),
+        Detail::Http2(d) => d.shape(ex.kind, ex.tls),
         Detail::NetRpc(d) => d.shape(ep),
         Detail::Grpc(d) => d.shape(ex.kind),
         Detail::Db(d) => d.shape(),

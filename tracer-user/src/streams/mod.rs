@@ -60,6 +60,8 @@ pub struct ConnInfo {
     pub hint: Role,
     /// The protocol the kernel classified (`Unknown` until a data event carries one).
     pub proto: Proto,
+    /// TLS: the data events carry the plaintext a TLS library's uprobes read.
+    pub tls: bool,
     /// CLOCK_MONOTONIC ns of the newest event on the connection.
     pub last_activity_ns: u64,
 }
@@ -141,6 +143,7 @@ impl<S> Streams<S> {
         if d.proto != Proto::Unknown {
             info.proto = d.proto;
         }
+        info.tls |= d.tls;
         (&slot.info, &mut slot.state)
     }
 
@@ -225,5 +228,14 @@ impl<S> Streams<S> {
 }
 
 fn new_info(tgid: u32, fd: i32, hint: Role, now_ns: u64) -> ConnInfo {
-    ConnInfo { tgid, fd, sock: 0, tuple: ConnTuple::default(), hint, proto: Proto::Unknown, last_activity_ns: now_ns }
+    ConnInfo {
+        tgid,
+        fd,
+        sock: 0,
+        tuple: ConnTuple::default(),
+        hint,
+        proto: Proto::Unknown,
+        tls: false,
+        last_activity_ns: now_ns,
+    }
 }

@@ -99,6 +99,7 @@ pub fn new_call(conn: &ConnInfo, first: Stamp, ctx: Option<KernelCtx>, detail: D
         fd: conn.fd,
         sock: conn.sock,
         tuple: conn.tuple,
+        tls: conn.tls,
         request_first: first,
         request_last: Some(first),
         response_first: None,
@@ -265,7 +266,8 @@ pub mod testkit {
             let mut tuple = ConnTuple { family: AF_INET, sport: 40000, dport: 6379, ..Default::default() };
             tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
             tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 9]);
-            let info = ConnInfo { tgid: 7, fd: 5, sock: 1, tuple, hint: Role::Client, proto, last_activity_ns: 0 };
+            let info =
+                ConnInfo { tgid: 7, fd: 5, sock: 1, tuple, hint: Role::Client, proto, tls: false, last_activity_ns: 0 };
             Self {
                 p,
                 info,
@@ -309,6 +311,7 @@ pub mod testkit {
                 syscall: if egress { 1 } else { 0 },
                 role: Role::Client,
                 proto: self.info.proto,
+                tls: false,
                 len: bytes.len() as u32,
                 ctx,
                 head: Bytes::copy_from_slice(head),

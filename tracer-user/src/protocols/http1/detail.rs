@@ -35,7 +35,8 @@ impl Http1Detail {
         SEMCONV_METHODS.iter().copied().find(|m| *m == self.request.method)
     }
 
-    pub fn shape(&self, kind: SpanKind, ep: &Endpoints) -> Shape {
+    pub fn shape(&self, kind: SpanKind, ep: &Endpoints, tls: bool) -> Shape {
+        let scheme = if tls { "https" } else { "http" };
         let mut attrs = Vec::with_capacity(12);
         let raw = self.request.method.as_str();
         let mut name = match self.method() {
@@ -60,16 +61,16 @@ impl Http1Detail {
         }
         attrs.push(Attr::str("network.protocol.version", framing::protocol_version(self.request.minor_version)));
         match kind {
-            SpanKind::Server => attrs.push(Attr::str("url.scheme", "http")),
+            SpanKind::Server => attrs.push(Attr::str("url.scheme", scheme)),
             SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                 if let (Some(addr), Some(path)) = (&ep.server.0, &self.request.path) {
-                    let mut url = String::from("http://");
+                    let mut url = format!("{scheme}://");
                     if addr.contains(':') {
                         let _ = write!(url, "[{addr}]");
                     } else {
                         url.push_str(addr);
                     }
-                    if let Some(p) = ep.server.1.filter(|&p| p != 80) {
+                    if let Some(p) = ep.server.1.filter(|&p| p != if tls { 443 } else { 80 }) {
                         let _ = write!(url, ":{p}");
                     }
                     url.push_str(path);

@@ -390,6 +390,7 @@ fn new_exchange(
         fd: conn.fd,
         sock: conn.sock,
         tuple: conn.tuple,
+        tls: conn.tls,
         request_first: first,
         request_last: None,
         response_first: None,

@@ -159,6 +159,7 @@ fn data_on(fd: i32, tuple: ConnTuple, egress: bool, start: u64, end: u64, bytes:
         syscall: if egress { Syscall::Write as u8 } else { Syscall::Read as u8 },
         role: Role::Unknown,
         proto: Proto::Http1,
+        tls: false,
         ctx: None,
         len: bytes.len() as u32,
         head: Bytes::copy_from_slice(head),
@@ -300,6 +301,33 @@ fn pipelined_requests_and_responses() {
     );
     assert_eq!(int_attr(&spans[1], "http.request.body.size"), Some(3));
     assert_eq!(spans[2].status, SpanStatus::Error("HTTP 503".into()));
+}
+
+#[test]
+fn tls_plaintext_gives_https() {
+    // Client: the scheme in `url.full`, the default port 443 left out.
+    let mut sim = Sim::new();
+    sim.tuple.sport = 51000;
+    sim.tuple.dport = 443;
+    let tls = |ev: Event| match ev {
+        Event::Data(d) => Event::Data(Data { tls: true, ..d }),
+        ev => ev,
+    };
+    let (t, fd) = (sim.tuple, FD);
+    sim.ev(tls(data_on(fd, t, true, 100, 105, b"GET /feed HTTP/1.1\r\nHost: news.example\r\n\r\n")));
+    sim.ev(tls(data_on(fd, t, false, 200, 300, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")));
+    let spans = sim.take();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(str_attr(&spans[0], "url.full"), Some("https://news.example/feed"));
+    // Server: `url.scheme`.
+    let mut sim = Sim::new();
+    let (t, fd) = (sim.tuple, FD);
+    sim.ev(tls(data_on(fd, t, false, 100, 105, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")));
+    sim.ev(tls(data_on(fd, t, true, 200, 300, b"HTTP/1.1 204 No Content\r\n\r\n")));
+    let spans = sim.take();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].kind, SpanKind::Server);
+    assert_eq!(str_attr(&spans[0], "url.scheme"), Some("https"));
 }
 
 #[test]

@@ -96,8 +96,8 @@ impl Http2Detail {
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 
-    pub fn shape(&self, kind: SpanKind) -> Shape {
-        let mut shape = if self.grpc { self.grpc_shape(kind) } else { self.http_shape(kind) };
+    pub fn shape(&self, kind: SpanKind, tls: bool) -> Shape {
+        let mut shape = if self.grpc { self.grpc_shape(kind) } else { self.http_shape(kind, tls) };
         shape.attrs.push(Attr::str("network.protocol.name", "http"));
         shape.attrs.push(Attr::str("network.protocol.version", "2"));
         if let Some(m) = self.missing() {
@@ -122,7 +122,7 @@ impl Http2Detail {
         shape
     }
 
-    fn http_shape(&self, kind: SpanKind) -> Shape {
+    fn http_shape(&self, kind: SpanKind, tls: bool) -> Shape {
         let mut attrs = Vec::with_capacity(10);
         let name = match (self.semconv_method(), &self.method) {
             (Some(m), _) => {
@@ -140,7 +140,7 @@ impl Http2Detail {
             attrs.push(Attr::str("url.path", path.as_str()));
         }
         if kind == SpanKind::Server {
-            attrs.push(Attr::str("url.scheme", "http"));
+            attrs.push(Attr::str("url.scheme", if tls { "https" } else { "http" }));
         }
         if self.request_body_size > 0 {
             attrs.push(Attr::int("http.request.body.size", clamp_i64(self.request_body_size)));

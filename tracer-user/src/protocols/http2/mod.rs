@@ -415,6 +415,7 @@ impl Http2 {
             fd: conn.fd,
             sock: conn.sock,
             tuple: conn.tuple,
+            tls: conn.tls,
             request_first: first,
             request_last: end_stream.then_some(at),
             response_first: None,

@@ -284,6 +284,7 @@ fn new_message(
         fd: conn.fd,
         sock: conn.sock,
         tuple: conn.tuple,
+        tls: conn.tls,
         request_first: first,
         request_last: Some(first),
         response_first: None,

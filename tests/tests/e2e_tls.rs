@@ -1,0 +1,237 @@
+//! Privileged end-to-end tests of TLS plaintext through OpenSSL's uprobes: curl → nginx over
+//! HTTPS (`SSL_read`/`SSL_write`), and a Python client → Python HTTPS server → nginx chain
+//! (`SSL_read_ex`/`SSL_write_ex`, the `ssl` module), every program linked to Debian's
+//! `libssl.so.3`. The clients start after the agent and live for a moment: the library's probes
+//! are in place before their first call. Spans are counted exactly on every port (the
+//! handshakes' ciphertext makes none), the client→server links across processes and the
+//! server→client link inside the Python server are checked, responses are byte-exact with the
+//! agent on, and no query string leaves. Run as root with `cargo xtask e2e tls`.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tracer_tests::certs::{CertFiles, Pki};
+use tracer_tests::harness::{Agent, Service, fixtures_src, grpc_env, python_bin, require_root, rt, run_ok, wait_until};
+use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn str_attr<'a>(s: &'a ReceivedSpan, k: &str) -> Option<&'a str> {
+    s.attr(k).and_then(|v| v.as_str())
+}
+
+fn int_attr(s: &ReceivedSpan, k: &str) -> Option<i64> {
+    s.attr(k).and_then(|v| v.as_int())
+}
+
+/// Spans on the connections to `port` (the server's), of `kind`.
+fn on_port(spans: &[ReceivedSpan], port: u16, kind: SpanKind) -> Vec<ReceivedSpan> {
+    let port = i64::from(port);
+    let key = if kind == SpanKind::Server { "server.port" } else { "network.peer.port" };
+    spans.iter().filter(|s| s.kind == kind && int_attr(s, key) == Some(port)).cloned().collect()
+}
+
+/// The server span whose parent is `client`, the only one.
+fn server_of<'a>(servers: &'a [ReceivedSpan], client: &ReceivedSpan) -> &'a ReceivedSpan {
+    let children: Vec<_> =
+        servers.iter().filter(|s| s.parent_span_id.as_deref() == Some(client.span_id.as_str())).collect();
+    assert_eq!(children.len(), 1, "servers of {client:#?}: {servers:#?}");
+    assert_eq!(children[0].trace_id, client.trace_id);
+    children[0]
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// nginx serving static files over HTTPS on `port`.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(cert: &CertFiles) -> Self {
+        let dir = std::env::temp_dir().join(format!("tracer-nginx-tls-{}", std::process::id()));
+        let www = dir.join("www");
+        std::fs::create_dir_all(www.join("bytes")).unwrap();
+        std::fs::write(www.join("hello"), "hello").unwrap();
+        std::fs::write(www.join("bytes/100000"), pattern(100_000)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{}}\n\
+                 http {{ access_log off; default_type application/octet-stream;\n\
+                   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+                   uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                   server {{ listen 127.0.0.1:{port} ssl http2; root {d}/www;\n\
+                     ssl_certificate {c}; ssl_certificate_key {k}; }} }}\n",
+                d = dir.display(),
+                c = cert.cert.display(),
+                k = cert.key.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .args(["-c"])
+            .arg(&conf)
+            .args(["-e", "stderr"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx (installed by scripts/setup.sh)");
+        wait_until("nginx to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok())
+            .unwrap();
+        Nginx { child, port, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// curl over HTTPS (HTTP/1.1, or HTTP/2 through ALPN with `h2`) trusting `ca`: the body and the
+/// status code.
+fn curl(ca: &Path, url: &str, h2: bool) -> (Vec<u8>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", if h2 { "--http2" } else { "--http1.1" }, "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let at = out.stdout.iter().rposition(|&b| b == b'\n').expect("curl -w line");
+    (out.stdout[..at].to_vec(), String::from_utf8_lossy(&out.stdout[at + 1..]).into_owned())
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn tls_openssl_curl_nginx_and_python() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let pki = Pki::new("tls").expect("pki");
+    let cert = pki.server("server", false).expect("server certificate");
+    let nginx = Nginx::start(&cert);
+    let mut cmd = Command::new(python_bin());
+    cmd.arg(fixtures_src().join("python/server.py"))
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .arg("--ca")
+        .arg(&pki.ca_file)
+        .env("OTEL_SERVICE_NAME", "py-https");
+    let py = Service::start("py-https", cmd).expect("python HTTPS server");
+    // No selector: the clients, started later, are traced from their first call.
+    let agent = Agent::start(&[], &grpc_env(&rx)).expect("agent");
+    let log = agent.log_text();
+    assert!(log.contains("OpenSSL probes attached"), "{log}");
+
+    let n = nginx.port;
+    let hello = format!("https://127.0.0.1:{n}/hello?token=secret");
+    assert_eq!(curl(&pki.ca_file, &hello, false), (b"hello".to_vec(), "200".into()));
+    assert_eq!(curl(&pki.ca_file, &format!("https://127.0.0.1:{n}/missing"), false).1, "404");
+    let (body, code) = curl(&pki.ca_file, &format!("https://127.0.0.1:{n}/bytes/100000"), false);
+    assert_eq!(code, "200");
+    assert!(body == pattern(100_000), "the response is byte-exact with the agent on");
+    // HTTP/2 over TLS (ALPN h2): the plaintext starts with the client preface.
+    assert_eq!(curl(&pki.ca_file, &hello, true), (b"hello".to_vec(), "200".into()));
+    // Python's urllib over the ssl module: /call makes the server call nginx over HTTPS.
+    let p = py.port;
+    let script = format!(
+        "import ssl, sys, urllib.request\n\
+         ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+         o = urllib.request.build_opener(urllib.request.ProxyHandler({{}}), urllib.request.HTTPSHandler(context=ctx))\n\
+         for path in ['/call?url=https://127.0.0.1:{n}/hello', '/hello?token=secret']:\n\
+         \x20   with o.open('https://127.0.0.1:{p}' + path, timeout=20) as r: print(r.read().decode())\n"
+    );
+    let out = run_ok(Command::new(python_bin()).arg("-c").arg(&script).arg(&pki.ca_file)).expect("python client");
+    assert_eq!(out, "called 200\nhello\n");
+
+    rt.block_on(rx.wait_for(
+        |s| {
+            on_port(s, n, SpanKind::Server).len() >= 5
+                && on_port(s, n, SpanKind::Client).len() >= 5
+                && on_port(s, p, SpanKind::Server).len() >= 2
+                && on_port(s, p, SpanKind::Client).len() >= 2
+        },
+        WAIT,
+    ))
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", rx.spans(), agent.log_text()));
+    agent.stop().expect("agent stops cleanly");
+    let spans = rx.spans();
+    let nginx_servers = on_port(&spans, n, SpanKind::Server);
+    let nginx_clients = on_port(&spans, n, SpanKind::Client);
+    let py_servers = on_port(&spans, p, SpanKind::Server);
+    let py_clients = on_port(&spans, p, SpanKind::Client);
+    assert_eq!(
+        (nginx_servers.len(), nginx_clients.len(), py_servers.len(), py_clients.len()),
+        (5, 5, 2, 2),
+        "exactly one span per request and side, none from the handshakes: {spans:#?}"
+    );
+    for s in nginx_servers.iter().chain(&py_servers) {
+        assert_eq!(str_attr(s, "url.scheme"), Some("https"), "{s:#?}");
+    }
+    let h2: Vec<_> = nginx_servers.iter().filter(|s| str_attr(s, "network.protocol.version") == Some("2")).collect();
+    assert_eq!(h2.len(), 1, "one HTTP/2 request: {nginx_servers:#?}");
+    assert_eq!(
+        (str_attr(h2[0], "url.path"), int_attr(h2[0], "http.response.status_code")),
+        (Some("/hello"), Some(200))
+    );
+    // curl's three calls: each a child-linked pair.
+    let want = [
+        ("/hello", 200, StatusCode::Unset),
+        ("/missing", 404, StatusCode::Error),
+        ("/bytes/100000", 200, StatusCode::Unset),
+    ];
+    for (path, code, client_status) in want {
+        let c = nginx_clients
+            .iter()
+            .find(|s| {
+                s.service_name() == Some("curl")
+                    && str_attr(s, "url.path") == Some(path)
+                    && str_attr(s, "network.protocol.version") == Some("1.1")
+            })
+            .unwrap_or_else(|| panic!("curl's span of {path}: {nginx_clients:#?}"));
+        assert_eq!(str_attr(c, "url.full"), Some(&*format!("https://127.0.0.1:{n}{path}")), "{c:#?}");
+        assert_eq!(int_attr(c, "http.response.status_code"), Some(code));
+        assert_eq!(c.status_code, client_status, "{c:#?}");
+        let s = server_of(&nginx_servers, c);
+        assert_eq!(s.service_name(), Some("nginx"));
+        assert_eq!(str_attr(s, "url.path"), Some(path));
+        assert_eq!(int_attr(s, "http.response.status_code"), Some(code));
+    }
+    let h2_client = nginx_clients
+        .iter()
+        .find(|s| str_attr(s, "network.protocol.version") == Some("2"))
+        .unwrap_or_else(|| panic!("curl's HTTP/2 span: {nginx_clients:#?}"));
+    assert_eq!(h2_client.service_name(), Some("curl"));
+    assert_eq!(server_of(&nginx_servers, h2_client).span_id, h2[0].span_id, "paired by connection and stream id");
+    let big = nginx_servers.iter().find(|s| str_attr(s, "url.path") == Some("/bytes/100000")).unwrap();
+    assert_eq!(int_attr(big, "http.response.body.size"), Some(100_000), "{big:#?}");
+    // The Python chain: client → py-https /call → (its thread's call) → nginx /hello.
+    let call = py_clients.iter().find(|s| str_attr(s, "url.path") == Some("/call")).expect("client span of /call");
+    let call_server = server_of(&py_servers, call);
+    assert_eq!(call_server.service_name(), Some("py-https"));
+    let out = nginx_clients
+        .iter()
+        .find(|s| s.service_name() == Some("py-https"))
+        .unwrap_or_else(|| panic!("py-https's call to nginx: {nginx_clients:#?}"));
+    assert_eq!(out.parent_span_id.as_deref(), Some(call_server.span_id.as_str()), "{out:#?}");
+    assert_eq!(out.trace_id, call.trace_id, "one trace through three processes");
+    assert_eq!(server_of(&nginx_servers, out).service_name(), Some("nginx"));
+    let hello = py_clients.iter().find(|s| str_attr(s, "url.path") == Some("/hello")).expect("client span of /hello");
+    assert_eq!(server_of(&py_servers, hello).service_name(), Some("py-https"));
+    assert!(spans.iter().all(|s| !format!("{:?}", s.attributes).contains("secret")), "no query string leaves");
+}

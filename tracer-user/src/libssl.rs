@@ -1,0 +1,272 @@
+//! OpenSSL's uprobes (`tracer-ebpf/src/socket/tls.rs`): TLS plaintext into the socket data path.
+//!
+//! The probes go on the library file, once per file (device and inode), for every process that
+//! maps it: a process started after the file was probed is traced from its first call, however
+//! short-lived (the kernel programs follow only the traced processes). Files are found
+//!
+//! * at start, in the host's library directories and in the maps of every running process;
+//! * at each exec, in the library directories under the new program's root (a container's own
+//!   OpenSSL), once per root: the dynamic loader maps the library only after the exec, and a
+//!   Python or Ruby program opens it later still, with `dlopen`;
+//! * when a traced process first shows up, in its maps (a library outside those directories).
+//!
+//! OpenSSL 1.1 and 3.x export the same five functions (`SSL_write`, `SSL_read`, their `_ex`
+//! forms and `SSL_free`); no struct offset of any release is needed, since the socket comes from
+//! the syscall the call makes. A statically linked OpenSSL (node) or BoringSSL is not probed.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::maps::ProgramArray;
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeLink, UProbeLinkId, UProbeScope};
+use log::{info, warn};
+use tracer_common::names::{maps, programs};
+
+/// The entry probes and the function each goes on; `SSL_RET` goes on the four data calls' returns.
+const ENTRIES: [(&str, &str); 5] = [
+    (programs::SSL_WRITE, "SSL_write"),
+    (programs::SSL_READ, "SSL_read"),
+    (programs::SSL_WRITE_EX, "SSL_write_ex"),
+    (programs::SSL_READ_EX, "SSL_read_ex"),
+    (programs::SSL_FREE, "SSL_free"),
+];
+const RETURNS: [&str; 4] = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
+
+/// Where distributions put `libssl.so.*`.
+const LIB_DIRS: [&str; 6] =
+    ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib"];
+
+/// A file: device and inode.
+type FileId = (u64, u64);
+
+/// The OpenSSL probes of the agent.
+#[derive(Default)]
+pub struct SslProbes {
+    /// `Some(Ok)` once the programs loaded, `Some(Err)` when they could not (then never again).
+    loaded: Option<Result<(), String>>,
+    /// Probed files and their links.
+    files: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
+    /// Files that could not be probed (not OpenSSL, or an attach failed): not tried again.
+    refused: HashSet<FileId>,
+    /// Roots (device and inode of `/proc/<pid>/root`) whose library directories were searched.
+    roots: HashSet<FileId>,
+}
+
+/// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`).
+pub fn is_libssl(name: &str) -> bool {
+    name == "libssl.so" || name.strip_prefix("libssl.so.").is_some_and(|v| !v.is_empty())
+}
+
+/// The libssl files `/proc/<pid>/maps` text names (paths as the process sees them).
+pub fn libssl_in_maps(maps: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(perms), Some(_), Some(_), Some(_), Some(path)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if perms.contains('x') && path.starts_with('/') && is_libssl(name) && !out.iter().any(|p| p == path) {
+            out.push(path.to_owned());
+        }
+    }
+    out
+}
+
+impl SslProbes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uprobe links attached (each file's nine).
+    pub fn attached_links(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+
+    /// Probes the host's libssl files and those every running process maps; with
+    /// `TRACER_TLS=off` in the environment, none ever.
+    pub fn start(&mut self, ebpf: &mut Ebpf) {
+        if std::env::var("TRACER_TLS").is_ok_and(|v| v == "off") {
+            info!("TLS plaintext (OpenSSL) not traced: TRACER_TLS=off");
+            self.loaded = Some(Err("TRACER_TLS=off".into()));
+            return;
+        }
+        self.search_root(ebpf, Path::new("/"));
+        if let Ok(m) = std::fs::metadata("/") {
+            self.roots.insert((m.dev(), m.ino()));
+        }
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                self.mapped(ebpf, pid);
+            }
+        }
+    }
+
+    /// A process exec'd: its root's library directories, once per root.
+    pub fn exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let Ok(m) = std::fs::metadata(&root) else { return };
+        if self.roots.insert((m.dev(), m.ino())) {
+            self.search_root(ebpf, &root);
+        }
+    }
+
+    /// The libssl files `pid` maps now.
+    pub fn mapped(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        for path in libssl_in_maps(&text) {
+            self.probe(ebpf, &PathBuf::from(format!("/proc/{pid}/root{path}")));
+        }
+    }
+
+    fn search_root(&mut self, ebpf: &mut Ebpf, root: &Path) {
+        for dir in LIB_DIRS {
+            let Ok(entries) = std::fs::read_dir(root.join(dir.trim_start_matches('/'))) else { continue };
+            for e in entries.flatten() {
+                if e.file_name().to_str().is_some_and(is_libssl) {
+                    self.probe(ebpf, &e.path());
+                }
+            }
+        }
+    }
+
+    /// Probes the file at `path` unless it was already (or cannot be).
+    fn probe(&mut self, ebpf: &mut Ebpf, path: &Path) {
+        // `metadata` follows the `libssl.so.3` → `libssl.so.3.0.x` links: one file, one set.
+        let Ok(m) = std::fs::metadata(path) else { return };
+        let id = (m.dev(), m.ino());
+        if self.files.contains_key(&id) || self.refused.contains(&id) {
+            return;
+        }
+        if self.loaded.as_ref().is_some_and(Result::is_err) {
+            return;
+        }
+        if let Err(e) = self.load(ebpf) {
+            warn!("TLS plaintext (OpenSSL) not traced: {e}");
+            return;
+        }
+        match attach_file(ebpf, path) {
+            Ok(links) => {
+                info!("{}: OpenSSL probes attached (TLS plaintext)", path.display());
+                self.files.insert(id, links);
+            }
+            Err((links, e)) => {
+                warn!("{}: OpenSSL probes not attached: {e}", path.display());
+                drop(take_links(ebpf, links));
+                self.refused.insert(id);
+            }
+        }
+    }
+
+    /// Loads the programs and puts `ssl_emit_step` in its tail-call slot, once.
+    fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        self.loaded.get_or_insert_with(|| load_programs(ebpf)).clone()
+    }
+
+    /// Detaches every file's probes (at stop), in parallel.
+    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        let mut owned = Vec::new();
+        for (_, links) in self.files.drain() {
+            owned.extend(take_links(ebpf, links));
+        }
+        std::thread::scope(|s| {
+            for link in owned {
+                // Without a thread the closure, and with it the link, is dropped (detached) here.
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
+            }
+        });
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("{name} missing from the object"))
+        .and_then(|p| <&mut UProbe>::try_from(p).map_err(|e| format!("{name}: {e}")))
+}
+
+/// Loads (verifies) OpenSSL's programs and puts `ssl_emit_step` in its tail-call slot.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in ENTRIES.iter().map(|(p, _)| *p).chain([programs::SSL_RET, programs::SSL_EMIT_STEP]) {
+        uprobe(ebpf, name)?.load().map_err(|e| format!("loading {name}: {e:#}"))?;
+    }
+    let fd = uprobe(ebpf, programs::SSL_EMIT_STEP)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+        .map_err(|e| format!("{}: {e}", programs::SSL_EMIT_STEP))?;
+    let mut progs: ProgramArray<_> = ebpf
+        .map_mut(maps::SSL_PROGS)
+        .ok_or_else(|| format!("map {} missing", maps::SSL_PROGS))?
+        .try_into()
+        .map_err(|e| format!("map {}: {e}", maps::SSL_PROGS))?;
+    progs.set(0, &fd, 0).map_err(|e| format!("map {}: {e}", maps::SSL_PROGS))
+}
+
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
+/// Attaches the nine probes to the file; on failure, the links attached so far and why.
+fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Links, (Links, String)> {
+    let mut links = Vec::new();
+    let points = ENTRIES.iter().copied().chain(RETURNS.iter().map(|f| (programs::SSL_RET, *f)));
+    for (prog, func) in points {
+        let r = uprobe(ebpf, prog)
+            .and_then(|p| p.attach([func], path, UProbeScope::AllProcesses).map_err(|e| format!("{func}: {e:#}")));
+        match r {
+            Ok(link) => links.push((prog, link)),
+            Err(e) => return Err((links, e)),
+        }
+    }
+    Ok(links)
+}
+
+/// The links, taken out of their programs (dropping one detaches it).
+fn take_links(ebpf: &mut Ebpf, links: Links) -> Vec<UProbeLink> {
+    let mut owned = Vec::with_capacity(links.len());
+    for (prog, link) in links {
+        if let Ok(p) = uprobe(ebpf, prog)
+            && let Ok(l) = p.take_link(link)
+        {
+            owned.push(l);
+        }
+    }
+    owned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_names() {
+        for n in ["libssl.so", "libssl.so.3", "libssl.so.1.1", "libssl.so.3.0.15"] {
+            assert!(is_libssl(n), "{n}");
+        }
+        for n in ["libssl.so.", "libssl3.so", "libcrypto.so.3", "libssl.a", "libssl"] {
+            assert!(!is_libssl(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn libssl_from_maps() {
+        let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 r-xp 00001000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000005000-7f0000006000 r-xp 00000000 08:01 99 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f0000007000-7f0000008000 r-xp 00000000 00:00 0 [vdso]
+7f0000009000-7f000000a000 r-xp 00000000 08:01 77 /opt/app/lib/libssl.so.1.1 (deleted)
+7f000000b000-7f000000c000 rw-p 00000000 00:00 0
+";
+        assert_eq!(
+            libssl_in_maps(maps),
+            ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/opt/app/lib/libssl.so.1.1"],
+            "executable mappings of libssl only, each once"
+        );
+    }
+}
