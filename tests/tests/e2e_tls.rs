@@ -55,7 +55,9 @@ struct Nginx {
 
 impl Nginx {
     fn start(cert: &CertFiles) -> Self {
-        let dir = std::env::temp_dir().join(format!("tracer-nginx-tls-{}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tracer-nginx-tls-{}-{seq}", std::process::id()));
         let www = dir.join("www");
         std::fs::create_dir_all(www.join("bytes")).unwrap();
         std::fs::write(www.join("hello"), "hello").unwrap();
@@ -93,7 +95,9 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its worker too (SIGKILL would leave the worker running).
+        // SAFETY: a signal to our own child, which has not been waited for.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -234,4 +238,38 @@ fn tls_openssl_curl_nginx_and_python() {
     let hello = py_clients.iter().find(|s| str_attr(s, "url.path") == Some("/hello")).expect("client span of /hello");
     assert_eq!(server_of(&py_servers, hello).service_name(), Some("py-https"));
     assert!(spans.iter().all(|s| !format!("{:?}", s.attributes).contains("secret")), "no query string leaves");
+}
+
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn tls_openssl_probes_only_the_selected_processes() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let pki = Pki::new("tls-selected").expect("pki");
+    let cert = pki.server("server", false).expect("server certificate");
+    let nginx = Nginx::start(&cert);
+    // Only nginx is traced: its master and worker get probes of their own, nothing else does.
+    let agent = Agent::start(&["--exe".into(), "*/nginx".into()], &grpc_env(&rx)).expect("agent");
+    let log = agent.log_text();
+    let own = log.lines().filter(|l| l.contains(": OpenSSL probes attached to ")).count();
+    assert!(own >= 1, "per-process probes on nginx: {log}");
+    assert!(!log.contains("OpenSSL probes attached (TLS"), "no probe for every process: {log}");
+    let n = nginx.port;
+    for path in ["/hello", "/missing", "/hello"] {
+        curl(&pki.ca_file, &format!("https://127.0.0.1:{n}{path}"), false);
+    }
+    rt.block_on(rx.wait_for(|s| on_port(s, n, SpanKind::Server).len() >= 3, WAIT))
+        .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", rx.spans(), agent.log_text()));
+    agent.stop().expect("agent stops cleanly");
+    let spans = rx.spans();
+    let servers = on_port(&spans, n, SpanKind::Server);
+    assert_eq!(servers.len(), 3, "{spans:#?}");
+    for s in &servers {
+        assert_eq!(s.service_name(), Some("nginx"));
+        assert_eq!(str_attr(s, "url.scheme"), Some("https"), "{s:#?}");
+    }
+    let paths: Vec<_> = servers.iter().filter_map(|s| str_attr(s, "url.path")).collect();
+    assert_eq!(paths.iter().filter(|p| **p == "/hello").count(), 2, "{paths:?}");
+    assert!(on_port(&spans, n, SpanKind::Client).is_empty(), "curl is not selected: {spans:#?}");
 }

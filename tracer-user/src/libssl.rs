@@ -1,20 +1,26 @@
 //! OpenSSL's uprobes (`tracer-ebpf/src/socket/tls.rs`): TLS plaintext into the socket data path.
 //!
-//! The probes go on the library file, once per file (device and inode), for every process that
-//! maps it: a process started after the file was probed is traced from its first call, however
-//! short-lived (the kernel programs follow only the traced processes). Files are found
+//! When every process is traced, the probes go on the library file, once per file (device and
+//! inode), for every process that maps it: a process started after the file was probed is traced
+//! from its first call, however short-lived. Files are found
 //!
 //! * at start, in the host's library directories and in the maps of every running process;
 //! * at each exec, in the library directories under the new program's root (a container's own
 //!   OpenSSL), once per root: the dynamic loader maps the library only after the exec, and a
 //!   Python or Ruby program opens it later still, with `dlopen`;
-//! * when a traced process first shows up, in its maps (a library outside those directories).
+//! * when a process first shows up, in its maps (a library outside those directories).
+//!
+//! When only selected processes are traced, the probes go on each selected process alone (the
+//! files of its root's library directories and of its maps, as soon as it is selected: at its
+//! exec, or at start), so that the processes the agent does not trace pay no uprobe trap; they
+//! are removed when it exits.
 //!
 //! OpenSSL 1.1 and 3.x export the same five functions (`SSL_write`, `SSL_read`, their `_ex`
 //! forms and `SSL_free`); no struct offset of any release is needed, since the socket comes from
 //! the syscall the call makes. A statically linked OpenSSL (node) or BoringSSL is not probed.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -42,13 +48,17 @@ const LIB_DIRS: [&str; 6] =
 /// A file: device and inode.
 type FileId = (u64, u64);
 
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
 /// The OpenSSL probes of the agent.
 #[derive(Default)]
 pub struct SslProbes {
+    /// Probes per traced process rather than per file for every process.
+    per_process: bool,
     /// `Some(Ok)` once the programs loaded, `Some(Err)` when they could not (then never again).
     loaded: Option<Result<(), String>>,
-    /// Probed files and their links.
-    files: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
+    /// Probed files (and the process the probes are for, when per process) and their links.
+    files: HashMap<(FileId, Option<u32>), Links>,
     /// Files that could not be probed (not OpenSSL, or an attach failed): not tried again.
     refused: HashSet<FileId>,
     /// Roots (device and inode of `/proc/<pid>/root`) whose library directories were searched.
@@ -80,8 +90,9 @@ pub fn libssl_in_maps(maps: &str) -> Vec<String> {
 }
 
 impl SslProbes {
-    pub fn new() -> Self {
-        Self::default()
+    /// `per_process`: only selected processes are traced (see the module's text).
+    pub fn new(per_process: bool) -> Self {
+        Self { per_process, ..Self::default() }
     }
 
     /// Uprobe links attached (each file's nine).
@@ -97,7 +108,10 @@ impl SslProbes {
             self.loaded = Some(Err("TRACER_TLS=off".into()));
             return;
         }
-        self.search_root(ebpf, Path::new("/"));
+        if self.per_process {
+            return;
+        }
+        self.search_root(ebpf, Path::new("/"), None);
         if let Ok(m) = std::fs::metadata("/") {
             self.roots.insert((m.dev(), m.ino()));
         }
@@ -109,42 +123,76 @@ impl SslProbes {
         }
     }
 
-    /// A process exec'd: its root's library directories, once per root.
-    pub fn exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
+    /// A process exec'd (`traced`: the agent traces it): every process's probes go on its root's
+    /// library files, once per root; a traced process's own probes on them.
+    pub fn exec(&mut self, ebpf: &mut Ebpf, pid: u32, traced: bool) {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
+        if self.per_process {
+            if traced {
+                self.search_root(ebpf, &root, Some(pid));
+            }
+            return;
+        }
         let Ok(m) = std::fs::metadata(&root) else { return };
         if self.roots.insert((m.dev(), m.ino())) {
-            self.search_root(ebpf, &root);
+            self.search_root(ebpf, &root, None);
         }
     }
 
-    /// The libssl files `pid` maps now.
+    /// A process the agent traces showed up: the libssl files it maps now (and, per process,
+    /// those of its root's library directories, which it may map later).
     pub fn mapped(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let only = self.per_process.then_some(pid);
+        if only.is_some() {
+            self.search_root(ebpf, &PathBuf::from(format!("/proc/{pid}/root")), only);
+        }
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
         for path in libssl_in_maps(&text) {
-            self.probe(ebpf, &PathBuf::from(format!("/proc/{pid}/root{path}")));
+            self.probe(ebpf, &PathBuf::from(format!("/proc/{pid}/root{path}")), only);
         }
     }
 
-    fn search_root(&mut self, ebpf: &mut Ebpf, root: &Path) {
+    /// A process exited: its own probes go (on a thread of their own: detaching waits).
+    pub fn exited(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if !self.per_process {
+            return;
+        }
+        let keys: Vec<_> = self.files.keys().filter(|(_, p)| *p == Some(pid)).copied().collect();
+        let mut owned = Vec::new();
+        for k in keys {
+            if let Some(links) = self.files.remove(&k) {
+                owned.extend(take_links(ebpf, links));
+            }
+        }
+        if !owned.is_empty() {
+            let _ = std::thread::Builder::new().name("ssl-detach".into()).spawn(move || drop(owned));
+        }
+    }
+
+    fn search_root(&mut self, ebpf: &mut Ebpf, root: &Path, only: Option<u32>) {
         for dir in LIB_DIRS {
             let Ok(entries) = std::fs::read_dir(root.join(dir.trim_start_matches('/'))) else { continue };
             for e in entries.flatten() {
                 if e.file_name().to_str().is_some_and(is_libssl) {
-                    self.probe(ebpf, &e.path());
+                    self.probe(ebpf, &e.path(), only);
                 }
             }
         }
     }
 
-    /// Probes the file at `path` unless it was already (or cannot be).
-    fn probe(&mut self, ebpf: &mut Ebpf, path: &Path) {
+    /// Probes the file at `path` (for process `only`, or for every process) unless it was
+    /// already (or cannot be).
+    fn probe(&mut self, ebpf: &mut Ebpf, path: &Path, only: Option<u32>) {
         // `metadata` follows the `libssl.so.3` → `libssl.so.3.0.x` links: one file, one set.
         let Ok(m) = std::fs::metadata(path) else { return };
         let id = (m.dev(), m.ino());
-        if self.files.contains_key(&id) || self.refused.contains(&id) {
+        if self.files.contains_key(&(id, only)) || self.refused.contains(&id) {
             return;
         }
+        let scope = match only.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
         if self.loaded.as_ref().is_some_and(Result::is_err) {
             return;
         }
@@ -152,10 +200,13 @@ impl SslProbes {
             warn!("TLS plaintext (OpenSSL) not traced: {e}");
             return;
         }
-        match attach_file(ebpf, path) {
+        match attach_file(ebpf, path, scope) {
             Ok(links) => {
-                info!("{}: OpenSSL probes attached (TLS plaintext)", path.display());
-                self.files.insert(id, links);
+                match only {
+                    Some(pid) => info!("pid {pid}: OpenSSL probes attached to {} (TLS plaintext)", path.display()),
+                    None => info!("{}: OpenSSL probes attached (TLS plaintext)", path.display()),
+                }
+                self.files.insert((id, only), links);
             }
             Err((links, e)) => {
                 warn!("{}: OpenSSL probes not attached: {e}", path.display());
@@ -208,15 +259,12 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
     progs.set(0, &fd, 0).map_err(|e| format!("map {}: {e}", maps::SSL_PROGS))
 }
 
-type Links = Vec<(&'static str, UProbeLinkId)>;
-
 /// Attaches the nine probes to the file; on failure, the links attached so far and why.
-fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Links, (Links, String)> {
+fn attach_file(ebpf: &mut Ebpf, path: &Path, scope: UProbeScope) -> Result<Links, (Links, String)> {
     let mut links = Vec::new();
     let points = ENTRIES.iter().copied().chain(RETURNS.iter().map(|f| (programs::SSL_RET, *f)));
     for (prog, func) in points {
-        let r = uprobe(ebpf, prog)
-            .and_then(|p| p.attach([func], path, UProbeScope::AllProcesses).map_err(|e| format!("{func}: {e:#}")));
+        let r = uprobe(ebpf, prog).and_then(|p| p.attach([func], path, scope).map_err(|e| format!("{func}: {e:#}")));
         match r {
             Ok(link) => links.push((prog, link)),
             Err(e) => return Err((links, e)),

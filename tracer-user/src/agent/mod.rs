@@ -179,13 +179,14 @@ impl Agent {
                 self.processes.refresh(tgid);
                 let _ = self.maps.no_thread_link.remove(&tgid);
                 self.go.detach(&mut self.probes.ebpf, tgid);
-                self.ssl.exec(&mut self.probes.ebpf, tgid);
                 let _ = self.processes.get_named(tgid, Some(comm));
                 let is_go = mark_runtime(&mut self.maps, tgid);
                 if self.scope == Scope::Selected {
                     self.discovery.consider(&mut self.maps, tgid);
                 }
-                if is_go && (self.scope == Scope::All || self.discovery.traced.contains(&tgid)) {
+                let traced = self.scope == Scope::All || self.discovery.traced.contains(&tgid);
+                self.ssl.exec(&mut self.probes.ebpf, tgid, traced);
+                if is_go && traced {
                     self.go.attach(&mut self.probes.ebpf, tgid);
                 }
                 self.discovery.added.clear();
@@ -197,6 +198,7 @@ impl Agent {
         if let Event::Exit { tgid, .. } = ev {
             self.discovery.traced.remove(tgid);
             self.go.detach(&mut self.probes.ebpf, *tgid);
+            self.ssl.exited(&mut self.probes.ebpf, *tgid);
             self.exited.push_back((Instant::now(), *tgid));
         }
     }
@@ -320,7 +322,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         maps,
         probes,
         go: GoProbes::new(),
-        ssl: SslProbes::new(),
+        ssl: SslProbes::new(scope == Scope::Selected),
         discovery: Discovery::new(selector, PROC.into(), k8s),
         processes,
         pipeline: Pipeline::new(clock, PipelineConfig::new(propagation, CORRELATION_HOLD)),
