@@ -337,8 +337,7 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         agent.go.poll(&mut agent.probes.ebpf, true);
     }
     if let Some(path) = &settings.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_ready_file(path, std::process::id())?;
     }
 
     let mut spans: Vec<SpanRecord> = Vec::with_capacity(256);
@@ -513,6 +512,16 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
 /// burst (a host's build spawning thousands of processes, each read from /proc) could leave the
 /// agent's resident memory higher for good. Called every 10 s, on the event loop; its duration
 /// is logged at debug.
+/// Writes the agent's pid into the ready file in one step: beside it first, then renamed into
+/// place, so whoever waits for the file never reads it created but still empty.
+fn write_ready_file(path: &std::path::Path, pid: u32) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{pid}.tmp"));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{pid}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     {
@@ -549,4 +558,23 @@ fn mark_runtime(maps: &mut Maps, pid: u32) -> bool {
         return true;
     }
     false
+}
+
+#[cfg(test)]
+mod ready_file_tests {
+    use super::write_ready_file;
+
+    #[test]
+    fn the_ready_file_appears_whole_and_nothing_is_left_beside_it() {
+        let dir = std::env::temp_dir().join(format!("tracer-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.ready");
+        write_ready_file(&path, 4242).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("agent.ready")]);
+        // A missing directory is a clear error, not a panic.
+        assert!(write_ready_file(&dir.join("missing/agent.ready"), 1).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
