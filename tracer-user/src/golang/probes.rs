@@ -183,6 +183,10 @@ type ExeId = (u64, u64, u64, i64);
 /// An inspection result from the background thread: `None` when the file is not a Go program.
 type Inspected = (ExeId, PathBuf, Option<Result<Plan, String>>);
 
+/// How long a blocking [`GoProbes::poll`] waits for the executables being inspected (the test
+/// harness waits 60 s for the agent to be ready).
+const BLOCKING_INSPECTION: std::time::Duration = std::time::Duration::from_secs(50);
+
 pub struct GoProbes {
     /// Whether the programs loaded, and in which mode.
     loaded: Option<Option<UprobeMode>>,
@@ -331,11 +335,22 @@ impl GoProbes {
     /// Attaches the processes whose executables' inspection finished; with `block`, waits until
     /// every pending inspection is done.
     pub fn poll(&mut self, ebpf: &mut Ebpf, block: bool) {
+        // Inspecting an executable reads its DWARF: seconds on a busy machine. Blocking waits
+        // for every pending one, up to one deadline for all.
+        let deadline = std::time::Instant::now() + BLOCKING_INSPECTION;
         loop {
             let r = if block && !self.waiting.is_empty() {
-                match self.results.recv_timeout(std::time::Duration::from_secs(30)) {
+                match self.results.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                     Ok(r) => r,
-                    Err(_) => return,
+                    Err(_) => {
+                        let pids: Vec<u32> = self.waiting.values().flatten().copied().collect();
+                        warn!(
+                            "pids {pids:?}: Go executables still being inspected after {}s; their \
+                             probes attach when the inspection ends",
+                            BLOCKING_INSPECTION.as_secs()
+                        );
+                        return;
+                    }
                 }
             } else {
                 match self.results.try_recv() {
