@@ -28,6 +28,8 @@ pub enum Proto {
     Memcached = 7,
     /// NATS's client protocol, seen from the client.
     Nats = 8,
+    /// AMQP 0-9-1 (RabbitMQ), seen from the client.
+    Amqp = 9,
 }
 
 impl Proto {
@@ -42,6 +44,7 @@ impl Proto {
             6 => Some(Self::Mysql),
             7 => Some(Self::Memcached),
             8 => Some(Self::Nats),
+            9 => Some(Self::Amqp),
             _ => None,
         }
     }
@@ -139,7 +142,11 @@ fn text_or_nul(c: u8) -> bool {
 ///   (sequence 0, command 3, text, a length that fits the transfer);
 /// * NATS: the server's `INFO {` read by the client (a NATS server greets every connection
 ///   with it), or, on a connection older than the agent, a `PUB `, `HPUB ` or `SUB ` written
-///   by it (see [`nats_command`]).
+///   by it (see [`nats_command`]);
+/// * AMQP 0-9-1: the protocol header `AMQP 0 0 9 1` written by the client, or, on a connection
+///   older than the agent, a whole method or heartbeat frame in either direction (see
+///   [`amqp_frame`]; a broker's sockets look the same, so the kernel never classifies a socket
+///   the process accepted this way).
 #[inline(always)]
 pub fn classify_db(p: &[u8; 8], writes: bool, len: u64) -> Proto {
     let mlen = p[0] as u64 | (p[1] as u64) << 8 | (p[2] as u64) << 16;
@@ -159,10 +166,16 @@ pub fn classify_db(p: &[u8; 8], writes: bool, len: u64) -> Proto {
         if p[..6] == *b"INFO {" {
             return Proto::Nats;
         }
+        if amqp_frame(p, len) {
+            return Proto::Amqp;
+        }
         return Proto::Other;
     }
     if nats_command(p) {
         return Proto::Nats;
+    }
+    if *p == AMQP_HEADER || amqp_frame(p, len) {
+        return Proto::Amqp;
     }
     let pg = classify_client(p);
     if !matches!(pg, Proto::Other) {
@@ -236,6 +249,26 @@ pub fn nats_command(p: &[u8; 8]) -> bool {
     (p[..4] == *b"PUB " && subject(p[4]))
         || (p[..5] == *b"HPUB " && subject(p[5]))
         || (p[..4] == *b"SUB " && subject(p[4]))
+}
+
+/// The protocol header an AMQP 0-9-1 client writes first.
+pub const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
+/// Largest AMQP frame taken as real by the classifier (RabbitMQ's default `frame_max`).
+pub const AMQP_FRAME_MAX: u32 = 128 << 10;
+/// The octet that ends every AMQP frame.
+pub const AMQP_FRAME_END: u8 = 0xce;
+
+/// Whether the first eight bytes of a transfer of `len` bytes start a whole AMQP 0-9-1 frame:
+/// a method frame (type 1, a size of at least the class and method ids that the transfer
+/// holds, up to [`AMQP_FRAME_MAX`], and a class id below 256, as every class of the protocol
+/// has) or a heartbeat frame (type 8 on channel 0, size 0, then the frame end).
+#[inline(always)]
+pub fn amqp_frame(p: &[u8; 8], len: u64) -> bool {
+    let size = be32(p[3], p[4], p[5], p[6]);
+    if p[0] == 8 {
+        return p[1] == 0 && p[2] == 0 && size == 0 && p[7] == AMQP_FRAME_END;
+    }
+    p[0] == 1 && (4..=AMQP_FRAME_MAX).contains(&size) && size as u64 + 8 <= len && p[7] == 0
 }
 
 /// The PostgreSQL and Redis part of [`classify_db`] (a transfer the traced process wrote).
@@ -319,7 +352,7 @@ impl Proto {
     /// starting (or continuing) requests.
     #[inline(always)]
     pub const fn is_db(self) -> bool {
-        matches!(self, Self::Postgres | Self::Redis | Self::Mysql | Self::Memcached | Self::Nats)
+        matches!(self, Self::Postgres | Self::Redis | Self::Mysql | Self::Memcached | Self::Nats | Self::Amqp)
     }
 }
 
@@ -500,5 +533,29 @@ mod tests {
         assert_eq!(classify_first8(b"INFO {\"s", false, 300), Proto::Nats);
         assert_eq!(Proto::from_u8(8), Some(Proto::Nats));
         assert!(Proto::Nats.is_db());
+    }
+
+    #[test]
+    fn amqp_from_the_protocol_header_or_a_whole_frame() {
+        assert_eq!(classify_first8(&AMQP_HEADER, true, 8), Proto::Amqp);
+        assert_eq!(Proto::from_u8(9), Some(Proto::Amqp));
+        assert!(Proto::Amqp.is_db());
+        // basic.publish on channel 1 (size 20), and more frames after it in the transfer.
+        let publish = [1, 0, 1, 0, 0, 0, 20, 0];
+        assert_eq!(classify_first8(&publish, true, 28), Proto::Amqp);
+        assert_eq!(classify_first8(&publish, true, 200), Proto::Amqp);
+        // basic.deliver read by a consumer on a connection older than the agent.
+        assert_eq!(classify_first8(&publish, false, 60), Proto::Amqp);
+        // A heartbeat.
+        assert_eq!(classify_first8(&[8, 0, 0, 0, 0, 0, 0, 0xce], true, 8), Proto::Amqp);
+        // A frame the transfer does not hold, a class id past 255, an oversized frame, a
+        // heartbeat on a channel: not AMQP.
+        assert_eq!(classify_first8(&publish, true, 27), Proto::Other);
+        assert_eq!(classify_first8(&[1, 0, 1, 0, 0, 0, 20, 1], true, 28), Proto::Other);
+        assert_eq!(classify_first8(&[1, 0, 1, 0, 2, 0, 1, 0], true, 1 << 20), Proto::Other);
+        assert_eq!(classify_first8(&[8, 0, 1, 0, 0, 0, 0, 0xce], true, 8), Proto::Other);
+        // Other protocols' first bytes stay theirs.
+        assert_eq!(classify_first8(b"PRI * HT", true, 24), Proto::Http2);
+        assert_eq!(classify_first8(b"*1\r\n$4\r\n", true, 14), Proto::Redis);
     }
 }

@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Verdict, classify, classify_first8, conn_flags,
+    ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Role, Verdict, classify, classify_first8,
+    conn_flags,
     names::tail,
     tables::{FixedTable, LruTable, counters},
 };
@@ -119,7 +120,9 @@ pub fn transfer<C: EbpfContext>(
                 // forward nothing of it.
                 return 0;
             }
-            if p >= Proto::Http2 as u32 && p <= Proto::Nats as u32 {
+            // AMQP's frames look the same from a broker: never on a socket it accepted.
+            let broker = p == Proto::Amqp as u32 && state.role == Role::Server as u8;
+            if p >= Proto::Http2 as u32 && p <= Proto::Amqp as u32 && !broker {
                 verdict =
                     Verdict { proto: Proto::from_u8(p as u8).unwrap_or(Proto::Other), kind: MessageKind::Request };
             }
@@ -130,7 +133,13 @@ pub fn transfer<C: EbpfContext>(
                 state.plen = 0;
                 lru_put(&CONNS, &key, &state, LruTable::Conns);
             }
-            Proto::Http2 | Proto::Postgres | Proto::Redis | Proto::Mysql | Proto::Memcached | Proto::Nats => {
+            Proto::Http2
+            | Proto::Postgres
+            | Proto::Redis
+            | Proto::Mysql
+            | Proto::Memcached
+            | Proto::Nats
+            | Proto::Amqp => {
                 state.proto = verdict.proto as u8;
                 state.plen = 0;
                 lru_put(&CONNS, &key, &state, LruTable::Conns);
@@ -150,12 +159,12 @@ pub fn transfer<C: EbpfContext>(
             }
         }
     }
-    // On a database or NATS connection (traced from the client side) every write starts or
+    // On a database or messaging connection (traced from the client side) every write starts or
     // continues requests and gets a context; reads start nothing the kernel links (they are
     // still forwarded: replies, and the messages a NATS subscriber is delivered). On an HTTP/2
     // connection nothing does: its streams are multiplexed, so the agent pairs them by stream
     // id and chooses their ids itself.
-    let kind = if state.proto >= Proto::Postgres as u8 && state.proto <= Proto::Nats as u8 {
+    let kind = if state.proto >= Proto::Postgres as u8 && state.proto <= Proto::Amqp as u8 {
         if syscall.writes() { MessageKind::Request as u32 } else { MessageKind::None as u32 }
     } else if state.proto == Proto::Http2 as u8 {
         MessageKind::None as u32

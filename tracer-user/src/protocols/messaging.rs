@@ -1,19 +1,26 @@
-//! What the messaging protocols ([`super::nats`]) keep of a message sent or received, and its
-//! span after OpenTelemetry's messaging conventions. Never a payload or a header.
+//! What the messaging protocols ([`super::nats`], [`super::amqp`]) keep of a message sent or
+//! received, and its span after OpenTelemetry's messaging conventions. Never a payload or a
+//! header.
 
-use crate::model::{Attr, SpanStatus};
+use crate::capture::event::KernelCtx;
+use crate::model::{Attr, SpanKind, SpanStatus};
+use crate::protocols::exchange::{Detail, Exchange, Ids, Pairing, Stamp};
 use crate::protocols::shape::{MetricLabels, Shape};
+use crate::streams::ConnInfo;
 
 /// `messaging.system`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessagingSystem {
     Nats,
+    /// AMQP 0-9-1.
+    Rabbitmq,
 }
 
 impl MessagingSystem {
     pub fn name(self) -> &'static str {
         match self {
             Self::Nats => "nats",
+            Self::Rabbitmq => "rabbitmq",
         }
     }
 }
@@ -66,11 +73,35 @@ pub struct MessagingDetail {
     /// `messaging.consumer.group.name`: the queue group of the subscription a message was
     /// delivered to.
     pub group: Option<String>,
-    /// `messaging.message.body.size`: the payload's bytes (without headers).
-    pub body_size: u64,
+    /// `messaging.destination.subscription.name`: the subscription (a RabbitMQ consumer's
+    /// queue) a message was delivered through.
+    pub subscription: Option<String>,
+    /// `messaging.message.body.size`: the payload's bytes (without headers); `None` when no
+    /// message came (an empty `basic.get`).
+    pub body_size: Option<u64>,
+    /// `messaging.rabbitmq.destination.routing_key`.
+    pub routing_key: Option<String>,
+    /// `messaging.rabbitmq.message.delivery_tag`.
+    pub delivery_tag: Option<u64>,
+    /// `error.type`: why the broker refused the message or the call.
+    pub error: Option<String>,
 }
 
 impl MessagingDetail {
+    pub fn new(system: MessagingSystem, operation: Operation, destination: Destination) -> Self {
+        Self {
+            system,
+            operation,
+            destination,
+            group: None,
+            subscription: None,
+            body_size: None,
+            routing_key: None,
+            delivery_tag: None,
+            error: None,
+        }
+    }
+
     /// `{operation} {destination}`, the template for a temporary destination, or the
     /// operation alone.
     pub fn name(&self) -> String {
@@ -100,8 +131,26 @@ impl MessagingDetail {
         if let Some(g) = &self.group {
             attrs.push(Attr::str("messaging.consumer.group.name", g.as_str()));
         }
-        attrs.push(Attr::int("messaging.message.body.size", i64::try_from(self.body_size).unwrap_or(i64::MAX)));
-        Shape { name: self.name(), attrs, status: SpanStatus::Unset }
+        if let Some(sub) = &self.subscription {
+            attrs.push(Attr::str("messaging.destination.subscription.name", sub.as_str()));
+        }
+        if let Some(n) = self.body_size {
+            attrs.push(Attr::int("messaging.message.body.size", i64::try_from(n).unwrap_or(i64::MAX)));
+        }
+        if let Some(k) = &self.routing_key {
+            attrs.push(Attr::str("messaging.rabbitmq.destination.routing_key", k.as_str()));
+        }
+        if let Some(t) = self.delivery_tag {
+            attrs.push(Attr::int("messaging.rabbitmq.message.delivery_tag", i64::try_from(t).unwrap_or(i64::MAX)));
+        }
+        let status = match &self.error {
+            Some(e) => {
+                attrs.push(Attr::str("error.type", e.as_str()));
+                SpanStatus::Error(e.clone())
+            }
+            None => SpanStatus::Unset,
+        };
+        Shape { name: self.name(), attrs, status }
     }
 
     pub fn metric(&self) -> MetricLabels {
@@ -109,7 +158,49 @@ impl MessagingDetail {
             system: self.system.name(),
             operation: self.operation.name(),
             operation_type: self.operation.kind(),
-            error_type: None,
+            error_type: self.error.clone(),
         }
+    }
+}
+
+/// The exchange of a message (or of a call that fetches one: `basic.get`) whose first byte
+/// went by in `first`, with the context the kernel gave that transfer (none for a delivery).
+pub fn new_message(
+    conn: &ConnInfo,
+    kind: SpanKind,
+    first: Stamp,
+    ctx: Option<KernelCtx>,
+    detail: MessagingDetail,
+) -> Exchange {
+    let ids = Ids::new(kind, None, ctx.as_ref());
+    Exchange {
+        kind,
+        tgid: conn.tgid,
+        fd: conn.fd,
+        sock: conn.sock,
+        tuple: conn.tuple,
+        tls: conn.tls,
+        request_first: first,
+        request_last: Some(first),
+        response_first: None,
+        response_last: None,
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
+        parent_is_remote: ids.parent_is_remote,
+        parent_source: ids.parent_source,
+        kernel_ctx: ctx,
+        // Nothing pairs a message: a publish (or a fetch) is linked by the kernel's context, a
+        // delivery has no other side on this host that the agent could know for certain.
+        pairing: Pairing::Kernel,
+        detail: Detail::Messaging(detail),
+    }
+}
+
+/// The messaging detail of an exchange a messaging parser made.
+pub fn detail_mut(ex: &mut Exchange) -> &mut MessagingDetail {
+    match &mut ex.detail {
+        Detail::Messaging(d) => d,
+        _ => unreachable!("messaging parsers hold messaging exchanges only"),
     }
 }

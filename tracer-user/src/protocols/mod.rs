@@ -8,8 +8,8 @@
 //!   start with the HTTP/2 preface;
 //! * [`postgres`], [`mysql`], [`redis`] and [`memcached`]: database calls, from the client side
 //!   ([`database`] holds what they share);
-//! * [`nats`]: messages a NATS client publishes and is delivered ([`messaging`] holds their
-//!   span);
+//! * [`nats`] and [`amqp`] (RabbitMQ): messages a client publishes, is delivered or fetches
+//!   ([`messaging`] holds their span);
 //! * [`netrpc`]: Go net/rpc calls from uprobes;
 //! * [`grpc`]: grpc-go calls from uprobes.
 //!
@@ -17,6 +17,7 @@
 //! for a new connection from the protocol the kernel classified, and routes every event.
 //! docs/architecture.md says how to add a protocol.
 
+pub mod amqp;
 pub mod database;
 pub mod exchange;
 pub mod grpc;
@@ -34,6 +35,7 @@ pub mod shape;
 
 use tracer_common::Proto;
 
+use self::amqp::Amqp;
 use self::exchange::Exchange;
 use self::grpc::GrpcGo;
 use self::http1::Http1;
@@ -57,6 +59,7 @@ pub enum AnyProtocol {
     Mysql(Mysql),
     Memcached(Memcached),
     Nats(Nats),
+    Amqp(Amqp),
 }
 
 impl AnyProtocol {
@@ -72,6 +75,7 @@ impl AnyProtocol {
             Proto::Mysql => Some(Self::Mysql(Mysql::new())),
             Proto::Memcached => Some(Self::Memcached(Memcached::new())),
             Proto::Nats => Some(Self::Nats(Nats::new())),
+            Proto::Amqp => Some(Self::Amqp(Amqp::new())),
             Proto::Other => None,
         }
     }
@@ -85,6 +89,7 @@ impl AnyProtocol {
             Self::Mysql(p) => p,
             Self::Memcached(p) => p,
             Self::Nats(p) => p,
+            Self::Amqp(p) => p,
         }
     }
 
@@ -97,6 +102,7 @@ impl AnyProtocol {
             Self::Mysql(p) => p,
             Self::Memcached(p) => p,
             Self::Nats(p) => p,
+            Self::Amqp(p) => p,
         }
     }
 }

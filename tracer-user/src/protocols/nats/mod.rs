@@ -41,9 +41,9 @@ use std::collections::{HashMap, VecDeque};
 use crate::capture::event::Data;
 use crate::model::SpanKind;
 use crate::protocols::database::{self, WriteCtx};
-use crate::protocols::exchange::{Detail, Exchange, Ids, Pairing, Stamp};
+use crate::protocols::exchange::{Exchange, Stamp};
 use crate::protocols::memcached::text::{Reader, TextEvent};
-use crate::protocols::messaging::{Destination, MessagingDetail, MessagingSystem, Operation};
+use crate::protocols::messaging::{Destination, MessagingDetail, MessagingSystem, Operation, new_message};
 use crate::protocols::protocol::{Cx, Protocol};
 use crate::streams::{ConnInfo, EndReason};
 
@@ -244,13 +244,9 @@ impl Nats {
                 } else {
                     (SpanKind::Consumer, Operation::Receive, None)
                 };
-                let detail = MessagingDetail {
-                    system: MessagingSystem::Nats,
-                    operation,
-                    destination,
-                    group,
-                    body_size: m.total - m.headers,
-                };
+                let mut detail = MessagingDetail::new(MessagingSystem::Nats, operation, destination);
+                detail.group = group;
+                detail.body_size = Some(m.total - m.headers);
                 reader.expect_block(m.total);
                 self.side(egress).open = Some(Box::new(new_message(conn, kind, first, ctx, detail)));
             }
@@ -266,39 +262,6 @@ impl Nats {
 
     fn side(&mut self, egress: bool) -> &mut Side {
         if egress { &mut self.out } else { &mut self.inc }
-    }
-}
-
-/// The exchange of a message whose line's first byte went by in `first`.
-fn new_message(
-    conn: &ConnInfo,
-    kind: SpanKind,
-    first: Stamp,
-    ctx: Option<crate::capture::event::KernelCtx>,
-    detail: MessagingDetail,
-) -> Exchange {
-    let ids = Ids::new(kind, None, ctx.as_ref());
-    Exchange {
-        kind,
-        tgid: conn.tgid,
-        fd: conn.fd,
-        sock: conn.sock,
-        tuple: conn.tuple,
-        tls: conn.tls,
-        request_first: first,
-        request_last: Some(first),
-        response_first: None,
-        response_last: None,
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        parent_is_remote: ids.parent_is_remote,
-        parent_source: ids.parent_source,
-        kernel_ctx: ctx,
-        // Nothing pairs a message: a publish is linked by the kernel's context, a delivery
-        // has no other side on this host that the agent could know for certain.
-        pairing: Pairing::Kernel,
-        detail: Detail::Messaging(detail),
     }
 }
 
