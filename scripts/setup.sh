@@ -23,7 +23,7 @@ need_apt=()
 apt_main=(llvm-22-dev libpolly-22-dev libzstd-dev g++ curl redis-server)
 # The tests: servers and clients they trace, the VM tier (qemu, busybox, virtiofsd's build), tools.
 apt_tests=(iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static
-  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server)
+  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server rabbitmq-server)
 pkgs=("${apt_main[@]}")
 ((tests)) && pkgs+=("${apt_tests[@]}")
 for pkg in "${pkgs[@]}"; do
@@ -75,17 +75,19 @@ if ((tests)); then
   command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || { echo "[setup] java missing" >&2; exit 1; }
   # The SDK-instrumented caller of the connected-traces tests.
   python3 -c 'import opentelemetry.sdk' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'opentelemetry-sdk>=1.20,<2'
-  # The database tests' clients (tests/tests/e2e_db.rs), pinned.
+  # The database and messaging tests' clients (tests/tests/e2e_db.rs, e2e_messaging.rs), pinned.
   python3 -c 'import psycopg' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'psycopg==3.3.9'
   python3 -c 'import pymysql, pymemcache' 2>/dev/null ||
     python3 -m pip install -q --root-user-action=ignore 'PyMySQL==1.2.4' 'pymemcache==4.0.0'
   python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'nats-py==2.16.0'
+  python3 -c 'import pika' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'pika==1.3.2'
   # The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
   python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
 fi
-# nginx-light's, redis-server's, postgresql's, mariadb-server's, memcached's and nats-server's
-# packages start daemons; the tests run their own instances.
-systemctl disable --now nginx redis-server postgresql mariadb memcached nats-server >/dev/null 2>&1 || true
+# nginx-light's, redis-server's, postgresql's, mariadb-server's, memcached's, nats-server's and
+# rabbitmq-server's packages start daemons; the tests run their own instances.
+systemctl disable --now nginx redis-server postgresql mariadb memcached nats-server rabbitmq-server >/dev/null 2>&1 ||
+  true
 
 mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true

@@ -1,4 +1,5 @@
 //! End-to-end test support: an OTLP receiver, fixture services and agent control.
+pub mod backends;
 pub mod certs;
 pub mod harness;
 pub mod jaeger;

@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tracer_tests::backends::{Server, TempDir, sorted_names, trace_of};
 use tracer_tests::harness::{
     Agent, Service, args, curl, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, require_root, rt, run_ok,
     wait_until,
 };
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
+use tracer_tests::scenarios::{int_attr, str_attr};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A value the fixtures put in SQL literals and Redis arguments; it must never be exported.
@@ -30,40 +32,6 @@ const MYSQL_DB: &str = "shop";
 /// Commands a Redis client sends when it sets up a connection.
 const SETUP: &[&str] = &["HELLO", "CLIENT SETINFO", "CLIENT SETNAME", "CLIENT MAINT_NOTIFICATIONS", "AUTH", "PING"];
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tracer-e2e-{tag}-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A database server, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    /// SIGQUIT stops PostgreSQL at once (its backends follow); SIGKILL the rest.
-    signal: i32,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, self.signal) };
-        let _ = self.child.wait();
-    }
-}
-
 fn redis_server() -> Server {
     let dir = TempDir::new("redis");
     let port = free_port();
@@ -74,7 +42,7 @@ fn redis_server() -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (scripts/setup.sh installs it)");
-    let server = Server { child, port, signal: libc::SIGKILL, _dir: dir };
+    let server = Server::new(child, port, libc::SIGKILL, dir);
     wait_until("redis-server answers PING", WAIT, || {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
         let mut buf = [0u8; 7];
@@ -114,7 +82,7 @@ fn postgres_server() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("postgres");
-    let server = Server { child, port, signal: libc::SIGQUIT, _dir: dir };
+    let server = Server::new(child, port, libc::SIGQUIT, dir);
     let psql = |db: &str, sql: &str| {
         run_ok(Command::new("psql").args([
             "-h",
@@ -164,7 +132,7 @@ fn mariadb_server() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("mariadbd");
-    let server = Server { child, port, signal: libc::SIGKILL, _dir: dir };
+    let server = Server::new(child, port, libc::SIGKILL, dir);
     let sql = |sql: &str| {
         run_ok(Command::new("mariadb").args(["-h", "127.0.0.1", "-P", &port.to_string(), "-u", MYSQL_USER, "-e", sql]))
     };
@@ -182,7 +150,7 @@ fn memcached_server() -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("memcached (scripts/setup.sh installs it)");
-    let server = Server { child, port, signal: libc::SIGKILL, _dir: dir };
+    let server = Server::new(child, port, libc::SIGKILL, dir);
     wait_until("memcached answers version", WAIT, || {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
         let mut buf = [0u8; 8];
@@ -190,34 +158,6 @@ fn memcached_server() -> Server {
     })
     .expect("memcached ready");
     server
-}
-
-/// nats-server (Debian's 2.9), plain TCP, no authentication.
-fn nats_server() -> Server {
-    let dir = TempDir::new("nats");
-    let port = free_port();
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server (scripts/setup.sh installs it)");
-    let server = Server { child, port, signal: libc::SIGKILL, _dir: dir };
-    wait_until("nats-server greets with INFO", WAIT, || {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).is_ok() && &buf == b"INFO "
-    })
-    .expect("nats-server ready");
-    server
-}
-
-fn str_attr<'a>(s: &'a ReceivedSpan, k: &str) -> Option<&'a str> {
-    s.attr(k).and_then(|v| v.as_str())
-}
-
-fn int_attr(s: &ReceivedSpan, k: &str) -> Option<i64> {
-    s.attr(k).and_then(|v| v.as_int())
 }
 
 /// Which fixture serves the requests.
@@ -272,16 +212,6 @@ fn setup(lang: &Lang, service_name: &str) -> Setup {
     Setup { redis, pg, mysql, memcached, service }
 }
 
-/// The trace of the request to `path`: its server span and every other span of its trace.
-fn trace_of<'a>(spans: &'a [ReceivedSpan], path: &str) -> (&'a ReceivedSpan, Vec<&'a ReceivedSpan>) {
-    let server = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server && str_attr(s, "url.path") == Some(path))
-        .unwrap_or_else(|| panic!("no server span for {path}: {spans:#?}"));
-    let rest = spans.iter().filter(|s| s.trace_id == server.trace_id && s.span_id != server.span_id).collect();
-    (server, rest)
-}
-
 /// Every client span of the trace is a child of `server`, in its trace.
 fn children_of(server: &ReceivedSpan, clients: &[&ReceivedSpan]) {
     for c in clients {
@@ -290,12 +220,6 @@ fn children_of(server: &ReceivedSpan, clients: &[&ReceivedSpan]) {
         assert_eq!(c.resource.get("service.name"), server.resource.get("service.name"));
         assert!(c.start_unix_nano >= server.start_unix_nano && c.end_unix_nano <= server.end_unix_nano + 1_000_000);
     }
-}
-
-fn sorted_names(spans: &[&ReceivedSpan]) -> Vec<String> {
-    let mut v: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
-    v.sort();
-    v
 }
 
 fn no_secret_anywhere(spans: &[ReceivedSpan]) {
@@ -460,161 +384,4 @@ fn db_python_redis_py_psycopg_pymysql_pymemcache() {
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn db_go_redis_pgx_mysql_gomemcache() {
     run(Lang::Go, "go-db");
-}
-
-/// NATS: the service publishes two messages to `orders.created` (one with a header), makes one
-/// request to `svc.echo` that its own queue subscription answers, and is delivered both
-/// messages, the request and the reply. Each publish is a PRODUCER span, each delivery a
-/// CONSUMER span starting a trace of its own; payloads, headers and reply inboxes are never
-/// exported.
-fn run_nats(lang: Lang, service_name: &str) {
-    require_root();
-    let rt = rt();
-    let rx = rt.block_on(Receiver::start()).expect("receiver");
-    let nats = nats_server();
-    let mut cmd = match lang {
-        Lang::Python => {
-            let mut c = Command::new(python_bin());
-            c.arg(fixtures_src().join("python/nats_service.py")).arg("--nats-port");
-            c
-        }
-        Lang::Go => {
-            let mut c = Command::new(fixtures_bin().join("natssvc"));
-            c.arg("-nats-port");
-            c
-        }
-    };
-    cmd.arg(nats.port.to_string()).env("OTEL_SERVICE_NAME", service_name);
-    let service = Service::start(service_name, cmd).expect("nats service");
-    let pid = service.pid();
-    let mut env = grpc_env(&rx);
-    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
-    let agent = Agent::start(&args(&["--pid", &pid.to_string()]), &env).expect("agent");
-    if let Lang::Go = lang {
-        wait_until("Go probes attached", WAIT, || agent.log_text().contains(&format!("pid {pid}: Go ")))
-            .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
-    }
-    for path in ["/connect", "/publish"] {
-        assert_eq!(curl(&[&service.url(path)]).expect(path), "ok", "{path}");
-    }
-    let nats_spans = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
-        spans.iter().filter(|s| str_attr(s, "messaging.system") == Some("nats")).cloned().collect()
-    };
-    let done = |spans: &[ReceivedSpan]| {
-        nats_spans(spans).len() >= 8
-            && spans.iter().any(|s| s.kind == SpanKind::Server && str_attr(s, "url.path") == Some("/publish"))
-    };
-    rt.block_on(rx.wait_for(|s| done(s), WAIT)).unwrap_or_else(|e| panic!("{e}: {:#?}", rx.spans()));
-    // messaging.client.operation.duration: four publishes and four deliveries, by system and
-    // operation, never by subject (cumulative: the latest point of each series).
-    let latest = |points: &[tracer_tests::receiver::ReceivedPoint], op: &str| {
-        points
-            .iter()
-            .filter(|p| {
-                p.metric == "messaging.client.operation.duration"
-                    && p.resource.get("service.name").map(String::as_str) == Some(service_name)
-                    && p.attr_str("messaging.operation.name").as_deref() == Some(op)
-            })
-            .max_by_key(|p| p.time_unix_nano)
-            .cloned()
-    };
-    let points = rt
-        .block_on(rx.wait_for_points(
-            |p| {
-                latest(p, "publish").is_some_and(|p| p.count == 4) && latest(p, "receive").is_some_and(|p| p.count == 4)
-            },
-            WAIT,
-        ))
-        .unwrap_or_else(|e| panic!("messaging metrics: {e}"));
-    for op in ["publish", "receive"] {
-        let p = latest(&points, op).expect(op);
-        assert_eq!(p.attr_str("messaging.system").as_deref(), Some("nats"), "{p:?}");
-        let ty = if op == "publish" { "send" } else { "receive" };
-        assert_eq!(p.attr_str("messaging.operation.type").as_deref(), Some(ty), "{p:?}");
-        assert!(p.attributes.keys().all(|k| !k.starts_with("messaging.destination")), "{p:?}");
-    }
-    agent.stop().expect("agent stops cleanly");
-    let spans = rx.spans();
-    for s in &spans {
-        let text = format!("{:?} {:?}", s.name, s.attributes);
-        assert!(!text.contains(SECRET) && !text.contains("pong"), "a payload was exported: {s:#?}");
-        assert!(!text.contains("_INBOX.") || text.contains("_INBOX.>"), "an inbox was exported: {s:#?}");
-    }
-    let all = nats_spans(&spans);
-    let (server, _) = trace_of(&spans, "/publish");
-    let producers: Vec<&ReceivedSpan> = all.iter().filter(|s| s.kind == SpanKind::Producer).collect();
-    let consumers: Vec<&ReceivedSpan> = all.iter().filter(|s| s.kind == SpanKind::Consumer).collect();
-    assert_eq!(all.len(), producers.len() + consumers.len(), "{all:#?}");
-    // Publishes: two to orders.created, the request, and the reply the subscription sends.
-    let mut want = vec!["publish _INBOX.>", "publish orders.created", "publish orders.created", "publish svc.echo"];
-    want.sort_unstable();
-    assert_eq!(sorted_names(&producers), want, "{producers:#?}");
-    // Deliveries: both orders, the request (to the queue group) and the reply.
-    let mut want = vec!["receive _INBOX.>", "receive orders.created", "receive orders.created", "receive svc.echo"];
-    want.sort_unstable();
-    assert_eq!(sorted_names(&consumers), want, "{consumers:#?}");
-    for s in &all {
-        let (op, ty) = if s.kind == SpanKind::Producer { ("publish", "send") } else { ("receive", "receive") };
-        assert_eq!(str_attr(s, "messaging.operation.name"), Some(op));
-        assert_eq!(str_attr(s, "messaging.operation.type"), Some(ty));
-        assert_eq!(int_attr(s, "server.port"), Some(i64::from(nats.port)));
-        assert_eq!(str_attr(s, "server.address"), Some("127.0.0.1"));
-        assert_eq!(s.status_code, StatusCode::Unset, "{s:#?}");
-        assert_eq!(s.resource.get("service.name"), server.resource.get("service.name"));
-        if s.name.ends_with("_INBOX.>") {
-            assert_eq!(s.attr("messaging.destination.name"), None, "{s:#?}");
-            assert_eq!(str_attr(s, "messaging.destination.template"), Some("_INBOX.>"));
-            assert!(matches!(s.attr("messaging.destination.temporary"), Some(v) if v.to_json() == true), "{s:#?}");
-            assert_eq!(int_attr(s, "messaging.message.body.size"), Some(4), "\"pong\": {s:#?}");
-        } else {
-            let subject = s.name.split_once(' ').map(|(_, d)| d);
-            assert_eq!(str_attr(s, "messaging.destination.name"), subject, "{s:#?}");
-            assert_eq!(
-                int_attr(s, "messaging.message.body.size"),
-                Some(SECRET.len() as i64),
-                "headers excluded: {s:#?}"
-            );
-        }
-        let group = (s.name == "receive svc.echo").then_some("workers");
-        assert_eq!(str_attr(s, "messaging.consumer.group.name"), group, "{s:#?}");
-    }
-    // A delivery starts a trace of its own: the reading thread serves no request.
-    for c in &consumers {
-        assert_eq!(c.parent_span_id, None, "{c:#?}");
-        assert_ne!(c.trace_id, server.trace_id, "{c:#?}");
-    }
-    // The handler's publishes are children of its server span. Python's one thread also
-    // writes the reply while the request is being handled; nats.go's subscription handler
-    // runs on a goroutine of its own that serves no request, so its reply starts a trace.
-    let (children, roots): (Vec<&ReceivedSpan>, Vec<&ReceivedSpan>) =
-        producers.iter().partition(|s| s.parent_span_id.as_deref() == Some(server.span_id.as_str()));
-    for c in &children {
-        assert_eq!(c.trace_id, server.trace_id);
-        assert!(c.start_unix_nano >= server.start_unix_nano && c.end_unix_nano <= server.end_unix_nano + 1_000_000);
-    }
-    let mut want = vec!["publish orders.created", "publish orders.created", "publish svc.echo"];
-    match lang {
-        Lang::Python => {
-            want.push("publish _INBOX.>");
-            assert!(roots.is_empty(), "{roots:#?}");
-        }
-        Lang::Go => {
-            assert_eq!(sorted_names(&roots), ["publish _INBOX.>"], "{roots:#?}");
-            assert_eq!(roots[0].parent_span_id, None, "{roots:#?}");
-        }
-    }
-    want.sort_unstable();
-    assert_eq!(sorted_names(&children), want, "{children:#?}");
-}
-
-#[test]
-#[ignore = "needs root and the built agent: cargo xtask e2e"]
-fn db_nats_python_nats_py() {
-    run_nats(Lang::Python, "py-nats");
-}
-
-#[test]
-#[ignore = "needs root and the built agent: cargo xtask e2e"]
-fn db_nats_go_nats_go() {
-    run_nats(Lang::Go, "go-nats");
 }

@@ -188,7 +188,8 @@ fn build_fixtures() -> anyhow::Result<()> {
         .arg("./...")
         .current_dir(root().join("tests/fixtures/grpc"))
         .env("CGO_ENABLED", "0"))?;
-    // The database service (tests/e2e_db.rs): go-redis and pgx, a module of their own.
+    // The database and messaging services (tests/e2e_db.rs, tests/e2e_messaging.rs): their
+    // clients, a module of their own.
     run(Command::new("go")
         .args(["build", "-o"])
         .arg(&out)
@@ -320,6 +321,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_export",
         "--test",
         "e2e_db",
+        "--test",
+        "e2e_messaging",
         "--test",
         "e2e_http2",
         "--test",

@@ -101,7 +101,7 @@ const SUBSET: &[GuestTest] = &[
         name: "db_go_redis_pgx_mysql_gomemcache",
         shows: "PostgreSQL, Redis, MySQL and Memcached client spans",
     },
-    GuestTest { file: "e2e_db", name: "db_nats_go_nats_go", shows: "NATS publish and receive spans" },
+    GuestTest { file: "e2e_messaging", name: "messaging_nats_go_nats_go", shows: "NATS publish and receive spans" },
     GuestTest {
         file: "e2e_lifecycle",
         name: "nothing_stays_attached_after_sigint_sigterm_or_sigkill",

@@ -1,0 +1,94 @@
+//! What the database and messaging tests share: the servers they start (each in a temporary
+//! directory, killed on drop) and the ways they pick spans out of what the receiver got.
+
+use std::path::PathBuf;
+use std::process::Child;
+
+use crate::harness::free_port;
+use crate::receiver::{ReceivedPoint, ReceivedSpan, SpanKind};
+use crate::scenarios::str_attr;
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tracer-e2e-{tag}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server the test started, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    /// SIGQUIT stops PostgreSQL at once (its backends follow); SIGKILL the rest.
+    pub signal: i32,
+    /// Signal the child's whole process group (a server started through a script that it
+    /// put in a group of its own).
+    pub group: bool,
+    pub dir: TempDir,
+}
+
+impl Server {
+    pub fn new(child: Child, port: u16, signal: i32, dir: TempDir) -> Self {
+        Self { child, port, signal, group: false, dir }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: a signal to our own child (or its process group, which it leads).
+        unsafe { libc::kill(if self.group { -pid } else { pid }, self.signal) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The trace of the request to `path`: its server span and every other span of its trace.
+pub fn trace_of<'a>(spans: &'a [ReceivedSpan], path: &str) -> (&'a ReceivedSpan, Vec<&'a ReceivedSpan>) {
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && str_attr(s, "url.path") == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}: {spans:#?}"));
+    let rest = spans.iter().filter(|s| s.trace_id == server.trace_id && s.span_id != server.span_id).collect();
+    (server, rest)
+}
+
+pub fn sorted_names(spans: &[&ReceivedSpan]) -> Vec<String> {
+    let mut v: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
+    v.sort();
+    v
+}
+
+/// The spans of one messaging system.
+pub fn messaging_spans(spans: &[ReceivedSpan], system: &str) -> Vec<ReceivedSpan> {
+    spans.iter().filter(|s| str_attr(s, "messaging.system") == Some(system)).cloned().collect()
+}
+
+/// The latest point of `messaging.client.operation.duration` for `service`, the operation `op`
+/// and the `error.type` `error` (the series are cumulative).
+pub fn latest_messaging_point(
+    points: &[ReceivedPoint],
+    service: &str,
+    op: &str,
+    error: Option<&str>,
+) -> Option<ReceivedPoint> {
+    points
+        .iter()
+        .filter(|p| {
+            p.metric == "messaging.client.operation.duration"
+                && p.resource.get("service.name").map(String::as_str) == Some(service)
+                && p.attr_str("messaging.operation.name").as_deref() == Some(op)
+                && p.attr_str("error.type").as_deref() == error
+        })
+        .max_by_key(|p| p.time_unix_nano)
+        .cloned()
+}
