@@ -11,8 +11,8 @@
 //!   queue took (`no-route`) or on a `channel.close` (or `connection.close`) refusing it (the
 //!   reply code's name: `not-found`, `access-refused`…). Without confirms the broker says
 //!   nothing of a message it took: the span ends with the write of the content's last byte.
-//!   At most `max_in_flight` unconfirmed publishes are held per channel; past it the oldest
-//!   ends at its hand-over.
+//!   At most `max_in_flight` unconfirmed publishes are held per connection; past it the
+//!   oldest ends at its hand-over. Channels past the 128th are not traced.
 //! * **Deliver.** `basic.deliver` read: a span `receive <destination>` (CONSUMER; not
 //!   `process`: the agent sees the message reach the client, not the callback that handles it)
 //!   from the read of the method to the read of the content's last byte. Reads carry no
@@ -52,8 +52,9 @@ use crate::streams::{ConnInfo, EndReason};
 
 /// Consumer tags remembered per connection.
 const CONSUMERS: usize = 1024;
-/// Channels tracked per connection (a client rarely opens more than a few).
-const CHANNELS: usize = 256;
+/// Channels tracked per connection (a client rarely opens more than a few); each holds at most
+/// one fetch and one content per direction besides the connection's unconfirmed publishes.
+const CHANNELS: usize = 128;
 
 /// `(class id, method id)` of the methods the parser reads.
 mod method {
@@ -250,12 +251,8 @@ impl Amqp {
         match (egress, c.seq) {
             // A publish on a confirm channel waits for the broker's ack.
             (true, Some(seq)) => {
-                if ch.unconfirmed.len() >= max
-                    && let Some((_, old)) = ch.unconfirmed.pop_front()
-                {
-                    handed_over(old, cx);
-                }
                 ch.unconfirmed.push_back((seq, ex));
+                self.bound_unconfirmed(max, cx);
             }
             (true, None) => handed_over(ex, cx),
             // A delivery, or a get's content: complete.
@@ -449,6 +446,19 @@ impl Amqp {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Past `max` unconfirmed publishes on the connection, the oldest end at their hand-over.
+    fn bound_unconfirmed(&mut self, max: usize, cx: &mut Cx<'_>) {
+        while self.channels.values().map(|ch| ch.unconfirmed.len()).sum::<usize>() > max {
+            let oldest = self
+                .channels
+                .values_mut()
+                .filter(|ch| !ch.unconfirmed.is_empty())
+                .min_by_key(|ch| ch.unconfirmed.front().map(|(_, ex)| ex.request_first.start_ns));
+            let Some((_, ex)) = oldest.and_then(|ch| ch.unconfirmed.pop_front()) else { break };
+            handed_over(ex, cx);
         }
     }
 
