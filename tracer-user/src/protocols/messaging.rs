@@ -1,4 +1,4 @@
-//! What the messaging protocols ([`super::nats`]) keep of a message sent or received, and its
+//! What the messaging protocols ([`super::nats`], [`super::kafka`]) keep of a message sent or received, and its
 //! span after OpenTelemetry's messaging conventions. Never a payload or a header.
 
 use crate::model::{Attr, SpanStatus};
@@ -8,12 +8,14 @@ use crate::protocols::shape::{MetricLabels, Shape};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessagingSystem {
     Nats,
+    Kafka,
 }
 
 impl MessagingSystem {
     pub fn name(self) -> &'static str {
         match self {
             Self::Nats => "nats",
+            Self::Kafka => "kafka",
         }
     }
 }
@@ -26,6 +28,9 @@ pub enum Operation {
     Publish,
     /// The broker delivered the message to it (a CONSUMER span): `receive` for both.
     Receive,
+    /// It sent messages to the broker and waits for their acknowledgement (a PRODUCER span,
+    /// Kafka's Produce): `send` for both.
+    Send,
 }
 
 impl Operation {
@@ -34,13 +39,14 @@ impl Operation {
         match self {
             Self::Publish => "publish",
             Self::Receive => "receive",
+            Self::Send => "send",
         }
     }
 
     /// `messaging.operation.type`.
     pub fn kind(self) -> &'static str {
         match self {
-            Self::Publish => "send",
+            Self::Publish | Self::Send => "send",
             Self::Receive => "receive",
         }
     }
@@ -66,8 +72,25 @@ pub struct MessagingDetail {
     /// `messaging.consumer.group.name`: the queue group of the subscription a message was
     /// delivered to.
     pub group: Option<String>,
-    /// `messaging.message.body.size`: the payload's bytes (without headers).
+    /// `messaging.message.body.size`: the payload's bytes (without headers). Not exported for
+    /// a batch (`message_count` set).
     pub body_size: u64,
+    /// Where a partitioned log put the messages (Kafka): partition, first offset, count.
+    pub batch: Option<Batch>,
+    /// `error.type`: the broker's error name for the operation.
+    pub error_type: Option<String>,
+}
+
+/// Messages of one partition of a partitioned log (Kafka): the partition, the offset of the
+/// first message (once the broker said it) and how many messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// `messaging.destination.partition.id`.
+    pub partition: i32,
+    /// `messaging.kafka.offset`.
+    pub offset: Option<i64>,
+    /// `messaging.batch.message_count`.
+    pub message_count: u64,
 }
 
 impl MessagingDetail {
@@ -100,8 +123,29 @@ impl MessagingDetail {
         if let Some(g) = &self.group {
             attrs.push(Attr::str("messaging.consumer.group.name", g.as_str()));
         }
-        attrs.push(Attr::int("messaging.message.body.size", i64::try_from(self.body_size).unwrap_or(i64::MAX)));
-        Shape { name: self.name(), attrs, status: SpanStatus::Unset }
+        match &self.batch {
+            None => {
+                attrs.push(Attr::int("messaging.message.body.size", i64::try_from(self.body_size).unwrap_or(i64::MAX)))
+            }
+            Some(b) => {
+                attrs.push(Attr::str("messaging.destination.partition.id", b.partition.to_string()));
+                if let Some(o) = b.offset {
+                    attrs.push(Attr::int("messaging.kafka.offset", o));
+                }
+                attrs.push(Attr::int(
+                    "messaging.batch.message_count",
+                    i64::try_from(b.message_count).unwrap_or(i64::MAX),
+                ));
+            }
+        }
+        let status = match &self.error_type {
+            Some(e) => {
+                attrs.push(Attr::str("error.type", e.as_str()));
+                SpanStatus::Error(e.clone())
+            }
+            None => SpanStatus::Unset,
+        };
+        Shape { name: self.name(), attrs, status }
     }
 
     pub fn metric(&self) -> MetricLabels {
@@ -109,7 +153,7 @@ impl MessagingDetail {
             system: self.system.name(),
             operation: self.operation.name(),
             operation_type: self.operation.kind(),
-            error_type: None,
+            error_type: self.error_type.clone(),
         }
     }
 }

@@ -250,6 +250,8 @@ impl Nats {
                     destination,
                     group,
                     body_size: m.total - m.headers,
+                    batch: None,
+                    error_type: None,
                 };
                 reader.expect_block(m.total);
                 self.side(egress).open = Some(Box::new(new_message(conn, kind, first, ctx, detail)));
