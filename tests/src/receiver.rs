@@ -1020,6 +1020,7 @@ mod tests {
             ],
             status: SpanStatus::Error("upstream unavailable".into()),
             pid: 1234,
+            links: Vec::new(),
         };
         let client = SpanRecord {
             span_id: SpanId([0x22; 8]),
@@ -1032,6 +1033,7 @@ mod tests {
             attributes: vec![Attr::str("server.address", "db"), Attr::int("server.port", 5432)],
             status: SpanStatus::Unset,
             pid: 99,
+            links: Vec::new(),
             ..server.clone()
         };
         (server, client)
