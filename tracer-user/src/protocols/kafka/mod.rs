@@ -11,7 +11,7 @@
 //!   their headers) and, from the response, `messaging.kafka.offset` (the base offset the broker
 //!   gave the batch). A partition's error code becomes `error.type` (the error's name) and an
 //!   error status. With `acks=0` the broker answers nothing: the span ends with the write.
-//! * **Fetch** (v4–v17). One span `receive <topic>` per partition whose response carried
+//! * **Fetch** (v4–v18). One span `receive <topic>` per partition whose response carried
 //!   records (an empty long poll is no span): partition, the first batch's base offset and the
 //!   number of records, from the request's write to the response's last read.
 //! * **Topic ids.** Produce v13+ and Fetch v13+ name topics by id. The names come from Metadata

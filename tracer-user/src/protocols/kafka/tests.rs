@@ -254,7 +254,7 @@ fn cursor_and_batches() {
 
 #[test]
 fn produce_and_fetch_by_version() {
-    for (pv, fv) in [(3, 4), (7, 11), (8, 12), (9, 13), (12, 16), (13, 17)] {
+    for (pv, fv) in [(3, 4), (7, 11), (8, 12), (9, 13), (12, 16), (13, 17), (13, 18)] {
         let mut c = conn();
         if fv >= 13 || pv >= 13 {
             c.write(&request(METADATA, 12, 1, &[]));

@@ -25,8 +25,9 @@ pub const METADATA: i16 = 3;
 
 /// Produce versions decoded (brokers since Kafka 4.0 serve 3 and later).
 pub const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=13;
-/// Fetch versions decoded (brokers since Kafka 4.0 serve 4 and later).
-pub const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=17;
+/// Fetch versions decoded (brokers since Kafka 4.0 serve 4 and later; Kafka 4.1 serves 18,
+/// whose response is laid out as 17's, and franz-go 1.22 asks for it).
+pub const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=18;
 /// Metadata versions decoded.
 pub const METADATA_VERSIONS: std::ops::RangeInclusive<i16> = 0..=13;
 
