@@ -321,6 +321,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "--test",
         "e2e_db",
         "--test",
+        "e2e_kafka",
+        "--test",
         "e2e_http2",
         "--test",
         "e2e_tls",
