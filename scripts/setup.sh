@@ -23,7 +23,7 @@ need_apt=()
 apt_main=(llvm-22-dev libpolly-22-dev libzstd-dev g++ curl redis-server)
 # The tests: servers and clients they trace, the VM tier (qemu, busybox, virtiofsd's build), tools.
 apt_tests=(iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static
-  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server rabbitmq-server)
+  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server rabbitmq-server maven)
 pkgs=("${apt_main[@]}")
 ((tests)) && pkgs+=("${apt_tests[@]}")
 for pkg in "${pkgs[@]}"; do
@@ -81,6 +81,17 @@ if ((tests)); then
     python3 -m pip install -q --root-user-action=ignore 'PyMySQL==1.2.4' 'pymemcache==4.0.0'
   python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'nats-py==2.16.0'
   python3 -c 'import pika' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'pika==1.3.2'
+  # The Kafka tests (tests/tests/e2e_kafka.rs): kafka-python, and Apache Kafka's broker from
+  # Maven Central (tests/fixtures/java/kafka-broker/pom.xml), its jars copied once.
+  python3 -c 'import kafka, sys; sys.exit(kafka.__version__ != "2.0.2")' 2>/dev/null ||
+    python3 -m pip install -q --root-user-action=ignore 'kafka-python==2.0.2'
+  KAFKA_DIR=/opt/tracer-tests/kafka-4.1.1
+  if [ ! -f "$KAFKA_DIR/kafka_2.13-4.1.1.jar" ]; then
+    log "kafka 4.1.1 (Maven Central) into $KAFKA_DIR"
+    mkdir -p "$KAFKA_DIR"
+    (cd "$(dirname "$0")/../tests/fixtures/java/kafka-broker" &&
+      mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR")
+  fi
   # The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
   python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
 fi

@@ -263,6 +263,8 @@ pub struct ReceivedSpan {
     pub scope_name: String,
     pub scope_version: String,
     pub protocol: Protocol,
+    /// Span links: `(trace id, span id)` in hex.
+    pub links: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -379,6 +381,7 @@ fn flatten(req: ExportTraceServiceRequest, protocol: Protocol) -> Vec<ReceivedSp
                     scope_name: scope_name.clone(),
                     scope_version: scope_version.clone(),
                     protocol,
+                    links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                 });
             }
         }
@@ -1020,6 +1023,7 @@ mod tests {
             ],
             status: SpanStatus::Error("upstream unavailable".into()),
             pid: 1234,
+            links: Vec::new(),
         };
         let client = SpanRecord {
             span_id: SpanId([0x22; 8]),
@@ -1032,6 +1036,7 @@ mod tests {
             attributes: vec![Attr::str("server.address", "db"), Attr::int("server.port", 5432)],
             status: SpanStatus::Unset,
             pid: 99,
+            links: Vec::new(),
             ..server.clone()
         };
         (server, client)

@@ -82,6 +82,7 @@ fn spans(trace: [u8; 16], n: u8) -> Vec<SpanRecord> {
             attributes: vec![Attr::str("http.request.method", "GET")],
             status: SpanStatus::Unset,
             pid: 4242,
+            links: Vec::new(),
         })
         .collect()
 }

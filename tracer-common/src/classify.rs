@@ -30,6 +30,9 @@ pub enum Proto {
     Nats = 8,
     /// AMQP 0-9-1 (RabbitMQ), seen from the client.
     Amqp = 9,
+    /// Kafka's protocol, seen from the client: only on a connection the traced process
+    /// connected (see [`Proto::needs_client_role`]).
+    Kafka = 10,
 }
 
 impl Proto {
@@ -45,6 +48,7 @@ impl Proto {
             7 => Some(Self::Memcached),
             8 => Some(Self::Nats),
             9 => Some(Self::Amqp),
+            10 => Some(Self::Kafka),
             _ => None,
         }
     }
@@ -146,7 +150,9 @@ fn text_or_nul(c: u8) -> bool {
 /// * AMQP 0-9-1: the protocol header `AMQP 0 0 9 1` written by the client, or, on a connection
 ///   older than the agent, a whole method or heartbeat frame in either direction (see
 ///   [`amqp_frame`]; a broker's sockets look the same, so the kernel never classifies a socket
-///   the process accepted this way).
+///   the process accepted this way);
+/// * Kafka (written): a request's size and header (see [`kafka_request`]); only where the
+///   traced process connected, which the caller checks ([`Proto::needs_client_role`]).
 #[inline(always)]
 pub fn classify_db(p: &[u8; 8], writes: bool, len: u64) -> Proto {
     let mlen = p[0] as u64 | (p[1] as u64) << 8 | (p[2] as u64) << 16;
@@ -183,6 +189,9 @@ pub fn classify_db(p: &[u8; 8], writes: bool, len: u64) -> Proto {
     }
     if memcached_command(p) {
         return Proto::Memcached;
+    }
+    if kafka_request(p) {
+        return Proto::Kafka;
     }
     if p[3] == 0 && p[4] == 3 && mlen >= 4 && mlen + 4 <= len && text_or_nul(p[5]) && text_or_nul(p[6]) && p[5] != 0 {
         return Proto::Mysql;
@@ -271,6 +280,34 @@ pub fn amqp_frame(p: &[u8; 8], len: u64) -> bool {
     p[0] == 1 && (4..=AMQP_FRAME_MAX).contains(&size) && size as u64 + 8 <= len && p[7] == 0
 }
 
+/// Largest Kafka API key the classifier accepts (the protocol's keys run to about 70).
+pub const KAFKA_MAX_API_KEY: u8 = 74;
+/// Largest Kafka API version the classifier accepts (the protocol's largest is below 20).
+pub const KAFKA_MAX_API_VERSION: u8 = 20;
+/// Smallest Kafka request: API key, API version, correlation id and an empty client id.
+const KAFKA_MIN_REQUEST: u32 = 10;
+
+/// Whether eight bytes start a Kafka request (header v1 or v2): a big-endian size from
+/// [`KAFKA_MIN_REQUEST`] to 16 MiB, an API key up to [`KAFKA_MAX_API_KEY`] and an API version
+/// up to [`KAFKA_MAX_API_VERSION`]. Produce (key 0) before version 3 and Fetch (key 1) before
+/// version 4 are refused (brokers since Kafka 4.0 refuse them too): eight bytes that start
+/// `00 00 LL xx 00 00 00 0v` — an HTTP/2 frame header of type 4 or 8 on stream 0, a response
+/// header with a small correlation id — are never taken for Produce v0. PostgreSQL's
+/// StartupMessage (`… 00 03 00 00`, Metadata v0 to this test) is claimed first.
+#[inline(always)]
+pub fn kafka_request(p: &[u8; 8]) -> bool {
+    let size = be32(p[0], p[1], p[2], p[3]);
+    let (key, version) = (p[5], p[7]);
+    p[0] == 0
+        && size >= KAFKA_MIN_REQUEST
+        && p[4] == 0
+        && key <= KAFKA_MAX_API_KEY
+        && p[6] == 0
+        && version <= KAFKA_MAX_API_VERSION
+        && !(key == 0 && version < 3)
+        && !(key == 1 && version < 4)
+}
+
 /// The PostgreSQL and Redis part of [`classify_db`] (a transfer the traced process wrote).
 #[inline(always)]
 pub fn classify_client(p: &[u8; 8]) -> Proto {
@@ -348,11 +385,44 @@ pub fn classify_first8(p: &[u8; 8], writes: bool, len: u64) -> Proto {
 }
 
 impl Proto {
-    /// A database protocol: traced from the client side only, every write of the client
-    /// starting (or continuing) requests.
+    /// The protocol's bit in a set of protocols (a `u32`: ids stay below 32).
+    #[inline(always)]
+    pub const fn bit(self) -> u32 {
+        1 << self as u8
+    }
+
+    /// Protocols traced from the client side only, every write of the client starting (or
+    /// continuing) requests: the databases and the message brokers.
+    pub const CLIENT_SIDE: u32 = Self::Postgres.bit()
+        | Self::Redis.bit()
+        | Self::Mysql.bit()
+        | Self::Memcached.bit()
+        | Self::Nats.bit()
+        | Self::Amqp.bit()
+        | Self::Kafka.bit();
+
+    /// Protocols [`classify_first8`] decides a connection for.
+    pub const DECIDED_BY_FIRST8: u32 = Self::Http2.bit() | Self::CLIENT_SIDE;
+
+    /// Whether the protocol id `v` (a `Proto` as a number) is in the set `set`.
+    #[inline(always)]
+    pub const fn in_set(set: u32, v: u32) -> bool {
+        v < 32 && (set >> v) & 1 != 0
+    }
+
+    /// A database or message-broker protocol: traced from the client side only, every write
+    /// of the client starting (or continuing) requests ([`Self::CLIENT_SIDE`]).
     #[inline(always)]
     pub const fn is_db(self) -> bool {
-        matches!(self, Self::Postgres | Self::Redis | Self::Mysql | Self::Memcached | Self::Nats | Self::Amqp)
+        Self::in_set(Self::CLIENT_SIDE, self as u32)
+    }
+
+    /// A protocol recognised from a write only where the traced process connected (its
+    /// requests look like nothing a server writes only as long as servers are left out):
+    /// Kafka, whose response header (size, correlation id) passes for a request's.
+    #[inline(always)]
+    pub const fn needs_client_role(self) -> bool {
+        matches!(self, Self::Kafka)
     }
 }
 
@@ -557,5 +627,63 @@ mod tests {
         // Other protocols' first bytes stay theirs.
         assert_eq!(classify_first8(b"PRI * HT", true, 24), Proto::Http2);
         assert_eq!(classify_first8(b"*1\r\n$4\r\n", true, 14), Proto::Redis);
+    }
+
+    /// A Kafka request's first eight bytes: size, API key, API version.
+    fn kafka(size: u32, key: u16, version: u16) -> [u8; 8] {
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&size.to_be_bytes());
+        p[4..6].copy_from_slice(&key.to_be_bytes());
+        p[6..].copy_from_slice(&version.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn kafka_requests() {
+        for (key, version) in [(18, 3), (18, 0), (3, 12), (0, 3), (0, 9), (0, 13), (1, 4), (1, 17), (74, 20), (10, 4)] {
+            let p = kafka(120, key, version);
+            assert!(kafka_request(&p), "key {key} v{version}");
+            assert_eq!(classify_first8(&p, true, 124), Proto::Kafka, "key {key} v{version}");
+            assert_eq!(classify_first8(&p, false, 124), Proto::Other, "key {key} v{version} read");
+        }
+        for (size, key, version) in [
+            (120, 0, 0),
+            (120, 0, 2),
+            (120, 1, 0),
+            (120, 1, 3),
+            (120, 75, 0),
+            (120, 3, 21),
+            (120, 0x100, 3),
+            (9, 18, 3),
+            (0x0100_0000, 18, 3),
+        ] {
+            assert!(!kafka_request(&kafka(size, key, version)), "size {size} key {key} v{version}");
+        }
+        // HTTP/2 frame headers on stream 0 read as Produce v0: never Kafka.
+        assert_eq!(classify_first8(&[0, 0, 0x12, 4, 0, 0, 0, 0], true, 18), Proto::Unknown, "SETTINGS");
+        assert_eq!(classify_first8(&[0, 0, 0, 4, 1, 0, 0, 0], true, 9), Proto::Other, "SETTINGS ACK");
+        assert_eq!(classify_first8(&[0, 0, 4, 8, 0, 0, 0, 0], true, 13), Proto::Other, "WINDOW_UPDATE");
+        assert_eq!(classify_first8(&[0, 0, 8, 6, 0, 0, 0, 0], true, 17), Proto::Other, "PING");
+        // PostgreSQL's StartupMessage (Metadata v0 to the Kafka test) stays PostgreSQL.
+        assert_eq!(classify_first8(&[0, 0, 0, 41, 0, 3, 0, 0], true, 41), Proto::Postgres);
+        assert_eq!(Proto::from_u8(10), Some(Proto::Kafka));
+        assert!(Proto::Kafka.is_db() && Proto::Kafka.needs_client_role());
+        assert!(!Proto::Nats.needs_client_role());
+    }
+
+    #[test]
+    fn protocol_sets() {
+        for p in [Proto::Postgres, Proto::Redis, Proto::Mysql, Proto::Memcached, Proto::Nats, Proto::Amqp, Proto::Kafka]
+        {
+            assert!(p.is_db(), "{p:?}");
+            assert!(Proto::in_set(Proto::DECIDED_BY_FIRST8, p as u32), "{p:?}");
+        }
+        for p in [Proto::Unknown, Proto::Http1, Proto::Other, Proto::Http2] {
+            assert!(!p.is_db(), "{p:?}");
+        }
+        assert!(Proto::in_set(Proto::DECIDED_BY_FIRST8, Proto::Http2 as u32));
+        for v in [0, 1, 2, 11, 31, 32, 200, u32::MAX] {
+            assert!(!Proto::in_set(Proto::DECIDED_BY_FIRST8, v), "{v}");
+        }
     }
 }

@@ -23,7 +23,9 @@ pub mod socket;
 pub mod tables;
 pub mod trace;
 
-pub use classify::{H2_PREFACE, MessageKind, Proto, Verdict, classify, classify_client, classify_db, classify_first8};
+pub use classify::{
+    H2_PREFACE, MessageKind, Proto, Verdict, classify, classify_client, classify_db, classify_first8, kafka_request,
+};
 pub use event::{EventHeader, EventKind, Role, flags};
 pub use go::*;
 pub use process::*;

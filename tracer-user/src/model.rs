@@ -98,6 +98,14 @@ pub enum SpanStatus {
     Error(String),
 }
 
+/// A link from a span to another span it is causally related to without being its child:
+/// a CONSUMER span's link to the PRODUCER span of a message it received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
 /// One finished span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanRecord {
@@ -114,6 +122,8 @@ pub struct SpanRecord {
     pub status: SpanStatus,
     /// Process (tgid) the span belongs to; the exporter maps it to a resource.
     pub pid: u32,
+    /// Links to other spans (OTLP `Span.links`), without attributes.
+    pub links: Vec<SpanLink>,
 }
 
 impl SpanRecord {

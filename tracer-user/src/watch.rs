@@ -483,6 +483,7 @@ mod tests {
                 ],
                 status: if error { SpanStatus::Error(format!("HTTP {code}")) } else { SpanStatus::Unset },
                 pid: 9,
+                links: Vec::new(),
             },
         )
     }

@@ -26,7 +26,7 @@
 //!   kernel's hint, default unknown), `sys=` (syscall number; default read/write),
 //!   `ctx=TRACE/SPAN[/PARENT][/remote|/thread]` (kernel trace context: 32 and 16 hex digits, an
 //!   optional 16-digit parent, and whether the parent came over the wire or from the thread;
-//!   default none).
+//!   default none), `proto=http1|kafka` (the protocol the kernel classified; default http1).
 //! * `conn`: `role=client|server|unknown`, `at=`. `close`: `at=`. `exit`: `at=`. `tick`: `at=`
 //!   runs the assembler's timeouts at that time, shows the correlator what is in flight and
 //!   emits the spans whose hold is over.
@@ -56,7 +56,8 @@
 //! that appears (in hex) in the `.events` file, from `ctx=` or a `traceparent` header, is shown
 //! in hex; other (random) ids are shown as names: trace ids `T1`, `T2`, ... in order of first
 //! appearance, span ids `#N` for the N-th span of the output (`?` for a parent that is neither).
-//! `remote` marks a parent in another process or host. Run with `UPDATE_GOLDEN=1` to rewrite the
+//! `remote` marks a parent in another process or host. A span's links follow its ids, one
+//! `link trace=… span=…` line each. Run with `UPDATE_GOLDEN=1` to rewrite the
 //! expected files.
 
 use std::collections::HashMap;
@@ -327,7 +328,11 @@ fn parse_events(text: &str) -> Result<Case, String> {
                         .map_err(err)?
                         .map_or(if egress { Syscall::Write as u8 } else { Syscall::Read as u8 }, |s| s as u8),
                     role: f.role().map_err(err)?,
-                    proto: Proto::Http1,
+                    proto: match f.text("proto").map_err(err)?.as_deref() {
+                        None | Some("http1") => Proto::Http1,
+                        Some("kafka") => Proto::Kafka,
+                        Some(other) => return Err(err(format!("unknown proto {other:?}"))),
+                    },
                     tls: false,
                     ctx: f.text("ctx").map_err(err)?.as_deref().map(kernel_ctx).transpose().map_err(err)?,
                     len: u32::try_from(len).map_err(|_| err("len too large".into()))?,
@@ -437,6 +442,9 @@ fn render(text: &str, spans: &[SpanRecord], pipeline: &Pipeline) -> String {
             let _ = write!(out, " parent={}{remote}", names.span(parent));
         }
         out.push('\n');
+        for l in &s.links {
+            let _ = writeln!(out, "  link trace={} span={}", names.trace(l.trace_id), names.span(l.span_id));
+        }
         let mut attrs: Vec<_> = s.attributes.iter().map(|a| (a.key, a.value.to_string())).collect();
         attrs.sort();
         for (k, v) in attrs {

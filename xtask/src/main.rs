@@ -324,6 +324,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "--test",
         "e2e_messaging",
         "--test",
+        "e2e_kafka",
+        "--test",
         "e2e_http2",
         "--test",
         "e2e_tls",

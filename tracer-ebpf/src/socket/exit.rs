@@ -114,15 +114,21 @@ pub fn transfer<C: EbpfContext>(
             // The HTTP/2 preface (either direction), a database client's first write or a MySQL
             // server's greeting it read? Read through map memory so the verifier merges the
             // verdicts' paths (see `opaque`).
-            let p = opaque(classify_first8(&first_bytes8(&a, iov), syscall.writes(), len) as u32);
+            let mut p = opaque(classify_first8(&first_bytes8(&a, iov), syscall.writes(), len) as u32);
             if p == Proto::Unknown as u32 {
                 // An HTTP/2 server's SETTINGS before it read the preface: stay undecided, and
                 // forward nothing of it.
                 return 0;
             }
-            // AMQP's frames look the same from a broker: never on a socket it accepted.
-            let broker = p == Proto::Amqp as u32 && state.role == Role::Server as u8;
-            if p >= Proto::Http2 as u32 && p <= Proto::Amqp as u32 && !broker {
+            if p == Proto::Kafka as u32 && state.role != Role::Client as u8 {
+                // Kafka only where the traced process connected (`Proto::needs_client_role`).
+                p = Proto::Other as u32;
+            }
+            if p == Proto::Amqp as u32 && state.role == Role::Server as u8 {
+                // AMQP's frames look the same from a broker: never on a socket it accepted.
+                p = Proto::Other as u32;
+            }
+            if Proto::in_set(Proto::DECIDED_BY_FIRST8, p) {
                 verdict =
                     Verdict { proto: Proto::from_u8(p as u8).unwrap_or(Proto::Other), kind: MessageKind::Request };
             }
@@ -139,7 +145,8 @@ pub fn transfer<C: EbpfContext>(
             | Proto::Mysql
             | Proto::Memcached
             | Proto::Nats
-            | Proto::Amqp => {
+            | Proto::Amqp
+            | Proto::Kafka => {
                 state.proto = verdict.proto as u8;
                 state.plen = 0;
                 lru_put(&CONNS, &key, &state, LruTable::Conns);
@@ -159,12 +166,12 @@ pub fn transfer<C: EbpfContext>(
             }
         }
     }
-    // On a database or messaging connection (traced from the client side) every write starts or
-    // continues requests and gets a context; reads start nothing the kernel links (they are
-    // still forwarded: replies, and the messages a NATS subscriber is delivered). On an HTTP/2
-    // connection nothing does: its streams are multiplexed, so the agent pairs them by stream
-    // id and chooses their ids itself.
-    let kind = if state.proto >= Proto::Postgres as u8 && state.proto <= Proto::Amqp as u8 {
+    // On a database or message-broker connection (traced from the client side) every write
+    // starts or continues requests and gets a context; reads start nothing the kernel links
+    // (they are still forwarded: replies, and the messages a NATS subscriber is delivered). On
+    // an HTTP/2 connection nothing does: its streams are multiplexed, so the agent pairs them
+    // by stream id and chooses their ids itself.
+    let kind = if Proto::in_set(Proto::CLIENT_SIDE, state.proto as u32) {
         if syscall.writes() { MessageKind::Request as u32 } else { MessageKind::None as u32 }
     } else if state.proto == Proto::Http2 as u8 {
         MessageKind::None as u32

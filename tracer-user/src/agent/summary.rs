@@ -31,7 +31,8 @@ impl fmt::Display for Summary<'_> {
              goroutine_evictions={} grpc_streams_without_call={} grpc_unreadable_addresses={} \
              grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={} \
              tail_traces_error={} tail_spans_error={} tail_traces_latency={} tail_spans_latency={} \
-             tail_traces_head={} tail_spans_head={} tail_traces_sampled_out={} tail_decided_early={}",
+             tail_traces_head={} tail_spans_head={} tail_traces_sampled_out={} tail_decided_early={} \
+             message_links={} message_evictions={}",
             k.events,
             k.lost,
             k.not_http,
@@ -62,7 +63,9 @@ impl fmt::Display for Summary<'_> {
             e.tail.traces_head,
             e.tail.spans_head,
             e.tail.traces_sampled_out,
-            e.tail.decided_early
+            e.tail.decided_early,
+            p.correlator.message_links,
+            p.correlator.message_evictions
         )
     }
 }

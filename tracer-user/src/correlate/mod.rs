@@ -52,7 +52,14 @@
 //! peer client on this host is in flight, a client root without context on a thread whose server
 //! request is in flight. Without it, links that complete after the hold are lost.
 //!
+//! # Message links
+//!
+//! A Kafka CONSUMER span is linked (span links, not parents) to the PRODUCER spans of the
+//! messages it received, by (topic, partition, offset): see [`messages`].
+//!
 //! All memory is bounded by [`CorrelatorConfig`]; what is dropped is counted.
+
+pub mod messages;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -66,7 +73,7 @@ use std::time::Duration;
 use tracer_common::Propagation;
 
 use crate::clock::Clock;
-use crate::model::{SpanId, SpanKind, SpanRecord, TraceId};
+use crate::model::{SpanId, SpanKind, SpanLink, SpanRecord, TraceId};
 use crate::protocols::exchange::{Exchange, Pairing, ParentSource};
 
 const US_NS: u64 = 1_000;
@@ -157,6 +164,10 @@ pub struct CorrelatorStats {
     pub evictions: u64,
     /// Exchanges whose span id was already in the table (given a fresh one).
     pub id_collisions: u64,
+    /// Links from received messages' spans to their senders' ([`messages`]).
+    pub message_links: u64,
+    /// Sends evicted from the message table for room.
+    pub message_evictions: u64,
 }
 
 /// How a node got its parent.
@@ -281,6 +292,7 @@ pub struct Correlator {
     next_sweep_ns: u64,
     last_now_ns: u64,
     stats: CorrelatorStats,
+    messages: messages::MessageLinks,
 }
 
 /// Connection key and pairing side of an exchange, when its tuple is known.
@@ -351,6 +363,7 @@ impl Correlator {
             next_sweep_ns: 0,
             last_now_ns: 0,
             stats: CorrelatorStats::default(),
+            messages: messages::MessageLinks::default(),
         }
     }
 
@@ -359,7 +372,14 @@ impl Correlator {
     }
 
     pub fn stats(&self) -> CorrelatorStats {
-        CorrelatorStats { pending: self.pending.len() as u64, nodes: self.nodes.len() as u64, ..self.stats }
+        let m = self.messages.stats();
+        CorrelatorStats {
+            pending: self.pending.len() as u64,
+            nodes: self.nodes.len() as u64,
+            message_links: m.links,
+            message_evictions: m.evictions,
+            ..self.stats
+        }
     }
 
     /// Takes a completed exchange at monotonic time `now_mono_ns`.
@@ -372,6 +392,11 @@ impl Correlator {
         }
         self.make_room();
         let id = ex.span_id;
+        if ex.kind == SpanKind::Producer
+            && let Some(pos) = messages::position(&ex)
+        {
+            self.messages.record(&pos, ex.trace_id, id, now_mono_ns);
+        }
         let source = ex.parent_source;
         let side = pair_side(&ex);
         let tid = ex.request_first.tid;
@@ -746,6 +771,16 @@ impl Correlator {
         let ex = held.ex;
         let id = ex.span_id;
         let mut span = crate::spans::to_span(&ex, clock);
+        if ex.kind == SpanKind::Consumer
+            && let Some(pos) = messages::position(&ex)
+        {
+            // A send's trace id is the one its span is (or will be) emitted with.
+            let links = self.messages.links(&pos, now);
+            span.links = links
+                .into_iter()
+                .map(|(trace, sent)| SpanLink { trace_id: self.resolve(sent).map_or(trace, |(t, _)| t), span_id: sent })
+                .collect();
+        }
         if let Some((trace, _)) = self.resolve(id) {
             let node = &self.nodes[&id];
             // A server may return from its last write a moment after its client's read returned

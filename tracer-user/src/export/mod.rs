@@ -587,6 +587,7 @@ mod tests {
             attributes: vec![Attr::int("http.response.status_code", 200)],
             status: SpanStatus::Unset,
             pid: 42,
+            links: Vec::new(),
         }
     }
 

@@ -401,6 +401,7 @@ mod tests {
             ],
             status: SpanStatus::Error("boom".into()),
             pid: 1234,
+            links: Vec::new(),
         }
     }
 

@@ -267,6 +267,7 @@ mod tests {
             attributes: vec![],
             status: SpanStatus::Unset,
             pid,
+            links: Vec::new(),
         }
     }
 

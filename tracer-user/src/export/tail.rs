@@ -264,6 +264,7 @@ mod tests {
             attributes: vec![],
             status: if error { SpanStatus::Error("500".into()) } else { SpanStatus::Unset },
             pid: 7,
+            links: Vec::new(),
         };
         (resource(), record)
     }

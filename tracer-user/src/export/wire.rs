@@ -11,8 +11,9 @@
 //! * span: trace and span id, parent id (absent for a root), flags (sampled, plus the W3C
 //!   "has is-remote" bit and "is remote" when the parent is remote), name, kind, start and end
 //!   (end never before start), attributes, status (always present; code and message when the
-//!   span failed). The agent's spans carry no trace state, events or links and drop nothing,
-//!   so those fields and the dropped counts never appear;
+//!   span failed), links (trace and span id, flags; no trace state or attributes). The agent's
+//!   spans carry no trace state or events and drop nothing, so those fields and the dropped
+//!   counts never appear;
 //! * resource: the process's attributes (the last value of a repeated key wins), then
 //!   `service.name`, which overrides any `service.name` among the attributes.
 //!
@@ -92,8 +93,13 @@ mod tag {
     pub const START: u32 = 7;
     pub const END: u32 = 8;
     pub const ATTRIBUTES: u32 = 9;
+    pub const LINKS: u32 = 13;
     pub const STATUS: u32 = 15;
     pub const FLAGS: u32 = 16;
+    // Span.Link
+    pub const LINK_TRACE_ID: u32 = 1;
+    pub const LINK_SPAN_ID: u32 = 2;
+    pub const LINK_FLAGS: u32 = 6;
     // Status
     pub const STATUS_MESSAGE: u32 = 2;
     pub const STATUS_CODE: u32 = 3;
@@ -332,6 +338,14 @@ fn fixed64_len(tag: u32, v: u64) -> usize {
     if v == 0 { 0 } else { key_len(tag) + 8 }
 }
 
+/// Flags of a link: sampled, and the is-remote bit known (the linked span may be in another
+/// process, but its context did not come over the wire: not remote).
+const LINK_FLAGS: u32 = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
+
+fn link_len() -> usize {
+    field_len(tag::LINK_TRACE_ID, 16) + field_len(tag::LINK_SPAN_ID, 8) + key_len(tag::LINK_FLAGS) + 4
+}
+
 fn span_len(span: &SpanRecord) -> usize {
     let f = SpanFields::of(span);
     field_len(tag::TRACE_ID, span.trace_id.0.len())
@@ -347,6 +361,7 @@ fn span_len(span: &SpanRecord) -> usize {
             .iter()
             .map(|a| field_len(tag::ATTRIBUTES, key_value_len(a.key, (&a.value).into())))
             .sum::<usize>()
+        + span.links.len() * field_len(tag::LINKS, link_len())
         + field_len(tag::STATUS, f.status_len())
         + key_len(tag::FLAGS)
         + 4
@@ -371,6 +386,13 @@ fn put_span(span: &SpanRecord, out: &mut BytesMut) {
     for a in &span.attributes {
         put_key_value(tag::ATTRIBUTES, a.key, (&a.value).into(), out);
     }
+    for l in &span.links {
+        put_header(tag::LINKS, link_len(), out);
+        put_bytes(tag::LINK_TRACE_ID, &l.trace_id.0, out);
+        put_bytes(tag::LINK_SPAN_ID, &l.span_id.0, out);
+        encode_key(tag::LINK_FLAGS, WireType::ThirtyTwoBit, out);
+        out.put_u32_le(LINK_FLAGS);
+    }
     // The status is always present, empty when unset.
     put_header(tag::STATUS, f.status_len(), out);
     if let Some(message) = f.status {
@@ -386,7 +408,7 @@ fn put_span(span: &SpanRecord, out: &mut BytesMut) {
 mod tests {
     use super::*;
     use crate::export::otlp::reference;
-    use crate::model::{Attr, SpanId, TraceId};
+    use crate::model::{Attr, SpanId, SpanLink, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message as _;
     use std::time::Duration;
@@ -458,6 +480,9 @@ mod tests {
                 _ => SpanStatus::Unset,
             },
             pid: 1000 + (i % 5) as u32,
+            links: (0..i % 3)
+                .map(|j| SpanLink { trace_id: TraceId([b ^ j as u8; 16]), span_id: SpanId([j as u8 + 1; 8]) })
+                .collect(),
         }
     }
 
@@ -574,6 +599,7 @@ mod tests {
                         attributes,
                         status: if rng.random() { SpanStatus::Unset } else { SpanStatus::Error(text(&mut rng)) },
                         pid: 0,
+                        links: Vec::new(),
                     };
                     (resources[rng.random_range(0..resources.len())].clone(), span)
                 })

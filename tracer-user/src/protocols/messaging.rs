@@ -1,6 +1,6 @@
-//! What the messaging protocols ([`super::nats`], [`super::amqp`]) keep of a message sent or
-//! received, and its span after OpenTelemetry's messaging conventions. Never a payload or a
-//! header.
+//! What the messaging protocols ([`super::nats`], [`super::amqp`], [`super::kafka`]) keep of a
+//! message sent or received, and its span after OpenTelemetry's messaging conventions. Never a
+//! payload or a header.
 
 use crate::capture::event::KernelCtx;
 use crate::model::{Attr, SpanKind, SpanStatus};
@@ -14,6 +14,7 @@ pub enum MessagingSystem {
     Nats,
     /// AMQP 0-9-1.
     Rabbitmq,
+    Kafka,
 }
 
 impl MessagingSystem {
@@ -21,6 +22,7 @@ impl MessagingSystem {
         match self {
             Self::Nats => "nats",
             Self::Rabbitmq => "rabbitmq",
+            Self::Kafka => "kafka",
         }
     }
 }
@@ -33,6 +35,9 @@ pub enum Operation {
     Publish,
     /// The broker delivered the message to it (a CONSUMER span): `receive` for both.
     Receive,
+    /// It sent messages to the broker and waits for their acknowledgement (a PRODUCER span,
+    /// Kafka's Produce): `send` for both.
+    Send,
 }
 
 impl Operation {
@@ -41,13 +46,14 @@ impl Operation {
         match self {
             Self::Publish => "publish",
             Self::Receive => "receive",
+            Self::Send => "send",
         }
     }
 
     /// `messaging.operation.type`.
     pub fn kind(self) -> &'static str {
         match self {
-            Self::Publish => "send",
+            Self::Publish | Self::Send => "send",
             Self::Receive => "receive",
         }
     }
@@ -83,8 +89,22 @@ pub struct MessagingDetail {
     pub routing_key: Option<String>,
     /// `messaging.rabbitmq.message.delivery_tag`.
     pub delivery_tag: Option<u64>,
-    /// `error.type`: why the broker refused the message or the call.
+    /// Where a partitioned log put the messages (Kafka): partition, first offset, count.
+    pub batch: Option<Batch>,
+    /// `error.type`: why the broker refused the message or the call (its error's name).
     pub error: Option<String>,
+}
+
+/// Messages of one partition of a partitioned log (Kafka): the partition, the offset of the
+/// first message (once the broker said it) and how many messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// `messaging.destination.partition.id`.
+    pub partition: i32,
+    /// `messaging.kafka.offset`.
+    pub offset: Option<i64>,
+    /// `messaging.batch.message_count`.
+    pub message_count: u64,
 }
 
 impl MessagingDetail {
@@ -98,6 +118,7 @@ impl MessagingDetail {
             body_size: None,
             routing_key: None,
             delivery_tag: None,
+            batch: None,
             error: None,
         }
     }
@@ -142,6 +163,13 @@ impl MessagingDetail {
         }
         if let Some(t) = self.delivery_tag {
             attrs.push(Attr::int("messaging.rabbitmq.message.delivery_tag", i64::try_from(t).unwrap_or(i64::MAX)));
+        }
+        if let Some(b) = &self.batch {
+            attrs.push(Attr::str("messaging.destination.partition.id", b.partition.to_string()));
+            if let Some(o) = b.offset {
+                attrs.push(Attr::int("messaging.kafka.offset", o));
+            }
+            attrs.push(Attr::int("messaging.batch.message_count", i64::try_from(b.message_count).unwrap_or(i64::MAX)));
         }
         let status = match &self.error {
             Some(e) => {

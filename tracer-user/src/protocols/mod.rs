@@ -8,8 +8,8 @@
 //!   start with the HTTP/2 preface;
 //! * [`postgres`], [`mysql`], [`redis`] and [`memcached`]: database calls, from the client side
 //!   ([`database`] holds what they share);
-//! * [`nats`] and [`amqp`] (RabbitMQ): messages a client publishes, is delivered or fetches
-//!   ([`messaging`] holds their span);
+//! * [`nats`], [`amqp`] (RabbitMQ) and [`kafka`]: messages a client publishes, is delivered or
+//!   fetches ([`messaging`] holds their span);
 //! * [`netrpc`]: Go net/rpc calls from uprobes;
 //! * [`grpc`]: grpc-go calls from uprobes.
 //!
@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod grpc;
 pub mod http1;
 pub mod http2;
+pub mod kafka;
 pub mod memcached;
 pub mod messaging;
 pub mod mysql;
@@ -40,12 +41,13 @@ use self::exchange::Exchange;
 use self::grpc::GrpcGo;
 use self::http1::Http1;
 use self::http2::Http2;
+use self::kafka::Kafka;
 use self::memcached::Memcached;
 use self::mysql::Mysql;
 use self::nats::Nats;
 use self::netrpc::NetRpc;
 use self::postgres::Postgres;
-use self::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats};
+use self::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats, Shared};
 use self::redis::Redis;
 use crate::capture::event::{Data, Event};
 use crate::streams::{Ended, Streams, StreamsConfig, StreamsStats, Tick};
@@ -60,6 +62,7 @@ pub enum AnyProtocol {
     Memcached(Memcached),
     Nats(Nats),
     Amqp(Amqp),
+    Kafka(Kafka),
 }
 
 impl AnyProtocol {
@@ -76,6 +79,7 @@ impl AnyProtocol {
             Proto::Memcached => Some(Self::Memcached(Memcached::new())),
             Proto::Nats => Some(Self::Nats(Nats::new())),
             Proto::Amqp => Some(Self::Amqp(Amqp::new())),
+            Proto::Kafka => Some(Self::Kafka(Kafka::new())),
             Proto::Other => None,
         }
     }
@@ -90,6 +94,7 @@ impl AnyProtocol {
             Self::Memcached(p) => p,
             Self::Nats(p) => p,
             Self::Amqp(p) => p,
+            Self::Kafka(p) => p,
         }
     }
 
@@ -103,6 +108,7 @@ impl AnyProtocol {
             Self::Memcached(p) => p,
             Self::Nats(p) => p,
             Self::Amqp(p) => p,
+            Self::Kafka(p) => p,
         }
     }
 }
@@ -111,6 +117,7 @@ impl AnyProtocol {
 pub struct Protocols {
     config: ProtocolConfig,
     stats: ProtocolStats,
+    shared: Shared,
     streams: Streams<AnyProtocol>,
     netrpc: NetRpc,
     grpc: GrpcGo,
@@ -122,6 +129,7 @@ impl Protocols {
         Self {
             config,
             stats: ProtocolStats::default(),
+            shared: Shared::default(),
             streams: Streams::new(streams),
             netrpc: NetRpc,
             grpc: GrpcGo,
@@ -146,35 +154,41 @@ impl Protocols {
                 self.streams.on_conn(*ts_ns, *tgid, *fd, *role, &mut self.ended)
             }
             Event::Exit { tgid, .. } => self.streams.on_exit(*tgid, &mut self.ended),
-            Event::NetRpc(_) => self.netrpc.on_record(ev, &mut Cx::new(&self.config, &mut self.stats, out)),
-            Event::Grpc(_) => self.grpc.on_record(ev, &mut Cx::new(&self.config, &mut self.stats, out)),
+            Event::NetRpc(_) => {
+                self.netrpc.on_record(ev, &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, out))
+            }
+            Event::Grpc(_) => {
+                self.grpc.on_record(ev, &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, out))
+            }
             Event::Exec { .. } | Event::Route(_) => {}
         }
         self.finish_ended(out);
     }
 
     fn on_data(&mut self, d: &Data, out: &mut Vec<Exchange>) {
-        let Self { config, stats, streams, ended, .. } = self;
+        let Self { config, stats, shared, streams, ended, .. } = self;
         let (info, state) = streams.on_data(d, ended);
         let info = *info;
         for e in ended.drain(..) {
-            end(e, config, stats, out);
+            end(e, config, stats, shared, out);
         }
         if state.is_none() {
             *state = AnyProtocol::for_proto(info.proto);
         }
         if let Some(p) = state {
-            p.get().on_data(&info, d, &mut Cx::new(config, stats, out));
+            p.get().on_data(&info, d, &mut Cx::new(config, stats, shared, out));
         }
     }
 
     /// Expires what waited too long at monotonic time `now_ns`.
     pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
-        let Self { config, stats, streams, .. } = self;
+        let Self { config, stats, shared, streams, .. } = self;
         let min_idle = config.desync_timeout_ns.min(config.exchange_timeout_ns);
         streams.on_tick(now_ns, min_idle, |t| match t {
-            Tick::Idle { info, state, idle_ns } => state.get().on_idle(info, idle_ns, &mut Cx::new(config, stats, out)),
-            Tick::Ended(e) => end(e, config, stats, out),
+            Tick::Idle { info, state, idle_ns } => {
+                state.get().on_idle(info, idle_ns, &mut Cx::new(config, stats, shared, out))
+            }
+            Tick::Ended(e) => end(e, config, stats, shared, out),
         });
     }
 
@@ -193,13 +207,19 @@ impl Protocols {
 
     fn finish_ended(&mut self, out: &mut Vec<Exchange>) {
         for e in self.ended.drain(..) {
-            end(e, &self.config, &mut self.stats, out);
+            end(e, &self.config, &mut self.stats, &mut self.shared, out);
         }
     }
 }
 
-fn end(e: Ended<AnyProtocol>, config: &ProtocolConfig, stats: &mut ProtocolStats, out: &mut Vec<Exchange>) {
+fn end(
+    e: Ended<AnyProtocol>,
+    config: &ProtocolConfig,
+    stats: &mut ProtocolStats,
+    shared: &mut Shared,
+    out: &mut Vec<Exchange>,
+) {
     if let Some(mut p) = e.state {
-        p.get().on_end(&e.info, e.reason, &mut Cx::new(config, stats, out));
+        p.get().on_end(&e.info, e.reason, &mut Cx::new(config, stats, shared, out));
     }
 }

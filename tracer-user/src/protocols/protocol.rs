@@ -40,16 +40,29 @@ pub struct ProtocolStats {
     pub unmatched_responses: u64,
 }
 
+/// What the parsers of all connections share (each table bounded).
+#[derive(Default)]
+pub struct Shared {
+    /// Kafka topic names by topic id, from Metadata responses.
+    pub kafka_topics: super::kafka::topics::TopicNames,
+}
+
 /// What a protocol's handlers get besides their own state.
 pub struct Cx<'a> {
     pub config: &'a ProtocolConfig,
     pub stats: &'a mut ProtocolStats,
+    pub shared: &'a mut Shared,
     out: &'a mut Vec<Exchange>,
 }
 
 impl<'a> Cx<'a> {
-    pub fn new(config: &'a ProtocolConfig, stats: &'a mut ProtocolStats, out: &'a mut Vec<Exchange>) -> Self {
-        Self { config, stats, out }
+    pub fn new(
+        config: &'a ProtocolConfig,
+        stats: &'a mut ProtocolStats,
+        shared: &'a mut Shared,
+        out: &'a mut Vec<Exchange>,
+    ) -> Self {
+        Self { config, stats, shared, out }
     }
 
     /// Hands on a completed exchange.

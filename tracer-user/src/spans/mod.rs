@@ -77,6 +77,7 @@ pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
         attributes: attrs,
         status,
         pid: ex.tgid,
+        links: Vec::new(),
     }
 }
 

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
+    Link, SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId,
+    TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
@@ -28,6 +29,25 @@ fn attr_value(v: AttrValue) -> Value {
         AttrValue::Int(i) => Value::I64(i),
         AttrValue::Bool(b) => Value::Bool(b),
     }
+}
+
+/// The SDK's links of a span's links (sampled, not remote, no attributes).
+fn links(links: &[crate::model::SpanLink]) -> SpanLinks {
+    let mut out = SpanLinks::default();
+    out.links = links
+        .iter()
+        .map(|l| {
+            let cx = SpanContext::new(
+                OtelTraceId::from_bytes(l.trace_id.0),
+                OtelSpanId::from_bytes(l.span_id.0),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            );
+            Link::new(cx, Vec::new(), 0)
+        })
+        .collect();
+    out
 }
 
 /// Converts one agent span into the SDK's exportable form.
@@ -56,7 +76,7 @@ pub(crate) fn to_span_data(span: SpanRecord) -> SpanData {
         attributes: span.attributes.into_iter().map(|a| KeyValue::new(a.key, attr_value(a.value))).collect(),
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
-        links: SpanLinks::default(),
+        links: links(&span.links),
         status: match span.status {
             SpanStatus::Unset => Status::Unset,
             SpanStatus::Error(description) => Status::error(description),

@@ -248,7 +248,7 @@ pub mod testkit {
     use crate::clock::Clock;
     use crate::model::{AttrValue, SpanRecord};
     use crate::protocols::exchange::Exchange;
-    use crate::protocols::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats};
+    use crate::protocols::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats, Shared};
     use crate::streams::{ConnInfo, EndReason};
 
     pub struct Conn<P> {
@@ -256,6 +256,7 @@ pub mod testkit {
         pub info: ConnInfo,
         pub config: ProtocolConfig,
         pub stats: ProtocolStats,
+        pub shared: Shared,
         pub out: Vec<Exchange>,
         t: u64,
         writes: u8,
@@ -273,6 +274,7 @@ pub mod testkit {
                 info,
                 config: ProtocolConfig::default(),
                 stats: ProtocolStats::default(),
+                shared: Shared::default(),
                 out: Vec::new(),
                 t: 1_000,
                 writes: 0,
@@ -317,7 +319,11 @@ pub mod testkit {
                 head: Bytes::copy_from_slice(head),
                 tail: Bytes::copy_from_slice(tail),
             };
-            self.p.on_data(&self.info, &d, &mut Cx::new(&self.config, &mut self.stats, &mut self.out));
+            self.p.on_data(
+                &self.info,
+                &d,
+                &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, &mut self.out),
+            );
             start
         }
 
@@ -330,11 +336,19 @@ pub mod testkit {
         }
 
         pub fn idle(&mut self, idle_ns: u64) {
-            self.p.on_idle(&self.info, idle_ns, &mut Cx::new(&self.config, &mut self.stats, &mut self.out));
+            self.p.on_idle(
+                &self.info,
+                idle_ns,
+                &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, &mut self.out),
+            );
         }
 
         pub fn end(&mut self, reason: EndReason) {
-            self.p.on_end(&self.info, reason, &mut Cx::new(&self.config, &mut self.stats, &mut self.out));
+            self.p.on_end(
+                &self.info,
+                reason,
+                &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, &mut self.out),
+            );
         }
 
         pub fn in_flight(&self) -> usize {

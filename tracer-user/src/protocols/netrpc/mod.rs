@@ -77,7 +77,7 @@ mod tests {
     /// The record through the protocol seam, as the pipeline runs it.
     fn exchanges(r: NetRpcRecord) -> Vec<Exchange> {
         let (config, mut stats, mut out) = (ProtocolConfig::default(), ProtocolStats::default(), Vec::new());
-        NetRpc.on_record(&Event::NetRpc(r), &mut Cx::new(&config, &mut stats, &mut out));
+        NetRpc.on_record(&Event::NetRpc(r), &mut Cx::new(&config, &mut stats, &mut Default::default(), &mut out));
         assert_eq!(stats.spans_emitted, out.len() as u64);
         out
     }
