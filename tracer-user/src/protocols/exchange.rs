@@ -7,7 +7,7 @@ use tracer_common::{AF_INET, AF_INET6, ConnTuple, Role};
 
 use super::{
     database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail, http2::detail::Http2Detail,
-    messaging::MessagingDetail, netrpc::detail::NetRpcDetail,
+    messaging::detail::MessagingDetail, netrpc::detail::NetRpcDetail,
 };
 use crate::capture::event::KernelCtx;
 use crate::model::{SpanId, SpanKind, TraceId};
