@@ -9,7 +9,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use tracer_common::{ConnTuple, MAX_PAYLOAD, Proto, Role, TAIL_PAYLOAD};
 use tracer_user::capture::event::{Data, KernelCtx};
 use tracer_user::clock::Clock;
-use tracer_user::protocols::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats};
+use tracer_user::protocols::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats, Shared};
 use tracer_user::streams::{ConnInfo, EndReason};
 
 pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, check: fn(&tracer_user::model::SpanRecord)) -> Result<()> {
@@ -19,15 +19,16 @@ pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, che
     let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto, tls: false, last_activity_ns: 0 };
     let config = ProtocolConfig { max_in_flight: 8, ..Default::default() };
     let mut stats = ProtocolStats::default();
+    let mut shared = Shared::default();
     let mut out = Vec::new();
     let clock = Clock::fixed(UNIX_EPOCH);
     let mut now = 1_000u64;
     while !u.is_empty() {
         match u.int_in_range(0..=15u8)? {
-            0 => p.on_idle(&info, u.int_in_range(0..=config.exchange_timeout_ns)?, &mut Cx::new(&config, &mut stats, &mut out)),
+            0 => p.on_idle(&info, u.int_in_range(0..=config.exchange_timeout_ns)?, &mut Cx::new(&config, &mut stats, &mut shared, &mut out)),
             1 => {
                 let reason = *u.choose(&[EndReason::Closed, EndReason::Evicted, EndReason::Shutdown])?;
-                p.on_end(&info, reason, &mut Cx::new(&config, &mut stats, &mut out));
+                p.on_end(&info, reason, &mut Cx::new(&config, &mut stats, &mut shared, &mut out));
             }
             op => {
                 let n = usize::from(u.arbitrary::<u16>()?) % (MAX_PAYLOAD + 1);
@@ -67,7 +68,7 @@ pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, che
                     head: Bytes::from(head),
                     tail: Bytes::from(tail),
                 };
-                p.on_data(&info, &d, &mut Cx::new(&config, &mut stats, &mut out));
+                p.on_data(&info, &d, &mut Cx::new(&config, &mut stats, &mut shared, &mut out));
             }
         }
         let mut in_flight = 0;

@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             head: Bytes::from_static(H2_PREFACE),
             tail: Bytes::new(),
         };
-        p.on_data(&info, &d, &mut Cx::new(&config, &mut stats, &mut out));
+        p.on_data(&info, &d, &mut Cx::new(&config, &mut stats, &mut Default::default(), &mut out));
         assert!(out.is_empty());
     }
     let _ = db_common::drive(&mut u, &mut p, Proto::Http2, check);
