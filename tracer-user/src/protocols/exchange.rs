@@ -11,6 +11,7 @@ use super::{
 };
 use crate::capture::event::KernelCtx;
 use crate::model::{SpanId, SpanKind, TraceId};
+use crate::streams::ConnInfo;
 
 /// When and on which thread a syscall (or a probed call) ran.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,6 +98,41 @@ pub struct Exchange {
     pub kernel_ctx: Option<KernelCtx>,
     pub pairing: Pairing,
     pub detail: Detail,
+}
+
+impl Exchange {
+    /// An exchange on `conn` whose first request byte went by in `first`, with its ids; nothing
+    /// after that first byte is known yet.
+    pub fn on_conn(
+        conn: &ConnInfo,
+        kind: SpanKind,
+        first: Stamp,
+        ids: Ids,
+        kernel_ctx: Option<KernelCtx>,
+        pairing: Pairing,
+        detail: Detail,
+    ) -> Self {
+        Self {
+            kind,
+            tgid: conn.tgid,
+            fd: conn.fd,
+            sock: conn.sock,
+            tuple: conn.tuple,
+            tls: conn.tls,
+            request_first: first,
+            request_last: None,
+            response_first: None,
+            response_last: None,
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
+            parent_is_remote: ids.parent_is_remote,
+            parent_source: ids.parent_source,
+            kernel_ctx,
+            pairing,
+            detail,
+        }
+    }
 }
 
 /// The IP address in a tuple address array, IPv4-mapped IPv6 shown as IPv4.

@@ -93,29 +93,13 @@ impl WriteCtx {
 /// A CLIENT exchange for a database call whose first byte was written by `first`.
 pub fn new_call(conn: &ConnInfo, first: Stamp, ctx: Option<KernelCtx>, detail: DbDetail) -> Exchange {
     let ids = Ids::new(SpanKind::Client, None, ctx.as_ref());
-    Exchange {
-        kind: SpanKind::Client,
-        tgid: conn.tgid,
-        fd: conn.fd,
-        sock: conn.sock,
-        tuple: conn.tuple,
-        tls: conn.tls,
-        request_first: first,
-        request_last: Some(first),
-        response_first: None,
-        response_last: None,
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        parent_is_remote: ids.parent_is_remote,
-        parent_source: ids.parent_source,
-        kernel_ctx: ctx,
-        // The server end is never traced (the kernel forwards database connections from the
-        // client side only): with the kernel's context the call is linked already; without it
-        // (never expected) a thread window may still claim it.
-        pairing: if ctx.is_some() { Pairing::Kernel } else { Pairing::ByTuple },
-        detail: Detail::Db(detail),
-    }
+    // The server end is never traced (the kernel forwards database connections from the
+    // client side only): with the kernel's context the call is linked already; without it
+    // (never expected) a thread window may still claim it.
+    let pairing = if ctx.is_some() { Pairing::Kernel } else { Pairing::ByTuple };
+    let mut ex = Exchange::on_conn(conn, SpanKind::Client, first, ids, ctx, pairing, Detail::Db(detail));
+    ex.request_last = Some(first);
+    ex
 }
 
 pub fn detail_mut(ex: &mut Exchange) -> &mut DbDetail {

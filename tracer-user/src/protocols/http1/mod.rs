@@ -384,31 +384,13 @@ fn new_exchange(
     let kind = if role == Role::Client { SpanKind::Client } else { SpanKind::Server };
     let header = request.traceparent.map(|tp| (tp.trace_id, tp.parent_id));
     let ids = Ids::new(kind, header, kernel_ctx.as_ref());
-    Exchange {
-        kind,
-        tgid: conn.tgid,
-        fd: conn.fd,
-        sock: conn.sock,
-        tuple: conn.tuple,
-        tls: conn.tls,
-        request_first: first,
-        request_last: None,
-        response_first: None,
-        response_last: None,
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        parent_is_remote: ids.parent_is_remote,
-        parent_source: ids.parent_source,
-        kernel_ctx,
-        pairing: Pairing::ByTuple,
-        detail: Detail::Http1(Http1Detail {
-            request,
-            request_body_size: None,
-            response: None,
-            response_body_size: None,
-            response_desynced: false,
-            route: None,
-        }),
-    }
+    let detail = Detail::Http1(Http1Detail {
+        request,
+        request_body_size: None,
+        response: None,
+        response_body_size: None,
+        response_desynced: false,
+        route: None,
+    });
+    Exchange::on_conn(conn, kind, first, ids, kernel_ctx, Pairing::ByTuple, detail)
 }

@@ -409,26 +409,8 @@ impl Http2 {
             request_headers_lost: lost,
             ..Http2Detail::default()
         };
-        let ex = Exchange {
-            kind,
-            tgid: conn.tgid,
-            fd: conn.fd,
-            sock: conn.sock,
-            tuple: conn.tuple,
-            tls: conn.tls,
-            request_first: first,
-            request_last: end_stream.then_some(at),
-            response_first: None,
-            response_last: None,
-            trace_id: ids.trace_id,
-            span_id: ids.span_id,
-            parent_span_id: ids.parent_span_id,
-            parent_is_remote: ids.parent_is_remote,
-            parent_source: ids.parent_source,
-            kernel_ctx: None,
-            pairing: Pairing::ByStream(stream),
-            detail: Detail::Http2(detail),
-        };
+        let mut ex = Exchange::on_conn(conn, kind, first, ids, None, Pairing::ByStream(stream), Detail::Http2(detail));
+        ex.request_last = end_stream.then_some(at);
         self.streams.insert(stream, ex);
         self.opened(stream, cx);
     }

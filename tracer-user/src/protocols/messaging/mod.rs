@@ -20,28 +20,11 @@ pub fn new_message(
     detail: MessagingDetail,
 ) -> Exchange {
     let ids = Ids::new(kind, None, ctx.as_ref());
-    Exchange {
-        kind,
-        tgid: conn.tgid,
-        fd: conn.fd,
-        sock: conn.sock,
-        tuple: conn.tuple,
-        tls: conn.tls,
-        request_first: first,
-        request_last: Some(first),
-        response_first: None,
-        response_last: None,
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        parent_is_remote: ids.parent_is_remote,
-        parent_source: ids.parent_source,
-        kernel_ctx: ctx,
-        // Nothing pairs a message: a publish (or a fetch) is linked by the kernel's context, a
-        // delivery has no other side on this host that the agent could know for certain.
-        pairing: Pairing::Kernel,
-        detail: Detail::Messaging(detail),
-    }
+    // Nothing pairs a message: a publish (or a fetch) is linked by the kernel's context, a
+    // delivery has no other side on this host that the agent could know for certain.
+    let mut ex = Exchange::on_conn(conn, kind, first, ids, ctx, Pairing::Kernel, Detail::Messaging(detail));
+    ex.request_last = Some(first);
+    ex
 }
 
 /// The messaging detail of an exchange a messaging parser made.
