@@ -2,10 +2,11 @@
 //! directory, killed on drop) and the ways they pick spans out of what the receiver got.
 
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use crate::harness::free_port;
-use crate::receiver::{ReceivedPoint, ReceivedSpan, SpanKind};
+use crate::harness::{Agent, Service, args, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, wait_until};
+use crate::receiver::{ReceivedPoint, ReceivedSpan, Receiver, SpanKind};
 use crate::scenarios::str_attr;
 
 /// A temporary directory, removed on drop.
@@ -91,4 +92,47 @@ pub fn latest_messaging_point(
         })
         .max_by_key(|p| p.time_unix_nano)
         .cloned()
+}
+
+/// Which fixture serves the requests: a Python script of tests/fixtures/python or a Go program
+/// built from tests/fixtures/db.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    Python,
+    Go,
+}
+
+/// The fixture `python` (a script's file name) or `go` (a program's name) for `lang`, with
+/// `flags` (name and value; `--name` for Python, `-name` for Go) and `OTEL_SERVICE_NAME`.
+pub fn fixture(lang: Lang, python: &str, go: &str, service_name: &str, flags: &[(&str, &str)]) -> Command {
+    let (mut cmd, dash) = match lang {
+        Lang::Python => {
+            let mut c = Command::new(python_bin());
+            c.arg(fixtures_src().join("python").join(python));
+            (c, "--")
+        }
+        Lang::Go => (Command::new(fixtures_bin().join(go)), "-"),
+    };
+    for (name, value) in flags {
+        cmd.arg(format!("{dash}{name}")).arg(value);
+    }
+    cmd.env("OTEL_SERVICE_NAME", service_name);
+    cmd
+}
+
+/// Starts `cmd` as the service `name`, then an agent tracing it that exports spans and (every
+/// 500 ms) metrics to `rx`; for a Go program, waits until its Go probes are attached.
+pub fn start_traced(lang: Lang, name: &str, cmd: Command, rx: &Receiver) -> (Service, Agent) {
+    let service = Service::start(name, cmd).unwrap_or_else(|e| panic!("service {name}: {e:#}"));
+    let pid = service.pid();
+    let mut env = grpc_env(rx);
+    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
+    let agent = Agent::start(&args(&["--pid", &pid.to_string()]), &env).expect("agent");
+    if lang == Lang::Go {
+        wait_until("Go probes attached", Duration::from_secs(30), || {
+            agent.log_text().contains(&format!("pid {pid}: Go "))
+        })
+        .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
+    }
+    (service, agent)
 }

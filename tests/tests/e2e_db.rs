@@ -13,11 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tracer_tests::backends::{Server, TempDir, sorted_names, trace_of};
-use tracer_tests::harness::{
-    Agent, Service, args, curl, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, require_root, rt, run_ok,
-    wait_until,
-};
+use tracer_tests::backends::{Lang, Server, TempDir, fixture, sorted_names, trace_of};
+use tracer_tests::harness::{Agent, Service, args, curl, free_port, grpc_env, require_root, rt, run_ok, wait_until};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
 use tracer_tests::scenarios::{int_attr, str_attr};
 
@@ -160,12 +157,6 @@ fn memcached_server() -> Server {
     server
 }
 
-/// Which fixture serves the requests.
-enum Lang {
-    Python,
-    Go,
-}
-
 struct Setup {
     redis: Server,
     pg: Server,
@@ -179,35 +170,18 @@ fn setup(lang: &Lang, service_name: &str) -> Setup {
     let pg = postgres_server();
     let mysql = mariadb_server();
     let memcached = memcached_server();
-    let mut cmd = match lang {
-        Lang::Python => {
-            let mut c = Command::new(python_bin());
-            c.arg(fixtures_src().join("python/db_server.py"));
-            c
-        }
-        Lang::Go => Command::new(fixtures_bin().join("dbsvc")),
-    };
-    let dash = match lang {
-        Lang::Python => "--",
-        Lang::Go => "-",
-    };
-    cmd.arg(format!("{dash}redis-port"))
-        .arg(redis.port.to_string())
-        .arg(format!("{dash}pg-port"))
-        .arg(pg.port.to_string())
-        .arg(format!("{dash}pg-db"))
-        .arg(PG_DB)
-        .arg(format!("{dash}pg-user"))
-        .arg(PG_USER)
-        .arg(format!("{dash}mysql-port"))
-        .arg(mysql.port.to_string())
-        .arg(format!("{dash}mysql-db"))
-        .arg(MYSQL_DB)
-        .arg(format!("{dash}mysql-user"))
-        .arg(MYSQL_USER)
-        .arg(format!("{dash}memcached-port"))
-        .arg(memcached.port.to_string())
-        .env("OTEL_SERVICE_NAME", service_name);
+    let ports = [redis.port, pg.port, mysql.port, memcached.port].map(|p| p.to_string());
+    let flags = [
+        ("redis-port", ports[0].as_str()),
+        ("pg-port", &ports[1]),
+        ("pg-db", PG_DB),
+        ("pg-user", PG_USER),
+        ("mysql-port", &ports[2]),
+        ("mysql-db", MYSQL_DB),
+        ("mysql-user", MYSQL_USER),
+        ("memcached-port", &ports[3]),
+    ];
+    let cmd = fixture(*lang, "db_server.py", "dbsvc", service_name, &flags);
     let service = Service::start(service_name, cmd).expect("db service");
     Setup { redis, pg, mysql, memcached, service }
 }

@@ -14,11 +14,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tracer_tests::backends::{Server, TempDir, latest_messaging_point, messaging_spans};
-use tracer_tests::harness::{
-    Agent, Service, args, curl, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, require_root, rt, run_ok,
-    wait_until,
-};
+use tracer_tests::backends::{Lang, Server, TempDir, fixture, latest_messaging_point, messaging_spans, start_traced};
+use tracer_tests::harness::{curl, free_port, require_root, rt, run_ok, wait_until};
 use tracer_tests::receiver::{ReceivedPoint, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use tracer_tests::scenarios::{int_attr, str_attr};
 
@@ -89,40 +86,15 @@ fn kafka_broker() -> Server {
     broker
 }
 
-/// Which fixture serves the requests.
-enum Lang {
-    Python,
-    Go,
-}
-
 fn run(lang: Lang, service_name: &str) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let broker = kafka_broker();
-    let mut cmd = match lang {
-        Lang::Python => {
-            let mut c = Command::new(python_bin());
-            c.arg(fixtures_src().join("python/kafka_service.py")).args(["--kafka-port", &broker.port.to_string()]);
-            c.args(["--topic", TOPIC]);
-            c
-        }
-        Lang::Go => {
-            let mut c = Command::new(fixtures_bin().join("kafkasvc"));
-            c.args(["-kafka-port", &broker.port.to_string(), "-topic", TOPIC]);
-            c
-        }
-    };
-    cmd.env("OTEL_SERVICE_NAME", service_name);
-    let service = Service::start(service_name, cmd).expect("kafka service");
-    let pid = service.pid();
-    let mut env = grpc_env(&rx);
-    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
-    let agent = Agent::start(&args(&["--pid", &pid.to_string()]), &env).expect("agent");
-    if let Lang::Go = lang {
-        wait_until("Go probes attached", WAIT, || agent.log_text().contains(&format!("pid {pid}: Go ")))
-            .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
-    }
+    let port = broker.port.to_string();
+    let flags = [("kafka-port", port.as_str()), ("topic", TOPIC)];
+    let cmd = fixture(lang, "kafka_service.py", "kafkasvc", service_name, &flags);
+    let (service, agent) = start_traced(lang, service_name, cmd, &rx);
     assert_eq!(curl(&[&service.url("/produce-consume")]).expect("/produce-consume"), "ok");
     let kafka = |spans: &[ReceivedSpan]| messaging_spans(spans, "kafka");
     let done = |spans: &[ReceivedSpan]| {

@@ -13,11 +13,10 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tracer_tests::backends::{Server, TempDir, latest_messaging_point, messaging_spans, sorted_names, trace_of};
-use tracer_tests::harness::{
-    Agent, Service, args, curl, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, require_root, rt,
-    wait_until,
+use tracer_tests::backends::{
+    Lang, Server, TempDir, fixture, latest_messaging_point, messaging_spans, sorted_names, start_traced, trace_of,
 };
+use tracer_tests::harness::{curl, free_port, require_root, rt, wait_until};
 use tracer_tests::receiver::{ReceivedPoint, ReceivedSpan, Receiver, SpanKind, StatusCode};
 use tracer_tests::scenarios::{int_attr, str_attr};
 
@@ -26,12 +25,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const SECRET: &str = "secret-literal-4242";
 /// RabbitMQ's own start (an Erlang VM) takes seconds, more on a loaded machine.
 const BROKER_START: Duration = Duration::from_secs(120);
-
-/// Which fixture serves the requests.
-enum Lang {
-    Python,
-    Go,
-}
 
 /// nats-server (Debian's 2.9), plain TCP, no authentication.
 fn nats_server() -> Server {
@@ -63,28 +56,9 @@ fn run_nats(lang: Lang, service_name: &str) {
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let nats = nats_server();
-    let mut cmd = match lang {
-        Lang::Python => {
-            let mut c = Command::new(python_bin());
-            c.arg(fixtures_src().join("python/nats_service.py")).arg("--nats-port");
-            c
-        }
-        Lang::Go => {
-            let mut c = Command::new(fixtures_bin().join("natssvc"));
-            c.arg("-nats-port");
-            c
-        }
-    };
-    cmd.arg(nats.port.to_string()).env("OTEL_SERVICE_NAME", service_name);
-    let service = Service::start(service_name, cmd).expect("nats service");
-    let pid = service.pid();
-    let mut env = grpc_env(&rx);
-    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
-    let agent = Agent::start(&args(&["--pid", &pid.to_string()]), &env).expect("agent");
-    if let Lang::Go = lang {
-        wait_until("Go probes attached", WAIT, || agent.log_text().contains(&format!("pid {pid}: Go ")))
-            .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
-    }
+    let port = nats.port.to_string();
+    let cmd = fixture(lang, "nats_service.py", "natssvc", service_name, &[("nats-port", &port)]);
+    let (service, agent) = start_traced(lang, service_name, cmd, &rx);
     for path in ["/connect", "/publish"] {
         assert_eq!(curl(&[&service.url(path)]).expect(path), "ok", "{path}");
     }
@@ -247,28 +221,9 @@ fn run_amqp(lang: Lang, service_name: &str) {
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let broker = rabbitmq_server();
-    let mut cmd = match lang {
-        Lang::Python => {
-            let mut c = Command::new(python_bin());
-            c.arg(fixtures_src().join("python/amqp_service.py")).arg("--amqp-port");
-            c
-        }
-        Lang::Go => {
-            let mut c = Command::new(fixtures_bin().join("amqpsvc"));
-            c.arg("-amqp-port");
-            c
-        }
-    };
-    cmd.arg(broker.port.to_string()).env("OTEL_SERVICE_NAME", service_name);
-    let service = Service::start(service_name, cmd).expect("amqp service");
-    let pid = service.pid();
-    let mut env = grpc_env(&rx);
-    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "500".into()));
-    let agent = Agent::start(&args(&["--pid", &pid.to_string()]), &env).expect("agent");
-    if let Lang::Go = lang {
-        wait_until("Go probes attached", WAIT, || agent.log_text().contains(&format!("pid {pid}: Go ")))
-            .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
-    }
+    let port = broker.port.to_string();
+    let cmd = fixture(lang, "amqp_service.py", "amqpsvc", service_name, &[("amqp-port", &port)]);
+    let (service, agent) = start_traced(lang, service_name, cmd, &rx);
     for path in ["/connect", "/publish"] {
         assert_eq!(curl(&[&service.url(path)]).expect(path), "ok", "{path}");
     }
