@@ -21,6 +21,18 @@ pub struct GoProc {
     pub parent_goid_off: u64,
 }
 
+/// A Go process whose `crypto/tls.(*Conn)` Read and Write are probed (kernel map
+/// `GO_TLS_PROCS`, keyed by tgid; `go/tls.rs`): where the socket under a TLS connection is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoTlsProc {
+    /// Offset of `crypto/tls.Conn.conn`, the `net.Conn` interface the TLS connection runs on.
+    pub conn: u32,
+    /// Offset of the socket's fd in a `net.netFD`: `netFD.pfd` + `internal/poll.FD.Sysfd`.
+    pub netfd_sysfd: u32,
+}
+
 /// Where a traced Go process's net/rpc probes find the connection's addresses (kernel map
 /// `RPC_PROCS`, keyed by tgid): offsets of `net.netFD.laddr` / `raddr` and of `net.TCPAddr.IP` /
 /// `Port`, from DWARF or the version-keyed table.

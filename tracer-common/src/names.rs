@@ -44,6 +44,10 @@ pub mod maps {
     pub const SSL_CALL: &str = "SSL_CALL";
     pub const SSL_FD: &str = "SSL_FD";
     pub const SSL_PROGS: &str = "SSL_PROGS";
+    pub const GO_TLS_PROCS: &str = "GO_TLS_PROCS";
+    pub const GO_TLS_READS: &str = "GO_TLS_READS";
+    pub const GO_TLS_PROGS: &str = "GO_TLS_PROGS";
+    pub const GO_TLS_PROGS_MULTI: &str = "GO_TLS_PROGS_MULTI";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -86,6 +90,10 @@ pub mod maps {
         SSL_CALL,
         SSL_FD,
         SSL_PROGS,
+        GO_TLS_PROCS,
+        GO_TLS_READS,
+        GO_TLS_PROGS,
+        GO_TLS_PROGS_MULTI,
     ];
 }
 
@@ -156,6 +164,12 @@ pub mod programs {
     pub const GRPC_HANDLE_STREAM: &str = "grpc_handle_stream";
     pub const GRPC_WRITE_STATUS: &str = "grpc_write_status";
     pub const GRPC_HANDLE_STREAM_RET: &str = "grpc_handle_stream_ret";
+    // Go crypto/tls: TLS plaintext into the socket data path.
+    pub const GO_TLS_WRITE: &str = "go_tls_write";
+    pub const GO_TLS_READ: &str = "go_tls_read";
+    pub const GO_TLS_READ_RET: &str = "go_tls_read_ret";
+    /// Tail-called by the two above (slot 0 of `GO_TLS_PROGS`), never attached.
+    pub const GO_TLS_EMIT_STEP: &str = "go_tls_emit_step";
     // The same Go programs as multi-uprobes (`uprobe.multi`, Linux 6.6 and later).
     pub const GO_NEWPROC1_MULTI: &str = "go_newproc1_multi";
     pub const GO_NEWPROC1_RET_MULTI: &str = "go_newproc1_ret_multi";
@@ -177,6 +191,11 @@ pub mod programs {
     pub const GRPC_HANDLE_STREAM_MULTI: &str = "grpc_handle_stream_multi";
     pub const GRPC_WRITE_STATUS_MULTI: &str = "grpc_write_status_multi";
     pub const GRPC_HANDLE_STREAM_RET_MULTI: &str = "grpc_handle_stream_ret_multi";
+    pub const GO_TLS_WRITE_MULTI: &str = "go_tls_write_multi";
+    pub const GO_TLS_READ_MULTI: &str = "go_tls_read_multi";
+    pub const GO_TLS_READ_RET_MULTI: &str = "go_tls_read_ret_multi";
+    /// Tail-called by the multi twins (slot 0 of `GO_TLS_PROGS_MULTI`), never attached.
+    pub const GO_TLS_EMIT_STEP_MULTI: &str = "go_tls_emit_step_multi";
     /// Each Go uprobe program and its multi-uprobe twin (same body): the agent loads one set.
     pub const GO_MULTI: &[(&str, &str)] = &[
         (GO_NEWPROC1, GO_NEWPROC1_MULTI),
@@ -199,6 +218,10 @@ pub mod programs {
         (GRPC_HANDLE_STREAM, GRPC_HANDLE_STREAM_MULTI),
         (GRPC_WRITE_STATUS, GRPC_WRITE_STATUS_MULTI),
         (GRPC_HANDLE_STREAM_RET, GRPC_HANDLE_STREAM_RET_MULTI),
+        (GO_TLS_WRITE, GO_TLS_WRITE_MULTI),
+        (GO_TLS_READ, GO_TLS_READ_MULTI),
+        (GO_TLS_READ_RET, GO_TLS_READ_RET_MULTI),
+        (GO_TLS_EMIT_STEP, GO_TLS_EMIT_STEP_MULTI),
     ];
     // OpenSSL (libssl.so.*): TLS plaintext into the socket data path.
     pub const SSL_WRITE: &str = "ssl_write";
@@ -268,6 +291,14 @@ pub mod programs {
         GRPC_HANDLE_STREAM_MULTI,
         GRPC_WRITE_STATUS_MULTI,
         GRPC_HANDLE_STREAM_RET_MULTI,
+        GO_TLS_WRITE,
+        GO_TLS_READ,
+        GO_TLS_READ_RET,
+        GO_TLS_EMIT_STEP,
+        GO_TLS_WRITE_MULTI,
+        GO_TLS_READ_MULTI,
+        GO_TLS_READ_RET_MULTI,
+        GO_TLS_EMIT_STEP_MULTI,
         SSL_WRITE,
         SSL_READ,
         SSL_WRITE_EX,

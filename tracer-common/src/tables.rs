@@ -32,10 +32,11 @@ pub enum LruTable {
     RpcServer,
     RpcOut,
     SslFd,
+    GoTlsReads,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 20] = [
+    pub const ALL: [LruTable; 21] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -56,6 +57,7 @@ impl LruTable {
         Self::RpcServer,
         Self::RpcOut,
         Self::SslFd,
+        Self::GoTlsReads,
     ];
 
     /// The map's name in the object.
@@ -81,6 +83,7 @@ impl LruTable {
             Self::RpcServer => maps::RPC_SERVER,
             Self::RpcOut => maps::RPC_OUT,
             Self::SslFd => maps::SSL_FD,
+            Self::GoTlsReads => maps::GO_TLS_READS,
         }
     }
 }

@@ -97,6 +97,11 @@ const SUBSET: &[GuestTest] = &[
     GuestTest { file: "e2e_http2", name: "http2_curl_prior_knowledge_to_go_h2c", shows: "HTTP/2 spans from the wire" },
     GuestTest { file: "e2e_tls", name: "tls_openssl_curl_nginx_and_python", shows: "HTTPS through OpenSSL's uprobes" },
     GuestTest {
+        file: "e2e_tls",
+        name: "tls_go_crypto_tls_client_and_server",
+        shows: "HTTPS and HTTP/2 over TLS through Go crypto/tls uprobes",
+    },
+    GuestTest {
         file: "e2e_db",
         name: "db_go_redis_pgx_mysql_gomemcache",
         shows: "PostgreSQL, Redis, MySQL and Memcached client spans",

@@ -30,6 +30,7 @@ pub mod http_route;
 pub mod netrpc;
 pub mod programs;
 pub mod runtime;
+pub mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},

@@ -10,7 +10,10 @@
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 
-use super::{grpc, http_client, http_route, netrpc, runtime};
+use super::{
+    grpc, http_client, http_route, netrpc, runtime,
+    tls::{self, GO_TLS_PROGS, GO_TLS_PROGS_MULTI},
+};
 
 macro_rules! both {
     ($($single:ident, $multi:ident => $body:path;)*) => {$(
@@ -46,4 +49,34 @@ both! {
     grpc_handle_stream, grpc_handle_stream_multi => grpc::grpc_handle_stream;
     grpc_write_status, grpc_write_status_multi => grpc::grpc_write_status;
     grpc_handle_stream_ret, grpc_handle_stream_ret_multi => grpc::grpc_handle_stream_ret;
+}
+
+/// The crypto/tls programs: each set tail-calls the emitter of its own type.
+macro_rules! tls_both {
+    ($($single:ident, $multi:ident => $body:path;)*) => {$(
+        #[uprobe]
+        pub fn $single(ctx: ProbeContext) -> u32 {
+            $body(&ctx, &GO_TLS_PROGS)
+        }
+        #[uprobe(multi)]
+        pub fn $multi(ctx: ProbeContext) -> u32 {
+            $body(&ctx, &GO_TLS_PROGS_MULTI)
+        }
+    )*};
+}
+
+tls_both! {
+    go_tls_write, go_tls_write_multi => tls::go_tls_write;
+    go_tls_read_ret, go_tls_read_ret_multi => tls::go_tls_read_ret;
+    go_tls_emit_step, go_tls_emit_step_multi => tls::go_tls_emit_step;
+}
+
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    tls::go_tls_read(&ctx)
+}
+
+#[uprobe(multi)]
+pub fn go_tls_read_multi(ctx: ProbeContext) -> u32 {
+    tls::go_tls_read(&ctx)
 }

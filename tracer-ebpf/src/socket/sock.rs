@@ -21,8 +21,18 @@ unsafe fn at<T>(base: u64, off: u32) -> Option<T> {
 /// exist they give the same pointer for free, and this is not used.
 #[inline(always)]
 pub fn sock_of_fd(fd: i32) -> u64 {
+    if cfg(&FD_OFF).enabled == 0 {
+        return 0;
+    }
+    sock_in_fd_table(fd)
+}
+
+/// As [`sock_of_fd`], whichever lookup the syscall path uses: for the TLS libraries' probes,
+/// whose calls may move plaintext without a syscall (the fd table's offsets are always set).
+#[inline(always)]
+pub fn sock_in_fd_table(fd: i32) -> u64 {
     let o = cfg(&FD_OFF);
-    if o.enabled == 0 || fd < 0 {
+    if fd < 0 {
         return 0;
     }
     // SAFETY: helper without arguments; every read below goes through the probe helper, with

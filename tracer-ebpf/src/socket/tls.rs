@@ -155,25 +155,54 @@ pub fn in_call(pid_tgid: u64, fd: i32, writes: bool) {
         lru_put(&SSL_FD, &SslKey { ssl: c.ssl, tgid, _pad: 0 }, &SslSock { sk: 0, fd, _pad: 0 }, LruTable::SslFd);
     }
     let key = conn_key(tgid, fd);
+    mark_tls(key);
+    if writes && c.writes != 0 && c.has_ctx == 0 {
+        c.has_ctx = context_before_send(pid_tgid, key, c.buf, c.start_ns, &mut c.ctx);
+    }
+}
+
+/// A client request must get its context before its bytes leave, so the TCP option can carry
+/// it (as `super::enter` decides it for plain writes): when the plaintext at `buf`, about to be
+/// written on connection `key`, starts an HTTP/1 request, `ctx` gets its ids and 1 is returned.
+#[inline(always)]
+pub fn context_before_send(pid_tgid: u64, key: u64, buf: u64, start_ns: u64, ctx: &mut EvCtx) -> u8 {
+    // SAFETY: plain data copied out of the map.
+    let Some(tuple) = (unsafe { CONN_TUPLE.get(&key) }).copied() else { return 0 };
+    // SAFETY: user memory read through the probe helper.
+    let first = unsafe { bpf_probe_read_user(buf as *const [u8; 4]) }.unwrap_or([0; 4]);
+    let v = classify(&first);
+    if v.proto == Proto::Http1 && v.kind == MessageKind::Request {
+        client_context(pid_tgid, start_ns, Some(&tuple), ctx);
+        return 1;
+    }
+    0
+}
+
+/// The state of connection `key`, which carries TLS: its ciphertext is skipped by the syscall
+/// path from now on, and at its first plaintext what the handshake's ciphertext made of it
+/// (`Other`) no longer counts.
+#[inline(always)]
+pub fn plaintext_state(key: u64) -> ConnState {
+    // SAFETY: plain data copied out of the map.
+    let mut state: ConnState = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if state.flags & conn_flags::TLS_PLAIN == 0 {
+        state.proto = Proto::Unknown as u8;
+        state.plen = 0;
+        state.flags |= conn_flags::TLS | conn_flags::TLS_PLAIN;
+        lru_put(&CONNS, &key, &state, LruTable::Conns);
+    }
+    state
+}
+
+/// Marks connection `key` as carrying TLS before a library call moves its ciphertext, so that
+/// the syscall path skips it.
+#[inline(always)]
+pub fn mark_tls(key: u64) {
     // SAFETY: plain data copied out of the map.
     let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
     if state.flags & conn_flags::TLS == 0 {
         state.flags |= conn_flags::TLS;
         lru_put(&CONNS, &key, &state, LruTable::Conns);
-    }
-    if writes && c.writes != 0 && c.has_ctx == 0 {
-        // A client request must get its context before its bytes leave, so the TCP option can
-        // carry it (as `super::enter` decides it for plain writes).
-        // SAFETY: plain data copied out of the map.
-        if let Some(tuple) = unsafe { CONN_TUPLE.get(&key) }.copied() {
-            // SAFETY: user memory read through the probe helper.
-            let first = unsafe { bpf_probe_read_user(c.buf as *const [u8; 4]) }.unwrap_or([0; 4]);
-            let v = classify(&first);
-            if v.proto == Proto::Http1 && v.kind == MessageKind::Request {
-                client_context(pid_tgid, c.start_ns, Some(&tuple), &mut c.ctx);
-                c.has_ctx = 1;
-            }
-        }
     }
 }
 
@@ -218,22 +247,13 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     if len == 0 {
         return 0;
     }
-    let sk = if c.sk != 0 { c.sk } else { super::sock::sock_of_fd(c.fd) };
+    let sk = if c.sk != 0 { c.sk } else { super::sock::sock_in_fd_table(c.fd) };
     if c.fd < 0 || sk == 0 {
         bump(counters::TLS_NO_FD);
         return 0;
     }
     let key = conn_key((pid_tgid >> 32) as u32, c.fd);
-    // SAFETY: plain data copied out of the map.
-    let mut state: ConnState = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
-    if state.flags & conn_flags::TLS_PLAIN == 0 {
-        // The first plaintext: what the handshake's ciphertext made of the connection (`Other`)
-        // no longer counts.
-        state.proto = Proto::Unknown as u8;
-        state.plen = 0;
-        state.flags |= conn_flags::TLS | conn_flags::TLS_PLAIN;
-        lru_put(&CONNS, &key, &state, LruTable::Conns);
-    }
+    let state = plaintext_state(key);
     let a = SyscallArgs {
         buf: c.buf,
         sk,

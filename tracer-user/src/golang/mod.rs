@@ -1,12 +1,13 @@
 //! Go programs: reading their binaries (`gobin`), planning and attaching the uprobes that link
-//! goroutines and report net/http routes, net/rpc and grpc-go calls (`probes`, `netrpc`,
-//! `grpc`), and `tracer go-inspect`. Control plane only: the records these probes write are
+//! goroutines and report net/http routes, net/rpc and grpc-go calls and TLS plaintext
+//! (`probes`, `netrpc`, `grpc`, `tls`), and `tracer go-inspect`. Control plane only: the records these probes write are
 //! decoded by `crate::capture` and parsed by `crate::protocols`.
 
 pub mod gobin;
 pub mod grpc;
 pub mod netrpc;
 pub mod probes;
+pub mod tls;
 
 /// Functions the agent probes in Go programs, for `tracer go-inspect`.
 pub fn probed_functions() -> Vec<&'static str> {
@@ -21,6 +22,7 @@ pub fn probed_functions() -> Vec<&'static str> {
     ];
     f.extend(netrpc::FUNCTIONS);
     f.extend(grpc::FUNCTIONS);
+    f.extend([tls::WRITE, tls::READ]);
     f
 }
 

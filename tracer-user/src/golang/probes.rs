@@ -9,7 +9,7 @@
 
 use aya::{
     Ebpf,
-    maps::HashMap as BpfHashMap,
+    maps::{HashMap as BpfHashMap, ProgramArray},
     programs::{
         UProbe,
         uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracer_common::{
-    GoProc, GrpcProc, NetRpcProc,
+    GoProc, GoTlsProc, GrpcProc, NetRpcProc,
     names::{maps, programs as p},
 };
 
@@ -53,6 +53,10 @@ pub struct Plan {
     /// Why the program's grpc-go calls are not traced by uprobes although it links grpc-go: the
     /// module version and what is missing.
     pub grpc_off: Option<String>,
+    /// Where the crypto/tls probes find a connection's socket, when they are planned.
+    pub tls: Option<GoTlsProc>,
+    /// Why the program's crypto/tls connections are not traced although it links crypto/tls.
+    pub tls_off: Option<String>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -116,15 +120,16 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
             (None, Some(format!("grpc-go {version}, Go {v}: {e}")))
         }
     };
-    Ok(Plan {
-        go_version: v.clone(),
-        proc: GoProc { tls_g: bin.tls_g_offset, goid_off, parent_goid_off },
-        points,
-        rpc,
-        rpc_off,
-        grpc,
-        grpc_off,
-    })
+    let (tls, tls_off) = match super::tls::plan(bin) {
+        Ok(Some((o, pts))) => {
+            points.extend(pts);
+            (Some(o), None)
+        }
+        Ok(None) => (None, None),
+        Err(e) => (None, Some(format!("Go {v}: {e}"))),
+    };
+    let proc = GoProc { tls_g: bin.tls_g_offset, goid_off, parent_goid_off };
+    Ok(Plan { go_version: v.clone(), proc, points, rpc, rpc_off, grpc, grpc_off, tls, tls_off })
 }
 
 /// Environment variable that picks how the Go uprobes attach (`multi` or `classic`) instead of
@@ -204,6 +209,8 @@ pub struct GoProbes {
     /// milliseconds for a process's set of probes): done on a thread of its own, so that the
     /// event loop goes on handling exec events (a restarted service is traced at once).
     reaper: std::sync::mpsc::Sender<Vec<UProbeLink>>,
+    /// Whether the crypto/tls programs loaded.
+    tls: bool,
     /// Processes whose grpc-go calls the uprobes trace.
     grpc: std::collections::HashSet<u32>,
     /// Changes of `grpc` not yet taken ([`GoProbes::take_grpc_changes`]): a pid and, when its
@@ -249,15 +256,21 @@ impl Default for GoProbes {
             jobs,
             results,
             reaper,
+            tls: false,
             grpc: std::collections::HashSet::new(),
             grpc_changes: Vec::new(),
         }
     }
 }
 
-/// Loads (verifies) every Go uprobe program of `ebpf`; the first that fails is named.
+/// Loads (verifies) the Go uprobe programs of `ebpf` but crypto/tls's; the first that fails is
+/// named.
 pub fn load_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String> {
-    for name in PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS) {
+    load(ebpf, mode, PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS))
+}
+
+fn load<'a>(ebpf: &mut Ebpf, mode: UprobeMode, names: impl Iterator<Item = &'a &'static str>) -> Result<(), String> {
+    for name in names {
         let name = mode.program(name);
         ebpf.program_mut(name)
             .ok_or_else(|| "missing from the object".to_string())
@@ -266,6 +279,27 @@ pub fn load_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String> {
             .map_err(|e| format!("loading {name}: {e}"))?;
     }
     Ok(())
+}
+
+/// Loads the crypto/tls programs (`super::tls`) and puts their emitter in the tail-call slot of
+/// their mode. Apart from the others: without them the rest of the Go support stands.
+pub fn load_tls_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String> {
+    load(ebpf, mode, super::tls::PROGRAMS.iter())?;
+    let step = mode.program(p::GO_TLS_EMIT_STEP);
+    let fd = ebpf
+        .program_mut(step)
+        .and_then(|p| <&mut UProbe>::try_from(p).ok())
+        .ok_or_else(|| format!("{step}: missing from the object"))?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+        .map_err(|e| format!("{step}: {e}"))?;
+    let array = if mode == UprobeMode::Multi { maps::GO_TLS_PROGS_MULTI } else { maps::GO_TLS_PROGS };
+    let mut progs = ebpf
+        .map_mut(array)
+        .map(ProgramArray::try_from)
+        .ok_or_else(|| format!("map {array} missing"))?
+        .map_err(|e| format!("map {array}: {e}"))?;
+    progs.set(0, &fd, 0).map_err(|e| format!("map {array}: {e}"))
 }
 
 impl GoProbes {
@@ -297,6 +331,14 @@ impl GoProbes {
         let loaded = match load_programs(ebpf, mode) {
             Ok(()) => {
                 info!("Go uprobes: {mode}");
+                if std::env::var("TRACER_TLS").is_ok_and(|v| v == "off") {
+                    info!("TLS plaintext (Go crypto/tls) not traced: TRACER_TLS=off");
+                } else {
+                    match load_tls_programs(ebpf, mode) {
+                        Ok(()) => self.tls = true,
+                        Err(e) => warn!("Go crypto/tls plaintext off: {e}"),
+                    }
+                }
                 Some(mode)
             }
             Err(e) => {
@@ -365,6 +407,9 @@ impl GoProbes {
                     if let Some(why) = &plan.rpc_off {
                         warn!("{}: net/rpc calls not traced ({why})", name.display());
                     }
+                    if let Some(why) = &plan.tls_off {
+                        warn!("{}: crypto/tls connections not traced ({why})", name.display());
+                    }
                 }
                 Some(Err(why)) => warn!(
                     "{}: goroutine-aware linking off for this Go program ({why}); its client \
@@ -396,7 +441,11 @@ impl GoProbes {
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let Some(npid) = NonZeroU32::new(pid) else { return };
         let mut links = Vec::new();
+        let tls = plan.tls.filter(|_| self.tls);
         for (prog, offsets) in &plan.points {
+            if tls.is_none() && super::tls::PROGRAMS.contains(prog) {
+                continue;
+            }
             let prog = mode.program(prog);
             let r = ebpf
                 .program_mut(prog)
@@ -436,6 +485,19 @@ impl GoProbes {
                 return;
             }
         }
+        if let Some(t) = &tls {
+            let r = ebpf
+                .map_mut(maps::GO_TLS_PROCS)
+                .map(BpfHashMap::<_, u32, GoTlsProc>::try_from)
+                .ok_or_else(|| "map missing".to_string())
+                .and_then(|m| m.map_err(|e| e.to_string()))
+                .and_then(|mut m| m.insert(&pid, t, 0).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                warn!("pid {pid}: GO_TLS_PROCS: {e}");
+                detach_links(ebpf, links, &self.reaper);
+                return;
+            }
+        }
         let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut(maps::GO_PROCS).map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
             _ => {
@@ -450,9 +512,10 @@ impl GoProbes {
             return;
         }
         info!(
-            "pid {pid}: Go {} probes attached (goroutine-aware linking{})",
+            "pid {pid}: Go {} probes attached (goroutine-aware linking{}{})",
             plan.go_version,
-            if plan.grpc.is_some() { ", grpc-go spans" } else { "" }
+            if plan.grpc.is_some() { ", grpc-go spans" } else { "" },
+            if tls.is_some() { ", crypto/tls plaintext" } else { "" }
         );
         self.procs.insert(pid, links);
         if plan.grpc.is_some() {
@@ -474,6 +537,9 @@ impl GoProbes {
             let _ = procs.remove(&pid);
         }
         if let Some(Ok(mut m)) = ebpf.map_mut(maps::RPC_PROCS).map(BpfHashMap::<_, u32, NetRpcProc>::try_from) {
+            let _ = m.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut(maps::GO_TLS_PROCS).map(BpfHashMap::<_, u32, GoTlsProc>::try_from) {
             let _ = m.remove(&pid);
         }
         if let Some(Ok(mut m)) = ebpf.map_mut(maps::GRPC_PROCS).map(BpfHashMap::<_, u32, GrpcProc>::try_from) {

@@ -241,9 +241,10 @@ fn agent_programs(log_level: u8) -> Outcome {
     use super::loader::{DEFAULT_CONNECTIONS, Probes, Scope};
     match Probes::load_logging(Scope::Selected, tracer_common::Propagation::Off, DEFAULT_CONNECTIONS, log_level) {
         Ok(mut probes) => {
-            let loaded =
-                crate::golang::probes::load_programs(&mut probes.ebpf, crate::golang::probes::UprobeMode::choose())
-                    .and_then(|()| crate::libssl::load_programs(&mut probes.ebpf));
+            let mode = crate::golang::probes::UprobeMode::choose();
+            let loaded = crate::golang::probes::load_programs(&mut probes.ebpf, mode)
+                .and_then(|()| crate::golang::probes::load_tls_programs(&mut probes.ebpf, mode))
+                .and_then(|()| crate::libssl::load_programs(&mut probes.ebpf));
             match loaded {
                 Ok(()) => Outcome::Yes,
                 Err(e) => Outcome::No(e.lines().next().unwrap_or_default().chars().take(160).collect()),

@@ -15,6 +15,10 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("net.netFD", "raddr"),
     ("net.TCPAddr", "IP"),
     ("net.TCPAddr", "Port"),
+    // The socket under a TLS connection, read by the crypto/tls probes (`crate::golang::tls`).
+    ("crypto/tls.Conn", "conn"),
+    ("net.netFD", "pfd"),
+    ("internal/poll.FD", "Sysfd"),
 ];
 
 include!("offsets_table.rs");

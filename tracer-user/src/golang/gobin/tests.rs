@@ -289,3 +289,20 @@ fn body_offsets_land_past_the_check_in_real_builds() {
         }
     }
 }
+
+#[test]
+fn crypto_tls_points_and_socket_offsets_with_and_without_dwarf() {
+    let Some(b) = builds() else { return };
+    use crate::golang::tls;
+    use tracer_common::names::programs as p;
+    let plain = GoBinary::open(&b.plain).unwrap();
+    let (offsets, points) = tls::plan(&plain).unwrap().expect("net/http links crypto/tls");
+    // `Conn.conn` is the first field; `netFD.pfd` the first, `FD.Sysfd` after the 16-byte fdMutex.
+    assert_eq!(offsets, tracer_common::GoTlsProc { conn: 0, netfd_sysfd: 16 });
+    let programs: Vec<_> = points.iter().map(|(prog, _)| *prog).collect();
+    assert_eq!(programs, [p::GO_TLS_WRITE, p::GO_TLS_READ, p::GO_TLS_READ_RET]);
+    assert_eq!(points[2].1.len(), objdump_rets(&b.plain, tls::READ), "one probe per RET of Read");
+    // Without DWARF the table gives the same layout.
+    let stripped = GoBinary::open(&b.stripped).unwrap();
+    assert_eq!(tls::plan(&stripped).unwrap().map(|(o, _)| o), Some(offsets));
+}
