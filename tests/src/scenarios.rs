@@ -2,6 +2,7 @@
 //! traces, so the Go support tests and the Go version matrix (`cargo xtask go-matrix`) check the
 //! same outcomes. Each panics with what is wrong.
 
+use crate::certs::CertFiles;
 use crate::harness::{Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt, run_ok, wait_until};
 use crate::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
 use crate::traces::{by_trace, child_of, of, one, tally};
@@ -160,17 +161,50 @@ pub fn host_port(host: &str, port: u16) -> String {
 /// [`grpc_unary_and_streaming`] with the server listening on `host` (`::1` for IPv6): the
 /// spans carry the whole address.
 pub fn grpc_unary_and_streaming_on(bin: &Path, label: &str, host: &str) {
+    grpc_calls(bin, label, host, None);
+}
+
+/// [`grpc_unary_and_streaming`] over TLS (the server's certificate and the CA file the client
+/// trusts), Go's crypto/tls under gRPC: with `uprobes`, the grpc-go probes must be attached to
+/// both processes; without, the Go probes only, and the calls come from the HTTP/2 plaintext.
+pub fn grpc_unary_and_streaming_tls(bin: &Path, label: &str, cert: &CertFiles, ca: &Path, uprobes: bool) {
+    grpc_calls(bin, label, "127.0.0.1", Some((cert, ca, uprobes)));
+}
+
+fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Path, bool)>) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let listen = host_port(host, 0);
-    let extra: &[&str] = if host == "127.0.0.1" { &[] } else { &["-listen", &listen] };
-    let server = grpc_server_of(bin, "grpc-server", extra);
+    let mut extra: Vec<String> = Vec::new();
+    if host != "127.0.0.1" {
+        extra.extend(["-listen".to_string(), listen]);
+    }
+    let mut client_extra: Vec<String> = Vec::new();
+    if let Some((cert, ca, _)) = tls {
+        for (flag, file) in [("-tls-cert", &cert.cert), ("-tls-key", &cert.key)] {
+            extra.extend([flag.to_string(), file.to_string_lossy().into_owned()]);
+        }
+        client_extra.extend(["-ca".to_string(), ca.to_string_lossy().into_owned()]);
+    }
+    let server = grpc_server_of(bin, "grpc-server", &extra.iter().map(String::as_str).collect::<Vec<_>>());
     let addr = host_port(host, server.port);
     let mut client = Command::new(bin);
-    client.args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"]).env("OTEL_SERVICE_NAME", "grpc-client");
+    client
+        .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
+        .args(&client_extra)
+        .env("OTEL_SERVICE_NAME", "grpc-client");
+    let uprobes = tls.is_none_or(|(_, _, u)| u);
     let (agent, out) = traced_pair(&rx, &server, client, |agent, pid| {
-        assert!(grpc_attached(agent, pid), "grpc probes not attached to {pid}:\n{}", agent.log_text())
+        if uprobes {
+            assert!(grpc_attached(agent, pid), "grpc probes not attached to {pid}:\n{}", agent.log_text())
+        } else {
+            let line = format!("pid {pid}: Go ");
+            wait_until("Go probes with crypto/tls", WAIT, || {
+                agent.log_text().lines().any(|l| l.contains(&line) && l.contains("crypto/tls plaintext"))
+            })
+            .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log_text()));
+        }
     });
     assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"), "client failed: {out:?}");
     let calls = 7;

@@ -29,6 +29,18 @@ fn grpc_unary_and_streaming_between_processes() {
     run_unary_and_streaming("grpcsvc");
 }
 
+/// gRPC over TLS through Go's crypto/tls probes: grpc-go 1.85, whose layout the grpc-go uprobes
+/// do not know, traced from the HTTP/2 plaintext (frames, HPACK): the same calls, spans and
+/// links as without TLS.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn grpc_over_tls_from_the_plaintext() {
+    let pki = tracer_tests::certs::Pki::new("grpctls").expect("pki");
+    let cert = pki.server("server", false).expect("server certificate");
+    let bin = fixtures_bin().join("grpcsvc-grpc1.85.0");
+    scenarios::grpc_unary_and_streaming_tls(&bin, "grpc-go 1.85 over TLS", &cert, &pki.ca_file, false);
+}
+
 /// grpc-go 1.68 (the handler gets a `*Stream`, `WriteStatus`) and 1.59 (before the 1.60 layout
 /// change), offsets from DWARF.
 #[test]
