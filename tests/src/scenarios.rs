@@ -256,6 +256,61 @@ fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Pat
     eprintln!("{label}: {calls} calls, {} spans, all linked", spans.len());
 }
 
+// ---- crypto/tls --------------------------------------------------------------------------------
+
+/// A Go HTTPS server (`bin`: a build of tests/fixtures/go/cmd/httpserver, HTTP/1.1 only) whose
+/// /call handler calls the server itself over HTTPS: curl (not traced) → /call → the handler's
+/// Go client → /hello, all through Go's crypto/tls probes. Each of `n` requests must be one
+/// trace of exactly three spans, `https`: the /call server span (a root), its client span, and
+/// the /hello server span, child of that client span.
+pub fn https_call_chain(bin: &Path, label: &str, n: usize) {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let pki = crate::certs::Pki::new(label).expect("pki");
+    let cert = pki.server("server", false).expect("server certificate");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-tls-cert").arg(&cert.cert).arg("-tls-key").arg(&cert.key).arg("-ca").arg(&pki.ca_file).arg("-h1");
+    cmd.env("OTEL_SERVICE_NAME", "go-https");
+    let srv = Service::start("go-https", cmd).expect("Go HTTPS server");
+    let agent = Agent::start(&args(&["--pid", &srv.pid().to_string()]), &grpc_env(&rx)).expect("agent");
+    let attached = format!("pid {}: Go ", srv.pid());
+    assert!(
+        agent.log_text().lines().any(|l| l.contains(&attached) && l.contains("crypto/tls plaintext")),
+        "crypto/tls probes not attached:\n{}",
+        agent.log_text()
+    );
+    let url = format!("https://127.0.0.1:{0}/call?url=https://127.0.0.1:{0}/hello", srv.port);
+    for _ in 0..n {
+        let out =
+            run_ok(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert"]).arg(&pki.ca_file).arg(&url))
+                .expect("curl");
+        assert_eq!(out, "called 200", "{url}");
+    }
+    rt.block_on(rx.wait_for(|s| s.len() >= 3 * n, WAIT)).unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 3 * n, "three spans per request: {spans:#?}");
+    let traces = by_trace(&spans);
+    assert_eq!(traces.len(), n, "one trace per request");
+    for t in traces.values() {
+        let servers = of(t, "go-https", SpanKind::Server);
+        let client = one(t, "go-https", SpanKind::Client).unwrap_or_else(|e| panic!("{e}: {t:#?}"));
+        let path = |s: &ReceivedSpan| str_attr(s, "url.path").map(str::to_string);
+        let call = servers.iter().find(|s| path(s).as_deref() == Some("/call")).expect("the /call span");
+        let hello = servers.iter().find(|s| path(s).as_deref() == Some("/hello")).expect("the /hello span");
+        assert_eq!(call.parent_span_id, None, "curl is not traced: {call:#?}");
+        child_of(client, call).unwrap();
+        child_of(hello, client).unwrap();
+        for s in [*call, *hello] {
+            assert_eq!(str_attr(s, "url.scheme"), Some("https"), "{s:#?}");
+        }
+        let full = format!("https://127.0.0.1:{}/hello", srv.port);
+        assert_eq!(str_attr(client, "url.full"), Some(full.as_str()), "{client:#?}");
+    }
+    eprintln!("{label}: {n} requests over HTTPS, {} spans, all linked", spans.len());
+}
+
 // ---- net/rpc -----------------------------------------------------------------------------------
 
 /// A run of `bin` (a build of tests/fixtures/go/cmd/netrpc) in `mode`.

@@ -4,7 +4,8 @@
 //! `cargo xtask go-matrix` (all cells) or `cargo xtask go-matrix --quick` (the CI subset).
 //!
 //! Input: `TRACER_GO_MATRIX`, a tab-separated manifest, one cell per line:
-//! `go release`, `build mode`, `component` (`net/http`, `net/rpc` or `grpc-go X.Y.Z`), `binary`.
+//! `go release`, `build mode`, `component` (`net/http`, `net/rpc`, `crypto/tls` or
+//! `grpc-go X.Y.Z`), `binary`.
 //! Output: the same lines with `pass` or `FAIL` and a detail appended, written to
 //! `TRACER_GO_MATRIX_RESULTS`. Fails when any cell fails.
 
@@ -44,6 +45,7 @@ fn go_version_matrix() {
         let outcome = catch_unwind(AssertUnwindSafe(|| match component {
             "net/http" => scenarios::fanout(bin, &label, 30),
             "net/rpc" => scenarios::netrpc_paired(bin, &label, 50, 10),
+            "crypto/tls" => scenarios::https_call_chain(bin, &label, 10),
             c if c.starts_with("grpc-go ") => scenarios::grpc_unary_and_streaming(bin, &label),
             other => panic!("unknown component {other:?}"),
         }));

@@ -1,7 +1,7 @@
 //! `cargo xtask go-matrix`: the Go support over Go releases, build modes and grpc-go releases.
 //!
 //! Builds the Go fixtures (tests/fixtures/go `cmd/fanout` for net/http, `cmd/netrpc` for
-//! net/rpc, tests/fixtures/grpc for grpc-go) once per cell, with each Go release fetched by
+//! net/rpc, `cmd/httpserver` for crypto/tls, tests/fixtures/grpc for grpc-go) once per cell, with each Go release fetched by
 //! `GOTOOLCHAIN`, then runs `tests/tests/e2e_matrix.rs`, which traces every cell with the
 //! scenario the Go support tests use, and prints (and, for the full matrix, writes to
 //! docs/go-matrix.md) a table with a result per cell. `--quick` is the CI subset: the oldest and
@@ -93,9 +93,11 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
         for (mode, flags, cgo) in MODES {
             let dir = out.join(format!("{go}-{mode}"));
             std::fs::create_dir_all(&dir)?;
-            for (component, pkg, name) in
-                [("net/http", "./cmd/fanout", "fanout"), ("net/rpc", "./cmd/netrpc", "netrpc")]
-            {
+            for (component, pkg, name) in [
+                ("net/http", "./cmd/fanout", "fanout"),
+                ("net/rpc", "./cmd/netrpc", "netrpc"),
+                ("crypto/tls", "./cmd/httpserver", "httpserver"),
+            ] {
                 let bin = dir.join(name);
                 go_build(&go_src, go, flags, cgo, &bin, pkg, None)?;
                 cells.push(Cell { go: go.to_string(), mode: mode.to_string(), component: component.into(), bin });
@@ -132,7 +134,7 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
     Ok(cells)
 }
 
-/// Markdown tables of the results: Go release x build mode (net/http, net/rpc), and grpc-go
+/// Markdown tables of the results: Go release x build mode (net/http, net/rpc, crypto/tls), and grpc-go
 /// release x (Go release, build mode).
 fn render(results: &str, quick: bool) -> String {
     let mut go_tab: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -163,7 +165,8 @@ fn render(results: &str, quick: bool) -> String {
         "Each cell is a fixture built with that Go release (fetched with `GOTOOLCHAIN`) and build mode, traced by the agent: \
          net/http = the fan-out service (server span, two client spans from goroutines three levels down, each the parent of its \
          downstream server span; 30 requests, every trace complete); net/rpc = 50 calls, 10 in flight on one connection, every \
-         client span paired with its server span; grpc-go = unary, failing and server-streaming calls between two processes, \
+         client span paired with its server span; crypto/tls = an HTTPS server whose handler calls it back over HTTPS, 10 \
+         requests each one trace of three linked https spans; grpc-go = unary, failing and server-streaming calls between two processes, \
          client and server spans linked with the RPC attributes and status codes.\n"
     );
     let _ = writeln!(md, "Result: {pass} of {all} cells pass.\n");
