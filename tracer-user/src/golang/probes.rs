@@ -463,40 +463,19 @@ impl GoProbes {
                 }
             }
         }
-        if let Some(rpc) = &plan.rpc {
-            let r = match ebpf.map_mut(maps::RPC_PROCS).map(BpfHashMap::<_, u32, NetRpcProc>::try_from) {
-                Some(Ok(mut m)) => m.insert(&pid, rpc, 0).map_err(|e| e.to_string()),
-                _ => Err("map RPC_PROCS missing".to_string()),
-            };
-            if let Err(e) = r {
-                warn!("pid {pid}: net/rpc probes: {e}");
-            }
+        if let Some(rpc) = &plan.rpc
+            && let Err(e) = insert_proc(ebpf, maps::RPC_PROCS, pid, rpc)
+        {
+            warn!("pid {pid}: net/rpc probes: {e}");
         }
-        if let Some(g) = &plan.grpc {
-            let r = ebpf
-                .map_mut(maps::GRPC_PROCS)
-                .map(BpfHashMap::<_, u32, GrpcProc>::try_from)
-                .ok_or_else(|| "map missing".to_string())
-                .and_then(|m| m.map_err(|e| e.to_string()))
-                .and_then(|mut m| m.insert(&pid, g, 0).map_err(|e| e.to_string()));
-            if let Err(e) = r {
-                warn!("pid {pid}: GRPC_PROCS: {e}");
-                detach_links(ebpf, links, &self.reaper);
-                return;
-            }
-        }
-        if let Some(t) = &tls {
-            let r = ebpf
-                .map_mut(maps::GO_TLS_PROCS)
-                .map(BpfHashMap::<_, u32, GoTlsProc>::try_from)
-                .ok_or_else(|| "map missing".to_string())
-                .and_then(|m| m.map_err(|e| e.to_string()))
-                .and_then(|mut m| m.insert(&pid, t, 0).map_err(|e| e.to_string()));
-            if let Err(e) = r {
-                warn!("pid {pid}: GO_TLS_PROCS: {e}");
-                detach_links(ebpf, links, &self.reaper);
-                return;
-            }
+        let per_proc = [
+            plan.grpc.as_ref().map(|g| insert_proc(ebpf, maps::GRPC_PROCS, pid, g)),
+            tls.as_ref().map(|t| insert_proc(ebpf, maps::GO_TLS_PROCS, pid, t)),
+        ];
+        if let Some(Err(e)) = per_proc.into_iter().flatten().find(Result::is_err) {
+            warn!("pid {pid}: {e}");
+            detach_links(ebpf, links, &self.reaper);
+            return;
         }
         let mut procs: BpfHashMap<_, u32, GoProc> = match ebpf.map_mut(maps::GO_PROCS).map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
@@ -562,6 +541,16 @@ impl GoProbes {
             }
         });
     }
+}
+
+/// Puts a process's entry into one of the per-process maps of the Go probes (keyed by tgid).
+fn insert_proc<T: aya::Pod>(ebpf: &mut Ebpf, map: &str, pid: u32, value: &T) -> Result<(), String> {
+    ebpf.map_mut(map)
+        .map(BpfHashMap::<_, u32, T>::try_from)
+        .ok_or_else(|| format!("map {map} missing"))?
+        .map_err(|e| format!("map {map}: {e}"))?
+        .insert(&pid, value, 0)
+        .map_err(|e| format!("{map}: {e}"))
 }
 
 /// Takes the links out of their programs and hands them to the detach thread (or detaches them
