@@ -332,11 +332,12 @@ fn tls_go_crypto_tls_client_and_server() {
     // clients at their exec (a Go program first seen through its traffic would be probed only
     // after its first handshake). curl is not traced: its request is a root server span.
     let exes = ["*/httpserver", "*/httpclient"];
-    let agent = Agent::start(
-        &exes.iter().flat_map(|e| ["--exe".to_string(), e.to_string()]).collect::<Vec<_>>(),
-        &grpc_env(&rx),
-    )
-    .expect("agent");
+    // TRACER_TLS=on: also where the Go uprobes are classic (Linux 6.1), which leaves crypto/tls's
+    // off by default.
+    let mut env = grpc_env(&rx);
+    env.push(("TRACER_TLS", "on".to_string()));
+    let agent = Agent::start(&exes.iter().flat_map(|e| ["--exe".to_string(), e.to_string()]).collect::<Vec<_>>(), &env)
+        .expect("agent");
     for s in [&one, &two] {
         go_tls_attached(&agent, s.pid());
     }

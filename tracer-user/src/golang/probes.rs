@@ -331,8 +331,17 @@ impl GoProbes {
         let loaded = match load_programs(ebpf, mode) {
             Ok(()) => {
                 info!("Go uprobes: {mode}");
-                if std::env::var("TRACER_TLS").is_ok_and(|v| v == "off") {
+                let tls_env = std::env::var("TRACER_TLS").unwrap_or_default();
+                if tls_env == "off" {
                     info!("TLS plaintext (Go crypto/tls) not traced: TRACER_TLS=off");
+                } else if mode == UprobeMode::Classic && tls_env != "on" {
+                    // One perf event per point: a Go program's ten crypto/tls points would
+                    // add about a second to every stop and to every traced Go program's exit
+                    // (docs/benchmarks.md, "Go crypto/tls probes at stop").
+                    info!(
+                        "TLS plaintext (Go crypto/tls) not traced: no multi-uprobe links on this kernel \
+                         (TRACER_TLS=on traces it, at ~1 s per Go program at stop)"
+                    );
                 } else {
                     match load_tls_programs(ebpf, mode) {
                         Ok(()) => self.tls = true,
