@@ -161,17 +161,24 @@ pub fn host_port(host: &str, port: u16) -> String {
 /// [`grpc_unary_and_streaming`] with the server listening on `host` (`::1` for IPv6): the
 /// spans carry the whole address.
 pub fn grpc_unary_and_streaming_on(bin: &Path, label: &str, host: &str) {
-    grpc_calls(bin, label, host, None);
+    grpc_calls(bin, label, host, None, &[]);
+}
+
+/// [`grpc_unary_and_streaming`] with the client's first method string on a page the process has
+/// not touched when the call starts (`-cold-method`), as a constant of a binary not yet in
+/// memory is: a probe cannot fault it in, so the agent reads it again at the call's end.
+pub fn grpc_unary_and_streaming_cold_method(bin: &Path, label: &str) {
+    grpc_calls(bin, label, "127.0.0.1", None, &["-cold-method"]);
 }
 
 /// [`grpc_unary_and_streaming`] over TLS (the server's certificate and the CA file the client
 /// trusts), Go's crypto/tls under gRPC: with `uprobes`, the grpc-go probes must be attached to
 /// both processes; without, the Go probes only, and the calls come from the HTTP/2 plaintext.
 pub fn grpc_unary_and_streaming_tls(bin: &Path, label: &str, cert: &CertFiles, ca: &Path, uprobes: bool) {
-    grpc_calls(bin, label, "127.0.0.1", Some((cert, ca, uprobes)));
+    grpc_calls(bin, label, "127.0.0.1", Some((cert, ca, uprobes)), &[]);
 }
 
-fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Path, bool)>) {
+fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Path, bool)>, client_args: &[&str]) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
@@ -180,7 +187,7 @@ fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Pat
     if host != "127.0.0.1" {
         extra.extend(["-listen".to_string(), listen]);
     }
-    let mut client_extra: Vec<String> = Vec::new();
+    let mut client_extra: Vec<String> = client_args.iter().map(|a| a.to_string()).collect();
     if let Some((cert, ca, _)) = tls {
         for (flag, file) in [("-tls-cert", &cert.cert), ("-tls-key", &cert.key)] {
             extra.extend([flag.to_string(), file.to_string_lossy().into_owned()]);

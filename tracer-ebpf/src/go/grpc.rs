@@ -144,13 +144,40 @@ fn grpc_proc(tgid: u32) -> Option<GrpcProc> {
     unsafe { GRPC_PROCS.get(&tgid) }.copied()
 }
 
-/// Copies a Go string into `c.method`.
+/// The call's method could not be read when it started: `method` holds the string's address
+/// and length (two little-endian words) until [`emit`] reads it again. Never reaches userspace.
+const METHOD_UNREAD: u8 = 128;
+
+/// Copies a Go string of at most [`GRPC_METHOD_MAX`] bytes into `dst`; its length, or `None`
+/// when the bytes cannot be read.
+#[inline(always)]
+fn copy_go_string(dst: &mut [u8; GRPC_METHOD_MAX], ptr: u64, len: u64) -> Option<u16> {
+    let n = if len >= GRPC_METHOD_MAX as u64 { GRPC_METHOD_MAX as u64 } else { len & (GRPC_METHOD_MAX as u64 - 1) };
+    // SAFETY: bounded copy into `dst` through the probe helper, which fails safely on bad sources.
+    let r = unsafe { raw_read(dst.as_mut_ptr() as *mut c_void, n as u32, ptr as *const c_void) };
+    (r == 0).then_some(n as u16)
+}
+
+/// Copies the call's method into `c.method`. A client's method is usually a constant of the
+/// binary, on a page the process may not have touched yet, and a probe cannot fault a page in
+/// (the first call of a fresh process, or one whose binary is not in the page cache). Then the
+/// string's address and length wait in `c.method` and [`emit`] reads it at the call's end, when
+/// the program has encoded it into the call's HEADERS.
 #[inline(always)]
 fn copy_method(c: &mut Call, ptr: u64, len: u64) {
-    let n = if len >= GRPC_METHOD_MAX as u64 { GRPC_METHOD_MAX as u64 } else { len & (GRPC_METHOD_MAX as u64 - 1) };
-    // SAFETY: bounded copy into the map value through the probe helper.
-    let r = unsafe { raw_read(c.method.as_mut_ptr() as *mut c_void, n as u32, ptr as *const c_void) };
-    c.method_len = if r == 0 { n as u16 } else { 0 };
+    match copy_go_string(&mut c.method, ptr, len) {
+        Some(n) => c.method_len = n,
+        None => {
+            c.method_len = 0;
+            let words = c.method.as_mut_ptr() as *mut u64;
+            // SAFETY: two words inside the 128-byte array (unaligned writes).
+            unsafe {
+                words.write_unaligned(ptr);
+                words.add(1).write_unaligned(len);
+            }
+            c.flags |= METHOD_UNREAD;
+        }
+    }
 }
 
 /// The addresses of a `net.Conn` holding a `*net.TCPConn`: local, remote.
@@ -281,10 +308,15 @@ fn emit(tgid_pid: u64, kind: Role, c: &Call) {
         (*p).stream_id = c.stream_id;
         (*p).status = c.status;
         (*p).kind = kind as u8;
-        (*p).flags = c.flags;
+        (*p).flags = c.flags & !METHOD_UNREAD;
         (*p).method_len = c.method_len;
         (*p)._pad = 0;
         (*p).method = c.method;
+        if c.flags & METHOD_UNREAD != 0 {
+            let words = c.method.as_ptr() as *const u64;
+            let (ptr, len) = (words.read_unaligned(), words.add(1).read_unaligned());
+            (*p).method_len = copy_go_string(&mut (*p).method, ptr, len).unwrap_or(0);
+        }
     }
     e.submit(crate::socket::emit::wakeup_flags());
 }

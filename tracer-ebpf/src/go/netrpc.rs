@@ -102,9 +102,18 @@ fn codec_tuple(codec: u64, o: &NetRpcProc) -> Option<ConnTuple> {
 /// Reads `r.ServiceMethod` and `r.Seq` of a `*rpc.Request` into `ev`.
 #[inline(always)]
 fn read_request(req: u64, ev: &mut GoRpcEvent) -> Option<()> {
-    let ptr: u64 = read(req)?;
-    let len: u64 = read(req + 8)?;
     ev.seq = read(req + 16)?;
+    read_method(req, ev)
+}
+
+/// Reads the Go string at `s` (`Request.ServiceMethod`, `Call.ServiceMethod`) into
+/// `ev.method`. A client's method is usually a constant of the binary, on a page the process
+/// may not have touched yet, which a probe cannot fault in: then `method_len` stays 0 and the
+/// call's end reads `Call.ServiceMethod` again, once gob has encoded it.
+#[inline(always)]
+fn read_method(s: u64, ev: &mut GoRpcEvent) -> Option<()> {
+    let ptr: u64 = read(s)?;
+    let len: u64 = read(s + 8)?;
     let n = if len > RPC_METHOD_LEN as u64 { RPC_METHOD_LEN as u32 } else { len as u32 };
     if n > 0 && n <= RPC_METHOD_LEN as u32 {
         // SAFETY: n is within the destination array; the helper faults safely on bad sources.
@@ -254,6 +263,9 @@ pub fn go_rpc_client_done(ctx: ProbeContext) -> u32 {
     let ev = unsafe { &mut *p };
     if read::<u64>(call + 48).is_some_and(|t| t != 0) {
         ev.flags |= flags::ERROR as u8;
+    }
+    if ev.method_len == 0 {
+        let _ = read_method(call, ev);
     }
     // SAFETY: helper without arguments.
     ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
