@@ -68,6 +68,20 @@ impl From<Propagation> for tracer_common::Propagation {
     }
 }
 
+/// Whether to read the plaintext of TLS connections; see `RunArgs::tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// OpenSSL everywhere; Go's crypto/tls where the kernel has multi-uprobe links (with
+    /// classic uprobes, its probes would add about a second to every traced Go program's exit).
+    #[default]
+    Auto,
+    /// OpenSSL and Go's crypto/tls on every kernel.
+    On,
+    /// No TLS plaintext.
+    Off,
+}
+
 /// Whether to read pod metadata from the Kubernetes API; see `RunArgs::kubernetes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -123,6 +137,11 @@ pub struct RunArgs {
     /// changed).
     #[arg(long, value_enum)]
     pub propagation: Option<Propagation>,
+    /// TLS plaintext through uprobes on OpenSSL and Go's crypto/tls: `auto` (the default:
+    /// OpenSSL always, Go's crypto/tls where the kernel has multi-uprobe links), `on` (both on
+    /// every kernel), `off` (none).
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsMode>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,

@@ -17,6 +17,7 @@
 //! | excluded executables | `--exclude-exe` | `TRACER_EXCLUDE_EXES` | `exclude.exes` |
 //! | excluded namespaces | `--exclude-namespace` | `TRACER_EXCLUDE_NAMESPACES` | `exclude.namespaces` (default `[kube-system]`) |
 //! | propagation | `--propagation` | `TRACER_PROPAGATION` | `propagation` (default `same-host`) |
+//! | TLS plaintext | `--tls` | `TRACER_TLS` | `tls` (`auto`, `on`, `off`; default `auto`) |
 //! | duration | `--duration` | `TRACER_DURATION` | `duration` (seconds) |
 //! | ready file | `--ready-file` | `TRACER_READY_FILE` | `ready_file` |
 //! | export queue | `--export-queue` | `TRACER_EXPORT_QUEUE` | `export.queue` (default 8192) |
@@ -47,7 +48,7 @@
 //! List variables are comma-separated (commas inside `{…}` of a glob stay in the glob).
 //! OTLP header values are never logged nor shown in errors.
 
-use crate::cli::{KubernetesMode, Propagation, RunArgs};
+use crate::cli::{KubernetesMode, Propagation, RunArgs, TlsMode};
 use crate::discovery::{DEFAULT_EXCLUDED_NAMESPACES, SelectorSpec};
 use crate::export::{ExportConfig, config as otlp};
 use serde::Deserialize;
@@ -62,6 +63,8 @@ pub const DEFAULT_EXPORT_QUEUE: u32 = 8192;
 pub struct Settings {
     pub selectors: SelectorSpec,
     pub propagation: Propagation,
+    /// Which TLS libraries' plaintext is read.
+    pub tls: TlsMode,
     pub duration: Option<u64>,
     pub ready_file: Option<PathBuf>,
     pub export_queue: u32,
@@ -89,6 +92,7 @@ struct File {
     selectors: FileSelectors,
     exclude: FileExclude,
     propagation: Option<Propagation>,
+    tls: Option<TlsMode>,
     duration: Option<u64>,
     ready_file: Option<PathBuf>,
     export: FileExport,
@@ -326,6 +330,7 @@ pub fn resolve(
     let propagation =
         pick(args.propagation, parse_enum("TRACER_PROPAGATION", env("TRACER_PROPAGATION"))?, f.propagation)
             .unwrap_or_default();
+    let tls = pick(args.tls, parse_enum("TRACER_TLS", env("TRACER_TLS"))?, f.tls).unwrap_or_default();
     let duration =
         pick(args.duration, parse_u64("TRACER_DURATION", env("TRACER_DURATION"), "a number of seconds")?, f.duration);
     let ready_file = pick(args.ready_file.clone(), env("TRACER_READY_FILE").map(PathBuf::from), f.ready_file.clone());
@@ -391,6 +396,7 @@ pub fn resolve(
     Ok(Settings {
         selectors,
         propagation,
+        tls,
         duration,
         ready_file,
         export_queue,
@@ -639,6 +645,7 @@ exclude:
   exes: [sshd]
   namespaces: [kube-system, monitoring]
 propagation: 'on'
+tls: 'off'
 duration: 60
 ready_file: /run/tracer.ready
 export:
@@ -658,6 +665,7 @@ kubernetes:
         let s = resolve(&RunArgs::default(), env(&[]), None).unwrap();
         assert_eq!(s.selectors, SelectorSpec { exclude_namespaces: vec!["kube-system".into()], ..Default::default() });
         assert_eq!(s.propagation, Propagation::SameHost);
+        assert_eq!(s.tls, TlsMode::Auto);
         assert_eq!(s.export_queue, DEFAULT_EXPORT_QUEUE);
         assert_eq!(s.export, ExportConfig::Stdout);
         assert_eq!(s.kubernetes, KubernetesMode::Auto);
@@ -677,6 +685,7 @@ kubernetes:
         assert_eq!(s.selectors.exclude_exes, ["sshd"]);
         assert_eq!(s.selectors.exclude_namespaces, ["kube-system", "monitoring"]);
         assert_eq!(s.propagation, Propagation::On);
+        assert_eq!(s.tls, TlsMode::Off);
         assert_eq!(s.duration, Some(60));
         assert_eq!(s.ready_file.as_deref(), Some(Path::new("/run/tracer.ready")));
         assert_eq!(s.export_queue, 1000);
@@ -697,6 +706,7 @@ kubernetes:
         let file = Some(("tracer.yaml", FILE));
         let e = env(&[
             ("TRACER_PROPAGATION", "off"),
+            ("TRACER_TLS", "on"),
             ("TRACER_EXES", "node,java"),
             ("TRACER_EXPORT_QUEUE", "500"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4318/custom"),
@@ -705,6 +715,7 @@ kubernetes:
         // Environment over file.
         let s = resolve(&RunArgs::default(), &e, file).unwrap();
         assert_eq!(s.propagation, Propagation::Off);
+        assert_eq!(s.tls, TlsMode::On);
         assert_eq!(s.selectors.exes, ["node", "java"]);
         assert_eq!(s.selectors.pids, [101, 102], "untouched options keep the file's value");
         assert_eq!(s.export_queue, 500);
@@ -715,6 +726,7 @@ kubernetes:
         // Flags over both.
         let args = RunArgs {
             propagation: Some(Propagation::SameHost),
+            tls: Some(TlsMode::Auto),
             exes: vec!["ruby".into()],
             export_queue: Some(7),
             otlp_endpoint: Some("http://flag:4318".into()),
@@ -724,6 +736,7 @@ kubernetes:
         };
         let s = resolve(&args, &e, file).unwrap();
         assert_eq!(s.propagation, Propagation::SameHost);
+        assert_eq!(s.tls, TlsMode::Auto);
         assert_eq!(s.selectors.exes, ["ruby"]);
         assert_eq!(s.export_queue, 7);
         assert_eq!(s.node_name.as_deref(), Some("node-flag"));
@@ -747,6 +760,10 @@ kubernetes:
         assert!(e.starts_with("tracer.yaml: selectors: unknown field `port`"), "{e}");
         let e = err(&a, &[], "exporter: {}\n");
         assert!(e.starts_with("tracer.yaml: unknown field `exporter`"), "{e}");
+        assert_eq!(
+            resolve(&a, env(&[("TRACER_TLS", "maybe")]), None).unwrap_err().0,
+            "TRACER_TLS: \"maybe\" is not one of auto, on, off"
+        );
         let e = err(&a, &[], "propagation: sideways\n");
         assert!(e.starts_with("tracer.yaml: propagation: unknown variant `sideways`"), "{e}");
         let e = err(&a, &[], "selectors:\n  exes: python3\n");

@@ -55,6 +55,8 @@ type Links = Vec<(&'static str, UProbeLinkId)>;
 pub struct SslProbes {
     /// Probes per traced process rather than per file for every process.
     per_process: bool,
+    /// `--tls off`: no probes.
+    off: bool,
     /// `Some(Ok)` once the programs loaded, `Some(Err)` when they could not (then never again).
     loaded: Option<Result<(), String>>,
     /// Probed files (and the process the probes are for, when per process) and their links.
@@ -90,9 +92,10 @@ pub fn libssl_in_maps(maps: &str) -> Vec<String> {
 }
 
 impl SslProbes {
-    /// `per_process`: only selected processes are traced (see the module's text).
-    pub fn new(per_process: bool) -> Self {
-        Self { per_process, ..Self::default() }
+    /// `per_process`: only selected processes are traced (see the module's text); `tls`:
+    /// `--tls` (OpenSSL is probed unless it is `off`).
+    pub fn new(per_process: bool, tls: crate::cli::TlsMode) -> Self {
+        Self { per_process, off: tls == crate::cli::TlsMode::Off, ..Self::default() }
     }
 
     /// Uprobe links attached (each file's nine).
@@ -100,12 +103,12 @@ impl SslProbes {
         self.files.values().map(Vec::len).sum()
     }
 
-    /// Probes the host's libssl files and those every running process maps; with
-    /// `TRACER_TLS=off` in the environment, none ever.
+    /// Probes the host's libssl files and those every running process maps; with `--tls off`,
+    /// none ever.
     pub fn start(&mut self, ebpf: &mut Ebpf) {
-        if std::env::var("TRACER_TLS").is_ok_and(|v| v == "off") {
-            info!("TLS plaintext (OpenSSL) not traced: TRACER_TLS=off");
-            self.loaded = Some(Err("TRACER_TLS=off".into()));
+        if self.off {
+            info!("TLS plaintext (OpenSSL) not traced: --tls off");
+            self.loaded = Some(Err("--tls off".into()));
             return;
         }
         if self.per_process {

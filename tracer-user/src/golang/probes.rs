@@ -7,6 +7,7 @@
 //! attached; a binary missing what is needed gets one log line and keeps the behaviour the
 //! agent has for any process (its client requests are not linked to its server spans).
 
+use crate::cli::TlsMode;
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, ProgramArray},
@@ -209,6 +210,8 @@ pub struct GoProbes {
     /// milliseconds for a process's set of probes): done on a thread of its own, so that the
     /// event loop goes on handling exec events (a restarted service is traced at once).
     reaper: std::sync::mpsc::Sender<Vec<UProbeLink>>,
+    /// Whether to load the crypto/tls programs (`--tls`).
+    tls_mode: TlsMode,
     /// Whether the crypto/tls programs loaded.
     tls: bool,
     /// Processes whose grpc-go calls the uprobes trace.
@@ -256,6 +259,7 @@ impl Default for GoProbes {
             jobs,
             results,
             reaper,
+            tls_mode: TlsMode::Auto,
             tls: false,
             grpc: std::collections::HashSet::new(),
             grpc_changes: Vec::new(),
@@ -303,8 +307,9 @@ pub fn load_tls_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String
 }
 
 impl GoProbes {
-    pub fn new() -> Self {
-        Self::default()
+    /// `tls`: whether crypto/tls is traced (`--tls`; `auto`: with multi-uprobe links only).
+    pub fn new(tls: TlsMode) -> Self {
+        Self { tls_mode: tls, ..Self::default() }
     }
 
     /// Uprobe links attached, over every process.
@@ -331,16 +336,15 @@ impl GoProbes {
         let loaded = match load_programs(ebpf, mode) {
             Ok(()) => {
                 info!("Go uprobes: {mode}");
-                let tls_env = std::env::var("TRACER_TLS").unwrap_or_default();
-                if tls_env == "off" {
-                    info!("TLS plaintext (Go crypto/tls) not traced: TRACER_TLS=off");
-                } else if mode == UprobeMode::Classic && tls_env != "on" {
+                if self.tls_mode == TlsMode::Off {
+                    info!("TLS plaintext (Go crypto/tls) not traced: --tls off");
+                } else if mode == UprobeMode::Classic && self.tls_mode == TlsMode::Auto {
                     // One perf event per point: a Go program's ten crypto/tls points would
                     // add about a second to every stop and to every traced Go program's exit
                     // (docs/benchmarks.md, "Go crypto/tls probes at stop").
                     info!(
                         "TLS plaintext (Go crypto/tls) not traced: no multi-uprobe links on this kernel \
-                         (TRACER_TLS=on traces it, at ~1 s per Go program at stop)"
+                         (--tls on traces it, at ~1 s per Go program at stop)"
                     );
                 } else {
                     match load_tls_programs(ebpf, mode) {
