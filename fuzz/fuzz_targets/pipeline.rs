@@ -54,7 +54,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         let fd = u.int_in_range(3..=6i32)?;
         let ev = match u.int_in_range(0..=15u8)? {
             0 => Event::Close { ts_ns: now, tgid, tid, fd },
-            1 => Event::Conn { ts_ns: now, tgid, tid, fd, role: *u.choose(&ROLES)? },
+            1 => Event::Conn { ts_ns: now, tgid, tid, fd, role: *u.choose(&ROLES)?, start_ns: now, ret: 0 },
             2 => Event::Exec { ts_ns: now, tgid, ppid: 1, comm: "fuzz".into() },
             3 => Event::Exit { ts_ns: now, tgid },
             4 => {

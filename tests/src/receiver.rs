@@ -265,6 +265,22 @@ pub struct ReceivedSpan {
     pub protocol: Protocol,
     /// Span links: `(trace id, span id)` in hex.
     pub links: Vec<(String, String)>,
+    /// Span events, in the order received.
+    pub events: Vec<ReceivedEvent>,
+}
+
+/// One span event as received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedEvent {
+    pub name: String,
+    pub time_unix_nano: u64,
+    pub attributes: BTreeMap<String, AttrVal>,
+}
+
+impl ReceivedEvent {
+    pub fn attr(&self, key: &str) -> Option<&AttrVal> {
+        self.attributes.get(key)
+    }
 }
 
 impl ReceivedSpan {
@@ -275,6 +291,16 @@ impl ReceivedSpan {
     /// `service.name` of the resource, if any.
     pub fn service_name(&self) -> Option<&str> {
         self.resource.get("service.name").map(String::as_str)
+    }
+
+    /// The first event named `name`.
+    pub fn event(&self, name: &str) -> Option<&ReceivedEvent> {
+        self.events.iter().find(|e| e.name == name)
+    }
+
+    /// The names of the span's events, in order.
+    pub fn event_names(&self) -> Vec<&str> {
+        self.events.iter().map(|e| e.name.as_str()).collect()
     }
 
     pub fn duration(&self) -> Duration {
@@ -298,6 +324,13 @@ impl ReceivedSpan {
             "status_code": self.status_code.as_str(),
             "status_message": self.status_message,
             "flags": self.flags,
+            "events": self.events.iter().map(|e| serde_json::json!({
+                "name": e.name,
+                "time_unix_nano": e.time_unix_nano,
+                "attributes": serde_json::Value::Object(
+                    e.attributes.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+                ),
+            })).collect::<Vec<_>>(),
             "resource": self.resource,
             "scope": { "name": self.scope_name, "version": self.scope_version },
         })
@@ -382,6 +415,15 @@ fn flatten(req: ExportTraceServiceRequest, protocol: Protocol) -> Vec<ReceivedSp
                     scope_version: scope_version.clone(),
                     protocol,
                     links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
+                    events: span
+                        .events
+                        .into_iter()
+                        .map(|e| ReceivedEvent {
+                            name: e.name,
+                            time_unix_nano: e.time_unix_nano,
+                            attributes: attr_map(e.attributes),
+                        })
+                        .collect(),
                 });
             }
         }
@@ -1024,6 +1066,7 @@ mod tests {
             status: SpanStatus::Error("upstream unavailable".into()),
             pid: 1234,
             links: Vec::new(),
+            events: Vec::new(),
         };
         let client = SpanRecord {
             span_id: SpanId([0x22; 8]),
@@ -1037,6 +1080,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid: 99,
             links: Vec::new(),
+            events: Vec::new(),
             ..server.clone()
         };
         (server, client)

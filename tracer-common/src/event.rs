@@ -16,6 +16,8 @@ pub enum EventKind {
     Conn = 5,
     /// A gRPC call ended (client or server side, from uprobes on grpc-go): [`crate::GrpcEvent`].
     Grpc = 6,
+    /// A traced connect's TCP handshake ended: [`crate::HandshakeEvent`].
+    Handshake = 7,
     /// A Go net/rpc call completed, client or server side: [`crate::GoRpcEvent`].
     GoRpc = 16,
     /// A Go net/http server matched a request to a route pattern: [`crate::GoRouteEvent`].
@@ -31,6 +33,7 @@ impl EventKind {
             4 => Self::Exit,
             5 => Self::Conn,
             6 => Self::Grpc,
+            7 => Self::Handshake,
             16 => Self::GoRpc,
             17 => Self::GoRoute,
             _ => return None,

@@ -41,7 +41,8 @@ const _: () = {
     assert!(size_of::<TraceCtx>() == 32);
     assert!(size_of::<TupleKey>() == 36);
     assert!(size_of::<CloseEvent>() == 32);
-    assert!(size_of::<ConnEvent>() == 32);
+    assert!(size_of::<ConnEvent>() == 48);
+    assert!(size_of::<HandshakeEvent>() == 80);
     assert!(size_of::<ProcEvent>() == 48);
     assert!(size_of::<SockOffsets>() == 32);
     assert!(size_of::<FdOffsets>() == 40);

@@ -10,6 +10,7 @@ pub mod maps {
     pub const EXCLUDED: &str = "EXCLUDED";
     pub const ARGS: &str = "ARGS";
     pub const CONNECT_FD: &str = "CONNECT_FD";
+    pub const CONNECTING: &str = "CONNECTING";
     pub const CONNS: &str = "CONNS";
     pub const THREAD_CTX: &str = "THREAD_CTX";
     pub const NO_THREAD_LINK: &str = "NO_THREAD_LINK";
@@ -57,6 +58,7 @@ pub mod maps {
         EXCLUDED,
         ARGS,
         CONNECT_FD,
+        CONNECTING,
         CONNS,
         THREAD_CTX,
         NO_THREAD_LINK,
@@ -131,6 +133,9 @@ pub mod programs {
     /// Raw `sys_exit`: data syscalls; connect/accept through `sys_exit_conn`.
     pub const SYS_EXIT: &str = "sys_exit";
     pub const SOCK_LENGTH: &str = "sock_length";
+    /// Raw `inet_sock_set_state`: a traced connect's TCP handshake (per connection, not per
+    /// syscall).
+    pub const SOCK_STATE: &str = "sock_state";
     /// Tail-called (slot `tail::EMIT_STEP` of `PROGS`), never attached.
     pub const EMIT_STEP: &str = "emit_step";
     /// Tail-called (slot `tail::EXIT_CONN` of `PROGS`), never attached.
@@ -245,6 +250,7 @@ pub mod programs {
         SYS_ENTER,
         SYS_EXIT,
         SOCK_LENGTH,
+        SOCK_STATE,
         EMIT_STEP,
         SYS_EXIT_CONN,
         SCHED_PROCESS_FORK,

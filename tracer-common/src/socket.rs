@@ -197,7 +197,8 @@ pub struct CloseEvent {
     pub _pad: u32,
 }
 
-/// accept(2)/accept4(2) returned a new fd (server role) or connect(2) was called (client role).
+/// accept(2)/accept4(2) returned a new fd (server role) or connect(2) returned (client role).
+/// The header's time is the call's return.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
@@ -207,6 +208,31 @@ pub struct ConnEvent {
     /// A [`crate::Role`].
     pub role: u8,
     pub _pad: [u8; 3],
+    /// CLOCK_MONOTONIC ns at the call's entry.
+    pub start_ns: u64,
+    /// What the call returned: 0, `-EINPROGRESS` (a non-blocking connect whose handshake goes
+    /// on), or a negative errno (a connect that failed: no connection follows).
+    pub ret: i32,
+    pub _pad2: u32,
+}
+
+/// A traced process's TCP handshake ended (`SYN_SENT` to `ESTABLISHED` or `CLOSE`), in or after
+/// its connect(2). The header's time is the state change; its pid and tid are the connecting
+/// thread's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct HandshakeEvent {
+    pub header: EventHeader,
+    /// The fd connect(2) was called on.
+    pub fd: i32,
+    /// 1: established; 0: failed (refused, timed out, or closed while connecting).
+    pub established: u8,
+    pub _pad: [u8; 3],
+    /// CLOCK_MONOTONIC ns at the entry of the connect(2) that started the handshake.
+    pub start_ns: u64,
+    /// The connection's addresses (local first).
+    pub tuple: ConnTuple,
 }
 
 /// Value of the kernel's connection map, keyed by `(tgid << 32) | fd`.

@@ -108,9 +108,10 @@ pub fn tracer_sockops(ops: SockOpsContext) -> u32 {
                 let _ = ops.set_cb_flags(flags as i32);
                 // connect(2) is in progress on this thread: its fd names this socket.
                 // SAFETY: plain data copied out of the map.
-                if let Some(fd) = unsafe { CONNECT_FD.get(&pid_tgid) }.copied() {
-                    if fd >= 0 {
-                        lru_put(&CONN_TUPLE, &conn_key(tgid, fd as i32), &sockops_key(&ops), LruTable::ConnTuple);
+                if let Some(pending) = unsafe { CONNECT_FD.get(&pid_tgid) }.copied() {
+                    if pending.fd >= 0 {
+                        let key = conn_key(tgid, pending.fd as i32);
+                        lru_put(&CONN_TUPLE, &key, &sockops_key(&ops), LruTable::ConnTuple);
                     }
                 }
             }

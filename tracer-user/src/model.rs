@@ -106,6 +106,15 @@ pub struct SpanLink {
     pub span_id: SpanId,
 }
 
+/// A moment in a span's life (OTLP `Span.Event`): a phase of the request, with the kernel's
+/// timestamp of the syscall that marked it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEvent {
+    pub name: &'static str,
+    pub time: SystemTime,
+    pub attributes: Vec<Attr>,
+}
+
 /// One finished span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanRecord {
@@ -124,11 +133,18 @@ pub struct SpanRecord {
     pub pid: u32,
     /// Links to other spans (OTLP `Span.links`), without attributes.
     pub links: Vec<SpanLink>,
+    /// Phases of the request (OTLP `Span.events`), in time order, inside `start..=end`.
+    pub events: Vec<SpanEvent>,
 }
 
 impl SpanRecord {
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
         self.attributes.iter().find(|a| a.key == key).map(|a| &a.value)
+    }
+
+    /// The first event named `name`.
+    pub fn event(&self, name: &str) -> Option<&SpanEvent> {
+        self.events.iter().find(|e| e.name == name)
     }
 }
 

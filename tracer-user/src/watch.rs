@@ -25,7 +25,7 @@ use ratatui::widgets::Paragraph;
 use crate::agent::{Hooks, TappedSpan};
 use crate::cli::WatchArgs;
 use crate::export::stdout::format_duration;
-use crate::model::{AttrValue, SpanId, SpanKind, SpanStatus, TraceId};
+use crate::model::{AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
 
 /// A trace is complete once none of its spans arrived for this long. The correlator already
 /// holds related spans back until they can be linked, so they arrive close together.
@@ -152,8 +152,12 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
         let from = ((offset / total) * inner as f64).floor() as usize;
         let from = from.min(inner - 1);
         let len = (((dur.as_secs_f64() / total) * inner as f64).round() as usize).clamp(1, inner - from);
+        let cell_time = |c: usize| trace.start + Duration::from_secs_f64((c as f64 + 0.5) / inner as f64 * total);
         let bar: String = std::iter::once('|')
-            .chain((0..inner).map(|c| if c >= from && c < from + len { bar_char } else { ' ' }))
+            .chain(
+                (0..inner)
+                    .map(|c| if c >= from && c < from + len { phase_char(span, cell_time(c), bar_char) } else { ' ' }),
+            )
             .chain(std::iter::once('|'))
             .collect();
         let left = format!(
@@ -172,6 +176,21 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// What a span's bar shows at time `t`, by the phase its events say it is in: `~` connecting,
+/// `-` sending or receiving, `bar_char` waiting for the other side (a client for the response's
+/// first byte, a server handling the request). A span without events is `bar_char` throughout.
+pub fn phase_char(span: &SpanRecord, t: SystemTime, bar_char: char) -> char {
+    if span.events.is_empty() {
+        return bar_char;
+    }
+    let last = span.events.iter().rev().find(|e| e.time <= t).map(|e| e.name);
+    match (span.kind, last) {
+        (SpanKind::Client, None) if span.events[0].name == "connect" => '~',
+        (SpanKind::Client, Some("request.sent")) | (SpanKind::Server, Some("request.received")) => bar_char,
+        _ => '-',
+    }
 }
 
 /// Span indices in tree order (children under their parent, by start time) with their depth.
@@ -295,7 +314,7 @@ impl View {
         } else if self.paused {
             s.push_str(&format!("  PAUSED ({} waiting)", self.held.len()));
         }
-        s.push_str("  q quit  p pause  up/down scroll");
+        s.push_str("  q quit  p pause  up/down scroll  bars: ~ connect - send/receive = wait");
         s
     }
 
@@ -451,7 +470,7 @@ fn ui_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attr, ProcessResource, SpanRecord};
+    use crate::model::{Attr, ProcessResource, SpanEvent};
 
     #[allow(clippy::too_many_arguments)]
     fn span(
@@ -484,6 +503,7 @@ mod tests {
                 status: if error { SpanStatus::Error(format!("HTTP {code}")) } else { SpanStatus::Unset },
                 pid: 9,
                 links: Vec::new(),
+                events: Vec::new(),
             },
         )
     }
@@ -512,6 +532,39 @@ mod tests {
         assert_eq!(inner, 16 - 2);
         assert_eq!((c - a, d - c), (inner / 2, inner / 2), "{rows:#?}");
         assert!(rows[3].text[c..d].chars().all(|ch| ch == '='), "{}", rows[3].text);
+    }
+
+    #[test]
+    fn bars_are_split_by_the_phases_of_their_span() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let ev = |name, ms| SpanEvent { name, time: at(ms), attributes: Vec::new() };
+        let mut client = span(4, 1, None, "front", SpanKind::Client, 200, 0, 100);
+        client.1.events = vec![ev("connect", 25), ev("request.sent", 50), ev("response.first_byte", 75)];
+        let mut server = span(4, 2, Some(1), "back", SpanKind::Server, 200, 50, 25);
+        server.1.events = vec![ev("request.received", 50), ev("response.first_byte", 70)];
+        let rows = trace_rows(&Trace::new(vec![client, server]), 80, '=');
+        let bar = |r: &Row| {
+            let (a, b) = r.bar.unwrap();
+            r.text.chars().skip(a).take(b - a).collect::<String>()
+        };
+        // The client's bar: connect, send, wait, receive, a quarter each.
+        let client_bar = bar(&rows[1]);
+        assert!(client_bar.starts_with("~~~") && client_bar.ends_with("---"), "{client_bar}");
+        let kinds: Vec<char> = client_bar.chars().fold(Vec::new(), |mut v, c| {
+            if v.last() != Some(&c) {
+                v.push(c);
+            }
+            v
+        });
+        assert_eq!(kinds, vec!['~', '-', '=', '-'], "{client_bar}");
+        let server_bar = bar(&rows[2]);
+        assert!(server_bar.starts_with('=') && server_bar.ends_with('-'), "{server_bar}");
+        assert_eq!(phase_char(&rows_span(), at(0), '#'), '#');
+    }
+
+    fn rows_span() -> SpanRecord {
+        span(5, 1, None, "x", SpanKind::Client, 200, 0, 1).1
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //!   `ctx=TRACE/SPAN[/PARENT][/remote|/thread]` (kernel trace context: 32 and 16 hex digits, an
 //!   optional 16-digit parent, and whether the parent came over the wire or from the thread;
 //!   default none), `proto=http1|kafka` (the protocol the kernel classified; default http1).
-//! * `conn`: `role=client|server|unknown`, `at=`. `close`: `at=`. `exit`: `at=`. `tick`: `at=`
+//! * `conn`: `role=client|server|unknown`, `at=` (the call's return), `start=` (its entry;
+//!   default `at`), `errno=` (a connect that failed; default none: it succeeded).
+//!   `handshake`: `start=` (the entry of the connect it belongs to), `at=`, `ok=1|0`
+//!   (established or failed; the addresses are the fd's `tuple`). `close`: `at=`. `exit`: `at=`. `tick`: `at=`
 //!   runs the assembler's timeouts at that time, shows the correlator what is in flight and
 //!   emits the spans whose hold is over.
 //! * `propagation off|same-host|on`: the correlator's mode (default same-host); give it before
@@ -57,7 +60,8 @@
 //! in hex; other (random) ids are shown as names: trace ids `T1`, `T2`, ... in order of first
 //! appearance, span ids `#N` for the N-th span of the output (`?` for a parent that is neither).
 //! `remote` marks a parent in another process or host. A span's links follow its ids, one
-//! `link trace=… span=…` line each. Run with `UPDATE_GOLDEN=1` to rewrite the
+//! `link trace=… span=…` line each, then its events, one `event NAME at=… key=value…` line
+//! each. Run with `UPDATE_GOLDEN=1` to rewrite the
 //! expected files.
 
 use std::collections::HashMap;
@@ -69,7 +73,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use tracer_common::{ConnTuple, Propagation, Proto, Role, Syscall};
 use tracer_user::agent::pipeline::{Pipeline, PipelineConfig};
-use tracer_user::capture::event::{Data, Event, KernelCtx};
+use tracer_user::capture::event::{Data, Event, Handshake, KernelCtx};
 use tracer_user::capture::{decode, encode};
 use tracer_user::clock::Clock;
 use tracer_user::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
@@ -343,7 +347,24 @@ fn parse_events(text: &str) -> Result<Case, String> {
             }
             "conn" => {
                 let at = f.need("at").map_err(err)?;
-                Some(encode::conn(at, tgid, tid, fd, f.role().map_err(err)?))
+                let start = f.num("start").map_err(err)?.unwrap_or(at);
+                let ret = match f.num("errno").map_err(err)? {
+                    Some(e) => -(e as i32),
+                    None => 0,
+                };
+                Some(encode::conn(at, tgid, tid, fd, f.role().map_err(err)?, start, ret))
+            }
+            "handshake" => {
+                let h = Handshake {
+                    ts_ns: f.need("at").map_err(err)?,
+                    tgid,
+                    tid,
+                    fd,
+                    established: f.need("ok").map_err(err)? != 0,
+                    start_ns: f.need("start").map_err(err)?,
+                    tuple: tuples.get(&(tgid, fd)).copied().unwrap_or_default(),
+                };
+                Some(encode::handshake(&h))
             }
             "close" => {
                 let at = f.need("at").map_err(err)?;
@@ -445,6 +466,10 @@ fn render(text: &str, spans: &[SpanRecord], pipeline: &Pipeline) -> String {
         for l in &s.links {
             let _ = writeln!(out, "  link trace={} span={}", names.trace(l.trace_id), names.span(l.span_id));
         }
+        for e in &s.events {
+            let attrs: Vec<String> = e.attributes.iter().map(|a| format!(" {}={}", a.key, a.value)).collect();
+            let _ = writeln!(out, "  event {} at={}{}", e.name, ns(e.time), attrs.concat());
+        }
         let mut attrs: Vec<_> = s.attributes.iter().map(|a| (a.key, a.value.to_string())).collect();
         attrs.sort();
         for (k, v) in attrs {
@@ -489,6 +514,7 @@ fn event_time(ev: &Event) -> u64 {
         Event::Data(d) => d.end_ns,
         Event::Close { ts_ns, .. }
         | Event::Conn { ts_ns, .. }
+        | Event::Handshake(Handshake { ts_ns, .. })
         | Event::Exec { ts_ns, .. }
         | Event::Exit { ts_ns, .. } => *ts_ns,
         Event::Grpc(g) => g.end_ns,

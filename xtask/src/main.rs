@@ -329,6 +329,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_http2",
         "--test",
         "e2e_tls",
+        "--test",
+        "e2e_phases",
         "--",
     ])
     .args(["--ignored", "--test-threads=1", "--nocapture"])

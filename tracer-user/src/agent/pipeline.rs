@@ -170,7 +170,7 @@ impl Pipeline {
         }
         self.routes.apply(&mut self.exchanges);
         for ex in self.exchanges.drain(..) {
-            self.points.push(crate::spans::metric_point(&ex));
+            self.points.extend(crate::spans::metric_point(&ex));
             self.correlator.push(ex, now_ns);
         }
     }

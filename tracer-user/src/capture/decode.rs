@@ -5,11 +5,11 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 use tracer_common::{
     CloseEvent, ConnEvent, DataEvent, DataMeta, EventHeader, EventKind, GRPC_METHOD_MAX, GoRouteEvent, GoRpcEvent,
-    GrpcEvent, MAX_PAYLOAD, ProcEvent, Proto, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
+    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, Proto, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
 };
 use zerocopy::FromBytes;
 
-use super::event::{Data, Event, GrpcRecord, KernelCtx, NetRpcRecord, RouteRecord};
+use super::event::{Data, Event, GrpcRecord, Handshake, KernelCtx, NetRpcRecord, RouteRecord};
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,7 +71,27 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
         }
         Some(EventKind::Conn) => {
             let e: ConnEvent = read(b)?;
-            Ok(Event::Conn { ts_ns, tgid, tid, fd: e.fd, role: role("conn", e.role)? })
+            Ok(Event::Conn {
+                ts_ns,
+                tgid,
+                tid,
+                fd: e.fd,
+                role: role("conn", e.role)?,
+                start_ns: e.start_ns,
+                ret: e.ret,
+            })
+        }
+        Some(EventKind::Handshake) => {
+            let e: HandshakeEvent = read(b)?;
+            Ok(Event::Handshake(Handshake {
+                ts_ns,
+                tgid,
+                tid,
+                fd: e.fd,
+                established: e.established != 0,
+                start_ns: e.start_ns,
+                tuple: e.tuple,
+            }))
         }
         Some(EventKind::Exec) => {
             let e: ProcEvent = read(b)?;

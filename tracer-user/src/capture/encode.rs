@@ -3,11 +3,11 @@
 
 use tracer_common::{
     CloseEvent, ConnEvent, DataEvent, DataMeta, EventHeader, EventKind, GRPC_METHOD_MAX, GoRouteEvent, GoRpcEvent,
-    GrpcEvent, MAX_PAYLOAD, ProcEvent, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
+    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
 };
 use zerocopy::IntoBytes;
 
-use super::event::{Data, GrpcRecord, KernelCtx, NetRpcRecord, RouteRecord};
+use super::event::{Data, GrpcRecord, Handshake, KernelCtx, NetRpcRecord, RouteRecord};
 
 fn pid_tgid(tgid: u32, tid: u32) -> u64 {
     (u64::from(tgid) << 32) | u64::from(tid)
@@ -65,12 +65,29 @@ pub fn close(ts_ns: u64, tgid: u32, tid: u32, fd: i32) -> Vec<u8> {
         .to_vec()
 }
 
-pub fn conn(ts_ns: u64, tgid: u32, tid: u32, fd: i32, role: Role) -> Vec<u8> {
+/// accept/connect returned at `ts_ns`, entered at `start_ns`, with `ret`.
+pub fn conn(ts_ns: u64, tgid: u32, tid: u32, fd: i32, role: Role, start_ns: u64, ret: i32) -> Vec<u8> {
     ConnEvent {
         header: EventHeader::new(EventKind::Conn, ts_ns, pid_tgid(tgid, tid)),
         fd,
         role: role as u8,
         _pad: [0; 3],
+        start_ns,
+        ret,
+        _pad2: 0,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+pub fn handshake(h: &Handshake) -> Vec<u8> {
+    HandshakeEvent {
+        header: EventHeader::new(EventKind::Handshake, h.ts_ns, pid_tgid(h.tgid, h.tid)),
+        fd: h.fd,
+        established: u8::from(h.established),
+        _pad: [0; 3],
+        start_ns: h.start_ns,
+        tuple: h.tuple,
     }
     .as_bytes()
     .to_vec()

@@ -14,13 +14,22 @@ pub enum Event {
         tid: u32,
         fd: i32,
     },
+    /// accept or connect returned (`ts_ns`); a connect that failed (`ret` a negative errno other
+    /// than `-EINPROGRESS`) leaves no connection.
     Conn {
         ts_ns: u64,
         tgid: u32,
         tid: u32,
         fd: i32,
         role: Role,
+        /// CLOCK_MONOTONIC ns at the call's entry.
+        start_ns: u64,
+        /// The call's return: 0, `-EINPROGRESS`, or a negative errno.
+        ret: i32,
     },
+    /// A connect's TCP handshake ended at `ts_ns` (in or after the call that started at
+    /// `start_ns`).
+    Handshake(Handshake),
     Exec {
         ts_ns: u64,
         tgid: u32,
@@ -39,6 +48,25 @@ pub enum Event {
     /// A Go ServeMux matched a route pattern.
     Route(RouteRecord),
 }
+
+/// The end of a traced connect's TCP handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// CLOCK_MONOTONIC ns of the state change.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    /// The connecting thread.
+    pub tid: u32,
+    pub fd: i32,
+    /// Established; else the handshake failed (refused, timed out, closed).
+    pub established: bool,
+    /// CLOCK_MONOTONIC ns at the entry of the connect that started it.
+    pub start_ns: u64,
+    pub tuple: ConnTuple,
+}
+
+/// `-EINPROGRESS`: a non-blocking connect whose handshake goes on.
+pub const EINPROGRESS: i32 = -115;
 
 /// Span ids the kernel assigned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

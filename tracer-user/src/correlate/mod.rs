@@ -948,6 +948,7 @@ mod tests {
             parent_source: ParentSource::None,
             kernel_ctx: None,
             pairing: Pairing::ByTuple,
+            conn_use: None,
             detail: Detail::Http1(Http1Detail {
                 request: RequestHead {
                     method: "GET".into(),

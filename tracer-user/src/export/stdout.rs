@@ -74,6 +74,9 @@ fn render_tree(out: &mut String, spans: &[(Arc<ProcessResource>, SpanRecord)], m
             }
             let (res, span) = &spans[i];
             let _ = writeln!(out, "{:indent$}{}", "", span_line(res, span), indent = depth * 2);
+            if !span.events.is_empty() {
+                let _ = writeln!(out, "{:indent$}{}", "", events_line(span), indent = depth * 2 + 2);
+            }
             if let Some(kids) = children.get(&span.span_id) {
                 stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
             }
@@ -111,8 +114,32 @@ fn span_line(res: &ProcessResource, span: &SpanRecord) -> String {
         }
     }
     let _ = write!(line, "  [{} pid {}]", res.service_name, span.pid);
+    match (span.attr("network.connection.reused"), span.attr("network.connection.idle_ns")) {
+        (Some(AttrValue::Bool(false)), _) => line.push_str("  new connection"),
+        (Some(AttrValue::Bool(true)), Some(AttrValue::Int(idle))) => {
+            let idle = Duration::from_nanos(u64::try_from(*idle).unwrap_or(0));
+            let _ = write!(line, "  reused connection (idle {})", format_duration(idle));
+        }
+        (Some(AttrValue::Bool(true)), _) => line.push_str("  reused connection"),
+        _ => {}
+    }
     if let SpanStatus::Error(description) = &span.status {
         let _ = write!(line, "  ERROR {description}");
+    }
+    line
+}
+
+/// The span's events, each at its offset from the span's start:
+/// `· connect +310us · request.sent +402us · response.first_byte +1.2ms`.
+fn events_line(span: &SpanRecord) -> String {
+    let mut line = String::new();
+    for e in &span.events {
+        let offset = e.time.duration_since(span.start).unwrap_or_default();
+        let sep = if line.is_empty() { "" } else { " " };
+        let _ = write!(line, "{sep}· {} +{}", e.name, format_duration(offset));
+        if let Some(AttrValue::Str(error)) = e.attributes.iter().find(|a| a.key == "error.type").map(|a| &a.value) {
+            let _ = write!(line, " ({error})");
+        }
     }
     line
 }
@@ -268,6 +295,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid,
             links: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -306,6 +334,36 @@ trace 01010101010101010101010101010101
   SERVER GET /health  40us  [python3 pid 1234]
 ";
         assert_eq!(render_trace(&spans), expected);
+    }
+
+    #[test]
+    fn lists_phases_under_their_span_with_the_connection_reuse() {
+        use crate::model::SpanEvent;
+        let r = res("curl", 7);
+        let mut fresh = span(3, 1, None, SpanKind::Client, "GET", 0, 2_000, 7);
+        fresh.attributes.push(Attr::bool("network.connection.reused", false));
+        let ev = |name, us, attributes| SpanEvent { name, time: at(us), attributes };
+        fresh.events = vec![
+            ev("connect", 300, vec![Attr::int("duration_ns", 300_000)]),
+            ev("request.sent", 410, vec![]),
+            ev("response.first_byte", 1_500, vec![]),
+        ];
+        let mut reused = span(3, 2, Some(1), SpanKind::Client, "GET", 2_100, 500, 7);
+        reused.attributes.push(Attr::bool("network.connection.reused", true));
+        reused.attributes.push(Attr::int("network.connection.idle_ns", 100_000));
+        let mut failed = span(3, 3, Some(1), SpanKind::Client, "connect", 3_000, 20, 7);
+        failed.events = vec![ev("connect", 3_020, vec![Attr::str("error.type", "ECONNREFUSED")])];
+        let out = render_trace(&[(r.clone(), fresh), (r.clone(), reused), (r, failed)]);
+        assert_eq!(
+            out,
+            "trace 03030303030303030303030303030303
+  CLIENT GET  2.0ms  [curl pid 7]  new connection
+    · connect +300us · request.sent +410us · response.first_byte +1.5ms
+    CLIENT GET  500us  [curl pid 7]  reused connection (idle 100us)
+    CLIENT connect  20us  [curl pid 7]
+      · connect +20us (ECONNREFUSED)
+"
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! * span: trace and span id, parent id (absent for a root), flags (sampled, plus the W3C
 //!   "has is-remote" bit and "is remote" when the parent is remote), name, kind, start and end
 //!   (end never before start), attributes, status (always present; code and message when the
-//!   span failed), links (trace and span id, flags; no trace state or attributes). The agent's
-//!   spans carry no trace state or events and drop nothing, so those fields and the dropped
-//!   counts never appear;
+//!   span failed), events (time, name, attributes), links (trace and span id, flags; no trace
+//!   state or attributes). The agent's spans carry no trace state and drop nothing, so that
+//!   field and the dropped counts never appear;
 //! * resource: the process's attributes (the last value of a repeated key wins), then
 //!   `service.name`, which overrides any `service.name` among the attributes.
 //!
@@ -28,7 +28,7 @@ use bytes::{BufMut as _, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::Item;
-use crate::model::{AttrValue, ProcessResource, SpanKind, SpanRecord, SpanStatus};
+use crate::model::{AttrValue, ProcessResource, SpanEvent, SpanKind, SpanRecord, SpanStatus};
 
 /// Instrumentation scope name on every exported span.
 pub const SCOPE_NAME: &str = "tracer";
@@ -93,9 +93,14 @@ mod tag {
     pub const START: u32 = 7;
     pub const END: u32 = 8;
     pub const ATTRIBUTES: u32 = 9;
+    pub const EVENTS: u32 = 11;
     pub const LINKS: u32 = 13;
     pub const STATUS: u32 = 15;
     pub const FLAGS: u32 = 16;
+    // Span.Event
+    pub const EVENT_TIME: u32 = 1;
+    pub const EVENT_NAME: u32 = 2;
+    pub const EVENT_ATTRIBUTES: u32 = 3;
     // Span.Link
     pub const LINK_TRACE_ID: u32 = 1;
     pub const LINK_SPAN_ID: u32 = 2;
@@ -346,6 +351,28 @@ fn link_len() -> usize {
     field_len(tag::LINK_TRACE_ID, 16) + field_len(tag::LINK_SPAN_ID, 8) + key_len(tag::LINK_FLAGS) + 4
 }
 
+fn event_len(e: &SpanEvent) -> usize {
+    fixed64_len(tag::EVENT_TIME, nanos(e.time))
+        + str_len(tag::EVENT_NAME, e.name.as_bytes())
+        + e.attributes
+            .iter()
+            .map(|a| field_len(tag::EVENT_ATTRIBUTES, key_value_len(a.key, (&a.value).into())))
+            .sum::<usize>()
+}
+
+fn put_event(e: &SpanEvent, out: &mut BytesMut) {
+    put_header(tag::EVENTS, event_len(e), out);
+    let time = nanos(e.time);
+    if time != 0 {
+        encode_key(tag::EVENT_TIME, WireType::SixtyFourBit, out);
+        out.put_u64_le(time);
+    }
+    put_str(tag::EVENT_NAME, e.name, out);
+    for a in &e.attributes {
+        put_key_value(tag::EVENT_ATTRIBUTES, a.key, (&a.value).into(), out);
+    }
+}
+
 fn span_len(span: &SpanRecord) -> usize {
     let f = SpanFields::of(span);
     field_len(tag::TRACE_ID, span.trace_id.0.len())
@@ -361,6 +388,7 @@ fn span_len(span: &SpanRecord) -> usize {
             .iter()
             .map(|a| field_len(tag::ATTRIBUTES, key_value_len(a.key, (&a.value).into())))
             .sum::<usize>()
+        + span.events.iter().map(|e| field_len(tag::EVENTS, event_len(e))).sum::<usize>()
         + span.links.len() * field_len(tag::LINKS, link_len())
         + field_len(tag::STATUS, f.status_len())
         + key_len(tag::FLAGS)
@@ -385,6 +413,9 @@ fn put_span(span: &SpanRecord, out: &mut BytesMut) {
     }
     for a in &span.attributes {
         put_key_value(tag::ATTRIBUTES, a.key, (&a.value).into(), out);
+    }
+    for e in &span.events {
+        put_event(e, out);
     }
     for l in &span.links {
         put_header(tag::LINKS, link_len(), out);
@@ -482,6 +513,17 @@ mod tests {
             pid: 1000 + (i % 5) as u32,
             links: (0..i % 3)
                 .map(|j| SpanLink { trace_id: TraceId([b ^ j as u8; 16]), span_id: SpanId([j as u8 + 1; 8]) })
+                .collect(),
+            events: (0..i % 4)
+                .map(|j| SpanEvent {
+                    name: ["request.sent", "", "response.first_byte", "connect"][(i + j) % 4],
+                    time: if i == 5 { UNIX_EPOCH - Duration::from_secs(1) } else { at(i as u64 * 1000 + j as u64 * 7) },
+                    attributes: match j {
+                        0 => Vec::new(),
+                        1 => vec![Attr::int("duration_ns", i as i64), Attr::str("ö", "")],
+                        _ => vec![Attr::bool("error", i.is_multiple_of(2)), Attr::str("error.type", "ECONNREFUSED")],
+                    },
+                })
                 .collect(),
         }
     }
@@ -600,6 +642,7 @@ mod tests {
                         status: if rng.random() { SpanStatus::Unset } else { SpanStatus::Error(text(&mut rng)) },
                         pid: 0,
                         links: Vec::new(),
+                        events: Vec::new(),
                     };
                     (resources[rng.random_range(0..resources.len())].clone(), span)
                 })

@@ -233,6 +233,7 @@ impl Probes {
             attach(&mut ebpf, programs::SOCK_LENGTH, &["sock_send_length", "sock_recv_length"])?;
         }
         attach(&mut ebpf, programs::SYS_ENTER, &["sys_enter"])?;
+        attach(&mut ebpf, programs::SOCK_STATE, &["inet_sock_set_state"])?;
         attach(&mut ebpf, programs::SCHED_PROCESS_FORK, &["sched_process_fork"])?;
         attach(&mut ebpf, programs::SCHED_PROCESS_EXEC, &["sched_process_exec"])?;
         attach(&mut ebpf, programs::SCHED_PROCESS_EXIT, &["sched_process_exit"])?;

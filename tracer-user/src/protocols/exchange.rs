@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_common::{AF_INET, AF_INET6, ConnTuple, Role};
 
 use super::{
-    database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail, http2::detail::Http2Detail,
-    messaging::detail::MessagingDetail, netrpc::detail::NetRpcDetail,
+    connect::ConnectDetail, database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail,
+    http2::detail::Http2Detail, messaging::detail::MessagingDetail, netrpc::detail::NetRpcDetail,
 };
 use crate::capture::event::KernelCtx;
 use crate::model::{SpanId, SpanKind, TraceId};
-use crate::streams::ConnInfo;
+use crate::streams::{ConnInfo, ConnUse};
 
 /// When and on which thread a syscall (or a probed call) ran.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +64,8 @@ pub enum Detail {
     Db(DbDetail),
     /// A message published or received (NATS).
     Messaging(MessagingDetail),
+    /// A connect that failed (no protocol: nothing was sent).
+    Connect(ConnectDetail),
 }
 
 /// One request and (once complete) its response.
@@ -97,6 +99,9 @@ pub struct Exchange {
     /// Ids the kernel attached to the event that started the request, if any.
     pub kernel_ctx: Option<KernelCtx>,
     pub pairing: Pairing,
+    /// What a client request owes to its connection (reuse, the connect that opened it); `None`
+    /// for other kinds and for calls reported by uprobes.
+    pub conn_use: Option<ConnUse>,
     pub detail: Detail,
 }
 
@@ -130,6 +135,7 @@ impl Exchange {
             parent_source: ids.parent_source,
             kernel_ctx,
             pairing,
+            conn_use: (kind == SpanKind::Client).then(|| conn.use_by_request(first.start_ns)),
             detail,
         }
     }
@@ -201,13 +207,20 @@ impl Exchange {
     }
 
     /// Span start (CLOCK_MONOTONIC ns). A client span starts when its first request byte is
-    /// written; a server span when its first request byte has been read (the read's entry
-    /// would include the time a keep-alive read waited for the client).
+    /// written, or at the entry of the connect(2) that opened its connection for it; a server
+    /// span when its first request byte has been read (the read's entry would include the time
+    /// a keep-alive read waited for the client).
     pub fn start_ns(&self) -> u64 {
         match self.kind {
             SpanKind::Server => self.request_first.end_ns,
-            SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => self.request_first.start_ns,
+            SpanKind::Client => self.request_first.start_ns.min(self.connect_start_ns().unwrap_or(u64::MAX)),
+            SpanKind::Producer | SpanKind::Consumer => self.request_first.start_ns,
         }
+    }
+
+    /// connect(2)'s entry, when this client request opened its connection.
+    fn connect_start_ns(&self) -> Option<u64> {
+        self.conn_use.and_then(|u| u.connect).map(|c| c.start_ns)
     }
 
     /// Span end (CLOCK_MONOTONIC ns), never before the start. A client span ends when its last
@@ -265,6 +278,7 @@ impl KernelCall {
             },
             kernel_ctx: Some(self.ids),
             pairing: Pairing::Kernel,
+            conn_use: None,
             detail,
         }
     }

@@ -11,13 +11,15 @@
 //! * [`nats`], [`amqp`] (RabbitMQ) and [`kafka`]: messages a client publishes, is delivered or
 //!   fetches ([`messaging`] holds their span);
 //! * [`netrpc`]: Go net/rpc calls from uprobes;
-//! * [`grpc`]: grpc-go calls from uprobes.
+//! * [`grpc`]: grpc-go calls from uprobes;
+//! * [`connect`]: a connect that failed (no connection, no protocol).
 //!
 //! [`Protocols`] drives them: it keeps the connection table (`crate::streams`), picks the parser
 //! for a new connection from the protocol the kernel classified, and routes every event.
 //! docs/architecture.md says how to add a protocol.
 
 pub mod amqp;
+pub mod connect;
 pub mod database;
 pub mod exchange;
 pub mod grpc;
@@ -50,7 +52,7 @@ use self::postgres::Postgres;
 use self::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats, Shared};
 use self::redis::Redis;
 use crate::capture::event::{Data, Event};
-use crate::streams::{Ended, Streams, StreamsConfig, StreamsStats, Tick};
+use crate::streams::{Ended, FailedConnect, Streams, StreamsConfig, StreamsStats, Tick};
 
 /// The parser of one connection, by protocol.
 pub enum AnyProtocol {
@@ -150,8 +152,13 @@ impl Protocols {
         match ev {
             Event::Data(d) => self.on_data(d, out),
             Event::Close { tgid, fd, .. } => self.streams.on_close(*tgid, *fd, &mut self.ended),
-            Event::Conn { ts_ns, tgid, fd, role, .. } => {
-                self.streams.on_conn(*ts_ns, *tgid, *fd, *role, &mut self.ended)
+            Event::Conn { ts_ns, tgid, tid, fd, role, start_ns, ret } => {
+                let failed = self.streams.on_conn(*ts_ns, *tgid, *tid, *fd, *role, *start_ns, *ret, &mut self.ended);
+                self.on_failed_connect(failed, out);
+            }
+            Event::Handshake(h) => {
+                let failed = self.streams.on_handshake(h);
+                self.on_failed_connect(failed, out);
             }
             Event::Exit { tgid, .. } => self.streams.on_exit(*tgid, &mut self.ended),
             Event::NetRpc(_) => {
@@ -167,8 +174,8 @@ impl Protocols {
 
     fn on_data(&mut self, d: &Data, out: &mut Vec<Exchange>) {
         let Self { config, stats, shared, streams, ended, .. } = self;
-        let (info, state) = streams.on_data(d, ended);
-        let info = *info;
+        let (streams_info, state) = streams.on_data(d, ended);
+        let info = *streams_info;
         for e in ended.drain(..) {
             end(e, config, stats, shared, out);
         }
@@ -176,7 +183,13 @@ impl Protocols {
             *state = AnyProtocol::for_proto(info.proto);
         }
         if let Some(p) = state {
+            let before = out.len();
             p.get().on_data(&info, d, &mut Cx::new(config, stats, shared, out));
+            if !info.claimed {
+                let mut began = out.len() > before;
+                p.get_ref().for_each_in_flight(&mut |_| began = true);
+                streams_info.claimed = began;
+            }
         }
     }
 
@@ -196,6 +209,14 @@ impl Protocols {
     pub fn flush(&mut self, out: &mut Vec<Exchange>) {
         self.streams.flush(&mut self.ended);
         self.finish_ended(out);
+    }
+
+    /// A connect that failed is a failed CLIENT span of its own.
+    fn on_failed_connect(&mut self, failed: Option<FailedConnect>, out: &mut Vec<Exchange>) {
+        if let Some(f) = failed {
+            self.stats.spans_emitted += 1;
+            out.push(connect::exchange(&f));
+        }
     }
 
     /// Exchanges still waiting for (the end of) their response.

@@ -11,9 +11,10 @@ pub mod routes;
 use std::net::IpAddr;
 
 use crate::clock::Clock;
-use crate::model::{Attr, SpanKind, SpanRecord};
+use crate::model::{Attr, SpanEvent, SpanKind, SpanRecord};
 use crate::protocols::exchange::{Detail, Exchange};
 use crate::protocols::shape::{Endpoints, MetricPoint, Shape};
+use crate::streams::ConnectOutcome;
 
 /// The server end and the peer of an exchange.
 pub fn endpoints(ex: &Exchange) -> Endpoints {
@@ -26,7 +27,7 @@ pub fn endpoints(ex: &Exchange) -> Endpoints {
     let named = match &ex.detail {
         Detail::Http1(d) => d.server(conn_port),
         Detail::Http2(d) => d.server(conn_port),
-        Detail::NetRpc(_) | Detail::Grpc(_) | Detail::Db(_) | Detail::Messaging(_) => None,
+        Detail::NetRpc(_) | Detail::Grpc(_) | Detail::Db(_) | Detail::Messaging(_) | Detail::Connect(_) => None,
     };
     let server = match named {
         Some((host, port)) => (Some(host), port),
@@ -43,6 +44,7 @@ fn shape(ex: &Exchange, ep: &Endpoints) -> Shape {
         Detail::Grpc(d) => d.shape(ex.kind),
         Detail::Db(d) => d.shape(),
         Detail::Messaging(d) => d.shape(),
+        Detail::Connect(d) => d.shape(),
     }
 }
 
@@ -65,6 +67,13 @@ pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
         attrs.push(Attr::str("network.peer.address", addr));
         attrs.push(Attr::int("network.peer.port", i64::from(port)));
     }
+    if let Some(u) = ex.conn_use.filter(|_| !matches!(ex.detail, Detail::Connect(_))) {
+        attrs.push(Attr::bool("network.connection.reused", u.reused));
+        if let Some(idle) = u.idle_ns {
+            attrs.push(Attr::int("network.connection.idle_ns", i64::try_from(idle).unwrap_or(i64::MAX)));
+        }
+    }
+    let events = phases(ex).into_iter().map(|p| p.event(clock)).collect();
     SpanRecord {
         trace_id: ex.trace_id,
         span_id: ex.span_id,
@@ -78,11 +87,81 @@ pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
         status,
         pid: ex.tgid,
         links: Vec::new(),
+        events,
     }
 }
 
-/// The request-metrics point of a completed exchange.
-pub fn metric_point(ex: &Exchange) -> MetricPoint {
+/// One phase of a request: a span event at a kernel timestamp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub name: &'static str,
+    /// CLOCK_MONOTONIC ns.
+    pub at_ns: u64,
+    pub attrs: Vec<Attr>,
+}
+
+impl Phase {
+    fn event(self, clock: &Clock) -> SpanEvent {
+        SpanEvent { name: self.name, time: clock.to_system_time(self.at_ns), attributes: self.attrs }
+    }
+}
+
+/// The phases of an exchange's request, in time order, each inside the span:
+///
+/// * CLIENT: `connect` (when the request opened its connection: the end of the TCP handshake,
+///   with `duration_ns` from connect(2)'s entry, and `error.type` when it failed),
+///   `request.sent` (the write that carried the request's last byte returned) and
+///   `response.first_byte` (the read that carried the response's first byte returned);
+/// * SERVER: `request.received` (the read that carried the request's last byte returned) and
+///   `response.first_byte` (the write that carried the response's first byte began).
+///
+/// Calls reported whole by uprobes (no connection) and messaging spans have none.
+pub fn phases(ex: &Exchange) -> Vec<Phase> {
+    let mut out = Vec::new();
+    if ex.fd < 0 && !matches!(ex.detail, Detail::Connect(_)) {
+        return out;
+    }
+    let phase = |name, at_ns, attrs| Phase { name, at_ns, attrs };
+    match ex.kind {
+        SpanKind::Client => {
+            if let Some(c) = ex.conn_use.and_then(|u| u.connect) {
+                let mut attrs = vec![Attr::int("duration_ns", c.end_ns.saturating_sub(c.start_ns) as i64)];
+                if let ConnectOutcome::Failed(errno) = c.outcome {
+                    attrs.push(Attr::str("error.type", crate::protocols::connect::error_type(errno)));
+                }
+                out.push(phase("connect", c.end_ns, attrs));
+            }
+            if matches!(ex.detail, Detail::Connect(_)) {
+                return out;
+            }
+            if let Some(s) = ex.request_last {
+                out.push(phase("request.sent", s.end_ns, Vec::new()));
+            }
+            if let Some(s) = ex.response_first {
+                out.push(phase("response.first_byte", s.end_ns, Vec::new()));
+            }
+        }
+        SpanKind::Server => {
+            if let Some(s) = ex.request_last {
+                out.push(phase("request.received", s.end_ns, Vec::new()));
+            }
+            if let Some(s) = ex.response_first {
+                out.push(phase("response.first_byte", s.start_ns, Vec::new()));
+            }
+        }
+        SpanKind::Producer | SpanKind::Consumer => {}
+    }
+    let (start, end) = (ex.start_ns(), ex.end_ns());
+    for p in &mut out {
+        p.at_ns = p.at_ns.clamp(start, end);
+    }
+    out.sort_by_key(|p| p.at_ns);
+    out
+}
+
+/// The request-metrics point of a completed exchange (none for a failed connect: no request
+/// was made).
+pub fn metric_point(ex: &Exchange) -> Option<MetricPoint> {
     let labels = match &ex.detail {
         Detail::Http1(d) => d.metric(ex.kind),
         Detail::Http2(d) => d.metric(ex.kind),
@@ -90,13 +169,14 @@ pub fn metric_point(ex: &Exchange) -> MetricPoint {
         Detail::Grpc(d) => d.metric(ex.kind),
         Detail::Db(d) => d.metric(),
         Detail::Messaging(d) => d.metric(),
+        Detail::Connect(_) => return None,
     };
     let duration_ns = ex.end_ns() - ex.start_ns();
-    MetricPoint {
+    Some(MetricPoint {
         pid: ex.tgid,
         kind: ex.kind,
         duration_s: duration_ns as f64 / 1e9,
         server: endpoints(ex).server,
         labels,
-    }
+    })
 }

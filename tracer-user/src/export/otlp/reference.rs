@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use opentelemetry::trace::{
-    Link, SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId as OtelTraceId,
-    TraceState,
+    Event, Link, SpanContext, SpanId as OtelSpanId, SpanKind as OtelSpanKind, Status, TraceFlags,
+    TraceId as OtelTraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
@@ -50,6 +50,19 @@ fn links(links: &[crate::model::SpanLink]) -> SpanLinks {
     out
 }
 
+/// The SDK's events of a span's events.
+fn events(events: Vec<crate::model::SpanEvent>) -> SpanEvents {
+    let mut out = SpanEvents::default();
+    out.events = events
+        .into_iter()
+        .map(|e| {
+            let attrs = e.attributes.into_iter().map(|a| KeyValue::new(a.key, attr_value(a.value))).collect();
+            Event::new(e.name, e.time, attrs, 0)
+        })
+        .collect();
+    out
+}
+
 /// Converts one agent span into the SDK's exportable form.
 pub(crate) fn to_span_data(span: SpanRecord) -> SpanData {
     let span_context = SpanContext::new(
@@ -75,7 +88,7 @@ pub(crate) fn to_span_data(span: SpanRecord) -> SpanData {
         end_time: span.end.max(span.start),
         attributes: span.attributes.into_iter().map(|a| KeyValue::new(a.key, attr_value(a.value))).collect(),
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
+        events: events(span.events),
         links: links(&span.links),
         status: match span.status {
             SpanStatus::Unset => Status::Unset,

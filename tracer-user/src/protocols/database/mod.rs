@@ -251,8 +251,20 @@ pub mod testkit {
             let mut tuple = ConnTuple { family: AF_INET, sport: 40000, dport: 6379, ..Default::default() };
             tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
             tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 9]);
-            let info =
-                ConnInfo { tgid: 7, fd: 5, sock: 1, tuple, hint: Role::Client, proto, tls: false, last_activity_ns: 0 };
+            let info = ConnInfo {
+                tgid: 7,
+                fd: 5,
+                sock: 1,
+                tuple,
+                hint: Role::Client,
+                proto,
+                tls: false,
+                last_activity_ns: 0,
+                connect: None,
+                data_start_ns: 0,
+                prev_activity_ns: None,
+                claimed: false,
+            };
             Self {
                 p,
                 info,

@@ -563,7 +563,15 @@ fn garbage_never_panics_and_yields_nothing() {
         sim.ev(data_on(fd, v4_tuple(), rng.random_bool(0.5), i, i + 1, &bytes));
         match rng.random_range(0..50) {
             0 => sim.ev(Event::Close { ts_ns: i, tgid: TGID, tid: TGID, fd }),
-            1 => sim.ev(Event::Conn { ts_ns: i, tgid: TGID, tid: TGID, fd, role: random_role(&mut rng) }),
+            1 => sim.ev(Event::Conn {
+                ts_ns: i,
+                tgid: TGID,
+                tid: TGID,
+                fd,
+                role: random_role(&mut rng),
+                start_ns: i,
+                ret: 0,
+            }),
             2 => sim.asm.on_tick(i + rng.random_range(0..1_000_000_000_000), &mut sim.spans),
             _ => {}
         }
@@ -723,7 +731,7 @@ fn capacity_evicts_least_recently_active() {
 fn conn_event_and_socket_change_reset_state() {
     let mut sim = Sim::new();
     sim.read(1, 2, b"GET /old HTTP/1.1\r\n\r\n");
-    sim.ev(Event::Conn { ts_ns: 5, tgid: TGID, tid: TGID, fd: FD, role: Role::Client });
+    sim.ev(Event::Conn { ts_ns: 5, tgid: TGID, tid: TGID, fd: FD, role: Role::Client, start_ns: 5, ret: 0 });
     assert_eq!(sim.asm.stats().unanswered_requests, 1);
     // Now the process is the client on this fd.
     sim.write(10, 11, b"GET /new HTTP/1.1\r\n\r\n");
