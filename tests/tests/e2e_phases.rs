@@ -99,7 +99,7 @@ fn stop_and_collect(rt: &tokio::runtime::Runtime, rx: &Receiver, agent: Agent, e
     rx.spans()
 }
 
-fn sorted<'a>(spans: &'a [ReceivedSpan], f: impl Fn(&ReceivedSpan) -> bool) -> Vec<&'a ReceivedSpan> {
+fn sorted(spans: &[ReceivedSpan], f: impl Fn(&ReceivedSpan) -> bool) -> Vec<&ReceivedSpan> {
     let mut v: Vec<_> = spans.iter().filter(|s| f(s)).collect();
     v.sort_by_key(|s| s.start_unix_nano);
     v

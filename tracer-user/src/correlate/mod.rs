@@ -795,6 +795,10 @@ impl Correlator {
                 if start < p.span_start_ns && p.span_start_ns - start < CLAMP_NS {
                     span.start = clock.to_system_time(p.span_start_ns);
                 }
+                // The span's events stay inside it.
+                for e in &mut span.events {
+                    e.time = e.time.clamp(span.start, span.end.max(span.start));
+                }
             }
             span.trace_id = trace;
             span.parent_span_id = node.parent;

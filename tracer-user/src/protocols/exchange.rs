@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_common::{AF_INET, AF_INET6, ConnTuple, Role};
 
 use super::{
-    connect::ConnectDetail, database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail,
+    connect::detail::ConnectDetail, database::detail::DbDetail, grpc::detail::GrpcDetail, http1::detail::Http1Detail,
     http2::detail::Http2Detail, messaging::detail::MessagingDetail, netrpc::detail::NetRpcDetail,
 };
 use crate::capture::event::KernelCtx;

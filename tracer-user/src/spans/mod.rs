@@ -127,7 +127,7 @@ pub fn phases(ex: &Exchange) -> Vec<Phase> {
             if let Some(c) = ex.conn_use.and_then(|u| u.connect) {
                 let mut attrs = vec![Attr::int("duration_ns", c.end_ns.saturating_sub(c.start_ns) as i64)];
                 if let ConnectOutcome::Failed(errno) = c.outcome {
-                    attrs.push(Attr::str("error.type", crate::protocols::connect::error_type(errno)));
+                    attrs.push(Attr::str("error.type", crate::protocols::connect::detail::error_type(errno)));
                 }
                 out.push(phase("connect", c.end_ns, attrs));
             }

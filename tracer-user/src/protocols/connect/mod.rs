@@ -4,48 +4,12 @@
 
 use tracer_common::Role;
 
+pub mod detail;
+
+use self::detail::ConnectDetail;
 use super::exchange::{Detail, Exchange, Ids, Pairing, Stamp};
-use crate::model::{Attr, SpanKind, SpanStatus};
-use crate::protocols::shape::Shape;
+use crate::model::SpanKind;
 use crate::streams::{ConnInfo, ConnUse, FailedConnect};
-
-/// What a failed connect's span says: the errno, when connect(2) returned one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectDetail {
-    pub errno: Option<i32>,
-}
-
-impl ConnectDetail {
-    pub fn shape(&self) -> Shape {
-        let error = error_type(self.errno);
-        Shape {
-            name: "connect".into(),
-            attrs: vec![Attr::str("error.type", error.clone())],
-            status: SpanStatus::Error(match self.errno {
-                Some(_) => format!("connect failed: {error}"),
-                None => "connect failed (refused, reset or timed out)".into(),
-            }),
-        }
-    }
-}
-
-/// `error.type` of a failed connect: the errno's name, else `connect_failed` (the handshake
-/// ended in `CLOSE` after a non-blocking connect returned: refused, reset or timed out).
-pub fn error_type(errno: Option<i32>) -> String {
-    let name = match errno {
-        None => return "connect_failed".into(),
-        Some(111) => "ECONNREFUSED",
-        Some(110) => "ETIMEDOUT",
-        Some(113) => "EHOSTUNREACH",
-        Some(101) => "ENETUNREACH",
-        Some(104) => "ECONNRESET",
-        Some(99) => "EADDRNOTAVAIL",
-        Some(13) => "EACCES",
-        Some(1) => "EPERM",
-        Some(n) => return format!("errno {n}"),
-    };
-    name.into()
-}
 
 /// The span of a failed connect: from connect(2)'s entry to the failure, on the connecting
 /// thread (so the server span that thread was handling, if any, is its parent).
@@ -89,7 +53,7 @@ pub fn exchange(f: &FailedConnect) -> Exchange {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::detail::error_type;
 
     #[test]
     fn errno_names() {
