@@ -52,6 +52,14 @@
 //! peer client on this host is in flight, a client root without context on a thread whose server
 //! request is in flight. Without it, links that complete after the hold are lost.
 //!
+//! # Span starts
+//!
+//! A client span that opened its connection starts at connect(2)'s entry, unless that is before
+//! its parent's start (the parent a node of the table or a request in flight): then the connect
+//! was not made for it and it starts at its first byte, without the `connect` event (see
+//! `Exchange::fit_connect_to_parent`). A child that crosses its local parent's start or end by
+//! less than a millisecond (the two sides of one transfer) is clamped into it, its events too.
+//!
 //! # Message links
 //!
 //! A Kafka CONSUMER span is linked (span links, not parents) to the PRODUCER spans of the
@@ -268,7 +276,8 @@ struct ThreadState {
 /// What is in flight in the assembler (see [`Correlator::observe_in_flight`]).
 #[derive(Default)]
 struct InFlight {
-    spans: HashSet<SpanId>,
+    /// Span start of each request in flight, by span id.
+    spans: HashMap<SpanId, u64>,
     client_keys: HashSet<PairKey>,
     /// Earliest request start of a server exchange in flight, per thread.
     server_starts: HashMap<(u32, u32), u64>,
@@ -473,7 +482,7 @@ impl Correlator {
         f.client_keys.clear();
         f.server_starts.clear();
         for ex in in_flight {
-            f.spans.insert(ex.span_id);
+            f.spans.insert(ex.span_id, ex.start_ns());
             match ex.kind {
                 SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => {
                     if let Some((key, _)) = pair_side(ex) {
@@ -740,6 +749,16 @@ impl Correlator {
         }
     }
 
+    /// When the parent of `id` began (its span start), if this agent knows the parent: a node of
+    /// the table or a request in flight.
+    fn parent_start_ns(&self, id: SpanId) -> Option<u64> {
+        let p = self.nodes.get(&id)?.parent?;
+        match self.nodes.get(&p) {
+            Some(n) => Some(n.span_start_ns),
+            None => self.in_flight.spans.get(&p).copied(),
+        }
+    }
+
     /// Whether the trace of `id` may still change: see "Holding longer" in the module docs.
     fn may_change(&self, id: SpanId) -> bool {
         if self.in_flight.spans.is_empty() {
@@ -750,7 +769,7 @@ impl Correlator {
         if r.fixed.is_some() {
             return false;
         }
-        if r.parent.is_some_and(|p| self.in_flight.spans.contains(&p)) {
+        if r.parent.is_some_and(|p| self.in_flight.spans.contains_key(&p)) {
             return true;
         }
         match r.kind {
@@ -768,8 +787,17 @@ impl Correlator {
     }
 
     fn emit(&mut self, held: Held, now: u64, clock: &Clock, out: &mut Vec<SpanRecord>) {
-        let ex = held.ex;
+        let mut ex = held.ex;
         let id = ex.span_id;
+        // A client span never starts before its parent: a connect older than the parent is
+        // not the span's (see `Exchange::fit_connect_to_parent`).
+        if let Some(parent_start) = self.parent_start_ns(id)
+            && ex.fit_connect_to_parent(parent_start)
+            && let Some(n) = self.nodes.get_mut(&id)
+        {
+            n.span_start_ns = ex.start_ns();
+            n.span_end_ns = ex.end_ns();
+        }
         let mut span = crate::spans::to_span(&ex, clock);
         if ex.kind == SpanKind::Consumer
             && let Some(pos) = messages::position(&ex)
@@ -898,9 +926,11 @@ impl Correlator {
 mod tests {
     use super::*;
     use crate::capture::event::KernelCtx;
+    use crate::model::AttrValue;
     use crate::protocols::exchange::{Detail, Stamp};
     use crate::protocols::http1::detail::Http1Detail;
     use crate::protocols::http1::framing::{RequestHead, ResponseHead};
+    use crate::streams::{ConnUse, Connect, ConnectOutcome};
     use std::time::UNIX_EPOCH;
     use tracer_common::ConnTuple;
 
@@ -1219,6 +1249,59 @@ mod tests {
         let (spans, st) = run(Propagation::Off, [&sc, &cb, &sb, &ca, &sa].iter().map(|e| (*e).clone()).collect());
         check(&spans, &sa, &ca, &sb, &cb, &sc);
         assert_eq!(st.pairs, 0);
+    }
+
+    /// `e` opened its connection with a connect from `start` to `end` (µs).
+    fn connected(mut e: Exchange, start: u64, end: u64) -> Exchange {
+        let connect = Connect { start_ns: start * US_NS, end_ns: end * US_NS, outcome: ConnectOutcome::Established };
+        e.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(connect) });
+        e
+    }
+
+    #[test]
+    fn connect_older_than_the_parent_is_not_the_clients() {
+        let at = |us: u64| clock().to_system_time(us * US_NS);
+        let reused = |s: &SpanRecord| s.attr("network.connection.reused").cloned();
+        // A server request on tid 5 from 100 µs. One client's connection was dialed at 50 µs,
+        // before that request began (Go hands a connection dialed for one request to another);
+        // the other client connected at 200 µs, inside it, for itself.
+        let s = server(1, 5, 8080, 40000, 100, 600);
+        let old = connected(client(1, 5, 41000, 9000, 150, 300), 50, 60);
+        let own = connected(client(1, 5, 41001, 9000, 250, 500), 200, 210);
+        // Linked by thread, or by the kernel (the server span the goroutine was handling).
+        let ks = with_ctx(s.clone(), 1, 1, None, false);
+        let kold = with_ctx(old.clone(), 1, 2, Some(1), false);
+        let kown = with_ctx(own.clone(), 1, 3, Some(1), false);
+        for (s, old, own) in [(&s, &old, &own), (&ks, &kold, &kown)] {
+            let (spans, _) = run(Propagation::SameHost, vec![old.clone(), own.clone(), s.clone()]);
+            let (o, w) = (&spans[&old.span_id], &spans[&own.span_id]);
+            assert_eq!(o.parent_span_id, Some(s.span_id));
+            assert_eq!(w.parent_span_id, Some(s.span_id));
+            assert!(o.start >= spans[&s.span_id].start);
+            // Its start stays at its first byte, without the connect; still a new connection.
+            assert_eq!(o.start, at(150));
+            assert!(o.event("connect").is_none());
+            assert!(o.events.iter().all(|e| e.time >= o.start && e.time <= o.end));
+            assert_eq!(reused(o), Some(AttrValue::Bool(false)));
+            // The connect inside the parent is the client's: the span starts at connect().
+            assert_eq!(w.start, at(200));
+            assert_eq!(w.event("connect").map(|e| e.time), Some(at(210)));
+            assert_eq!(reused(w), Some(AttrValue::Bool(false)));
+        }
+        // A parent still in flight when the child is emitted counts too.
+        let mut c = Correlator::new(Propagation::SameHost, Duration::from_nanos(HOLD));
+        let mut out = Vec::new();
+        c.push(kold.clone(), 1_000_000);
+        c.observe_in_flight([&ks]);
+        c.poll(1_000_000 + 20 * HOLD, &clock(), &mut out);
+        let o = out.iter().find(|x| x.span_id == kold.span_id).expect("emitted");
+        assert_eq!((o.start, o.event("connect")), (at(150), None));
+        // A parent this agent does not know (another host): the connect stays.
+        let mut remote = old.clone();
+        traceparent(&mut remote, false);
+        let (spans, _) = run(Propagation::SameHost, vec![remote.clone()]);
+        assert_eq!(spans[&remote.span_id].start, at(50));
+        assert!(spans[&remote.span_id].event("connect").is_some());
     }
 
     fn traceparent(e: &mut Exchange, server: bool) {

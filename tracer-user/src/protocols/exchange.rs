@@ -223,6 +223,32 @@ impl Exchange {
         self.conn_use.and_then(|u| u.connect).map(|c| c.start_ns)
     }
 
+    /// Keeps a client span from starting before its parent span, which began at
+    /// `parent_start_ns` (known to this agent); returns whether the span lost its connect.
+    ///
+    /// The connect (and its failure) belongs to the first request sent on the connection, and
+    /// that request's span starts at connect(2)'s entry. But a connection may be opened before
+    /// the request that first uses it existed: Go's `http.Transport` dials in a goroutine of
+    /// its own for one request and may hand the connection to another (of another trace) whose
+    /// parent began after the dial. When the connect began before the parent, the span keeps
+    /// its start at its first request byte and gets no `connect` event. It still says
+    /// `network.connection.reused` false: no request used the connection before it (Go's own
+    /// `httptrace.GotConnInfo.Reused` says the same), only the connect is not its own.
+    ///
+    /// A failed connect's own span (`Detail::Connect`) is the connect: it is left as it is.
+    pub fn fit_connect_to_parent(&mut self, parent_start_ns: u64) -> bool {
+        if self.kind != SpanKind::Client || matches!(self.detail, Detail::Connect(_)) {
+            return false;
+        }
+        match self.conn_use.as_mut() {
+            Some(u) if u.connect.is_some_and(|c| c.start_ns < parent_start_ns) => {
+                u.connect = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Span end (CLOCK_MONOTONIC ns), never before the start. A client span ends when its last
     /// response byte has been read; a server span when it starts writing its last response bytes.
     /// The server's write may return well after the client's read has returned the same bytes
