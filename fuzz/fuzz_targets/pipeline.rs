@@ -55,7 +55,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         let ev = match u.int_in_range(0..=15u8)? {
             0 => Event::Close { ts_ns: now, tgid, tid, fd },
             1 => Event::Conn { ts_ns: now, tgid, tid, fd, role: *u.choose(&ROLES)?, start_ns: now, ret: 0 },
-            2 => Event::Exec { ts_ns: now, tgid, ppid: 1, comm: "fuzz".into() },
+            2 => Event::Exec { ts_ns: now, tgid, ppid: 1, comm: "fuzz".into(), pending: false },
             3 => Event::Exit { ts_ns: now, tgid },
             4 => {
                 pipeline.tick(now);

@@ -96,3 +96,45 @@ fn a_service_started_after_the_agent_is_traced_and_again_after_a_restart() {
     assert!(traced_at(&log, pids[1]).is_some());
     eprintln!("discovery latencies: {figures:?}");
 }
+
+/// A selected service whose first request is over before the agent has read its exec (the agent
+/// is held with SIGSTOP meanwhile, as a loaded host may hold it): the kernel traces each new
+/// program from its exec until the agent decides, so that request is still a span. curl, started
+/// meanwhile and not selected, gives none.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn a_request_made_before_the_agent_reads_the_exec_is_traced() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let agent = Agent::start(&args(&["--exe", "httpserv*"]), &grpc_env(&rx)).expect("agent");
+    /// Lets the agent go on when dropped (also when an assertion fails while it is held).
+    struct Held(u32);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the agent's pid.
+            unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: a signal to the agent's pid.
+    assert_eq!(unsafe { libc::kill(agent.pid as i32, libc::SIGSTOP) }, 0, "SIGSTOP the agent");
+    let held = Held(agent.pid);
+    let mut cmd = Command::new(fixtures_bin().join("httpserver"));
+    cmd.env("OTEL_SERVICE_NAME", "go-early");
+    let go = Service::start("go-early", cmd).expect("go server");
+    assert_eq!(curl(&[&go.url("/hello")]).unwrap(), "hello");
+    drop(held);
+    let pid = go.pid().to_string();
+    let of_pid = |s: &tracer_tests::receiver::ReceivedSpan| s.resource.get("process.pid") == Some(&pid);
+    rt.block_on(rx.wait_for(|s| s.iter().any(of_pid), WAIT))
+        .unwrap_or_else(|e| panic!("the request made before the agent read the exec: {e}\n{}", agent.log_text()));
+    let log = agent.stop().expect("agent stops");
+    let spans = rx.spans();
+    let mine: Vec<_> = spans.iter().filter(|s| of_pid(s)).collect();
+    assert_eq!(mine.len(), 1, "one span for the one request: {mine:#?}");
+    assert_eq!(mine[0].service_name(), Some("go-early"));
+    assert_eq!(mine[0].attr("url.path").and_then(|v| v.as_str()), Some("/hello"));
+    assert_eq!(mine[0].kind, tracer_tests::receiver::SpanKind::Server);
+    let curl_spans: Vec<_> = spans.iter().filter(|s| s.service_name() == Some("curl")).collect();
+    assert!(curl_spans.is_empty(), "curl is not selected: {curl_spans:#?}\n{log}");
+}

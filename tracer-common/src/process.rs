@@ -10,10 +10,23 @@ pub struct ProcEvent {
     pub header: EventHeader,
     /// Parent tgid (exec only; 0 otherwise).
     pub ppid: u32,
-    pub _pad: u32,
+    /// Exec only: 1 when the kernel marked the new program [`selection::PENDING`] at this exec
+    /// (it was not traced before), 0 otherwise.
+    pub pending: u32,
     /// The task's `comm` (NUL-padded; exec only, zero otherwise): the new program's name, for
     /// a process that is gone before the agent reads /proc.
     pub comm: [u8; 16],
+}
+
+/// Values of the kernel's table of traced processes (when not every process is traced).
+pub mod selection {
+    /// Traced: selected by the agent, or a child of a traced process.
+    pub const TRACED: u8 = 1;
+    /// Just exec'd, not decided yet: its data flows until the agent, reading the exec, selects
+    /// it (then [`TRACED`]) or not (then removed, and the agent drops what it already sent). So a
+    /// selected program's first request is seen even when it comes before the agent has read
+    /// the exec (a loaded host, a service that answers within milliseconds of starting).
+    pub const PENDING: u8 = 2;
 }
 
 /// Offsets into `struct sock` read from the running kernel's BTF at start-up.

@@ -21,7 +21,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 pub static COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
-/// Processes to trace when `TRACE_ALL` is 0 (tgid -> 1). Children of traced processes are added
+/// Processes to trace when `TRACE_ALL` is 0 (tgid -> `tracer_common::selection::TRACED`,
+/// or `PENDING` from its exec until the agent decides). Children of traced processes are added
 /// here by the fork tracepoint.
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);

@@ -2,13 +2,13 @@
 //! per-thread state dies with its thread.
 
 use aya_ebpf::{
-    bindings::BPF_RB_FORCE_WAKEUP,
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    EventHeader, EventKind, ProcEvent,
+    EventHeader, EventKind, ProcEvent, selection,
     tables::{FixedTable, LruTable},
 };
 
@@ -28,8 +28,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: only presence is tested.
-    if unsafe { TRACED.get(&parent) }.is_none() {
+    // SAFETY: a plain byte copied out of the map. A parent not decided yet passes nothing on
+    // (the agent decides on its exec only).
+    if unsafe { TRACED.get(&parent) }.copied() != Some(selection::TRACED) {
         return 0;
     }
     let child: u64 = ctx.arg(1);
@@ -39,20 +40,20 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
     let tgid = unsafe { bpf_probe_read_kernel((child + u64::from(off.tgid)) as *const i32) }.unwrap_or(0) as u32;
     // A new thread shares the parent's tgid already; a new process inherits tracing.
     if pid != 0 && pid == tgid {
-        put(&TRACED, &tgid, &1, FixedTable::Traced);
+        put(&TRACED, &tgid, &selection::TRACED, FixedTable::Traced);
     }
     0
 }
 
 #[inline(always)]
-fn proc_event(kind: EventKind, pid_tgid: u64) {
+fn proc_event(kind: EventKind, pid_tgid: u64, pending: bool) {
     if let Some(mut e) = EVENTS.reserve::<ProcEvent>(0) {
         let p = e.as_mut_ptr();
         // SAFETY: the reserved record, fully written before submit.
         unsafe {
             (*p).header = EventHeader::new(kind, bpf_ktime_get_ns(), pid_tgid);
             (*p).ppid = 0;
-            (*p)._pad = 0;
+            (*p).pending = u32::from(pending);
             (*p).comm = if kind == EventKind::Exec { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] };
         }
         // Exec must reach the agent at once (even past batched data events) so it can read
@@ -71,10 +72,14 @@ fn proc_event(kind: EventKind, pid_tgid: u64) {
 #[raw_tracepoint]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == cfg(&AGENT_TGID) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == cfg(&AGENT_TGID) {
         return 0;
     }
-    proc_event(EventKind::Exec, pid_tgid);
+    // Traced from here until the agent has read this exec (see `selection::PENDING`); a
+    // process already traced stays so (and a full table leaves it to the agent's own insert).
+    let pending = cfg(&TRACE_ALL) == 0 && TRACED.insert(&tgid, &selection::PENDING, BPF_NOEXIST as u64).is_ok();
+    proc_event(EventKind::Exec, pid_tgid, pending);
     0
 }
 
@@ -98,7 +103,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
     let _ = TRACED.remove(&tgid);
     let _ = NO_THREAD_LINK.remove(&tgid);
     if was_traced {
-        proc_event(EventKind::Exit, pid_tgid);
+        proc_event(EventKind::Exit, pid_tgid, false);
     }
     0
 }

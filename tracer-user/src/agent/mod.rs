@@ -167,12 +167,15 @@ impl Agent {
     }
 
     fn on_event(&mut self, ev: &Event, now: u64) {
+        if self.discovery.rejects(ev.tgid()) && !matches!(ev, Event::Exec { .. }) {
+            return;
+        }
         match ev {
             Event::Data(d) => self.seen(d.tgid),
             // A process whose only traffic is net/rpc or gRPC has no data events: read it now.
             Event::NetRpc(c) => self.read_identity(c.tgid),
             Event::Grpc(c) => self.read_identity(c.tgid),
-            Event::Exec { tgid, comm, .. } => {
+            Event::Exec { tgid, comm, pending, .. } => {
                 // Exec records wake the agent at once (data records are batched): read the new
                 // program's identity now, while even a short-lived process is still there.
                 let tgid = *tgid;
@@ -182,7 +185,7 @@ impl Agent {
                 let _ = self.processes.get_named(tgid, Some(comm));
                 let is_go = mark_runtime(&mut self.maps, tgid);
                 if self.scope == Scope::Selected {
-                    self.discovery.consider(&mut self.maps, tgid);
+                    self.discovery.exec(&mut self.maps, tgid, *pending);
                 }
                 let traced = self.scope == Scope::All || self.discovery.traced.contains(&tgid);
                 self.ssl.exec(&mut self.probes.ebpf, tgid, traced);
@@ -242,6 +245,7 @@ impl Agent {
     }
 
     fn forget_exited(&mut self) {
+        self.discovery.forget_rejected();
         while self.exited.front().is_some_and(|(t, _)| t.elapsed() > EXITED_KEEP) {
             if let Some((_, pid)) = self.exited.pop_front() {
                 self.processes.forget(pid);

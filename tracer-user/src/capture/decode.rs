@@ -97,7 +97,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             let e: ProcEvent = read(b)?;
             let n = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
             let comm = String::from_utf8_lossy(&e.comm[..n]).into_owned();
-            Ok(Event::Exec { ts_ns, tgid, ppid: e.ppid, comm })
+            Ok(Event::Exec { ts_ns, tgid, ppid: e.ppid, comm, pending: e.pending != 0 })
         }
         Some(EventKind::Exit) => {
             let _: ProcEvent = read(b)?;

@@ -93,20 +93,19 @@ pub fn handshake(h: &Handshake) -> Vec<u8> {
     .to_vec()
 }
 
-pub fn exec(ts_ns: u64, tgid: u32, ppid: u32, comm: &str) -> Vec<u8> {
+pub fn exec(ts_ns: u64, tgid: u32, ppid: u32, comm: &str, pending: bool) -> Vec<u8> {
     let mut c = [0u8; 16];
     let n = comm.len().min(15);
     c[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    ProcEvent { header: EventHeader::new(EventKind::Exec, ts_ns, pid_tgid(tgid, tgid)), ppid, _pad: 0, comm: c }
-        .as_bytes()
-        .to_vec()
+    let header = EventHeader::new(EventKind::Exec, ts_ns, pid_tgid(tgid, tgid));
+    ProcEvent { header, ppid, pending: u32::from(pending), comm: c }.as_bytes().to_vec()
 }
 
 pub fn exit(ts_ns: u64, tgid: u32) -> Vec<u8> {
     ProcEvent {
         header: EventHeader::new(EventKind::Exit, ts_ns, pid_tgid(tgid, tgid)),
         ppid: 0,
-        _pad: 0,
+        pending: 0,
         comm: [0; 16],
     }
     .as_bytes()

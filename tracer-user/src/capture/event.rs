@@ -36,6 +36,9 @@ pub enum Event {
         ppid: u32,
         /// The program's name as the kernel set it at exec (at most 15 bytes).
         comm: String,
+        /// The kernel traces it from this exec until the agent decides
+        /// (`tracer_common::selection::PENDING`).
+        pending: bool,
     },
     Exit {
         ts_ns: u64,
@@ -47,6 +50,23 @@ pub enum Event {
     Grpc(GrpcRecord),
     /// A Go ServeMux matched a route pattern.
     Route(RouteRecord),
+}
+
+impl Event {
+    /// The process the record is about.
+    pub fn tgid(&self) -> u32 {
+        match self {
+            Event::Data(d) => d.tgid,
+            Event::Close { tgid, .. }
+            | Event::Conn { tgid, .. }
+            | Event::Exec { tgid, .. }
+            | Event::Exit { tgid, .. } => *tgid,
+            Event::Handshake(h) => h.tgid,
+            Event::NetRpc(c) => c.tgid,
+            Event::Grpc(c) => c.tgid,
+            Event::Route(r) => r.tgid,
+        }
+    }
 }
 
 /// The end of a traced connect's TCP handshake.

@@ -15,6 +15,7 @@ pub use selector::{
 };
 
 use crate::kernel::loader::Maps;
+use tracer_common::selection;
 
 /// How long discovery waits for a container's pod before deciding without it.
 const POD_WAIT: Duration = Duration::from_secs(10);
@@ -31,11 +32,55 @@ pub struct Discovery {
     k8s: Option<crate::process::k8s::Cache>,
     /// Processes in containers whose pod is not known yet, with when they were first seen.
     pending: HashMap<u32, Instant>,
+    /// Processes the kernel traced from their exec until the agent decided not to
+    /// (`selection::PENDING`), with when: what they sent meanwhile is dropped.
+    rejected: HashMap<u32, Instant>,
 }
+
+/// How long records of a process rejected at its exec are dropped: those it sent before the
+/// kernel forgot it are read well within this (the agent reads the ring continuously).
+const REJECTED_KEEP: Duration = Duration::from_secs(10);
 
 impl Discovery {
     pub fn new(selector: Selector, proc_root: PathBuf, k8s: Option<crate::process::k8s::Cache>) -> Self {
-        Self { selector, proc_root, traced: HashSet::new(), added: Vec::new(), k8s, pending: HashMap::new() }
+        Self {
+            selector,
+            proc_root,
+            traced: HashSet::new(),
+            added: Vec::new(),
+            k8s,
+            pending: HashMap::new(),
+            rejected: HashMap::new(),
+        }
+    }
+
+    /// Decides on a process that has just exec'd. The kernel traces every new program from its
+    /// exec (`pending`: it marked this one `selection::PENDING`), so a selected one's first
+    /// request is seen even when it comes before this decision; one not selected (or waiting
+    /// for its pod) leaves the kernel's table here, and the records it sent meanwhile are
+    /// dropped ([`Discovery::rejects`]), also when it has exited already. A child of a traced
+    /// process stays traced (the kernel did not mark it pending).
+    pub fn exec(&mut self, maps: &mut Maps, pid: u32, pending: bool) {
+        self.rejected.remove(&pid);
+        self.consider(maps, pid);
+        if !pending || self.traced.contains(&pid) {
+            return;
+        }
+        if maps.traced.get(&pid, 0).is_ok_and(|v| v == selection::PENDING) {
+            let _ = maps.traced.remove(&pid);
+        }
+        self.rejected.insert(pid, Instant::now());
+    }
+
+    /// Whether records of `pid` are dropped: it was rejected at its exec (see
+    /// [`Discovery::exec`]).
+    pub fn rejects(&self, pid: u32) -> bool {
+        !self.rejected.is_empty() && self.rejected.contains_key(&pid)
+    }
+
+    /// Forgets rejections older than [`REJECTED_KEEP`] (called now and then).
+    pub fn forget_rejected(&mut self) {
+        self.rejected.retain(|_, t| t.elapsed() < REJECTED_KEEP);
     }
 
     /// Decides on a process (found by a scan or an exec).
@@ -97,7 +142,7 @@ impl Discovery {
         if pid == std::process::id() || !self.traced.insert(pid) {
             return;
         }
-        match maps.traced.insert(&pid, &1, 0) {
+        match maps.traced.insert(&pid, &selection::TRACED, 0) {
             Ok(()) => {
                 info!("tracing pid {pid} ({why})");
                 self.added.push(pid);
