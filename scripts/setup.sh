@@ -94,6 +94,12 @@ if ((tests)); then
   fi
   # The gRPC client and server of the HTTP/2 tests (tests/tests/e2e_http2.rs), pinned.
   python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore 'grpcio==1.84.0'
+  # Node's: @grpc/grpc-js for tests/fixtures/node/grpc_echo.js, at the version its package.json
+  # pins and with the dependencies its package-lock.json pins, into that directory.
+  (cd "$(dirname "$0")/../tests/fixtures/node" &&
+    node -e 'const want = require("./package.json").dependencies["@grpc/grpc-js"];
+      process.exit(require("./node_modules/@grpc/grpc-js/package.json").version === want ? 0 : 1)' 2>/dev/null ||
+    { log "@grpc/grpc-js (npm ci) into tests/fixtures/node"; npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null; })
 fi
 # nginx-light's, redis-server's, postgresql's, mariadb-server's, memcached's, nats-server's and
 # rabbitmq-server's packages start daemons; the tests run their own instances.
