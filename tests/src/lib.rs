@@ -1,6 +1,7 @@
 //! End-to-end test support: an OTLP receiver, fixture services and agent control.
 pub mod backends;
 pub mod certs;
+pub mod grpc_echo;
 pub mod harness;
 pub mod jaeger;
 pub mod receiver;

@@ -89,3 +89,20 @@ pub fn tally(
         .count();
     (complete, traces.len(), problems)
 }
+
+/// Spans of `kind` on the connections to `port` (a server's): server spans by `server.port`,
+/// the others by `network.peer.port`.
+pub fn on_port(spans: &[ReceivedSpan], port: u16, kind: SpanKind) -> Vec<ReceivedSpan> {
+    let port = i64::from(port);
+    let key = if kind == SpanKind::Server { "server.port" } else { "network.peer.port" };
+    spans.iter().filter(|s| s.kind == kind && s.attr(key).and_then(|v| v.as_int()) == Some(port)).cloned().collect()
+}
+
+/// The server span whose parent is `client`, the only one, in the client's trace.
+pub fn server_of<'a>(servers: &'a [ReceivedSpan], client: &ReceivedSpan) -> &'a ReceivedSpan {
+    let children: Vec<_> =
+        servers.iter().filter(|s| s.parent_span_id.as_deref() == Some(client.span_id.as_str())).collect();
+    assert_eq!(children.len(), 1, "servers of {client:#?}: {servers:#?}");
+    assert_eq!(children[0].trace_id, client.trace_id);
+    children[0]
+}
