@@ -33,6 +33,9 @@ pub enum Proto {
     /// Kafka's protocol, seen from the client: only on a connection the traced process
     /// connected (see [`Proto::needs_client_role`]).
     Kafka = 10,
+    /// A DNS answer a traced process read on a UDP socket it connected to port 53 (the
+    /// socket says so, never its bytes): a lookup, attached to the connect it preceded.
+    Dns = 11,
 }
 
 impl Proto {
@@ -49,6 +52,7 @@ impl Proto {
             8 => Some(Self::Nats),
             9 => Some(Self::Amqp),
             10 => Some(Self::Kafka),
+            11 => Some(Self::Dns),
             _ => None,
         }
     }

@@ -49,6 +49,7 @@ pub mod maps {
     pub const GO_TLS_READS: &str = "GO_TLS_READS";
     pub const GO_TLS_PROGS: &str = "GO_TLS_PROGS";
     pub const GO_TLS_PROGS_MULTI: &str = "GO_TLS_PROGS_MULTI";
+    pub const DNS_QUERY: &str = "DNS_QUERY";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -96,6 +97,7 @@ pub mod maps {
         GO_TLS_READS,
         GO_TLS_PROGS,
         GO_TLS_PROGS_MULTI,
+        DNS_QUERY,
     ];
 }
 

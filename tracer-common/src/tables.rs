@@ -33,10 +33,11 @@ pub enum LruTable {
     RpcOut,
     SslFd,
     GoTlsReads,
+    DnsQuery,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 21] = [
+    pub const ALL: [LruTable; 22] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -58,6 +59,7 @@ impl LruTable {
         Self::RpcOut,
         Self::SslFd,
         Self::GoTlsReads,
+        Self::DnsQuery,
     ];
 
     /// The map's name in the object.
@@ -84,6 +86,7 @@ impl LruTable {
             Self::RpcOut => maps::RPC_OUT,
             Self::SslFd => maps::SSL_FD,
             Self::GoTlsReads => maps::GO_TLS_READS,
+            Self::DnsQuery => maps::DNS_QUERY,
         }
     }
 }

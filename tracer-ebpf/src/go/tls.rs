@@ -130,7 +130,8 @@ pub fn go_tls_write(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
         fd,
         syscall: Syscall::Write as u8,
         has_ctx: 0,
-        _pad: [0; 2],
+        dns: 0,
+        _pad: 0,
         ctx: EvCtx::default(),
     };
     a.has_ctx = context_before_send(pid_tgid, key, buf, start_ns, &mut a.ctx);
@@ -183,7 +184,8 @@ pub fn go_tls_read_ret(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
         fd: r.fd,
         syscall: Syscall::Read as u8,
         has_ctx: 0,
-        _pad: [0; 2],
+        dns: 0,
+        _pad: 0,
         ctx: EvCtx::default(),
     };
     transfer(ctx, progs, 0, pid_tgid, a, n as u64, state, 1)

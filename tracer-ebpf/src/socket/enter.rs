@@ -11,7 +11,7 @@ use crate::klog::{kdebug, what};
 
 use super::{
     ARGS, MSG_PEEK, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO, NR_WRITE, NR_WRITEV, SysRegs,
-    SyscallArgs, first_bytes, iovecs,
+    SyscallArgs, first_bytes, iovecs, sock::SockKind,
 };
 use crate::{
     context::{EvCtx, client_context},
@@ -53,7 +53,8 @@ pub fn enter_data(regs: u64, nr: i64) -> u32 {
         fd: r.arg(0) as i32,
         syscall: syscall as u8,
         has_ctx: 0,
-        _pad: [0; 2],
+        dns: 0,
+        _pad: 0,
         ctx: EvCtx::default(),
     };
     if !put(&ARGS, &pid_tgid, &args, FixedTable::Args) {
@@ -93,15 +94,27 @@ pub fn enter_data(regs: u64, nr: i64) -> u32 {
 }
 
 /// `sock:sock_send_length` and `sock:sock_recv_length` (raw: `struct sock *sk, int ret, int
-/// flags`): learn the socket of the pending syscall.
+/// flags`): learn the socket of the pending syscall (a TCP socket, or a DNS client's UDP socket).
 #[raw_tracepoint]
 pub fn sock_length(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(args) = ARGS.get_ptr_mut(&pid_tgid) else { return 0 };
     let sk: u64 = ctx.arg(0);
     let flags: u64 = ctx.arg(2);
-    if flags & MSG_PEEK != 0 || !super::sock::inet_tcp(sk) {
+    if flags & MSG_PEEK != 0 {
         return 0;
+    }
+    match super::sock::kind(sk) {
+        SockKind::Tcp => {}
+        SockKind::Dns => {
+            // SAFETY: as below.
+            unsafe {
+                (*args).sk = sk;
+                (*args).dns = 1;
+            }
+            return 0;
+        }
+        SockKind::Other => return 0,
     }
     // SAFETY: the pointer is this thread's own entry; no other program writes it concurrently.
     unsafe { (*args).sk = sk };

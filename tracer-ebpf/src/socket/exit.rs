@@ -14,9 +14,10 @@ use tracer_common::{
 };
 
 use super::{
-    ARGS, CONNS, SyscallArgs,
+    ARGS, CONNS, SyscallArgs, dns,
     emit::{IOV_SCRATCH, IOV_STATE, PROGS},
     first_bytes, first_bytes8, iovecs,
+    sock::SockKind,
 };
 use crate::{
     context::EvCtx,
@@ -62,20 +63,34 @@ pub fn exit_data(ctx: &RawTracePointContext, r: i64) -> u32 {
     }
     if a.sk == 0 {
         // No sock length tracepoint on this kernel: the fd table says which socket it was.
-        a.sk = super::sock::sock_of_fd(a.fd);
-        if a.sk == 0 {
-            return 0;
+        let sk = super::sock::sock_of_fd(a.fd);
+        match super::sock::kind(sk) {
+            SockKind::Tcp => a.sk = sk,
+            SockKind::Dns => {
+                a.sk = sk;
+                a.dns = 1;
+            }
+            SockKind::Other => return 0,
         }
     }
     let len = r as u64;
-    let tgid = (pid_tgid >> 32) as u32;
-    let key = conn_key(tgid, a.fd);
-    // SAFETY: plain data copied out of the map.
-    let state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
-    if state.flags & conn_flags::TLS != 0 {
-        // Ciphertext: the connection's plaintext comes from the TLS library's probes.
-        return 0;
-    }
+    let state = if a.dns != 0 {
+        if a.syscall().writes() {
+            dns::query(a.sk, a.start_ns);
+            return 0;
+        }
+        dns::answer(&mut a);
+        ConnState { proto: Proto::Dns as u8, role: Role::Client as u8, ..ConnState::default() }
+    } else {
+        let key = conn_key((pid_tgid >> 32) as u32, a.fd);
+        // SAFETY: plain data copied out of the map.
+        let state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+        if state.flags & conn_flags::TLS != 0 {
+            // Ciphertext: the connection's plaintext comes from the TLS library's probes.
+            return 0;
+        }
+        state
+    };
     transfer(ctx, &PROGS, tail::EMIT_STEP, pid_tgid, a, len, state, 0)
 }
 
@@ -104,7 +119,7 @@ pub fn transfer<C: EbpfContext>(
     if proto == Proto::Http1 && !syscall.writes() {
         split_request_start(&mut state, key, &first, &mut v, len);
     }
-    if proto != Proto::Http1 && proto != Proto::Http2 && !proto.is_db() {
+    if proto != Proto::Http1 && proto != Proto::Http2 && proto != Proto::Dns && !proto.is_db() {
         let (mut verdict, joined) = if proto == Proto::Unknown && (state.plen > 0 || len < 4) {
             (state.join(&first, len), true)
         } else {
@@ -156,7 +171,8 @@ pub fn transfer<C: EbpfContext>(
                 // request split into tiny writes is not lost.
                 lru_put(&CONNS, &key, &state, LruTable::Conns);
             }
-            Proto::Other => {
+            // DNS is never decided by bytes (see `super::dns`).
+            Proto::Other | Proto::Dns => {
                 if joined || proto != Proto::Other {
                     state.proto = Proto::Other as u8;
                     lru_put(&CONNS, &key, &state, LruTable::Conns);
@@ -173,7 +189,7 @@ pub fn transfer<C: EbpfContext>(
     // by stream id and chooses their ids itself.
     let kind = if Proto::in_set(Proto::CLIENT_SIDE, state.proto as u32) {
         if syscall.writes() { MessageKind::Request as u32 } else { MessageKind::None as u32 }
-    } else if state.proto == Proto::Http2 as u8 {
+    } else if state.proto == Proto::Http2 as u8 || state.proto == Proto::Dns as u8 {
         MessageKind::None as u32
     } else {
         v.kind as u32

@@ -16,10 +16,13 @@
 //!   a traced protocol a bounded head (and tail) of the payload is copied into the ring buffer
 //!   with the 4-tuple read from the socket ([`exit`], [`emit`], [`sock`]);
 //! * accept/connect/close keep the per-connection state ([`conn`]);
+//! * reads of a UDP socket connected to port 53 are DNS answers, emitted as such with the
+//!   time their query left ([`dns`]);
 //! * uprobes on OpenSSL hand TLS plaintext to the same classification and emitter, and mark
 //!   the connection so its ciphertext is skipped ([`tls`]).
 
 pub mod conn;
+pub mod dns;
 pub mod emit;
 pub mod enter;
 pub mod exit;
@@ -49,6 +52,7 @@ pub const NR_RECVFROM: i64 = 45;
 pub const NR_SENDMSG: i64 = 46;
 pub const NR_RECVMSG: i64 = 47;
 pub const NR_ACCEPT4: i64 = 288;
+pub const NR_SENDMMSG: i64 = 307;
 pub const MSG_PEEK: u64 = 2;
 
 /// Arguments of an in-flight data syscall, keyed by pid_tgid.
@@ -74,7 +78,10 @@ pub struct SyscallArgs {
     pub syscall: u8,
     /// 1 when `ctx` was computed at syscall entry (a client request on a known connection).
     pub has_ctx: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the fd is a UDP socket connected to port 53 and the syscall reads: a DNS answer
+    /// (see [`dns`]).
+    pub dns: u8,
+    pub _pad: u8,
     pub ctx: EvCtx,
 }
 

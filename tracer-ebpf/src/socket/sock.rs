@@ -8,6 +8,9 @@ use crate::config::{FD_OFF, SOCK_OFF, cfg};
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+/// Port 53 as `skc_dport` holds it (network byte order).
+const DNS_PORT_BE: u16 = 53u16.to_be();
 
 /// Reads a `T` at `base + off` in kernel memory (`None` when the read fails).
 #[inline(always)]
@@ -16,21 +19,33 @@ unsafe fn at<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
 }
 
-/// The TCP `struct sock *` behind the current task's `fd`, through the task's file table, or 0
-/// (not a socket, not TCP, or the fd-table lookup is off). Where the sock length tracepoints
-/// exist they give the same pointer for free, and this is not used.
+/// The `struct sock *` behind the current task's `fd` through the task's file table, of any
+/// kind (see [`kind`]), or 0 (not a socket, or the fd-table lookup is off). Where the sock
+/// length tracepoints exist they give the same pointer for free, and this is not used.
 #[inline(always)]
 pub fn sock_of_fd(fd: i32) -> u64 {
     if cfg(&FD_OFF).enabled == 0 {
         return 0;
     }
-    sock_in_fd_table(fd)
+    socket_in_fd_table(fd)
 }
 
-/// As [`sock_of_fd`], whichever lookup the syscall path uses: for the TLS libraries' probes,
-/// whose calls may move plaintext without a syscall (the fd table's offsets are always set).
+/// The TCP `struct sock *` behind the current task's `fd`, or 0, whichever lookup the syscall
+/// path uses: for the TLS libraries' probes, whose calls may move plaintext without a syscall
+/// (the fd table's offsets are always set).
 #[inline(always)]
 pub fn sock_in_fd_table(fd: i32) -> u64 {
+    let sk = socket_in_fd_table(fd);
+    if !inet_tcp(sk) {
+        return 0;
+    }
+    sk
+}
+
+/// The `struct sock *` of the socket behind the current task's `fd`, of any kind, or 0 (not a
+/// socket).
+#[inline(always)]
+pub fn socket_in_fd_table(fd: i32) -> u64 {
     let o = cfg(&FD_OFF);
     if fd < 0 {
         return 0;
@@ -55,11 +70,36 @@ pub fn sock_in_fd_table(fd: i32) -> u64 {
             return 0;
         }
         let Some(socket) = at::<u64>(file, o.file_private_data) else { return 0 };
-        let sk = at::<u64>(socket, o.socket_sk).unwrap_or(0);
-        if !inet_tcp(sk) {
-            return 0;
-        }
-        sk
+        at::<u64>(socket, o.socket_sk).unwrap_or(0)
+    }
+}
+
+/// What a socket is to the data path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SockKind {
+    /// IPv4 or IPv6 TCP: classified on its bytes.
+    Tcp,
+    /// IPv4 or IPv6 UDP connected to port 53: DNS queries and answers (see [`super::dns`]).
+    Dns,
+    Other,
+}
+
+/// What `sk` (a `struct sock *`, or 0) is, read at offsets from this kernel's BTF.
+#[inline(always)]
+pub fn kind(sk: u64) -> SockKind {
+    if sk == 0 {
+        return SockKind::Other;
+    }
+    // SAFETY: kernel memory read through the probe helper.
+    if !inet(unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_family) }.unwrap_or(0)) {
+        return SockKind::Other;
+    }
+    // SAFETY: as above.
+    match unsafe { at::<u16>(sk, cfg(&FD_OFF).sk_protocol) } {
+        Some(IPPROTO_TCP) => SockKind::Tcp,
+        // SAFETY: as above.
+        Some(IPPROTO_UDP) if unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_dport) } == Some(DNS_PORT_BE) => SockKind::Dns,
+        _ => SockKind::Other,
     }
 }
 

@@ -1,12 +1,12 @@
 //! The two syscall programs: raw `sys_enter` and `sys_exit`, which run for every syscall of
 //! every process and return at once unless the syscall is one the data path follows.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::names::tail;
 
 use super::{
-    NR_ACCEPT, NR_ACCEPT4, NR_CLOSE, NR_CONNECT, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMSG, NR_SENDTO,
-    NR_WRITE, NR_WRITEV, SysRegs, conn, emit::PROGS, enter, exit, exiting_syscall,
+    NR_ACCEPT, NR_ACCEPT4, NR_CLOSE, NR_CONNECT, NR_READ, NR_READV, NR_RECVFROM, NR_RECVMSG, NR_SENDMMSG, NR_SENDMSG,
+    NR_SENDTO, NR_WRITE, NR_WRITEV, SysRegs, conn, dns, emit::PROGS, enter, exit, exiting_syscall,
 };
 
 /// `raw_syscalls:sys_enter(struct pt_regs *regs, long id)`.
@@ -18,6 +18,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
             enter::enter_data(ctx.arg(0), nr)
         }
         NR_CONNECT | NR_ACCEPT | NR_ACCEPT4 => conn::enter_conn(ctx.arg(0), nr),
+        // SAFETY: helper without arguments.
+        NR_SENDMMSG => dns::enter_sendmmsg(ctx.arg(0), unsafe { bpf_ktime_get_ns() }),
         NR_CLOSE => match SysRegs::read(ctx.arg(0)) {
             Some(r) => conn::enter_close(r.arg(0) as i32),
             None => 0,

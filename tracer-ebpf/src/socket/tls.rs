@@ -262,7 +262,8 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         fd: c.fd,
         syscall: if c.writes != 0 { Syscall::Write as u8 } else { Syscall::Read as u8 },
         has_ctx: c.has_ctx,
-        _pad: [0; 2],
+        dns: 0,
+        _pad: 0,
         ctx: c.ctx,
     };
     transfer(&ctx, &SSL_PROGS, 0, pid_tgid, a, len, state, 1)
