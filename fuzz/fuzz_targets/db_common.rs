@@ -12,11 +12,29 @@ use tracer_user::clock::Clock;
 use tracer_user::protocols::protocol::{Cx, Protocol, ProtocolConfig, ProtocolStats, Shared};
 use tracer_user::streams::{ConnInfo, EndReason};
 
-pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, check: fn(&tracer_user::model::SpanRecord)) -> Result<()> {
+pub fn drive<P: Protocol>(
+    u: &mut Unstructured<'_>,
+    p: &mut P,
+    proto: Proto,
+    check: fn(&tracer_user::model::SpanRecord),
+) -> Result<()> {
     let mut tuple = ConnTuple { family: 2, sport: 40000, dport: 5432, ..Default::default() };
     tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto, tls: false, last_activity_ns: 0, connect: None, data_start_ns: 0, prev_activity_ns: None, claimed: false };
+    let info = ConnInfo {
+        tgid: 1,
+        fd: 3,
+        sock: 1,
+        tuple,
+        hint: Role::Client,
+        proto,
+        tls: false,
+        last_activity_ns: 0,
+        connect: None,
+        data_start_ns: 0,
+        prev_activity_ns: None,
+        claimed: false,
+    };
     let config = ProtocolConfig { max_in_flight: 8, ..Default::default() };
     let mut stats = ProtocolStats::default();
     let mut shared = Shared::default();
@@ -25,7 +43,11 @@ pub fn drive<P: Protocol>(u: &mut Unstructured<'_>, p: &mut P, proto: Proto, che
     let mut now = 1_000u64;
     while !u.is_empty() {
         match u.int_in_range(0..=15u8)? {
-            0 => p.on_idle(&info, u.int_in_range(0..=config.exchange_timeout_ns)?, &mut Cx::new(&config, &mut stats, &mut shared, &mut out)),
+            0 => p.on_idle(
+                &info,
+                u.int_in_range(0..=config.exchange_timeout_ns)?,
+                &mut Cx::new(&config, &mut stats, &mut shared, &mut out),
+            ),
             1 => {
                 let reason = *u.choose(&[EndReason::Closed, EndReason::Evicted, EndReason::Shutdown])?;
                 p.on_end(&info, reason, &mut Cx::new(&config, &mut stats, &mut shared, &mut out));

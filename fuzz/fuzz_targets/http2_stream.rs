@@ -4,7 +4,6 @@
 
 mod db_common;
 
-
 use bytes::Bytes;
 use libfuzzer_sys::arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +33,20 @@ fuzz_target!(|data: &[u8]| {
         let mut tuple = ConnTuple { family: 2, sport: 40000, dport: 5432, ..Default::default() };
         tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let info = ConnInfo { tgid: 1, fd: 3, sock: 1, tuple, hint: Role::Client, proto: Proto::Http2, tls: false, last_activity_ns: 0, connect: None, data_start_ns: 0, prev_activity_ns: None, claimed: false };
+        let info = ConnInfo {
+            tgid: 1,
+            fd: 3,
+            sock: 1,
+            tuple,
+            hint: Role::Client,
+            proto: Proto::Http2,
+            tls: false,
+            last_activity_ns: 0,
+            connect: None,
+            data_start_ns: 0,
+            prev_activity_ns: None,
+            claimed: false,
+        };
         let config = ProtocolConfig { max_in_flight: 8, ..Default::default() };
         let mut stats = ProtocolStats::default();
         let mut out = Vec::new();

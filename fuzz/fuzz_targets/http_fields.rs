@@ -2,7 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_user::protocols::http1::framing::{self as http, looks_like_request, looks_like_response, parse_host, path_of};
+use tracer_user::protocols::http1::framing::{
+    self as http, looks_like_request, looks_like_response, parse_host, path_of,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = looks_like_request(data);

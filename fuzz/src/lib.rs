@@ -1,8 +1,8 @@
 //! Helpers shared by the fuzz targets: checks of what the agent promises about every span and
 //! message head, whatever bytes it was fed.
 
-use tracer_user::protocols::http1::framing::{self as http, Head, MessageEvent};
 use tracer_user::model::{AttrValue, SpanRecord};
+use tracer_user::protocols::http1::framing::{self as http, Head, MessageEvent};
 
 /// A request head never keeps a query string, and its fields stay within their documented caps.
 pub fn check_message_event<M>(ev: &MessageEvent<M>) {

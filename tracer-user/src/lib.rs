@@ -20,6 +20,7 @@ pub mod model;
 
 pub mod capture;
 pub mod correlate;
+pub mod dns;
 pub mod export;
 pub mod metrics;
 pub mod protocols;

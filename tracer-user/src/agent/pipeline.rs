@@ -9,12 +9,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tracer_common::Propagation;
+use log::debug;
+use tracer_common::{Propagation, Proto};
 
 use crate::capture::event::Event;
 use crate::clock::Clock;
 use crate::correlate::{Correlator, CorrelatorConfig, CorrelatorStats};
-use crate::model::SpanRecord;
+use crate::dns::{LookupStats, Lookups};
+use crate::model::{SpanKind, SpanRecord};
 use crate::protocols::Protocols;
 use crate::protocols::exchange::{Detail, Exchange};
 use crate::protocols::protocol::{ProtocolConfig, ProtocolStats};
@@ -52,6 +54,7 @@ pub struct PipelineStats {
     /// gRPC streams read from the wire and dropped because the process's grpc-go uprobes
     /// traced the same calls.
     pub grpc_left_to_uprobes: u64,
+    pub dns: LookupStats,
 }
 
 /// See the module docs.
@@ -68,6 +71,8 @@ pub struct Pipeline {
     grpc_uprobes: HashMap<u32, u64>,
     /// gRPC streams read from the wire that were left to the uprobes.
     grpc_left_to_uprobes: u64,
+    /// Recent DNS lookups of each process: the `dns` phase and peer names of client exchanges.
+    lookups: Lookups,
 }
 
 impl Pipeline {
@@ -82,6 +87,7 @@ impl Pipeline {
             last_now_ns: 0,
             grpc_uprobes: HashMap::new(),
             grpc_left_to_uprobes: 0,
+            lookups: Lookups::default(),
         }
     }
 
@@ -92,11 +98,21 @@ impl Pipeline {
     /// Handles one event at monotonic time `now_ns`; the exchanges it completes go to the
     /// correlator at once.
     pub fn feed(&mut self, ev: &Event, now_ns: u64) {
-        if let Event::Route(r) = ev {
-            self.routes.insert(r);
+        match ev {
+            Event::Route(r) => self.routes.insert(r),
+            Event::Data(d) if d.proto == Proto::Dns => {
+                if let Err(e) = self.lookups.on_answer(d.tgid, d.start_ns, d.end_ns, &d.head) {
+                    debug!("pid {}: DNS answer of {} bytes not read: {e}", d.tgid, d.len);
+                }
+                return;
+            }
+            _ => {}
         }
         self.protocols.on_event(ev, &mut self.exchanges);
         self.push(now_ns);
+        if let Event::Exit { tgid, .. } = ev {
+            self.lookups.forget(*tgid);
+        }
     }
 
     /// The grpc-go uprobes of process `tgid` trace its calls from `since_ns` on (`None`: no
@@ -151,6 +167,7 @@ impl Pipeline {
             streams: self.protocols.streams_stats(),
             correlator: self.correlator.stats(),
             grpc_left_to_uprobes: self.grpc_left_to_uprobes,
+            dns: self.lookups.stats(),
         }
     }
 
@@ -169,9 +186,159 @@ impl Pipeline {
             self.grpc_left_to_uprobes += (before - self.exchanges.len()) as u64;
         }
         self.routes.apply(&mut self.exchanges);
+        for ex in &mut self.exchanges {
+            name_peer(&mut self.lookups, ex);
+        }
         for ex in self.exchanges.drain(..) {
             self.points.extend(crate::spans::metric_point(&ex));
             self.correlator.push(ex, now_ns);
         }
+    }
+}
+
+/// A client exchange gets the name its process looked up for its peer, and the lookup its
+/// connect followed as its `dns` phase.
+fn name_peer(lookups: &mut Lookups, ex: &mut Exchange) {
+    if ex.kind == SpanKind::Server {
+        return;
+    }
+    let Some(peer) = ex.remote_ip() else { return };
+    let connect = ex.conn_use.and_then(|u| u.connect.map(|c| c.start_ns));
+    if let (Some(u), Some(connect_ns)) = (ex.conn_use.as_mut(), connect)
+        && let Some((lookup, name)) = lookups.for_connect(ex.tgid, peer, connect_ns)
+    {
+        u.lookup = Some(lookup);
+        ex.peer_name = Some(name);
+        return;
+    }
+    ex.peer_name = lookups.name_of(ex.tgid, peer);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use simple_dns::rdata::{A, RData};
+    use simple_dns::{CLASS, Name, Packet, QCLASS, QTYPE, Question, ResourceRecord, TYPE};
+    use tracer_common::{AF_INET, ConnTuple, Role, Syscall};
+
+    use super::*;
+    use crate::capture::event::Data;
+    use crate::clock::Clock;
+    use crate::model::AttrValue;
+
+    const MS: u64 = 1_000_000;
+    const TGID: u32 = 40;
+
+    fn answer(name: &str, addr: [u8; 4]) -> Bytes {
+        let mut p = Packet::new_reply(1);
+        p.questions.push(Question::new(
+            Name::new_unchecked(name),
+            QTYPE::TYPE(TYPE::A),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        let rdata = RData::A(A { address: u32::from_be_bytes(addr) });
+        p.answers.push(ResourceRecord::new(Name::new_unchecked(name), CLASS::IN, 60, rdata));
+        Bytes::from(p.build_bytes_vec().unwrap())
+    }
+
+    fn data(fd: i32, proto: Proto, egress: bool, start_ns: u64, end_ns: u64, bytes: Bytes) -> Event {
+        let mut tuple = ConnTuple { family: AF_INET, sport: 40000, dport: 6379, ..Default::default() };
+        tuple.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        tuple.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        Event::Data(Data {
+            start_ns,
+            end_ns,
+            tgid: TGID,
+            tid: TGID,
+            fd,
+            sock: 0xff00 + fd as u64,
+            tuple,
+            egress,
+            syscall: if egress { Syscall::Write as u8 } else { Syscall::Read as u8 },
+            role: Role::Client,
+            proto,
+            tls: false,
+            len: bytes.len() as u32,
+            ctx: None,
+            head: bytes,
+            tail: Bytes::new(),
+        })
+    }
+
+    fn str_attr<'a>(attrs: &'a [crate::model::Attr], k: &str) -> Option<&'a str> {
+        attrs.iter().find(|a| a.key == k).and_then(|a| match &a.value {
+            AttrValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// A Redis client looks its server up, connects and calls twice on the connection: the
+    /// first call's span starts at the lookup's first query and has the `dns` phase; both name
+    /// the server by the name looked up.
+    #[test]
+    fn the_lookup_before_a_connect_is_the_first_calls_phase_and_names_the_server() {
+        let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));
+        let feed = |p: &mut Pipeline, ev: Event, now: u64| p.feed(&ev, now);
+        feed(&mut p, data(3, Proto::Dns, false, 100 * MS, 103 * MS, answer("Cache.Internal", [10, 0, 0, 2])), 103 * MS);
+        let conn = Event::Conn {
+            ts_ns: 105 * MS,
+            tgid: TGID,
+            tid: TGID,
+            fd: 5,
+            role: Role::Client,
+            start_ns: 104 * MS,
+            ret: 0,
+        };
+        feed(&mut p, conn, 105 * MS);
+        feed(
+            &mut p,
+            data(5, Proto::Redis, true, 106 * MS, 106 * MS, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")),
+            106 * MS,
+        );
+        feed(&mut p, data(5, Proto::Redis, false, 107 * MS, 108 * MS, Bytes::from_static(b"+PONG\r\n")), 108 * MS);
+        feed(
+            &mut p,
+            data(5, Proto::Redis, true, 120 * MS, 120 * MS, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")),
+            120 * MS,
+        );
+        feed(&mut p, data(5, Proto::Redis, false, 121 * MS, 122 * MS, Bytes::from_static(b"+PONG\r\n")), 122 * MS);
+        let mut spans = Vec::new();
+        p.finish(200 * MS, &mut spans);
+        spans.sort_by_key(|s| s.start);
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let (first, second) = (&spans[0], &spans[1]);
+        assert_eq!(first.start, UNIX_EPOCH + Duration::from_millis(100), "from the first query: {first:#?}");
+        let names: Vec<_> = first.events.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["dns", "connect", "request.sent", "response.first_byte"], "{first:#?}");
+        let dns = &first.events[0];
+        assert_eq!(dns.time, UNIX_EPOCH + Duration::from_millis(103));
+        assert_eq!(str_attr(&dns.attributes, "dns.question.name"), Some("cache.internal"));
+        let ints: Vec<_> = dns
+            .attributes
+            .iter()
+            .filter(|a| matches!(a.value, AttrValue::Int(_)))
+            .map(|a| (a.key, a.value.clone()))
+            .collect();
+        assert_eq!(ints, [("duration_ns", AttrValue::Int(3 * MS as i64)), ("dns.answer.count", AttrValue::Int(1))]);
+        assert!(second.events.iter().all(|e| e.name != "dns" && e.name != "connect"), "{second:#?}");
+        for s in [first, second] {
+            assert_eq!(str_attr(&s.attributes, "server.address"), Some("cache.internal"), "{s:#?}");
+            assert_eq!(str_attr(&s.attributes, "network.peer.address"), Some("10.0.0.2"), "{s:#?}");
+        }
+        assert_eq!(p.stats().dns, LookupStats { answers: 1, unreadable: 0, phases: 1 });
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_counted_and_nothing_else_changes() {
+        let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));
+        p.feed(&data(3, Proto::Dns, false, 1, 2, Bytes::from_static(b"\x12\x34\x81")), 2);
+        let mut spans = Vec::new();
+        p.finish(10, &mut spans);
+        assert!(spans.is_empty());
+        assert_eq!(p.stats().dns, LookupStats { answers: 0, unreadable: 1, phases: 0 });
+        assert_eq!(p.stats().streams.connections, 0, "a DNS socket is no connection");
     }
 }

@@ -2,6 +2,7 @@
 //! later stage needs — times, ids, the connection — and a per-protocol [`Detail`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use tracer_common::{AF_INET, AF_INET6, ConnTuple, Role};
 
@@ -102,6 +103,8 @@ pub struct Exchange {
     /// What a client request owes to its connection (reuse, the connect that opened it); `None`
     /// for other kinds and for calls reported by uprobes.
     pub conn_use: Option<ConnUse>,
+    /// The name the process looked up for the peer's address, when it did (`crate::dns`).
+    pub peer_name: Option<Arc<str>>,
     pub detail: Detail,
 }
 
@@ -136,6 +139,7 @@ impl Exchange {
             kernel_ctx,
             pairing,
             conn_use: (kind == SpanKind::Client).then(|| conn.use_by_request(first.start_ns)),
+            peer_name: None,
             detail,
         }
     }
@@ -218,9 +222,12 @@ impl Exchange {
         }
     }
 
-    /// connect(2)'s entry, when this client request opened its connection.
+    /// The first query of the DNS lookup its connect followed, else connect(2)'s entry, when
+    /// this client request opened its connection.
     fn connect_start_ns(&self) -> Option<u64> {
-        self.conn_use.and_then(|u| u.connect).map(|c| c.start_ns)
+        let u = self.conn_use?;
+        u.connect?;
+        Some(u.lookup.map_or(u64::MAX, |l| l.start_ns).min(u.connect?.start_ns))
     }
 
     /// Keeps a client span from starting before its parent span, which began at
@@ -235,18 +242,28 @@ impl Exchange {
     /// `network.connection.reused` false: no request used the connection before it (Go's own
     /// `httptrace.GotConnInfo.Reused` says the same), only the connect is not its own.
     ///
-    /// A failed connect's own span (`Detail::Connect`) is the connect: it is left as it is.
+    /// The DNS lookup the connect followed goes the same way, and goes alone when it alone began
+    /// before the parent.
+    ///
+    /// A failed connect's own span (`Detail::Connect`) is the connect: only its lookup may go.
     pub fn fit_connect_to_parent(&mut self, parent_start_ns: u64) -> bool {
-        if self.kind != SpanKind::Client || matches!(self.detail, Detail::Connect(_)) {
+        if self.kind != SpanKind::Client {
             return false;
         }
-        match self.conn_use.as_mut() {
-            Some(u) if u.connect.is_some_and(|c| c.start_ns < parent_start_ns) => {
-                u.connect = None;
-                true
-            }
-            _ => false,
+        let Some(u) = self.conn_use.as_mut() else { return false };
+        if u.lookup.is_some_and(|l| l.start_ns < parent_start_ns) {
+            // The lookup came before the parent; the connect may still be the span's own.
+            u.lookup = None;
         }
+        if matches!(self.detail, Detail::Connect(_)) {
+            return false;
+        }
+        if u.connect.is_some_and(|c| c.start_ns < parent_start_ns) {
+            u.connect = None;
+            u.lookup = None;
+            return true;
+        }
+        false
     }
 
     /// Span end (CLOCK_MONOTONIC ns), never before the start. A client span ends when its last
@@ -305,6 +322,7 @@ impl KernelCall {
             kernel_ctx: Some(self.ids),
             pairing: Pairing::Kernel,
             conn_use: None,
+            peer_name: None,
             detail,
         }
     }

@@ -82,7 +82,7 @@ impl AnyProtocol {
             Proto::Nats => Some(Self::Nats(Nats::new())),
             Proto::Amqp => Some(Self::Amqp(Amqp::new())),
             Proto::Kafka => Some(Self::Kafka(Kafka::new())),
-            Proto::Other => None,
+            Proto::Dns | Proto::Other => None,
         }
     }
 

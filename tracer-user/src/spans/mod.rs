@@ -29,9 +29,12 @@ pub fn endpoints(ex: &Exchange) -> Endpoints {
         Detail::Http2(d) => d.server(conn_port),
         Detail::NetRpc(_) | Detail::Grpc(_) | Detail::Db(_) | Detail::Messaging(_) | Detail::Connect(_) => None,
     };
-    let server = match named {
-        Some((host, port)) => (Some(host), port),
-        None => (conn_ip.map(|a: IpAddr| a.to_string()), conn_port),
+    // Else the name the client looked up for its peer (`crate::dns`), else the address.
+    let looked_up = ex.peer_name.as_deref().filter(|_| ex.kind != SpanKind::Server && conn_ip.is_some());
+    let server = match (named, looked_up) {
+        (Some((host, port)), _) => (Some(host), port),
+        (None, Some(name)) => (Some(name.to_owned()), conn_port),
+        (None, None) => (conn_ip.map(|a: IpAddr| a.to_string()), conn_port),
     };
     Endpoints { server, peer: remote.map(|ip| (ip, ex.tuple.dport)) }
 }
@@ -108,7 +111,9 @@ impl Phase {
 
 /// The phases of an exchange's request, in time order, each inside the span:
 ///
-/// * CLIENT: `connect` (when the request opened its connection: the end of the TCP handshake,
+/// * CLIENT: `dns` (the lookup its connect followed: at its last answer, with `duration_ns` from
+///   its first query, `dns.question.name` and `dns.answer.count`), `connect` (when the request
+///   opened its connection: the end of the TCP handshake,
 ///   with `duration_ns` from connect(2)'s entry, and `error.type` when it failed),
 ///   `request.sent` (the write that carried the request's last byte returned) and
 ///   `response.first_byte` (the read that carried the response's first byte returned);
@@ -124,6 +129,17 @@ pub fn phases(ex: &Exchange) -> Vec<Phase> {
     let phase = |name, at_ns, attrs| Phase { name, at_ns, attrs };
     match ex.kind {
         SpanKind::Client => {
+            if let Some(l) = ex.conn_use.and_then(|u| u.lookup) {
+                let mut attrs = vec![Attr::int("duration_ns", l.end_ns.saturating_sub(l.start_ns) as i64)];
+                if let Some(name) = &ex.peer_name {
+                    attrs.push(Attr::str("dns.question.name", &**name));
+                }
+                attrs.push(Attr::int("dns.answer.count", i64::from(l.addresses)));
+                if let Some(e) = l.error_type() {
+                    attrs.push(Attr::str("error.type", e));
+                }
+                out.push(phase("dns", l.end_ns, attrs));
+            }
             if let Some(c) = ex.conn_use.and_then(|u| u.connect) {
                 let mut attrs = vec![Attr::int("duration_ns", c.end_ns.saturating_sub(c.start_ns) as i64)];
                 if let ConnectOutcome::Failed(errno) = c.outcome {

@@ -115,6 +115,8 @@ pub struct ConnUse {
     pub idle_ns: Option<u64>,
     /// The connect that opened the connection for this request.
     pub connect: Option<Connect>,
+    /// The DNS lookup that connect followed (set by the pipeline, `crate::dns`).
+    pub lookup: Option<crate::dns::Lookup>,
 }
 
 impl ConnInfo {
@@ -126,14 +128,14 @@ impl ConnInfo {
         let opened_here = self.hint != Role::Unknown && !self.claimed;
         if opened_here {
             let connect = self.connect.filter(|c| start_ns.saturating_sub(c.end_ns) <= CONNECT_LEAD_NS);
-            return ConnUse { reused: false, idle_ns: None, connect };
+            return ConnUse { reused: false, idle_ns: None, connect, lookup: None };
         }
         // The quiet time is known when the request began in the data event being handled.
         let idle_ns = (start_ns == self.data_start_ns)
             .then_some(self.prev_activity_ns)
             .flatten()
             .map(|prev| start_ns.saturating_sub(prev));
-        ConnUse { reused: true, idle_ns, connect: None }
+        ConnUse { reused: true, idle_ns, connect: None, lookup: None }
     }
 }
 

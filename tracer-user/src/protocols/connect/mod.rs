@@ -47,7 +47,7 @@ pub fn exchange(f: &FailedConnect) -> Exchange {
     );
     ex.request_last = Some(first);
     ex.response_last = Some(last);
-    ex.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(c) });
+    ex.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(c), lookup: None });
     ex
 }
 
