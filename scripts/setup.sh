@@ -23,7 +23,8 @@ need_apt=()
 apt_main=(llvm-22-dev libpolly-22-dev libzstd-dev g++ curl redis-server)
 # The tests: servers and clients they trace, the VM tier (qemu, busybox, virtiofsd's build), tools.
 apt_tests=(iproute2 nginx-light wrk openjdk-17-jdk-headless libcap2-bin tmux bpftool qemu-system-x86 busybox-static
-  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server rabbitmq-server maven)
+  libseccomp-dev libcap-ng-dev xz-utils postgresql mariadb-server memcached nats-server rabbitmq-server maven
+  dnsmasq-base)
 pkgs=("${apt_main[@]}")
 ((tests)) && pkgs+=("${apt_tests[@]}")
 for pkg in "${pkgs[@]}"; do

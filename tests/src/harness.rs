@@ -358,6 +358,88 @@ impl Drop for TwoHosts {
     }
 }
 
+/// A network namespace whose resolver is a real DNS server: dnsmasq (Debian's `dnsmasq-base`)
+/// on its loopback, answering each of `names` with the namespace's one address ([`Self::addr`],
+/// on a veth pair inside it: resolvers ask only when a non-loopback address is configured) and
+/// NXDOMAIN for every other name, with `/etc/netns/<ns>/resolv.conf` pointing at it, so every
+/// program started with `ip netns exec` resolves through it. Removed on drop.
+pub struct DnsHost {
+    pub ns: String,
+    pub addr: String,
+    dnsmasq: Option<Child>,
+}
+
+impl DnsHost {
+    pub fn create(tag: &str, names: &[&str]) -> anyhow::Result<Self> {
+        let ns = format!("tr{tag}");
+        let addr = "10.231.9.1".to_string();
+        let mut host = DnsHost { ns: ns.clone(), addr: addr.clone(), dnsmasq: None };
+        host.cleanup();
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args)).map(|_| ());
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "d0"])?;
+        for dev in ["lo", "d0", "d1"] {
+            ip(&["-n", &ns, "link", "set", dev, "up"])?;
+        }
+        let etc = host.etc();
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")?;
+        let mut cmd = host.command("dnsmasq");
+        cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root"]).args([
+            "--pid-file=",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--address=/#/",
+        ]);
+        for name in names {
+            cmd.arg(format!("--host-record={name},{addr}"));
+        }
+        host.dnsmasq = Some(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("dnsmasq (scripts/setup.sh --tests installs dnsmasq-base)")?,
+        );
+        let Some(name) = names.first() else { return Ok(host) };
+        wait_until("dnsmasq to answer", Duration::from_secs(20), || {
+            host.command("getent")
+                .args(["ahostsv4", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+        Ok(host)
+    }
+
+    /// `ip netns exec <ns>` followed by `program`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    fn etc(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.ns)
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(mut c) = self.dnsmasq.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
+
+impl Drop for DnsHost {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
 /// A runtime for the in-process OTLP receiver; tests drive processes from their own thread.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")

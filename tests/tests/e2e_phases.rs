@@ -3,12 +3,17 @@
 //! (`connect` for the request that opened its connection, `request.sent`,
 //! `response.first_byte`) and says whether its connection was reused and how long it had been
 //! idle; every SERVER span carries `request.received` and `response.first_byte`. A connect to a
-//! closed port is a failed CLIENT span of its own. Run as root with `cargo xtask e2e phases`.
+//! closed port is a failed CLIENT span of its own. A name looked up through a real DNS server
+//! (dnsmasq) gives the request that connected after it a `dns` event. Run as root with
+//! `cargo xtask e2e phases`.
 
 use std::process::Command;
 use std::time::Duration;
 
-use tracer_tests::harness::{Agent, Service, args, fixtures_bin, free_port, grpc_env, require_root, rt, run_ok};
+use tracer_tests::harness::{
+    Agent, DnsHost, Service, args, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, require_root, rt,
+    run_ok,
+};
 use tracer_tests::receiver::{AttrVal, ReceivedSpan, Receiver, SpanKind, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -225,4 +230,74 @@ except urllib.error.URLError as e:
     let failed = sorted(&spans, |s| client_of("urllib-phases")(s) && s.name == "connect");
     assert_eq!(failed.len(), 1, "{spans:#?}");
     assert_refused(failed[0], closed, &["ECONNREFUSED"]);
+}
+
+/// The `dns` phase of a CLIENT span that looked `name` up before it connected: the lookup's
+/// last answer, inside the span, before the connect; the span starts at its first query.
+fn assert_dns_phase(s: &ReceivedSpan, name: &str) {
+    assert_ordered_and_nested(s);
+    assert_eq!(&s.event_names()[..2], ["dns", "connect"], "{s}");
+    let dns = s.event("dns").unwrap();
+    assert_eq!(dns.attr("dns.question.name").and_then(AttrVal::as_str), Some(name), "{s}");
+    assert_eq!(dns.attr("dns.answer.count").and_then(AttrVal::as_int), Some(1), "{s}");
+    assert_eq!(dns.attr("error.type"), None, "{s}");
+    let took = dns.attr("duration_ns").and_then(AttrVal::as_int).expect("lookup duration_ns");
+    assert!(took > 0 && took < 5_000_000_000, "lookup took {took} ns: {s}");
+    assert_eq!(s.start_unix_nano + took as u64, dns.time_unix_nano, "the span starts at the first query: {s}");
+    assert!(dns.time_unix_nano <= at(s, "connect"), "{s}");
+}
+
+/// Names resolved through a real DNS server: dnsmasq in a network namespace whose resolv.conf
+/// points at it. Go's own resolver (A and AAAA on two sockets, write/read) and glibc's, through
+/// curl (both queries in one sendmmsg, answers by recvfrom): the request that connected after
+/// the lookup gets the `dns` event; a request on the reused connection does not.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn phases_dns_lookup_through_dnsmasq() {
+    require_root();
+    let rt = rt();
+    let rx = rt.block_on(Receiver::start()).expect("receiver");
+    let name = "api.tracer.test";
+    let dns = DnsHost::create("dns", &[name]).expect("dnsmasq in a network namespace");
+    let mut cmd = dns.command(python_bin());
+    cmd.arg(fixtures_src().join("python/server.py")).args(["--addr", &format!("{}:0", dns.addr)]);
+    let server = Service::start("py-dns-srv", cmd).expect("python server");
+    let agent =
+        Agent::start(&args(&["--exe", "phases", "--exe", "curl", "--pid", &server.pid().to_string()]), &grpc_env(&rx))
+            .expect("agent");
+    let url = format!("http://{name}:{}/sleep/{SLEEP_MS}", server.port);
+    let out = run_ok(
+        dns.command(fixtures_bin().join("phases")).args(["-n", "2", "-url", &url]).env("OTEL_SERVICE_NAME", "go-dns"),
+    )
+    .expect("phases client");
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let looked_up: Vec<bool> =
+        seen["requests"].as_array().unwrap().iter().map(|r| r["dns"].as_bool().unwrap()).collect();
+    assert_eq!(looked_up, [true, false], "Go's own view: {out}");
+    let code =
+        run_ok(dns.command("curl").args(["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .expect("curl");
+    assert_eq!(code, "200");
+
+    // Go: 2 GETs, curl: 1, the server: 3.
+    rt.block_on(rx.wait_for(|s| s.len() >= 6, WAIT)).expect("six spans");
+    let spans = stop_and_collect(&rt, &rx, agent, 6);
+    for s in &spans {
+        eprintln!("{s}\n    events {:?}", s.events);
+    }
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let client_of =
+        |svc: &'static str| move |s: &ReceivedSpan| s.kind == SpanKind::Client && s.service_name() == Some(svc);
+    let go = sorted(&spans, client_of("go-dns"));
+    let curl = sorted(&spans, client_of("curl"));
+    assert_eq!((go.len(), curl.len()), (2, 1), "{spans:#?}");
+    assert_dns_phase(go[0], name);
+    assert_eq!(go[1].event_names(), ["request.sent", "response.first_byte"], "the reused connection: {}", go[1]);
+    assert_dns_phase(curl[0], name);
+    for c in go.iter().chain(&curl) {
+        assert_eq!(c.attr("server.address").and_then(AttrVal::as_str), Some(name), "{c}");
+        assert_eq!(c.attr("network.peer.address").and_then(AttrVal::as_str), Some(dns.addr.as_str()), "{c}");
+        let server = spans.iter().find(|s| s.parent_span_id.as_deref() == Some(c.span_id.as_str()));
+        assert_server_phases(server.unwrap_or_else(|| panic!("no server span under {c}")), Some(c));
+    }
 }
