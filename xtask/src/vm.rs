@@ -108,6 +108,11 @@ const SUBSET: &[GuestTest] = &[
     },
     GuestTest { file: "e2e_messaging", name: "messaging_nats_go_nats_go", shows: "NATS publish and receive spans" },
     GuestTest {
+        file: "e2e_phases",
+        name: "phases_dns_lookup_through_dnsmasq",
+        shows: "DNS lookups (glibc sendmmsg, Go) before connects",
+    },
+    GuestTest {
         file: "e2e_lifecycle",
         name: "nothing_stays_attached_after_sigint_sigterm_or_sigkill",
         shows: "nothing left attached",
