@@ -361,11 +361,13 @@ impl Drop for TwoHosts {
 /// A network namespace whose resolver is a real DNS server: dnsmasq (Debian's `dnsmasq-base`)
 /// on its loopback, answering each of `names` with the namespace's one address ([`Self::addr`],
 /// on a veth pair inside it: resolvers ask only when a non-loopback address is configured) and
-/// NXDOMAIN for every other name, with `/etc/netns/<ns>/resolv.conf` pointing at it, so every
-/// program started with `ip netns exec` resolves through it. Removed on drop.
+/// NXDOMAIN for every other name. Programs started with [`Self::command`] run in it with a
+/// `resolv.conf` that points at dnsmasq, bind-mounted in a mount namespace of their own (so
+/// nothing under `/etc` is written: it may be read-only, as in the VM tier). Removed on drop.
 pub struct DnsHost {
     pub ns: String,
     pub addr: String,
+    resolv: PathBuf,
     dnsmasq: Option<Child>,
 }
 
@@ -373,7 +375,8 @@ impl DnsHost {
     pub fn create(tag: &str, names: &[&str]) -> anyhow::Result<Self> {
         let ns = format!("tr{tag}");
         let addr = "10.231.9.1".to_string();
-        let mut host = DnsHost { ns: ns.clone(), addr: addr.clone(), dnsmasq: None };
+        let resolv = std::env::temp_dir().join(format!("tracer-e2e-{}-{}-resolv.conf", std::process::id(), unique()));
+        let mut host = DnsHost { ns: ns.clone(), addr: addr.clone(), resolv, dnsmasq: None };
         host.cleanup();
         let ip = |args: &[&str]| run_ok(Command::new("ip").args(args)).map(|_| ());
         ip(&["netns", "add", &ns])?;
@@ -382,9 +385,7 @@ impl DnsHost {
         for dev in ["lo", "d0", "d1"] {
             ip(&["-n", &ns, "link", "set", dev, "up"])?;
         }
-        let etc = host.etc();
-        std::fs::create_dir_all(&etc)?;
-        std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")?;
+        std::fs::write(&host.resolv, "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")?;
         let mut cmd = host.command("dnsmasq");
         cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root"]).args([
             "--pid-file=",
@@ -413,15 +414,17 @@ impl DnsHost {
         Ok(host)
     }
 
-    /// `ip netns exec <ns>` followed by `program`.
+    /// `program` in the namespace, resolving through dnsmasq: `unshare` (a mount namespace of
+    /// its own, where the namespace's `resolv.conf` is bind-mounted), then `ip netns exec`; each
+    /// execs the next, so the child's pid is the program's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).arg(program);
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/resolv.conf && ns=$1 && shift && exec ip netns exec "$ns" "$@""#)
+            .arg(&self.resolv)
+            .arg(&self.ns)
+            .arg(program);
         c
-    }
-
-    fn etc(&self) -> PathBuf {
-        PathBuf::from("/etc/netns").join(&self.ns)
     }
 
     fn cleanup(&mut self) {
@@ -430,7 +433,7 @@ impl DnsHost {
             let _ = c.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
-        let _ = std::fs::remove_dir_all(self.etc());
+        let _ = std::fs::remove_file(&self.resolv);
     }
 }
 

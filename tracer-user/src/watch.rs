@@ -178,16 +178,20 @@ pub fn trace_rows(trace: &Trace, width: usize, bar_char: char) -> Vec<Row> {
     rows
 }
 
-/// What a span's bar shows at time `t`, by the phase its events say it is in: `~` connecting,
-/// `-` sending or receiving, `bar_char` waiting for the other side (a client for the response's
-/// first byte, a server handling the request). A span without events is `bar_char` throughout.
+/// What a span's bar shows at time `t`, by the phase its events say it is in: `.` looking the
+/// server's name up, `~` connecting, `-` sending or receiving, `bar_char` waiting for the other
+/// side (a client for the response's first byte, a server handling the request). A span
+/// without events is `bar_char` throughout.
 pub fn phase_char(span: &SpanRecord, t: SystemTime, bar_char: char) -> char {
     if span.events.is_empty() {
         return bar_char;
     }
     let last = span.events.iter().rev().find(|e| e.time <= t).map(|e| e.name);
     match (span.kind, last) {
+        (SpanKind::Client, None) if span.events[0].name == "dns" => '.',
         (SpanKind::Client, None) if span.events[0].name == "connect" => '~',
+        // After the lookup comes the connect (a lookup is only ever a connect's).
+        (SpanKind::Client, Some("dns")) => '~',
         (SpanKind::Client, Some("request.sent")) | (SpanKind::Server, Some("request.received")) => bar_char,
         _ => '-',
     }
@@ -561,6 +565,12 @@ mod tests {
         let server_bar = bar(&rows[2]);
         assert!(server_bar.starts_with('=') && server_bar.ends_with('-'), "{server_bar}");
         assert_eq!(phase_char(&rows_span(), at(0), '#'), '#');
+        // A lookup before the connect: resolving, then connecting.
+        let mut looked_up = span(4, 3, None, "front", SpanKind::Client, 200, 0, 100).1;
+        looked_up.events =
+            vec![ev("dns", 20), ev("connect", 40), ev("request.sent", 60), ev("response.first_byte", 80)];
+        let phases: Vec<char> = [10, 30, 50, 70, 90].iter().map(|&ms| phase_char(&looked_up, at(ms), '=')).collect();
+        assert_eq!(phases, ['.', '~', '-', '=', '-']);
     }
 
     fn rows_span() -> SpanRecord {

@@ -71,9 +71,10 @@ const LINES: &[Line] = &[
     Line { name: "6.12", meta: "linux-image-6.12-cloud-amd64" },
 ];
 
-/// Modules the guest needs to reach the host's root; their dependencies (from each module's
-/// `depends=` field) are loaded first. A module the kernel builds in is absent and skipped.
-const MODULES: &[&str] = &["virtio_pci", "virtiofs"];
+/// Modules the guest needs: to reach the host's root, and veth for the tests' network
+/// namespaces. Their dependencies (from each module's `depends=` field) are loaded first. A
+/// module the kernel builds in is absent and skipped.
+const MODULES: &[&str] = &["virtio_pci", "virtiofs", "veth"];
 
 /// One end-to-end test run in the guest: its test binary (tests/tests/<file>.rs) and name.
 #[derive(Clone, Copy)]
