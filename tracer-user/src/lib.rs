@@ -2,7 +2,8 @@
 //!
 //! The data path, in order (each stage uses only the stages before it; `agent` wires them):
 //!
-//! 1. [`capture`]: ring-buffer records decoded into events;
+//! 1. [`capture`]: ring-buffer records decoded into events; [`dns`]: the DNS answers among them
+//!    kept as each process's recent lookups;
 //! 2. [`streams`]: socket events keyed by connection, with the connection's lifecycle;
 //! 3. [`protocols`]: one parser per protocol behind one trait; exchanges out;
 //! 4. [`spans`]: exchanges named and attributed as spans, and counted as metric points;

@@ -9,7 +9,7 @@ use syn::visit::Visit;
 
 /// The data path, in order. A stage may use earlier stages and the shared vocabulary only.
 const STAGES: &[&[&str]] =
-    &[&["capture"], &["streams"], &["protocols"], &["spans"], &["correlate"], &["export", "metrics"]];
+    &[&["capture", "dns"], &["streams"], &["protocols"], &["spans"], &["correlate"], &["export", "metrics"]];
 
 /// Shared vocabulary every stage may use.
 const SHARED: &[&str] = &["model", "clock"];
