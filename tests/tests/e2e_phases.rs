@@ -98,6 +98,11 @@ fn assert_refused(s: &ReceivedSpan, port: u16, error: &[&str]) {
     assert_ordered_and_nested(s);
 }
 
+/// The CLIENT spans of service `svc`.
+fn client_of(svc: &'static str) -> impl Fn(&ReceivedSpan) -> bool {
+    move |s| s.kind == SpanKind::Client && s.service_name() == Some(svc)
+}
+
 fn stop_and_collect(rt: &tokio::runtime::Runtime, rx: &Receiver, agent: Agent, expect: usize) -> Vec<ReceivedSpan> {
     agent.stop().expect("agent stops cleanly");
     rt.block_on(rx.wait_for(|s| s.len() >= expect, WAIT)).expect("spans");
@@ -211,8 +216,6 @@ except urllib.error.URLError as e:
         eprintln!("{s}\n    events {:?}", s.events);
     }
     assert_eq!(spans.len(), 9, "{spans:#?}");
-    let client_of =
-        |svc: &'static str| move |s: &ReceivedSpan| s.kind == SpanKind::Client && s.service_name() == Some(svc);
     let urllib = sorted(&spans, |s| client_of("urllib-phases")(s) && s.name == "GET");
     let curl = sorted(&spans, |s| client_of("curl")(s));
     let servers = sorted(&spans, |s| s.kind == SpanKind::Server);
@@ -286,8 +289,6 @@ fn phases_dns_lookup_through_dnsmasq() {
         eprintln!("{s}\n    events {:?}", s.events);
     }
     assert_eq!(spans.len(), 6, "{spans:#?}");
-    let client_of =
-        |svc: &'static str| move |s: &ReceivedSpan| s.kind == SpanKind::Client && s.service_name() == Some(svc);
     let go = sorted(&spans, client_of("go-dns"));
     let curl = sorted(&spans, client_of("curl"));
     assert_eq!((go.len(), curl.len()), (2, 1), "{spans:#?}");

@@ -36,7 +36,7 @@ pub fn sock_of_fd(fd: i32) -> u64 {
 #[inline(always)]
 pub fn sock_in_fd_table(fd: i32) -> u64 {
     let sk = socket_in_fd_table(fd);
-    if !inet_tcp(sk) {
+    if kind(sk) != SockKind::Tcp {
         return 0;
     }
     sk
@@ -101,16 +101,6 @@ pub fn kind(sk: u64) -> SockKind {
         Some(IPPROTO_UDP) if unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_dport) } == Some(DNS_PORT_BE) => SockKind::Dns,
         _ => SockKind::Other,
     }
-}
-
-/// Whether `sk` (non-null) is an IPv4 or IPv6 TCP `struct sock`, read at offsets from this
-/// kernel's BTF.
-#[inline(always)]
-pub fn inet_tcp(sk: u64) -> bool {
-    // SAFETY: kernel memory read through the probe helper.
-    sk != 0
-        && inet(unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_family) }.unwrap_or(0))
-        && unsafe { at::<u16>(sk, cfg(&FD_OFF).sk_protocol) } == Some(IPPROTO_TCP)
 }
 
 #[inline(always)]

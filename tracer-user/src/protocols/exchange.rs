@@ -226,8 +226,8 @@ impl Exchange {
     /// this client request opened its connection.
     fn connect_start_ns(&self) -> Option<u64> {
         let u = self.conn_use?;
-        u.connect?;
-        Some(u.lookup.map_or(u64::MAX, |l| l.start_ns).min(u.connect?.start_ns))
+        let connect = u.connect?.start_ns;
+        Some(u.lookup.map_or(connect, |l| l.start_ns.min(connect)))
     }
 
     /// Keeps a client span from starting before its parent span, which began at
