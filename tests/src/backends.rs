@@ -1,30 +1,13 @@
 //! What the database and messaging tests share: the servers they start (each in a temporary
 //! directory, killed on drop) and the ways they pick spans out of what the receiver got.
 
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::harness::{Agent, Service, args, fixtures_bin, fixtures_src, free_port, grpc_env, python_bin, wait_until};
+pub use crate::harness::TempDir;
+use crate::harness::{Agent, Service, args, fixtures_bin, fixtures_src, grpc_env, python_bin, wait_until};
 use crate::receiver::{ReceivedPoint, ReceivedSpan, Receiver, SpanKind};
 use crate::scenarios::str_attr;
-
-/// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tracer-e2e-{tag}-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A server the test started, killed on drop.
 pub struct Server {

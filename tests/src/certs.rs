@@ -4,9 +4,10 @@
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context as _;
+
+use crate::harness::TempDir;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -21,7 +22,7 @@ pub struct CertFiles {
 
 /// A test CA and the files it issued.
 pub struct Pki {
-    dir: PathBuf,
+    dir: TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate (PEM).
     pub ca_file: PathBuf,
@@ -43,19 +44,13 @@ fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
 impl Pki {
     /// A new CA named `name`, its files in a fresh temporary directory.
     pub fn new(name: &str) -> anyhow::Result<Self> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tracer-pki-{}-{}-{name}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = TempDir::new(&format!("pki-{name}"));
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, format!("tracer test CA {name}"));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        let ca_file = dir.join("ca.pem");
+        let ca_file = dir.0.join("ca.pem");
         write(&ca_file, &ca.pem(), 0o644)?;
         Ok(Self { dir, ca, ca_file })
     }
@@ -67,7 +62,8 @@ impl Pki {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.ca)?;
-        let files = CertFiles { cert: self.dir.join(format!("{file}.pem")), key: self.dir.join(format!("{file}.key")) };
+        let files =
+            CertFiles { cert: self.dir.0.join(format!("{file}.pem")), key: self.dir.0.join(format!("{file}.key")) };
         write(&files.cert, &cert.pem(), 0o644)?;
         write(&files.key, &key.serialize_pem(), 0o600)?;
         Ok(files)
@@ -91,12 +87,6 @@ impl Pki {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        &self.dir.0
     }
 }

@@ -49,6 +49,8 @@ pub struct Agent {
     child: Option<Child>,
     pub pid: u32,
     log: PathBuf,
+    /// Holds the ready file and the log; removed after the agent is gone.
+    _dir: TempDir,
 }
 
 impl Agent {
@@ -60,10 +62,9 @@ impl Agent {
     /// Like [`Agent::start`], with the agent run by `wrapper` (e.g. `setpriv ... --`): the
     /// wrapper must exec the agent, so that the child's pid is the agent's.
     pub fn start_wrapped(wrapper: &[String], args: &[String], env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("tracer-e2e-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&dir)?;
-        let ready = dir.join("ready");
-        let log = dir.join("agent.log");
+        let dir = TempDir::new("agent");
+        let ready = dir.0.join("ready");
+        let log = dir.0.join("agent.log");
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -84,11 +85,11 @@ impl Agent {
         }
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        cmd.stdout(std::fs::File::create(dir.join("agent.out"))?);
+        cmd.stdout(std::fs::File::create(dir.0.join("agent.out"))?);
         cmd.stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let pid = child.id();
-        let mut agent = Agent { child: Some(child), pid, log };
+        let mut agent = Agent { child: Some(child), pid, log, _dir: dir };
         let res = wait_until("the agent to attach its probes", Duration::from_secs(60), || {
             ready.exists() || agent.exited().is_some()
         });
@@ -175,6 +176,28 @@ fn libc_sigint() -> i32 {
 
 fn signal(pid: u32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// A directory of the test's own, removed on drop. Its name holds the test binary's pid, and
+/// the kernel hands pids out again (`pid_max` is often 32768, which a long CI run goes through):
+/// whatever an earlier process of the same pid left there is removed first, so that no stale
+/// file (an agent's ready file, which once let a test go on before its agent had attached) is
+/// taken for this run's.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tracer-e2e-{tag}-{}-{}", std::process::id(), unique()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn unique() -> u64 {

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod grpc_echo;
 pub mod harness;
 pub mod jaeger;
+pub mod nginx;
 pub mod receiver;
 pub mod scenarios;
 pub mod traces;

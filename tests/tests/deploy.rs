@@ -282,9 +282,8 @@ fn systemd_unit() {
         eprintln!("systemd-analyze is not installed; skipping its verification");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tracer-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let copy = dir.join("tracer.service");
+    let dir = tracer_tests::harness::TempDir::new("unit");
+    let copy = dir.0.join("tracer.service");
     let exe = std::env::current_exe().unwrap();
     let verify = |text: &str| {
         std::fs::write(&copy, text.replace("/usr/local/bin/tracer", exe.to_str().unwrap())).unwrap();
@@ -300,7 +299,6 @@ fn systemd_unit() {
     let problems = verify(&unit);
     // The verifier does report a broken directive here (so silence above means something).
     let broken = verify(&unit.replace("ProtectClock=yes", "ProtectClok=yes"));
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(problems.is_empty(), "systemd-analyze verify: {problems:?}");
     assert!(broken.iter().any(|l| l.contains("ProtectClok")), "{broken:?}");
 }

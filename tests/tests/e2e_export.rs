@@ -284,8 +284,8 @@ fn tracer_run_exports_to_https_with_a_custom_ca_and_a_header() {
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn a_traces_only_backend_refuses_metrics_once() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("tracer-traces-only-{}", std::process::id()));
-    let jaeger = Jaeger::start_traces_only(&dir).unwrap();
+    let dir = tracer_tests::harness::TempDir::new("traces-only");
+    let jaeger = Jaeger::start_traces_only(&dir.0).unwrap();
     for (i, protocol) in PROTOCOLS.into_iter().enumerate() {
         let service = format!("traces-only-{i}");
         let go = Service::go(&service).expect("go server");

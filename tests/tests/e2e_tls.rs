@@ -8,15 +8,15 @@
 //! agent on, and no query string leaves. Run as root with `cargo xtask e2e tls`.
 
 use std::io::Write as _;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tracer_tests::certs::{CertFiles, Pki};
+use tracer_tests::certs::Pki;
 use tracer_tests::harness::{
     Agent, Service, fixtures_bin, fixtures_src, grpc_env, python_bin, require_root, rt, run_ok, wait_until,
 };
+use tracer_tests::nginx::{Nginx, pattern};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -45,67 +45,6 @@ fn server_of<'a>(servers: &'a [ReceivedSpan], client: &ReceivedSpan) -> &'a Rece
     children[0]
 }
 
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-/// nginx serving static files over HTTPS on `port`.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(cert: &CertFiles) -> Self {
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tracer-nginx-tls-{}-{seq}", std::process::id()));
-        let www = dir.join("www");
-        std::fs::create_dir_all(www.join("bytes")).unwrap();
-        std::fs::write(www.join("hello"), "hello").unwrap();
-        std::fs::write(www.join("bytes/100000"), pattern(100_000)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-                 events {{}}\n\
-                 http {{ access_log off; default_type application/octet-stream;\n\
-                   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-                   uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                   server {{ listen 127.0.0.1:{port} ssl http2; root {d}/www;\n\
-                     ssl_certificate {c}; ssl_certificate_key {k}; }} }}\n",
-                d = dir.display(),
-                c = cert.cert.display(),
-                k = cert.key.display(),
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nginx")
-            .args(["-c"])
-            .arg(&conf)
-            .args(["-e", "stderr"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (installed by scripts/setup.sh)");
-        wait_until("nginx to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok())
-            .unwrap();
-        Nginx { child, port, dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its worker too (SIGKILL would leave the worker running).
-        // SAFETY: a signal to our own child, which has not been waited for.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// curl over HTTPS (HTTP/1.1, or HTTP/2 through ALPN with `h2`) trusting `ca`: the body and the
 /// status code.
 fn curl(ca: &Path, url: &str, h2: bool) -> (Vec<u8>, String) {
@@ -129,7 +68,7 @@ fn tls_openssl_curl_nginx_and_python() {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let pki = Pki::new("tls").expect("pki");
     let cert = pki.server("server", false).expect("server certificate");
-    let nginx = Nginx::start(&cert);
+    let nginx = Nginx::start(Some(&cert));
     let mut cmd = Command::new(python_bin());
     cmd.arg(fixtures_src().join("python/server.py"))
         .arg("--tls-cert")
@@ -251,7 +190,7 @@ fn tls_openssl_probes_only_the_selected_processes() {
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let pki = Pki::new("tls-selected").expect("pki");
     let cert = pki.server("server", false).expect("server certificate");
-    let nginx = Nginx::start(&cert);
+    let nginx = Nginx::start(Some(&cert));
     // Only nginx is traced: its master and worker get probes of their own, nothing else does.
     let agent = Agent::start(&["--exe".into(), "*/nginx".into()], &grpc_env(&rx)).expect("agent");
     let log = agent.log_text();

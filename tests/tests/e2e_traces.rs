@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tracer_tests::harness::{
     Agent, Service, TwoHosts, args, curl, encode, fixtures_bin, fixtures_src, grpc_env, python_bin, require_root, rt,
-    run_ok, wait_until,
+    run_ok,
 };
+use tracer_tests::nginx::{Nginx, pattern};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, SpanKind};
 use tracer_tests::traces::{by_trace, child_of, child_within, one};
 
@@ -215,62 +215,6 @@ fn sdk_instrumented_caller_continues_its_trace() {
 
 // ---- traffic safety with propagation on -----------------------------------------------------
 
-fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-/// nginx serving the fixture routes it can serve statically, on `port`.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: PathBuf,
-}
-
-impl Nginx {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("tracer-nginx-{}", std::process::id()));
-        let www = dir.join("www");
-        std::fs::create_dir_all(www.join("bytes")).unwrap();
-        std::fs::write(www.join("hello"), "hello").unwrap();
-        std::fs::write(www.join("bytes/1048576"), pattern(1 << 20)).unwrap();
-        std::fs::write(www.join("bytes/100000"), pattern(100_000)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-                 events {{}}\n\
-                 http {{ access_log off; default_type application/octet-stream;\n\
-                   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-                   uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                   server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nginx")
-            .args(["-c"])
-            .arg(&conf)
-            .args(["-e", "stderr"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (installed by scripts/setup.sh)");
-        wait_until("nginx to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok())
-            .unwrap();
-        Nginx { child, port, _dir: dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its worker too (SIGKILL would leave the worker running).
-        // SAFETY: a signal to our own child, which has not been waited for.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 /// Sends `req` (possibly several pipelined requests) and reads until `responses` complete
 /// responses are there.
 fn raw(port: u16, req: &[u8], responses: usize) -> Vec<Vec<u8>> {
@@ -318,7 +262,7 @@ fn propagation_on_leaves_traffic_byte_exact() {
     let py = Service::python("safe-py").unwrap();
     let node = Service::node("safe-node").unwrap();
     let java = Service::java("safe-java").unwrap();
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(None);
     // Everything traced, context on the wire.
     let agent = Agent::start(&args(&["--propagation", "on"]), &grpc_env(&rx)).expect("agent");
     let mb = pattern(1 << 20);
