@@ -31,6 +31,7 @@ pub fn drive<P: Protocol>(
         tls: false,
         last_activity_ns: 0,
         connect: None,
+        tls_handshake: None,
         data_start_ns: 0,
         prev_activity_ns: None,
         claimed: false,

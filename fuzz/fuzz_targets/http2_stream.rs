@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             tls: false,
             last_activity_ns: 0,
             connect: None,
+            tls_handshake: None,
             data_start_ns: 0,
             prev_activity_ns: None,
             claimed: false,

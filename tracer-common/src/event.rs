@@ -18,6 +18,8 @@ pub enum EventKind {
     Grpc = 6,
     /// A traced connect's TCP handshake ended: [`crate::HandshakeEvent`].
     Handshake = 7,
+    /// A TLS library's handshake on a socket completed: [`crate::TlsHandshakeEvent`].
+    TlsHandshake = 8,
     /// A Go net/rpc call completed, client or server side: [`crate::GoRpcEvent`].
     GoRpc = 16,
     /// A Go net/http server matched a request to a route pattern: [`crate::GoRouteEvent`].
@@ -34,6 +36,7 @@ impl EventKind {
             5 => Self::Conn,
             6 => Self::Grpc,
             7 => Self::Handshake,
+            8 => Self::TlsHandshake,
             16 => Self::GoRpc,
             17 => Self::GoRoute,
             _ => return None,

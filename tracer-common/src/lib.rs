@@ -41,6 +41,7 @@ const _: () = {
     assert!(size_of::<TraceCtx>() == 32);
     assert!(size_of::<TupleKey>() == 36);
     assert!(size_of::<CloseEvent>() == 32);
+    assert!(size_of::<TlsHandshakeEvent>() == 40);
     assert!(size_of::<ConnEvent>() == 48);
     assert!(size_of::<HandshakeEvent>() == 80);
     assert!(size_of::<ProcEvent>() == 48);

@@ -50,6 +50,7 @@ pub mod maps {
     pub const GO_TLS_PROGS: &str = "GO_TLS_PROGS";
     pub const GO_TLS_PROGS_MULTI: &str = "GO_TLS_PROGS_MULTI";
     pub const DNS_QUERY: &str = "DNS_QUERY";
+    pub const SSL_HANDSHAKE: &str = "SSL_HANDSHAKE";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -98,6 +99,7 @@ pub mod maps {
         GO_TLS_PROGS,
         GO_TLS_PROGS_MULTI,
         DNS_QUERY,
+        SSL_HANDSHAKE,
     ];
 }
 
@@ -237,6 +239,8 @@ pub mod programs {
     pub const SSL_READ_EX: &str = "ssl_read_ex";
     pub const SSL_RET: &str = "ssl_ret";
     pub const SSL_FREE: &str = "ssl_free";
+    pub const SSL_DO_HANDSHAKE: &str = "ssl_do_handshake";
+    pub const SSL_HANDSHAKE_RET: &str = "ssl_handshake_ret";
     /// Tail-called by `ssl_ret` (slot 0 of `SSL_PROGS`), never attached.
     pub const SSL_EMIT_STEP: &str = "ssl_emit_step";
     // `tracer doctor`: no-op programs of each attach type.
@@ -313,6 +317,8 @@ pub mod programs {
         SSL_READ_EX,
         SSL_RET,
         SSL_FREE,
+        SSL_DO_HANDSHAKE,
+        SSL_HANDSHAKE_RET,
         SSL_EMIT_STEP,
         CAP_KPROBE,
         CAP_FENTRY,

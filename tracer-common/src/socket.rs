@@ -197,6 +197,19 @@ pub struct CloseEvent {
     pub _pad: u32,
 }
 
+/// A TLS library's handshake on socket `fd` completed (`SSL_do_handshake` returned 1): from
+/// `start_ns`, the entry of its first call (a non-blocking handshake takes several), to the
+/// header's time, the return of its last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct TlsHandshakeEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
 /// accept(2)/accept4(2) returned a new fd (server role) or connect(2) returned (client role).
 /// The header's time is the call's return.
 #[repr(C)]

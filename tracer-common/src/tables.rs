@@ -34,10 +34,11 @@ pub enum LruTable {
     SslFd,
     GoTlsReads,
     DnsQuery,
+    SslHandshake,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 22] = [
+    pub const ALL: [LruTable; 23] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -60,6 +61,7 @@ impl LruTable {
         Self::SslFd,
         Self::GoTlsReads,
         Self::DnsQuery,
+        Self::SslHandshake,
     ];
 
     /// The map's name in the object.
@@ -87,6 +89,7 @@ impl LruTable {
             Self::SslFd => maps::SSL_FD,
             Self::GoTlsReads => maps::GO_TLS_READS,
             Self::DnsQuery => maps::DNS_QUERY,
+            Self::SslHandshake => maps::SSL_HANDSHAKE,
         }
     }
 }

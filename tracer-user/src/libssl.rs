@@ -15,8 +15,8 @@
 //! exec, or at start), so that the processes the agent does not trace pay no uprobe trap; they
 //! are removed when it exits.
 //!
-//! OpenSSL 1.1 and 3.x export the same five functions (`SSL_write`, `SSL_read`, their `_ex`
-//! forms and `SSL_free`); no struct offset of any release is needed, since the socket comes from
+//! OpenSSL 1.1 and 3.x export the same six functions (`SSL_write`, `SSL_read`, their `_ex`
+//! forms, `SSL_do_handshake` and `SSL_free`); no struct offset of any release is needed, since the socket comes from
 //! the syscall the call makes. A statically linked OpenSSL (node) or BoringSSL is not probed.
 
 use std::collections::{HashMap, HashSet};
@@ -31,15 +31,23 @@ use aya::programs::uprobe::{UProbeLink, UProbeLinkId, UProbeScope};
 use log::{info, warn};
 use tracer_common::names::{maps, programs};
 
-/// The entry probes and the function each goes on; `SSL_RET` goes on the four data calls' returns.
-const ENTRIES: [(&str, &str); 5] = [
+/// The entry probes and the function each goes on; `SSL_RET` goes on the four data calls' returns,
+/// `SSL_HANDSHAKE_RET` on `SSL_do_handshake`'s.
+const ENTRIES: [(&str, &str); 6] = [
     (programs::SSL_WRITE, "SSL_write"),
     (programs::SSL_READ, "SSL_read"),
     (programs::SSL_WRITE_EX, "SSL_write_ex"),
     (programs::SSL_READ_EX, "SSL_read_ex"),
     (programs::SSL_FREE, "SSL_free"),
+    (programs::SSL_DO_HANDSHAKE, "SSL_do_handshake"),
 ];
-const RETURNS: [&str; 4] = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
+const RETURNS: [(&str, &str); 5] = [
+    (programs::SSL_RET, "SSL_write"),
+    (programs::SSL_RET, "SSL_read"),
+    (programs::SSL_RET, "SSL_write_ex"),
+    (programs::SSL_RET, "SSL_read_ex"),
+    (programs::SSL_HANDSHAKE_RET, "SSL_do_handshake"),
+];
 
 /// Where distributions put `libssl.so.*`.
 const LIB_DIRS: [&str; 6] =
@@ -247,7 +255,8 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> 
 
 /// Loads (verifies) OpenSSL's programs and puts `ssl_emit_step` in its tail-call slot.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in ENTRIES.iter().map(|(p, _)| *p).chain([programs::SSL_RET, programs::SSL_EMIT_STEP]) {
+    let returns = [programs::SSL_RET, programs::SSL_HANDSHAKE_RET, programs::SSL_EMIT_STEP];
+    for name in ENTRIES.iter().map(|(p, _)| *p).chain(returns) {
         uprobe(ebpf, name)?.load().map_err(|e| format!("loading {name}: {e:#}"))?;
     }
     let fd = uprobe(ebpf, programs::SSL_EMIT_STEP)?
@@ -262,10 +271,10 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
     progs.set(0, &fd, 0).map_err(|e| format!("map {}: {e}", maps::SSL_PROGS))
 }
 
-/// Attaches the nine probes to the file; on failure, the links attached so far and why.
+/// Attaches the eleven probes to the file; on failure, the links attached so far and why.
 fn attach_file(ebpf: &mut Ebpf, path: &Path, scope: UProbeScope) -> Result<Links, (Links, String)> {
     let mut links = Vec::new();
-    let points = ENTRIES.iter().copied().chain(RETURNS.iter().map(|f| (programs::SSL_RET, *f)));
+    let points = ENTRIES.iter().chain(RETURNS.iter()).copied();
     for (prog, func) in points {
         let r = uprobe(ebpf, prog).and_then(|p| p.attach([func], path, scope).map_err(|e| format!("{func}: {e:#}")));
         match r {

@@ -514,6 +514,7 @@ fn event_time(ev: &Event) -> u64 {
         Event::Data(d) => d.end_ns,
         Event::Close { ts_ns, .. }
         | Event::Conn { ts_ns, .. }
+        | Event::TlsHandshake { ts_ns, .. }
         | Event::Handshake(Handshake { ts_ns, .. })
         | Event::Exec { ts_ns, .. }
         | Event::Exit { ts_ns, .. } => *ts_ns,

@@ -12,6 +12,11 @@
 //!   really moved (its return value, or `*written` / `*readbytes`) and enters
 //!   `super::exit::transfer` with the connection's state: the same classification, contexts
 //!   and emitter as a syscall (`emit::step`, through `SSL_PROGS`, a uprobe-type array);
+//! * `SSL_do_handshake` (which `SSL_connect` and `SSL_accept` call) is a call like the others
+//!   for naming the socket; its return of 1 ends the handshake, from its first call's entry
+//!   (`SSL_HANDSHAKE`: a non-blocking handshake takes several calls), reported as a
+//!   [`TlsHandshakeEvent`] (the `tls.handshake` phase of the request that opened the
+//!   connection);
 //! * `SSL_free` forgets the `SSL *`, whose address a later connection may reuse.
 //!
 //! Calls with no socket under them (memory BIOs, BIO pairs) are counted, not traced.
@@ -23,7 +28,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    ConnState, MessageKind, Proto, Syscall, classify, conn_flags,
+    ConnState, EventHeader, EventKind, MessageKind, Proto, Syscall, TlsHandshakeEvent, classify, conn_flags,
     tables::{FixedTable, LruTable, counters},
 };
 
@@ -31,7 +36,7 @@ use super::{CONNS, SyscallArgs, emit, exit::transfer};
 use crate::{
     context::{EvCtx, client_context},
     filter::traced,
-    maps::{CONN_TUPLE, bump, conn_key, lru_del, lru_put, put},
+    maps::{CONN_TUPLE, EVENTS, bump, conn_key, lru_del, lru_put, put},
 };
 
 /// A thread's OpenSSL call in progress, keyed by pid_tgid.
@@ -50,7 +55,9 @@ pub struct SslCall {
     pub writes: u8,
     /// 1 when `ctx` holds a client request's context, decided before its bytes left.
     pub has_ctx: u8,
-    pub _pad: [u8; 2],
+    /// 1 for `SSL_do_handshake` (no plaintext: the call's end is the handshake's).
+    pub handshake: u8,
+    pub _pad: u8,
     pub ctx: EvCtx,
 }
 
@@ -81,6 +88,11 @@ pub static SSL_FD: LruHashMap<SslKey, SslSock> = LruHashMap::with_max_entries(65
 #[map]
 pub static SSL_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The entry of the first `SSL_do_handshake` call of a handshake not yet complete (a
+/// non-blocking one returns `WANT_READ` and is called again), by `SSL *`.
+#[map]
+pub static SSL_HANDSHAKE: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
 #[inline(always)]
 fn enter(ctx: &ProbeContext, writes: bool, ex: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -101,7 +113,8 @@ fn enter(ctx: &ProbeContext, writes: bool, ex: bool) -> u32 {
         fd: known.map_or(-1, |k| k.fd),
         writes: writes as u8,
         has_ctx: 0,
-        _pad: [0; 2],
+        handshake: 0,
+        _pad: 0,
         ctx: EvCtx::default(),
     };
     put(&SSL_CALL, &pid_tgid, &call, FixedTable::SslCall);
@@ -138,6 +151,80 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     lru_del(&SSL_FD, &SslKey { ssl, tgid, _pad: 0 }, LruTable::SslFd);
+    lru_del(&SSL_HANDSHAKE, &SslKey { ssl, tgid, _pad: 0 }, LruTable::SslHandshake);
+    0
+}
+
+/// `int SSL_do_handshake(SSL *s)` (`SSL_connect` and `SSL_accept` call it): the call's
+/// syscalls name the socket (and mark it TLS) as a read's or write's do; the handshake starts
+/// at its first call.
+#[uprobe]
+pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !traced(tgid) {
+        return 0;
+    }
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let key = SslKey { ssl, tgid, _pad: 0 };
+    // SAFETY: plain data copied out of the map.
+    let known = unsafe { SSL_FD.get(&key) }.copied();
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: only presence is tested.
+    if unsafe { SSL_HANDSHAKE.get(&key) }.is_none() {
+        lru_put(&SSL_HANDSHAKE, &key, &now, LruTable::SslHandshake);
+    }
+    let call = SslCall {
+        ssl,
+        buf: 0,
+        out: 0,
+        sk: known.map_or(0, |k| k.sk),
+        start_ns: now,
+        fd: known.map_or(-1, |k| k.fd),
+        writes: 0,
+        has_ctx: 0,
+        handshake: 1,
+        _pad: 0,
+        ctx: EvCtx::default(),
+    };
+    put(&SSL_CALL, &pid_tgid, &call, FixedTable::SslCall);
+    0
+}
+
+/// Return of `SSL_do_handshake`: 1 is a complete handshake, reported with its socket's fd;
+/// anything else (a retry, a failure) reports nothing.
+#[uretprobe]
+pub fn ssl_handshake_ret(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(c) = (unsafe { SSL_CALL.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = SSL_CALL.remove(&pid_tgid);
+    let r: i32 = ctx.ret();
+    if c.handshake == 0 || r != 1 {
+        return 0;
+    }
+    let key = SslKey { ssl: c.ssl, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
+    // SAFETY: plain data copied out of the map.
+    let start_ns = unsafe { SSL_HANDSHAKE.get(&key) }.copied().unwrap_or(c.start_ns);
+    lru_del(&SSL_HANDSHAKE, &key, LruTable::SslHandshake);
+    if c.fd < 0 {
+        bump(counters::TLS_NO_FD);
+        return 0;
+    }
+    let Some(mut e) = EVENTS.reserve::<TlsHandshakeEvent>(0) else {
+        crate::maps::lost("TLS handshake");
+        return 0;
+    };
+    let p = e.as_mut_ptr();
+    // SAFETY: the reserved record, fully written before submit.
+    unsafe {
+        (*p).header = EventHeader::new(EventKind::TlsHandshake, bpf_ktime_get_ns(), pid_tgid);
+        (*p).start_ns = start_ns;
+        (*p).fd = c.fd;
+        (*p)._pad = 0;
+    }
+    e.submit(emit::wakeup_flags());
     0
 }
 

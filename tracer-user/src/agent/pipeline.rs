@@ -331,6 +331,38 @@ mod tests {
         assert_eq!(p.stats().dns, LookupStats { answers: 1, unreadable: 0, phases: 1 });
     }
 
+    /// A TLS client connects, handshakes (two calls of a non-blocking handshake: the event spans
+    /// both) and calls twice: the first call's span has `tls.handshake` after `connect`, the
+    /// second none.
+    #[test]
+    fn the_tls_handshake_is_the_phase_of_the_call_that_opened_the_connection() {
+        let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));
+        let conn =
+            Event::Conn { ts_ns: 2 * MS, tgid: TGID, tid: TGID, fd: 5, role: Role::Client, start_ns: MS, ret: 0 };
+        p.feed(&conn, 2 * MS);
+        let hs = Event::TlsHandshake { ts_ns: 6 * MS, tgid: TGID, tid: TGID, fd: 5, start_ns: 3 * MS };
+        p.feed(&hs, 6 * MS);
+        let ping = || Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+        let pong = || Bytes::from_static(b"+PONG\r\n");
+        for t in [7 * MS, 20 * MS] {
+            p.feed(&data(5, Proto::Redis, true, t, t, ping()), t);
+            p.feed(&data(5, Proto::Redis, false, t + MS, t + 2 * MS, pong()), t + 2 * MS);
+        }
+        let mut spans = Vec::new();
+        p.finish(100 * MS, &mut spans);
+        spans.sort_by_key(|s| s.start);
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let names: Vec<_> = spans[0].events.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["connect", "tls.handshake", "request.sent", "response.first_byte"], "{:#?}", spans[0]);
+        let tls = &spans[0].events[1];
+        assert_eq!(tls.time, UNIX_EPOCH + Duration::from_millis(6));
+        assert_eq!(
+            tls.attributes.iter().find(|a| a.key == "duration_ns").map(|a| a.value.clone()),
+            Some(AttrValue::Int(3 * MS as i64))
+        );
+        assert!(spans[1].events.iter().all(|e| e.name != "tls.handshake"), "{:#?}", spans[1]);
+    }
+
     #[test]
     fn an_unreadable_answer_is_counted_and_nothing_else_changes() {
         let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));

@@ -5,7 +5,8 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 use tracer_common::{
     CloseEvent, ConnEvent, DataEvent, DataMeta, EventHeader, EventKind, GRPC_METHOD_MAX, GoRouteEvent, GoRpcEvent,
-    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, Proto, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
+    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, Proto, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD,
+    TlsHandshakeEvent, flags,
 };
 use zerocopy::FromBytes;
 
@@ -92,6 +93,10 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 start_ns: e.start_ns,
                 tuple: e.tuple,
             }))
+        }
+        Some(EventKind::TlsHandshake) => {
+            let e: TlsHandshakeEvent = read(b)?;
+            Ok(Event::TlsHandshake { ts_ns, tgid, tid, fd: e.fd, start_ns: e.start_ns })
         }
         Some(EventKind::Exec) => {
             let e: ProcEvent = read(b)?;
@@ -317,6 +322,8 @@ mod tests {
         assert_eq!(decode(&Bytes::from(encode::grpc(&grpc))).unwrap(), Event::Grpc(grpc));
         let route = RouteRecord { tgid: 7, span_id: [4; 8], pattern: "GET /items/{id}".into() };
         assert_eq!(decode(&Bytes::from(encode::route(&route))).unwrap(), Event::Route(route));
+        let hs = Event::TlsHandshake { ts_ns: 2_000, tgid: 7, tid: 9, fd: 5, start_ns: 1_500 };
+        assert_eq!(decode(&Bytes::from(encode::tls_handshake(2_000, 7, 9, 5, 1_500))).unwrap(), hs);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use tracer_common::{
     CloseEvent, ConnEvent, DataEvent, DataMeta, EventHeader, EventKind, GRPC_METHOD_MAX, GoRouteEvent, GoRpcEvent,
-    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD, flags,
+    GrpcEvent, HandshakeEvent, MAX_PAYLOAD, ProcEvent, ROUTE_LEN, RPC_METHOD_LEN, Role, TAIL_PAYLOAD,
+    TlsHandshakeEvent, flags,
 };
 use zerocopy::IntoBytes;
 
@@ -88,6 +89,18 @@ pub fn handshake(h: &Handshake) -> Vec<u8> {
         _pad: [0; 3],
         start_ns: h.start_ns,
         tuple: h.tuple,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+/// A TLS handshake on `fd` begun at `start_ns` completed at `ts_ns`.
+pub fn tls_handshake(ts_ns: u64, tgid: u32, tid: u32, fd: i32, start_ns: u64) -> Vec<u8> {
+    TlsHandshakeEvent {
+        header: EventHeader::new(EventKind::TlsHandshake, ts_ns, pid_tgid(tgid, tid)),
+        start_ns,
+        fd,
+        _pad: 0,
     }
     .as_bytes()
     .to_vec()

@@ -30,6 +30,14 @@ pub enum Event {
     /// A connect's TCP handshake ended at `ts_ns` (in or after the call that started at
     /// `start_ns`).
     Handshake(Handshake),
+    /// A TLS library's handshake on `fd` completed at `ts_ns`, begun at `start_ns`.
+    TlsHandshake {
+        ts_ns: u64,
+        tgid: u32,
+        tid: u32,
+        fd: i32,
+        start_ns: u64,
+    },
     Exec {
         ts_ns: u64,
         tgid: u32,
@@ -59,6 +67,7 @@ impl Event {
             Event::Data(d) => d.tgid,
             Event::Close { tgid, .. }
             | Event::Conn { tgid, .. }
+            | Event::TlsHandshake { tgid, .. }
             | Event::Exec { tgid, .. }
             | Event::Exit { tgid, .. } => *tgid,
             Event::Handshake(h) => h.tgid,

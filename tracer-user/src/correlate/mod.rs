@@ -1255,7 +1255,7 @@ mod tests {
     /// `e` opened its connection with a connect from `start` to `end` (µs).
     fn connected(mut e: Exchange, start: u64, end: u64) -> Exchange {
         let connect = Connect { start_ns: start * US_NS, end_ns: end * US_NS, outcome: ConnectOutcome::Established };
-        e.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(connect), lookup: None });
+        e.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(connect), lookup: None, tls: None });
         e
     }
 

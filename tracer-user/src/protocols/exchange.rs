@@ -261,6 +261,7 @@ impl Exchange {
         if u.connect.is_some_and(|c| c.start_ns < parent_start_ns) {
             u.connect = None;
             u.lookup = None;
+            u.tls = None;
             return true;
         }
         false

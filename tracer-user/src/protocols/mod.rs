@@ -161,6 +161,9 @@ impl Protocols {
                 self.on_failed_connect(failed, out);
             }
             Event::Exit { tgid, .. } => self.streams.on_exit(*tgid, &mut self.ended),
+            Event::TlsHandshake { ts_ns, tgid, fd, start_ns, .. } => {
+                self.streams.on_tls_handshake(*tgid, *fd, *start_ns, *ts_ns)
+            }
             Event::NetRpc(_) => {
                 self.netrpc.on_record(ev, &mut Cx::new(&self.config, &mut self.stats, &mut self.shared, out))
             }

@@ -115,7 +115,8 @@ impl Phase {
 ///   its first query, `dns.question.name` and `dns.answer.count`), `connect` (when the request
 ///   opened its connection: the end of the TCP handshake,
 ///   with `duration_ns` from connect(2)'s entry, and `error.type` when it failed),
-///   `request.sent` (the write that carried the request's last byte returned) and
+///   `tls.handshake` (after that connect: the TLS library's handshake done, with `duration_ns`
+///   from its first call), `request.sent` (the write that carried the request's last byte returned) and
 ///   `response.first_byte` (the read that carried the response's first byte returned);
 /// * SERVER: `request.received` (the read that carried the request's last byte returned) and
 ///   `response.first_byte` (the write that carried the response's first byte began).
@@ -146,6 +147,13 @@ pub fn phases(ex: &Exchange) -> Vec<Phase> {
                     attrs.push(Attr::str("error.type", crate::protocols::connect::detail::error_type(errno)));
                 }
                 out.push(phase("connect", c.end_ns, attrs));
+            }
+            if let Some(t) = ex.conn_use.and_then(|u| u.tls) {
+                out.push(phase(
+                    "tls.handshake",
+                    t.end_ns,
+                    vec![Attr::int("duration_ns", t.end_ns.saturating_sub(t.start_ns) as i64)],
+                ));
             }
             if matches!(ex.detail, Detail::Connect(_)) {
                 return out;

@@ -75,6 +75,8 @@ pub struct ConnInfo {
     pub last_activity_ns: u64,
     /// The connect(2) that opened the connection, when the agent saw it.
     pub connect: Option<Connect>,
+    /// The TLS handshake on the connection, when a TLS library's probes saw it.
+    pub tls_handshake: Option<TlsHandshake>,
     /// Entry of the data event being handled (0 before the first).
     pub data_start_ns: u64,
     /// The connection's newest activity before the data event being handled; `None` when that
@@ -83,6 +85,13 @@ pub struct ConnInfo {
     /// An exchange began on the connection before the data event being handled (set by the
     /// protocol stage once its parser holds or emitted one).
     pub claimed: bool,
+}
+
+/// A TLS handshake: from its first call's entry to its last call's return (CLOCK_MONOTONIC ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsHandshake {
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// How a connect(2) went: from its entry to the end of the TCP handshake.
@@ -117,6 +126,8 @@ pub struct ConnUse {
     pub connect: Option<Connect>,
     /// The DNS lookup that connect followed (set by the pipeline, `crate::dns`).
     pub lookup: Option<crate::dns::Lookup>,
+    /// The TLS handshake after that connect.
+    pub tls: Option<TlsHandshake>,
 }
 
 impl ConnInfo {
@@ -128,14 +139,15 @@ impl ConnInfo {
         let opened_here = self.hint != Role::Unknown && !self.claimed;
         if opened_here {
             let connect = self.connect.filter(|c| start_ns.saturating_sub(c.end_ns) <= CONNECT_LEAD_NS);
-            return ConnUse { reused: false, idle_ns: None, connect, lookup: None };
+            let tls = self.tls_handshake.filter(|t| connect.is_some_and(|c| c.start_ns <= t.start_ns));
+            return ConnUse { reused: false, idle_ns: None, connect, lookup: None, tls };
         }
         // The quiet time is known when the request began in the data event being handled.
         let idle_ns = (start_ns == self.data_start_ns)
             .then_some(self.prev_activity_ns)
             .flatten()
             .map(|prev| start_ns.saturating_sub(prev));
-        ConnUse { reused: true, idle_ns, connect: None, lookup: None }
+        ConnUse { reused: true, idle_ns, connect: None, lookup: None, tls: None }
     }
 }
 
@@ -303,6 +315,14 @@ impl<S> Streams<S> {
         }
     }
 
+    /// A TLS library's handshake on `(tgid, fd)` ran from `start_ns` to `end_ns`: the
+    /// connection's (a connection not known is left alone).
+    pub fn on_tls_handshake(&mut self, tgid: u32, fd: i32, start_ns: u64, end_ns: u64) {
+        if let Some(slot) = self.conns.get_mut(&(tgid, fd)) {
+            slot.info.tls_handshake = Some(TlsHandshake { start_ns, end_ns });
+        }
+    }
+
     pub fn on_close(&mut self, tgid: u32, fd: i32, ended: &mut Vec<Ended<S>>) {
         self.end((tgid, fd), EndReason::Closed, ended);
     }
@@ -388,6 +408,7 @@ fn new_info(tgid: u32, fd: i32, hint: Role, now_ns: u64) -> ConnInfo {
         tls: false,
         last_activity_ns: now_ns,
         connect: None,
+        tls_handshake: None,
         data_start_ns: 0,
         prev_activity_ns: None,
         claimed: false,

@@ -25,6 +25,7 @@ pub fn exchange(f: &FailedConnect) -> Exchange {
         tls: false,
         last_activity_ns: c.end_ns,
         connect: Some(c),
+        tls_handshake: None,
         data_start_ns: 0,
         prev_activity_ns: None,
         claimed: false,
@@ -47,7 +48,7 @@ pub fn exchange(f: &FailedConnect) -> Exchange {
     );
     ex.request_last = Some(first);
     ex.response_last = Some(last);
-    ex.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(c), lookup: None });
+    ex.conn_use = Some(ConnUse { reused: false, idle_ns: None, connect: Some(c), lookup: None, tls: None });
     ex
 }
 

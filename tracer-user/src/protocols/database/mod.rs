@@ -261,6 +261,7 @@ pub mod testkit {
                 tls: false,
                 last_activity_ns: 0,
                 connect: None,
+                tls_handshake: None,
                 data_start_ns: 0,
                 prev_activity_ns: None,
                 claimed: false,
