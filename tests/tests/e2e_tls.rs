@@ -60,6 +60,20 @@ fn curl(ca: &Path, url: &str, h2: bool) -> (Vec<u8>, String) {
     (out.stdout[..at].to_vec(), String::from_utf8_lossy(&out.stdout[at + 1..]).into_owned())
 }
 
+/// A client span whose request opened its TLS connection: `connect`, then `tls.handshake`
+/// (OpenSSL's `SSL_do_handshake` done, with how long it took), then the request.
+fn assert_tls_handshake(c: &ReceivedSpan) {
+    let names = c.event_names();
+    assert_eq!(names.get(..2), Some(&["connect", "tls.handshake"][..]), "{c:#?}");
+    let hs = c.event("tls.handshake").unwrap();
+    let took = hs.attr("duration_ns").and_then(|v| v.as_int()).expect("handshake duration_ns");
+    assert!(took > 0 && took < 10_000_000_000, "handshake took {took} ns: {c:#?}");
+    let connected = c.event("connect").unwrap().time_unix_nano;
+    assert!(connected <= hs.time_unix_nano - took as u64, "the handshake begins after the connect: {c:#?}");
+    let sent = c.event("request.sent").map(|e| e.time_unix_nano).expect("request.sent");
+    assert!(hs.time_unix_nano <= sent, "the handshake ends before the request is sent: {c:#?}");
+}
+
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn tls_openssl_curl_nginx_and_python() {
@@ -153,6 +167,7 @@ fn tls_openssl_curl_nginx_and_python() {
         assert_eq!(str_attr(c, "url.full"), Some(&*format!("https://127.0.0.1:{n}{path}")), "{c:#?}");
         assert_eq!(int_attr(c, "http.response.status_code"), Some(code));
         assert_eq!(c.status_code, client_status, "{c:#?}");
+        assert_tls_handshake(c);
         let s = server_of(&nginx_servers, c);
         assert_eq!(s.service_name(), Some("nginx"));
         assert_eq!(str_attr(s, "url.path"), Some(path));
@@ -179,6 +194,10 @@ fn tls_openssl_curl_nginx_and_python() {
     assert_eq!(server_of(&nginx_servers, out).service_name(), Some("nginx"));
     let hello = py_clients.iter().find(|s| str_attr(s, "url.path") == Some("/hello")).expect("client span of /hello");
     assert_eq!(server_of(&py_servers, hello).service_name(), Some("py-https"));
+    // Python's ssl module opens a connection per request: each handshake is its request's.
+    for c in [call, out, hello] {
+        assert_tls_handshake(c);
+    }
     assert!(spans.iter().all(|s| !format!("{:?}", s.attributes).contains("secret")), "no query string leaves");
 }
 
