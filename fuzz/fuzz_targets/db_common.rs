@@ -98,7 +98,7 @@ pub fn drive<P: Protocol>(
         p.for_each_in_flight(&mut |_| in_flight += 1);
         assert!(in_flight <= config.max_in_flight * 64, "in flight grows without bound: {in_flight}");
         for ex in out.drain(..) {
-            let span = tracer_user::spans::to_span(&ex, &clock);
+            let span = tracer_user::spans::to_span(&ex, &clock, true);
             assert!(span.start <= span.end);
             check(&span);
         }

@@ -204,6 +204,11 @@ pub struct RunArgs {
     /// an OTLP endpoint is configured, every OTEL_METRIC_EXPORT_INTERVAL ms, default 60 s).
     #[arg(long)]
     pub no_otlp_metrics: bool,
+    /// Leave out the span events that time a request's phases (`dns`, `connect`,
+    /// `tls.handshake`, `request.sent`, `request.received`, `response.first_byte`): smaller
+    /// spans; `tracer watch` then draws plain bars.
+    #[arg(long)]
+    pub no_phases: bool,
     /// Tail sampling: hold each trace's spans until the trace is quiet, then export it whole if
     /// a span failed or was slow (--tail-latency), else as OTEL_TRACES_SAMPLER decides. Off by
     /// default.

@@ -35,6 +35,7 @@
 //! | kernel connection tables | `--kernel-connections` | `TRACER_KERNEL_CONNECTIONS` | `kernel.connections` (default 65536) |
 //! | Prometheus endpoint | `--metrics-listen` | `TRACER_METRICS_LISTEN` | `metrics.listen` (default off) |
 //! | request metrics over OTLP | `--no-otlp-metrics` | `TRACER_OTLP_METRICS=false` | `metrics.otlp` (default true) |
+//! | phase span events | `--no-phases` | `TRACER_PHASES=false` | `phases` (default true) |
 //! | tail sampling | `--tail-sampling` | `TRACER_TAIL_SAMPLING=true` | `export.tail.enabled` (default false) |
 //! | tail latency threshold | `--tail-latency` | `TRACER_TAIL_LATENCY` | `export.tail.latency` (default `500ms`) |
 //! | tail decision wait | `--tail-wait` | `TRACER_TAIL_WAIT` | `export.tail.wait` (default `2s`) |
@@ -82,6 +83,8 @@ pub struct Settings {
     pub otlp_metrics: bool,
     /// Tail sampling of exported spans (none: off).
     pub tail: Option<crate::export::tail::TailConfig>,
+    /// Whether spans carry their phases as span events (`dns`, `connect`, `request.sent`, ...).
+    pub phases: bool,
 }
 
 // ---- the file ----------------------------------------------------------------------------
@@ -99,6 +102,7 @@ struct File {
     kubernetes: FileKubernetes,
     kernel: FileKernel,
     metrics: FileMetrics,
+    phases: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,14 +386,9 @@ pub fn resolve(
     let file_listen = f.metrics.listen.as_deref().map(|v| addr(&at("metrics.listen"), v)).transpose()?;
     let env_listen = env("TRACER_METRICS_LISTEN").map(|v| addr("TRACER_METRICS_LISTEN", &v)).transpose()?;
     let metrics_listen = pick(args.metrics_listen, env_listen, file_listen);
-    let env_otlp_metrics = env("TRACER_OTLP_METRICS")
-        .map(|v| match v.trim() {
-            "true" | "1" | "on" => Ok(true),
-            "false" | "0" | "off" => Ok(false),
-            other => Err(ConfigError(format!("TRACER_OTLP_METRICS: {other:?} is not true or false"))),
-        })
-        .transpose()?;
+    let env_otlp_metrics = env_bool(&env, "TRACER_OTLP_METRICS")?;
     let otlp_metrics = pick(args.no_otlp_metrics.then_some(false), env_otlp_metrics, f.metrics.otlp).unwrap_or(true);
+    let phases = pick(args.no_phases.then_some(false), env_bool(&env, "TRACER_PHASES")?, f.phases).unwrap_or(true);
     let tail = resolve_tail(args, &env, &f.export.tail, &at)?;
 
     let (export, metrics_export) = resolve_export(args, &env, &f.export.otlp, &fname)?;
@@ -408,10 +407,22 @@ pub fn resolve(
         metrics_listen,
         otlp_metrics,
         tail,
+        phases,
     })
 }
 
 /// Tail sampling: on or off, and its three settings, each from the highest level that sets it.
+/// A yes/no environment variable: `true`, `1`, `on` or `false`, `0`, `off`.
+fn env_bool(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, ConfigError> {
+    env(name)
+        .map(|v| match v.trim() {
+            "true" | "1" | "on" => Ok(true),
+            "false" | "0" | "off" => Ok(false),
+            other => Err(ConfigError(format!("{name}: {other:?} is not true or false"))),
+        })
+        .transpose()
+}
+
 fn resolve_tail(
     args: &RunArgs,
     env: &impl Fn(&str) -> Option<String>,
@@ -419,13 +430,7 @@ fn resolve_tail(
     at: &impl Fn(&str) -> String,
 ) -> Result<Option<crate::export::tail::TailConfig>, ConfigError> {
     use crate::export::tail::{DEFAULT_LATENCY, DEFAULT_MAX_SPANS, DEFAULT_WAIT, TailConfig};
-    let env_enabled = env("TRACER_TAIL_SAMPLING")
-        .map(|v| match v.trim() {
-            "true" | "1" | "on" => Ok(true),
-            "false" | "0" | "off" => Ok(false),
-            other => Err(ConfigError(format!("TRACER_TAIL_SAMPLING: {other:?} is not true or false"))),
-        })
-        .transpose()?;
+    let env_enabled = env_bool(env, "TRACER_TAIL_SAMPLING")?;
     let enabled = pick(args.tail_sampling.then_some(true), env_enabled, file.enabled).unwrap_or(false);
     let duration = |source: &str, v: &str| {
         crate::cli::parse_duration(v)
@@ -863,6 +868,17 @@ mod agent_option_tests {
         assert!(e.contains("TRACER_OTLP_METRICS: \"maybe\""), "{e}");
         let e = resolve_with(&RunArgs::default(), &[], "metrics: {prometheus: true}\n").unwrap_err().0;
         assert!(e.contains("prometheus"), "unknown field named: {e}");
+    }
+
+    #[test]
+    fn phases_are_on_by_default_and_follow_the_precedence() {
+        assert!(resolve_with(&RunArgs::default(), &[], "").unwrap().phases);
+        assert!(!resolve_with(&RunArgs::default(), &[], "phases: false\n").unwrap().phases);
+        assert!(resolve_with(&RunArgs::default(), &[("TRACER_PHASES", "on")], "phases: false\n").unwrap().phases);
+        let off = RunArgs { no_phases: true, ..RunArgs::default() };
+        assert!(!resolve_with(&off, &[("TRACER_PHASES", "true")], "").unwrap().phases);
+        let e = resolve_with(&RunArgs::default(), &[("TRACER_PHASES", "some")], "").unwrap_err().0;
+        assert!(e.contains("TRACER_PHASES: \"some\" is not true or false"), "{e}");
     }
 
     #[test]

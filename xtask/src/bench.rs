@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what the agent costs the services it traces, measured on this machine.
 //!
 //! For each server (Go `net/http`, Python `ThreadingHTTPServer`, nginx) and each mode (no agent,
-//! agent with `--propagation same-host`, agent with `--propagation on`), one fresh server, one
+//! agent with `--propagation same-host`, agent with `--propagation on`, and same-host without
+//! the phase span events, which prices them), one fresh server, one
 //! fresh OTLP receiver and (modes with an agent) one fresh agent tracing the server's pid run
 //! these phases in order:
 //!
@@ -138,9 +139,13 @@ pub enum Mode {
     Off,
     SameHost,
     On,
+    /// Same-host, with `TRACER_PHASES=false`: what the phase span events cost, against
+    /// `SameHost` (on keep-alive connections, where only `request.*` and `response.first_byte`
+    /// are recorded).
+    NoPhases,
 }
 
-const MODES: [Mode; 3] = [Mode::Off, Mode::SameHost, Mode::On];
+const MODES: [Mode; 4] = [Mode::Off, Mode::SameHost, Mode::On, Mode::NoPhases];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -148,14 +153,22 @@ impl Mode {
             Self::Off => "no agent",
             Self::SameHost => "agent, same-host",
             Self::On => "agent, on",
+            Self::NoPhases => "agent, same-host, no phases",
         }
     }
     /// `--propagation` value, or None for no agent.
     fn propagation(self) -> Option<&'static str> {
         match self {
             Self::Off => None,
-            Self::SameHost => Some("same-host"),
+            Self::SameHost | Self::NoPhases => Some("same-host"),
             Self::On => Some("on"),
+        }
+    }
+    /// The agent's environment beyond the defaults.
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::NoPhases => &[("TRACER_PHASES", "false")],
+            Self::Off | Self::SameHost | Self::On => &[],
         }
     }
 }
@@ -1015,7 +1028,7 @@ impl Agent {
 
     /// As `start`, loading the kernel programs from `object` (`TRACER_EBPF_OBJECT`).
     fn start_with_object(bin: &Path, pids: &[u32], endpoint: &str, dir: &Path, object: &Path) -> Result<Self> {
-        Self::start_env(bin, pids, "same-host", endpoint, dir, "info", &[("TRACER_EBPF_OBJECT", object)])
+        Self::start_env(bin, pids, "same-host", endpoint, dir, "info", &[("TRACER_EBPF_OBJECT", object.as_os_str())])
     }
 
     /// As `start`, with the agent's `RUST_LOG`.
@@ -1037,7 +1050,7 @@ impl Agent {
         endpoint: &str,
         dir: &Path,
         rust_log: &str,
-        env: &[(&str, &Path)],
+        env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Self> {
         let ready = dir.join("agent.ready");
         let log = dir.join("agent.log");
@@ -1262,7 +1275,10 @@ fn run_server_mode(tools: &Tools, plan: &Plan, kind: ServerKind, mode: Mode, dir
     let mut server = start_server(tools, kind, dir)?;
     let receiver = Receiver::start(&tools.receiver)?;
     let agent = match mode.propagation() {
-        Some(p) => Some(Agent::start(&tools.agent, &server.pids, p, &receiver.grpc_endpoint, dir)?),
+        Some(p) => {
+            let env: Vec<_> = mode.env().iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
+            Some(Agent::start_env(&tools.agent, &server.pids, p, &receiver.grpc_endpoint, dir, "info", &env)?)
+        }
         None => None,
     };
     let dur = Duration::from_secs(plan.duration);
@@ -1991,8 +2007,10 @@ fn render_markdown(r: &Report) -> String {
     let _ = writeln!(s, "## How to read\n");
     let _ = writeln!(
         s,
-        "Each server runs three times, fresh each time: without the agent, with `tracer run --pid <server> \
-         --propagation same-host` (the default) and with `--propagation on`. Each run has {} phases of {} s: \
+        "Each server runs once per mode, fresh each time: without the agent, with `tracer run --pid <server> \
+         --propagation same-host` (the default), with `--propagation on`, and same-host with \
+         `TRACER_PHASES=false` (no phase span events: against same-host, what they cost on the load's \
+         keep-alive connections). Each run has {} phases of {} s: \
          {}, then saturation (`wrk -t1 -c16 --latency`, closed loop). The fixed-rate phases are open loop: \
          request *i* is due at *i*/rate and its latency counts from that due time, so a stall is charged to \
          every request it delayed. *Added* latency is the agent run's figure minus the no-agent run's; at \
@@ -2315,6 +2333,28 @@ fn render_budgets(r: &Report, s: &mut String) {
                 );
             }
         }
+        // The phase span events, on the load's keep-alive connections: same-host against the
+        // same agent with TRACER_PHASES=false.
+        if let (Some(with), Some(without)) = (srv.run(Mode::SameHost), srv.run(Mode::NoPhases)) {
+            let added: Vec<(f64, Phase)> = [Phase::Fixed(BUDGET_RATE), Phase::Saturation]
+                .into_iter()
+                .filter_map(|ph| {
+                    let (a, b) = (with.phase(ph)?.cpu_us_per_request()?, without.phase(ph)?.cpu_us_per_request()?);
+                    Some(((a - b) / b, ph))
+                })
+                .collect();
+            if let Some(worst) = added.iter().map(|a| a.0).max_by(f64::total_cmp) {
+                let measured: Vec<String> =
+                    added.iter().map(|(a, ph)| format!("{:+.1}% ({})", a * 100.0, ph.label())).collect();
+                line(
+                    "phase span events add ≤ 5% agent CPU per request (against `TRACER_PHASES=false`)",
+                    srv.kind,
+                    Mode::SameHost,
+                    measured.join(", "),
+                    verdict(worst <= 0.05),
+                );
+            }
+        }
     }
     let _ = writeln!(
         s,
@@ -2405,7 +2445,8 @@ fn render_svg(r: &Report) -> String {
     const H: f64 = 380.0;
     const TOP: f64 = 60.0;
     const BOTTOM: f64 = 310.0;
-    let colors = [("#9e9e9e", Mode::Off), ("#1f77b4", Mode::SameHost), ("#ff7f0e", Mode::On)];
+    let colors =
+        [("#9e9e9e", Mode::Off), ("#1f77b4", Mode::SameHost), ("#ff7f0e", Mode::On), ("#2ca02c", Mode::NoPhases)];
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -2437,7 +2478,7 @@ fn render_svg(r: &Report) -> String {
     let group_w = (x1 - x0) / r.servers.len().max(1) as f64;
     for (i, srv) in r.servers.iter().enumerate() {
         let gx = x0 + group_w * i as f64;
-        let bar_w = group_w * 0.8 / 3.0;
+        let bar_w = group_w * 0.8 / colors.len() as f64;
         for (j, (color, mode)) in colors.iter().enumerate() {
             let Some(p) = srv.run(*mode).and_then(|run| run.phase(Phase::Saturation)) else { continue };
             let h = (p.load.rate / scale) * (BOTTOM - TOP);
@@ -2493,7 +2534,7 @@ fn render_svg(r: &Report) -> String {
     let group_w = (x1 - x0) / r.servers.len().max(1) as f64;
     for (i, srv) in r.servers.iter().enumerate() {
         let gx = x0 + group_w * i as f64;
-        let bar_w = group_w * 0.8 / 2.0;
+        let bar_w = group_w * 0.8 / (colors.len() - 1) as f64;
         for (j, (color, mode)) in colors[1..].iter().enumerate() {
             let Some(c) = srv.run(*mode).and_then(cpu) else { continue };
             let h = (c / scale) * (BOTTOM - TOP);

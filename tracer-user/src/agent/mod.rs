@@ -329,7 +329,11 @@ pub async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<()> {
         ssl: SslProbes::new(scope == Scope::Selected, settings.tls),
         discovery: Discovery::new(selector, PROC.into(), k8s),
         processes,
-        pipeline: Pipeline::new(clock, PipelineConfig::new(propagation, CORRELATION_HOLD)),
+        pipeline: Pipeline::new(clock, {
+            let mut config = PipelineConfig::new(propagation, CORRELATION_HOLD);
+            config.correlator.phases = settings.phases;
+            config
+        }),
         exited: VecDeque::new(),
         decode_errors: 0,
     };

@@ -363,6 +363,30 @@ mod tests {
         assert!(spans[1].events.iter().all(|e| e.name != "tls.handshake"), "{:#?}", spans[1]);
     }
 
+    /// With phases off (`--no-phases`), the same exchange gives the same span without events.
+    #[test]
+    fn phases_off_leaves_the_span_events_out() {
+        let spans_of = |phases: bool| {
+            let mut config = PipelineConfig::new(Propagation::SameHost, Duration::ZERO);
+            config.correlator.phases = phases;
+            let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), config);
+            let conn =
+                Event::Conn { ts_ns: 2 * MS, tgid: TGID, tid: TGID, fd: 5, role: Role::Client, start_ns: MS, ret: 0 };
+            p.feed(&conn, 2 * MS);
+            p.feed(&data(5, Proto::Redis, true, 3 * MS, 3 * MS, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")), 3 * MS);
+            p.feed(&data(5, Proto::Redis, false, 4 * MS, 5 * MS, Bytes::from_static(b"+PONG\r\n")), 5 * MS);
+            let mut spans = Vec::new();
+            p.finish(100 * MS, &mut spans);
+            spans
+        };
+        let (on, off) = (spans_of(true), spans_of(false));
+        assert_eq!((on.len(), off.len()), (1, 1));
+        assert_eq!(on[0].events.len(), 3, "{:#?}", on[0]);
+        assert!(off[0].events.is_empty(), "{:#?}", off[0]);
+        let same = |s: &SpanRecord| (s.name.clone(), s.kind, s.start, s.end, s.attributes.clone());
+        assert_eq!(same(&off[0]), same(&on[0]), "only the events differ");
+    }
+
     #[test]
     fn an_unreadable_answer_is_counted_and_nothing_else_changes() {
         let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));

@@ -119,6 +119,8 @@ pub struct CorrelatorConfig {
     pub max_pending: usize,
     /// Pairing candidates plus server windows; new ones are not recorded beyond that.
     pub max_waiting: usize,
+    /// Spans carry their phases as span events (`crate::spans::phases`).
+    pub phases: bool,
 }
 
 impl CorrelatorConfig {
@@ -139,6 +141,7 @@ impl Default for CorrelatorConfig {
             max_nodes: 65_536,
             max_pending: 65_536,
             max_waiting: 131_072,
+            phases: true,
         }
     }
 }
@@ -798,7 +801,7 @@ impl Correlator {
             n.span_start_ns = ex.start_ns();
             n.span_end_ns = ex.end_ns();
         }
-        let mut span = crate::spans::to_span(&ex, clock);
+        let mut span = crate::spans::to_span(&ex, clock, self.config.phases);
         if ex.kind == SpanKind::Consumer
             && let Some(pos) = messages::position(&ex)
         {

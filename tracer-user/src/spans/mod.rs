@@ -51,8 +51,9 @@ fn shape(ex: &Exchange, ep: &Endpoints) -> Shape {
     }
 }
 
-/// The span of an exchange, with the ids the correlator settled.
-pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
+/// The span of an exchange, with the ids the correlator settled; with its phases as span events
+/// when `with_phases`.
+pub fn to_span(ex: &Exchange, clock: &Clock, with_phases: bool) -> SpanRecord {
     let ep = endpoints(ex);
     let Shape { name, mut attrs, status } = shape(ex, &ep);
     if let Some(a) = &ep.server.0 {
@@ -76,7 +77,7 @@ pub fn to_span(ex: &Exchange, clock: &Clock) -> SpanRecord {
             attrs.push(Attr::int("network.connection.idle_ns", i64::try_from(idle).unwrap_or(i64::MAX)));
         }
     }
-    let events = phases(ex).into_iter().map(|p| p.event(clock)).collect();
+    let events = if with_phases { phases(ex).into_iter().map(|p| p.event(clock)).collect() } else { Vec::new() };
     SpanRecord {
         trace_id: ex.trace_id,
         span_id: ex.span_id,

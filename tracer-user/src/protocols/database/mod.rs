@@ -357,7 +357,7 @@ pub mod testkit {
         /// The spans completed so far (drained).
         pub fn spans(&mut self) -> Vec<SpanRecord> {
             let clock = Clock::fixed(UNIX_EPOCH);
-            self.out.drain(..).map(|ex| crate::spans::to_span(&ex, &clock)).collect()
+            self.out.drain(..).map(|ex| crate::spans::to_span(&ex, &clock, true)).collect()
         }
     }
 

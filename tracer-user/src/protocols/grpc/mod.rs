@@ -76,7 +76,7 @@ mod tests {
         let (config, mut stats, mut out) = (ProtocolConfig::default(), ProtocolStats::default(), Vec::new());
         GrpcGo.on_record(&Event::Grpc(r), &mut Cx::new(&config, &mut stats, &mut Default::default(), &mut out));
         assert_eq!(out.len(), 1);
-        crate::spans::to_span(&out[0], &Clock::fixed(UNIX_EPOCH))
+        crate::spans::to_span(&out[0], &Clock::fixed(UNIX_EPOCH), true)
     }
 
     fn v4(sport: u16, dport: u16) -> ConnTuple {

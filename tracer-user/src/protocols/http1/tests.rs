@@ -78,7 +78,7 @@ impl Assembler {
 
     fn spans(&mut self, out: &mut Vec<SpanRecord>) {
         for ex in self.exchanges.drain(..) {
-            out.push(crate::spans::to_span(&ex, &self.clock));
+            out.push(crate::spans::to_span(&ex, &self.clock, true));
         }
     }
 
@@ -821,7 +821,7 @@ fn exchange_keeps_correlation_fields() {
     assert_eq!(ex.response_last.map(|s| s.end_ns), Some(40));
     let parent = SpanId([1; 8]);
     ex.parent_span_id = Some(parent);
-    let span = crate::spans::to_span(ex, asm.clock());
+    let span = crate::spans::to_span(ex, asm.clock(), true);
     assert_eq!(span.parent_span_id, Some(parent));
     assert_eq!(span.start, UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(20));
 }

@@ -101,7 +101,7 @@ mod tests {
         let ex = exchanges(record(Role::Server, true, true, "Calculator.Fail", v4())).remove(0);
         assert_eq!((ex.kind, ex.start_ns(), ex.end_ns()), (SpanKind::Server, 1_000, 2_000));
         assert!(ex.parent_is_remote);
-        let span = crate::spans::to_span(&ex, &Clock::fixed(UNIX_EPOCH));
+        let span = crate::spans::to_span(&ex, &Clock::fixed(UNIX_EPOCH), true);
         assert_eq!(span.name, "Calculator.Fail");
         assert_eq!(str_attr(&span, "rpc.system").as_deref(), Some(detail::RPC_SYSTEM));
         assert_eq!(str_attr(&span, "rpc.service").as_deref(), Some("Calculator"));
@@ -120,7 +120,7 @@ mod tests {
         t.daddr = "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets();
         let ex = exchanges(record(Role::Client, false, false, "Calculator.Add", t)).remove(0);
         assert_eq!(ex.kind, SpanKind::Client);
-        let span = crate::spans::to_span(&ex, &Clock::fixed(UNIX_EPOCH));
+        let span = crate::spans::to_span(&ex, &Clock::fixed(UNIX_EPOCH), true);
         assert_eq!(span.status, SpanStatus::Unset);
         assert!(!span.parent_is_remote);
         assert_eq!(str_attr(&span, "server.address").as_deref(), Some("2001:db8::7"));
