@@ -61,7 +61,7 @@ fn curl(ca: &Path, url: &str, h2: bool) -> (Vec<u8>, String) {
 }
 
 /// A client span whose request opened its TLS connection: `connect`, then `tls.handshake`
-/// (OpenSSL's `SSL_do_handshake` done, with how long it took), then the request.
+/// (the TLS library's handshake done, with how long it took), then the request.
 fn assert_tls_handshake(c: &ReceivedSpan) {
     let names = c.event_names();
     assert_eq!(names.get(..2), Some(&["connect", "tls.handshake"][..]), "{c:#?}");
@@ -363,6 +363,17 @@ fn tls_go_crypto_tls_client_and_server() {
         let big = server_of(&s1, out);
         assert_eq!(int_attr(big, "http.response.body.size"), Some(100_000), "{big:#?}");
     }
+    // Go's crypto/tls: a request that opened its connection has the handshake after the connect
+    // (`(*Conn).clientHandshake`'s end); over HTTP/1.1 and HTTP/2, from the clients and from the
+    // server's own calls.
+    let opened: Vec<_> = c1.iter().chain(&c2).filter(|c| c.event("connect").is_some()).collect();
+    assert!(opened.len() >= 3, "requests that opened their connections: {opened:#?}");
+    for c in &opened {
+        assert_tls_handshake(c);
+    }
+    let handshakes: Vec<i64> =
+        opened.iter().filter_map(|c| c.event("tls.handshake")?.attr("duration_ns")?.as_int()).collect();
+    eprintln!("Go crypto/tls handshakes (ns): {handshakes:?}");
     let from_curl: Vec<_> = s2.iter().filter(|s| s.parent_span_id.is_none()).collect();
     assert_eq!(from_curl.len(), 1, "curl's request, untraced client: {s2:#?}");
     assert_eq!(str_attr(from_curl[0], "url.path"), Some("/bytes/100000"));

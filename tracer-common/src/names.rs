@@ -49,6 +49,7 @@ pub mod maps {
     pub const GO_TLS_READS: &str = "GO_TLS_READS";
     pub const GO_TLS_PROGS: &str = "GO_TLS_PROGS";
     pub const GO_TLS_PROGS_MULTI: &str = "GO_TLS_PROGS_MULTI";
+    pub const GO_TLS_HANDSHAKES: &str = "GO_TLS_HANDSHAKES";
     pub const DNS_QUERY: &str = "DNS_QUERY";
     pub const SSL_HANDSHAKE: &str = "SSL_HANDSHAKE";
 
@@ -98,6 +99,7 @@ pub mod maps {
         GO_TLS_READS,
         GO_TLS_PROGS,
         GO_TLS_PROGS_MULTI,
+        GO_TLS_HANDSHAKES,
         DNS_QUERY,
         SSL_HANDSHAKE,
     ];
@@ -179,6 +181,8 @@ pub mod programs {
     pub const GO_TLS_READ_RET: &str = "go_tls_read_ret";
     /// Tail-called by the two above (slot 0 of `GO_TLS_PROGS`), never attached.
     pub const GO_TLS_EMIT_STEP: &str = "go_tls_emit_step";
+    pub const GO_TLS_HANDSHAKE: &str = "go_tls_handshake";
+    pub const GO_TLS_HANDSHAKE_RET: &str = "go_tls_handshake_ret";
     // The same Go programs as multi-uprobes (`uprobe.multi`, Linux 6.6 and later).
     pub const GO_NEWPROC1_MULTI: &str = "go_newproc1_multi";
     pub const GO_NEWPROC1_RET_MULTI: &str = "go_newproc1_ret_multi";
@@ -205,6 +209,8 @@ pub mod programs {
     pub const GO_TLS_READ_RET_MULTI: &str = "go_tls_read_ret_multi";
     /// Tail-called by the multi twins (slot 0 of `GO_TLS_PROGS_MULTI`), never attached.
     pub const GO_TLS_EMIT_STEP_MULTI: &str = "go_tls_emit_step_multi";
+    pub const GO_TLS_HANDSHAKE_MULTI: &str = "go_tls_handshake_multi";
+    pub const GO_TLS_HANDSHAKE_RET_MULTI: &str = "go_tls_handshake_ret_multi";
     /// Each Go uprobe program and its multi-uprobe twin (same body): the agent loads one set.
     pub const GO_MULTI: &[(&str, &str)] = &[
         (GO_NEWPROC1, GO_NEWPROC1_MULTI),
@@ -231,6 +237,8 @@ pub mod programs {
         (GO_TLS_READ, GO_TLS_READ_MULTI),
         (GO_TLS_READ_RET, GO_TLS_READ_RET_MULTI),
         (GO_TLS_EMIT_STEP, GO_TLS_EMIT_STEP_MULTI),
+        (GO_TLS_HANDSHAKE, GO_TLS_HANDSHAKE_MULTI),
+        (GO_TLS_HANDSHAKE_RET, GO_TLS_HANDSHAKE_RET_MULTI),
     ];
     // OpenSSL (libssl.so.*): TLS plaintext into the socket data path.
     pub const SSL_WRITE: &str = "ssl_write";
@@ -311,6 +319,10 @@ pub mod programs {
         GO_TLS_READ_MULTI,
         GO_TLS_READ_RET_MULTI,
         GO_TLS_EMIT_STEP_MULTI,
+        GO_TLS_HANDSHAKE,
+        GO_TLS_HANDSHAKE_RET,
+        GO_TLS_HANDSHAKE_MULTI,
+        GO_TLS_HANDSHAKE_RET_MULTI,
         SSL_WRITE,
         SSL_READ,
         SSL_WRITE_EX,

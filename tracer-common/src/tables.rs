@@ -35,10 +35,11 @@ pub enum LruTable {
     GoTlsReads,
     DnsQuery,
     SslHandshake,
+    GoTlsHandshakes,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 23] = [
+    pub const ALL: [LruTable; 24] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -62,6 +63,7 @@ impl LruTable {
         Self::GoTlsReads,
         Self::DnsQuery,
         Self::SslHandshake,
+        Self::GoTlsHandshakes,
     ];
 
     /// The map's name in the object.
@@ -90,6 +92,7 @@ impl LruTable {
             Self::GoTlsReads => maps::GO_TLS_READS,
             Self::DnsQuery => maps::DNS_QUERY,
             Self::SslHandshake => maps::SSL_HANDSHAKE,
+            Self::GoTlsHandshakes => maps::GO_TLS_HANDSHAKES,
         }
     }
 }

@@ -49,6 +49,8 @@ both! {
     grpc_handle_stream, grpc_handle_stream_multi => grpc::grpc_handle_stream;
     grpc_write_status, grpc_write_status_multi => grpc::grpc_write_status;
     grpc_handle_stream_ret, grpc_handle_stream_ret_multi => grpc::grpc_handle_stream_ret;
+    go_tls_handshake, go_tls_handshake_multi => tls::go_tls_handshake;
+    go_tls_handshake_ret, go_tls_handshake_ret_multi => tls::go_tls_handshake_ret;
 }
 
 /// The crypto/tls programs: each set tail-calls the emitter of its own type.

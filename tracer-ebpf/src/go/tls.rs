@@ -15,7 +15,12 @@
 //!   socket of the process, else nothing is taken (a `net.Conn` of another kind: counted);
 //! * both mark the connection as TLS before its ciphertext moves, so the syscall path skips the
 //!   ciphertext, and hand the plaintext to `super::super::socket::exit::transfer`: the same
-//!   classification, contexts and emitter as a syscall.
+//!   classification, contexts and emitter as a syscall;
+//! * `crypto/tls.(*Conn).clientHandshake(c, ctx)` entry (called once per connection, when its
+//!   handshake runs: not on every Read and Write, as `Handshake` is) keeps the goroutine's
+//!   socket and start in `GO_TLS_HANDSHAKES`; each of its RETs with a nil error (RAX, the
+//!   error's type word, is 0) reports a complete handshake
+//!   (`crate::socket::tls::handshake_done`: the `tls.handshake` phase).
 //!
 //! Each program exists as a classic uprobe and as a multi-uprobe (`programs.rs`); each set
 //! tail-calls an emitter of its own type (`GO_TLS_PROGS`, `GO_TLS_PROGS_MULTI`).
@@ -39,7 +44,7 @@ use crate::{
         SyscallArgs, emit,
         exit::transfer,
         sock::sock_in_fd_table,
-        tls::{context_before_send, mark_tls, plaintext_state},
+        tls::{context_before_send, handshake_done, mark_tls, plaintext_state},
     },
 };
 
@@ -60,6 +65,10 @@ pub static GO_TLS_PROCS: HashMap<u32, GoTlsProc> = HashMap::with_max_entries(409
 
 #[map]
 pub static GO_TLS_READS: LruHashMap<GoKey, GoTlsRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// A goroutine's `(*Conn).clientHandshake` in progress (`buf` unused).
+#[map]
+pub static GO_TLS_HANDSHAKES: LruHashMap<GoKey, GoTlsRead> = LruHashMap::with_max_entries(4096, 0);
 
 #[map]
 pub static GO_TLS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -189,6 +198,43 @@ pub fn go_tls_read_ret(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
         ctx: EvCtx::default(),
     };
     transfer(ctx, progs, 0, pid_tgid, a, n as u64, state, 1)
+}
+
+/// `(*Conn).clientHandshake(c, ctx)` entry: the handshake of `c`'s socket starts.
+#[inline(always)]
+pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = tls_proc(tgid) else { return 0 };
+    let (c, _, _, g) = regs(&ctx);
+    if g == 0 {
+        return 0;
+    }
+    let Some((fd, sk)) = socket_of(c, &p) else {
+        bump(counters::TLS_NO_FD);
+        return 0;
+    };
+    // SAFETY: helper without arguments.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    let h = GoTlsRead { buf: 0, sk, start_ns, fd, _pad: 0 };
+    lru_put(&GO_TLS_HANDSHAKES, &key(tgid, g), &h, LruTable::GoTlsHandshakes);
+    0
+}
+
+/// Each RET of `(*Conn).clientHandshake`: a nil error (RAX = 0) ends the handshake.
+#[inline(always)]
+pub fn go_tls_handshake_ret(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (err_type, _, _, g) = regs(&ctx);
+    let k = key(tgid, g);
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let Some(h) = (unsafe { GO_TLS_HANDSHAKES.get(&k) }).copied() else { return 0 };
+    lru_del(&GO_TLS_HANDSHAKES, &k, LruTable::GoTlsHandshakes);
+    if err_type == 0 {
+        handshake_done(pid_tgid, h.start_ns, h.fd);
+    }
+    0
 }
 
 /// Tail-called by the Write and Read-return programs (slot 0 of `progs`) and by itself.

@@ -212,20 +212,27 @@ pub fn ssl_handshake_ret(ctx: RetProbeContext) -> u32 {
         bump(counters::TLS_NO_FD);
         return 0;
     }
+    handshake_done(pid_tgid, start_ns, c.fd);
+    0
+}
+
+/// A TLS library's handshake on `fd`, begun at `start_ns`, is complete: a
+/// [`TlsHandshakeEvent`] (OpenSSL's above, Go's `crate::go::tls`).
+#[inline(always)]
+pub fn handshake_done(pid_tgid: u64, start_ns: u64, fd: i32) {
     let Some(mut e) = EVENTS.reserve::<TlsHandshakeEvent>(0) else {
         crate::maps::lost("TLS handshake");
-        return 0;
+        return;
     };
     let p = e.as_mut_ptr();
     // SAFETY: the reserved record, fully written before submit.
     unsafe {
         (*p).header = EventHeader::new(EventKind::TlsHandshake, bpf_ktime_get_ns(), pid_tgid);
         (*p).start_ns = start_ns;
-        (*p).fd = c.fd;
+        (*p).fd = fd;
         (*p)._pad = 0;
     }
     e.submit(emit::wakeup_flags());
-    0
 }
 
 /// A data syscall's entry on `fd` (`super::enter`): if the thread is inside an OpenSSL call,

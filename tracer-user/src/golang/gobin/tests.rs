@@ -300,8 +300,13 @@ fn crypto_tls_points_and_socket_offsets_with_and_without_dwarf() {
     // `Conn.conn` is the first field; `netFD.pfd` the first, `FD.Sysfd` after the 16-byte fdMutex.
     assert_eq!(offsets, tracer_common::GoTlsProc { conn: 0, netfd_sysfd: 16 });
     let programs: Vec<_> = points.iter().map(|(prog, _)| *prog).collect();
-    assert_eq!(programs, [p::GO_TLS_WRITE, p::GO_TLS_READ, p::GO_TLS_READ_RET]);
+    assert_eq!(
+        programs,
+        [p::GO_TLS_WRITE, p::GO_TLS_READ, p::GO_TLS_READ_RET, p::GO_TLS_HANDSHAKE, p::GO_TLS_HANDSHAKE_RET]
+    );
     assert_eq!(points[2].1.len(), objdump_rets(&b.plain, tls::READ), "one probe per RET of Read");
+    let handshake_rets = objdump_rets(&b.plain, tls::CLIENT_HANDSHAKE);
+    assert_eq!(points[4].1.len(), handshake_rets, "one probe per RET of clientHandshake");
     // Without DWARF the table gives the same layout.
     let stripped = GoBinary::open(&b.stripped).unwrap();
     assert_eq!(tls::plan(&stripped).unwrap().map(|(o, _)| o), Some(offsets));
