@@ -161,24 +161,41 @@ pub fn host_port(host: &str, port: u16) -> String {
 /// [`grpc_unary_and_streaming`] with the server listening on `host` (`::1` for IPv6): the
 /// spans carry the whole address.
 pub fn grpc_unary_and_streaming_on(bin: &Path, label: &str, host: &str) {
-    grpc_calls(bin, label, host, None, &[]);
+    grpc_calls(bin, label, host, None, true, &[]);
 }
 
 /// [`grpc_unary_and_streaming`] with the client's first method string on a page the process has
 /// not touched when the call starts (`-cold-method`), as a constant of a binary not yet in
 /// memory is: a probe cannot fault it in, so the agent reads it again at the call's end.
 pub fn grpc_unary_and_streaming_cold_method(bin: &Path, label: &str) {
-    grpc_calls(bin, label, "127.0.0.1", None, &["-cold-method"]);
+    grpc_calls(bin, label, "127.0.0.1", None, true, &["-cold-method"]);
 }
 
 /// [`grpc_unary_and_streaming`] over TLS (the server's certificate and the CA file the client
 /// trusts), Go's crypto/tls under gRPC: with `uprobes`, the grpc-go probes must be attached to
 /// both processes; without, the Go probes only, and the calls come from the HTTP/2 plaintext.
 pub fn grpc_unary_and_streaming_tls(bin: &Path, label: &str, cert: &CertFiles, ca: &Path, uprobes: bool) {
-    grpc_calls(bin, label, "127.0.0.1", Some((cert, ca, uprobes)), &[]);
+    grpc_calls(bin, label, "127.0.0.1", Some((cert, ca)), uprobes, &[]);
 }
 
-fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Path, bool)>, client_args: &[&str]) {
+/// [`grpc_unary_and_streaming`] from the HTTP/2 bytes (`bin`: a grpc-go whose layout the
+/// uprobes do not know), each client connection reading the server's SETTINGS before it writes
+/// its preface (`-server-speaks-first`): the order grpc-go's client reader wins by chance
+/// (it starts before the preface is written, and a grpc-go server writes its SETTINGS first).
+pub fn grpc_from_the_wire_server_speaks_first(bin: &Path, label: &str) {
+    grpc_calls(bin, label, "127.0.0.1", None, false, &["-server-speaks-first"]);
+}
+
+/// The calls of [`grpc_unary_and_streaming`]; `uprobes`: the grpc-go probes must be attached
+/// to both processes (else the Go probes only, and the calls come from the HTTP/2 bytes).
+fn grpc_calls(
+    bin: &Path,
+    label: &str,
+    host: &str,
+    tls: Option<(&CertFiles, &Path)>,
+    uprobes: bool,
+    client_args: &[&str],
+) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
@@ -188,7 +205,7 @@ fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Pat
         extra.extend(["-listen".to_string(), listen]);
     }
     let mut client_extra: Vec<String> = client_args.iter().map(|a| a.to_string()).collect();
-    if let Some((cert, ca, _)) = tls {
+    if let Some((cert, ca)) = tls {
         for (flag, file) in [("-tls-cert", &cert.cert), ("-tls-key", &cert.key)] {
             extra.extend([flag.to_string(), file.to_string_lossy().into_owned()]);
         }
@@ -201,7 +218,6 @@ fn grpc_calls(bin: &Path, label: &str, host: &str, tls: Option<(&CertFiles, &Pat
         .args(["-role", "client", "-grpc", &addr, "-n", "5", "-wait"])
         .args(&client_extra)
         .env("OTEL_SERVICE_NAME", "grpc-client");
-    let uprobes = tls.is_none_or(|(_, _, u)| u);
     let (agent, out) = traced_pair(&rx, &server, client, |agent, pid| {
         if uprobes {
             assert!(grpc_attached(agent, pid), "grpc probes not attached to {pid}:\n{}", agent.log_text())

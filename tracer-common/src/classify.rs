@@ -348,10 +348,12 @@ pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// * HTTP/2 when they start the connection preface, in either direction (the client writes
 ///   it, the server reads it);
-/// * `Unknown` for a written HTTP/2 SETTINGS frame header (`00 00 LL 04 00 00 00 00`, no
-///   flags, stream 0): an HTTP/2 server may send its SETTINGS before it reads the client's
-///   preface, and the connection must stay undecided until that read (the kernel forwards
-///   nothing of this write);
+/// * `Unknown` for an HTTP/2 SETTINGS frame header (`00 00 LL 04 00 00 00 00`, no flags,
+///   stream 0), written or read: an HTTP/2 server may send its SETTINGS before it reads the
+///   client's preface, so the server may write them, and the client read them, before the
+///   preface has moved (grpc-go's client starts its reader before it writes the preface). The
+///   connection stays undecided until the preface (the kernel forwards nothing of this
+///   transfer);
 /// * a database connection ([`classify_db`]) otherwise: a client's request written, or a
 ///   MySQL server's greeting read;
 /// * `Other` otherwise.
@@ -373,15 +375,7 @@ pub fn classify_first8(p: &[u8; 8], writes: bool, len: u64) -> Proto {
     {
         return Proto::Http2;
     }
-    if writes
-        && p[0] == 0
-        && p[3] == 4
-        && p[4] == 0
-        && p[5] == 0
-        && p[6] == 0
-        && p[7] == 0
-        && p[2].is_multiple_of(6)
-        && p[1] == 0
+    if p[0] == 0 && p[3] == 4 && p[4] == 0 && p[5] == 0 && p[6] == 0 && p[7] == 0 && p[2].is_multiple_of(6) && p[1] == 0
     {
         return Proto::Unknown;
     }
@@ -523,8 +517,14 @@ mod tests {
         // A database request only counts when written; a frame header is never HTTP/2 here.
         assert_eq!(classify_first8(b"*1\r\n$4\r\n", true, 8), Proto::Redis);
         assert_eq!(classify_first8(b"*1\r\n$4\r\n", false, 8), Proto::Other);
-        assert_eq!(classify_first8(&[0, 0, 0x12, 4, 0, 0, 0, 0], false, 8), Proto::Other, "SETTINGS read");
         assert_eq!(classify_first8(&[0, 0, 0x12, 4, 0, 0, 0, 0], true, 18), Proto::Unknown, "a server's SETTINGS");
+        assert_eq!(
+            classify_first8(&[0, 0, 0x12, 4, 0, 0, 0, 0], false, 18),
+            Proto::Unknown,
+            "the server's SETTINGS, read by a client before it wrote its preface"
+        );
+        assert_eq!(classify_first8(&[0, 0, 0x12, 4, 1, 0, 0, 0], false, 9), Proto::Other, "a SETTINGS ACK read");
+        assert_eq!(classify_first8(&[0, 0, 4, 8, 0, 0, 0, 0], false, 13), Proto::Other, "a WINDOW_UPDATE read");
         assert_eq!(classify_first8(&[0, 0, 0, 4, 0, 0, 0, 0], true, 18), Proto::Unknown, "empty SETTINGS");
         assert_eq!(classify_first8(&[0, 0, 0x12, 4, 1, 0, 0, 0], true, 18), Proto::Other, "an ACK is not first");
         assert_eq!(classify_first8(&[0, 0, 0x13, 4, 0, 0, 0, 0], true, 18), Proto::Other, "not 6-byte settings");

@@ -131,8 +131,8 @@ pub fn transfer<C: EbpfContext>(
             // verdicts' paths (see `opaque`).
             let mut p = opaque(classify_first8(&first_bytes8(&a, iov), syscall.writes(), len) as u32);
             if p == Proto::Unknown as u32 {
-                // An HTTP/2 server's SETTINGS before it read the preface: stay undecided, and
-                // forward nothing of it.
+                // An HTTP/2 server's SETTINGS before the preface moved (written by the server,
+                // or read by its client): stay undecided, and forward nothing of it.
                 return 0;
             }
             if p == Proto::Kafka as u32 && state.role != Role::Client as u8 {
