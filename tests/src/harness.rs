@@ -387,6 +387,9 @@ impl Drop for TwoHosts {
 /// NXDOMAIN for every other name. Programs started with [`Self::command`] run in it with a
 /// `resolv.conf` that points at dnsmasq, bind-mounted in a mount namespace of their own (so
 /// nothing under `/etc` is written: it may be read-only, as in the VM tier). Removed on drop.
+/// The namespace's `resolv.conf`: dnsmasq on its loopback.
+const RESOLV: &str = "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
+
 pub struct DnsHost {
     pub ns: String,
     pub addr: String,
@@ -408,7 +411,7 @@ impl DnsHost {
         for dev in ["lo", "d0", "d1"] {
             ip(&["-n", &ns, "link", "set", dev, "up"])?;
         }
-        std::fs::write(&host.resolv, "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")?;
+        std::fs::write(&host.resolv, RESOLV)?;
         let mut cmd = host.command("dnsmasq");
         cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root"]).args([
             "--pid-file=",
@@ -435,6 +438,20 @@ impl DnsHost {
                 .is_ok_and(|s| s.success())
         })?;
         Ok(host)
+    }
+
+    /// From now on the programs started in the namespace ask over TCP: `options use-vc`, which
+    /// glibc's resolver and Go's follow.
+    pub fn over_tcp(&self) -> anyhow::Result<()> {
+        Ok(std::fs::write(&self.resolv, format!("{RESOLV}options use-vc\n"))?)
+    }
+
+    /// The TCP connections to port 53 in the namespace, open or closed a moment ago (TIME-WAIT
+    /// keeps them for a minute; `-a`, since `ss` leaves that state out by default; dnsmasq's
+    /// listening socket has no remote port): a lookup over TCP leaves one.
+    pub fn tcp_lookups(&self) -> anyhow::Result<usize> {
+        let out = run_ok(Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-Htan", "( dport = :53 )"]))?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
     /// `program` in the namespace, resolving through dnsmasq: `unshare` (a mount namespace of

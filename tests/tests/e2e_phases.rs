@@ -257,11 +257,28 @@ fn assert_dns_phase(s: &ReceivedSpan, name: &str) {
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn phases_dns_lookup_through_dnsmasq() {
+    dns_lookups(false);
+}
+
+/// The same over TCP (`options use-vc`: each message behind its 2-byte length, which glibc and
+/// Go read apart from it). The namespace's TCP connections to port 53 show the lookups went
+/// that way.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn phases_dns_lookup_over_tcp_through_dnsmasq() {
+    dns_lookups(true);
+}
+
+fn dns_lookups(tcp: bool) {
     require_root();
     let rt = rt();
     let rx = rt.block_on(Receiver::start()).expect("receiver");
     let name = "api.tracer.test";
-    let dns = DnsHost::create("dns", &[name]).expect("dnsmasq in a network namespace");
+    let dns = DnsHost::create(if tcp { "dnstcp" } else { "dns" }, &[name]).expect("dnsmasq in a network namespace");
+    if tcp {
+        dns.over_tcp().expect("resolv.conf with use-vc");
+    }
+    let tcp_before = dns.tcp_lookups().expect("ss");
     let mut cmd = dns.command(python_bin());
     cmd.arg(fixtures_src().join("python/server.py")).args(["--addr", &format!("{}:0", dns.addr)]);
     let server = Service::start("py-dns-srv", cmd).expect("python server");
@@ -277,10 +294,17 @@ fn phases_dns_lookup_through_dnsmasq() {
     let looked_up: Vec<bool> =
         seen["requests"].as_array().unwrap().iter().map(|r| r["dns"].as_bool().unwrap()).collect();
     assert_eq!(looked_up, [true, false], "Go's own view: {out}");
+    let tcp_go = dns.tcp_lookups().expect("ss");
     let code =
         run_ok(dns.command("curl").args(["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", &url]))
             .expect("curl");
     assert_eq!(code, "200");
+    let tcp_curl = dns.tcp_lookups().expect("ss");
+    if tcp {
+        assert!(tcp_before == 0 && tcp_go > 0 && tcp_curl > tcp_go, "over TCP: {tcp_before} {tcp_go} {tcp_curl}");
+    } else {
+        assert_eq!(tcp_curl, 0, "over UDP");
+    }
 
     // Go: 2 GETs, curl: 1, the server: 3.
     rt.block_on(rx.wait_for(|s| s.len() >= 6, WAIT)).expect("six spans");

@@ -1,5 +1,5 @@
-//! DNS lookups of traced processes: the answers the kernel read on UDP sockets connected to
-//! port 53 (`tracer-ebpf/src/socket/dns.rs`, as `Proto::Dns` data events whose start is the
+//! DNS lookups of traced processes: the answers the kernel read on UDP sockets and TCP
+//! connections to port 53 (`tracer-ebpf/src/socket/dns.rs`, as `Proto::Dns` data events whose start is the
 //! time the query left), parsed with `simple-dns` and kept per process for a while. They serve
 //! what follows them:
 //!
@@ -168,8 +168,21 @@ impl Lookups {
     }
 }
 
-/// The question's name, the answer's addresses and its response code.
+/// The question's name, the answer's addresses and its response code, from a message read
+/// alone or, over TCP, read with its 2-byte length in front.
 fn parse(bytes: &[u8]) -> Result<(String, Vec<IpAddr>, u8), AnswerError> {
+    match parse_message(bytes) {
+        Err(e) if length_prefixed(bytes) => parse_message(&bytes[2..]).map_err(|_| e),
+        r => r,
+    }
+}
+
+/// Whether `b` starts with the big-endian length of the rest (DNS over TCP).
+fn length_prefixed(b: &[u8]) -> bool {
+    b.len() > 2 && usize::from(u16::from_be_bytes([b[0], b[1]])) == b.len() - 2
+}
+
+fn parse_message(bytes: &[u8]) -> Result<(String, Vec<IpAddr>, u8), AnswerError> {
     let p = Packet::parse(bytes).map_err(|e| AnswerError::Malformed(e.to_string()))?;
     if !p.has_flags(PacketFlag::RESPONSE) {
         return Err(AnswerError::NotAnAnswer);
@@ -267,6 +280,25 @@ mod tests {
         l.on_answer(3, 10 * MS, 13 * MS, &answer("x.example", &[[10, 1, 1, 1]], &[], RCODE::NoError)).unwrap();
         let (lookup, _) = l.for_connect(3, ip("10.1.1.1"), 14 * MS).unwrap();
         assert_eq!(lookup.error_type(), None);
+    }
+
+    /// Over TCP an answer read with its 2-byte length in front is read past it; a message that
+    /// merely starts with bytes that look like a length is still itself.
+    #[test]
+    fn an_answer_read_with_its_tcp_length_is_read_past_it() {
+        let mut l = Lookups::default();
+        let msg = answer("tcp.example", &[[10, 2, 2, 2]], &[], RCODE::NoError);
+        let mut framed = u16::try_from(msg.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(&msg);
+        l.on_answer(4, 0, 2 * MS, &framed).unwrap();
+        assert_eq!(l.name_of(4, ip("10.2.2.2")).as_deref(), Some("tcp.example"));
+        assert!(length_prefixed(&framed) && !length_prefixed(&msg));
+        // The message alone (the length read apart, as glibc and Go do) parses as it is.
+        l.on_answer(5, 0, 2 * MS, &msg).unwrap();
+        assert_eq!(l.stats(), LookupStats { answers: 2, unreadable: 0, phases: 0 });
+        // A length that is not the rest's is no framing: the bytes stay unreadable.
+        framed[1] ^= 1;
+        assert!(l.on_answer(6, 0, 1, &framed).is_err());
     }
 
     #[test]

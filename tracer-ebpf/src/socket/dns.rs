@@ -1,5 +1,7 @@
 //! DNS lookups of traced processes: a UDP socket connected to port 53 (how glibc's resolver,
-//! Go's and a stub resolver's clients ask) carries queries out and answers in.
+//! Go's and a stub resolver's clients ask) carries queries out and answers in; so does a TCP
+//! connection to port 53 (the same resolvers after a truncated answer, or always with
+//! `options use-vc`), each message behind its 2-byte length.
 //!
 //! * a query (a write of the data path, or a `sendmmsg`: glibc sends its A and AAAA queries in
 //!   one) records when the lookup's first query left, by socket, in [`DNS_QUERY`];
@@ -7,8 +9,10 @@
 //!   known) is emitted at the read's exit like any traced transfer, as [`tracer_common::Proto::Dns`],
 //!   its start moved back to the time its query left.
 //!
-//! Unconnected sockets (musl's resolver sends with `sendto` to an address) and DNS over TCP
-//! are not seen.
+//! Over TCP the length is often read apart from its message (glibc and Go read 2 bytes, then
+//! the message): such a read is skipped, and the agent strips a length read with its message.
+//!
+//! Unconnected sockets (musl's resolver sends with `sendto` to an address) are not seen.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 use tracer_common::tables::LruTable;

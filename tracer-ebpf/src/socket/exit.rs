@@ -79,6 +79,11 @@ pub fn exit_data(ctx: &RawTracePointContext, r: i64) -> u32 {
             dns::query(a.sk, a.start_ns);
             return 0;
         }
+        if len <= 2 {
+            // Over TCP, the answer's 2-byte length, read apart from it (glibc, Go): the
+            // lookup's end is the read of the message.
+            return 0;
+        }
         dns::answer(&mut a);
         ConnState { proto: Proto::Dns as u8, role: Role::Client as u8, ..ConnState::default() }
     } else {

@@ -79,7 +79,8 @@ pub fn socket_in_fd_table(fd: i32) -> u64 {
 pub enum SockKind {
     /// IPv4 or IPv6 TCP: classified on its bytes.
     Tcp,
-    /// IPv4 or IPv6 UDP connected to port 53: DNS queries and answers (see [`super::dns`]).
+    /// IPv4 or IPv6 UDP or TCP connected to port 53: DNS queries and answers (see
+    /// [`super::dns`]).
     Dns,
     Other,
 }
@@ -95,10 +96,11 @@ pub fn kind(sk: u64) -> SockKind {
         return SockKind::Other;
     }
     // SAFETY: as above.
+    let to_dns = unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_dport) } == Some(DNS_PORT_BE);
+    // SAFETY: as above.
     match unsafe { at::<u16>(sk, cfg(&FD_OFF).sk_protocol) } {
+        Some(IPPROTO_TCP | IPPROTO_UDP) if to_dns => SockKind::Dns,
         Some(IPPROTO_TCP) => SockKind::Tcp,
-        // SAFETY: as above.
-        Some(IPPROTO_UDP) if unsafe { at::<u16>(sk, cfg(&SOCK_OFF).skc_dport) } == Some(DNS_PORT_BE) => SockKind::Dns,
         _ => SockKind::Other,
     }
 }
