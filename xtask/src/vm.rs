@@ -114,6 +114,11 @@ const SUBSET: &[GuestTest] = &[
         shows: "DNS lookups (glibc sendmmsg, Go) before connects",
     },
     GuestTest {
+        file: "e2e_phases",
+        name: "phases_dns_lookup_over_tcp_through_dnsmasq",
+        shows: "DNS lookups over TCP (glibc use-vc, Go)",
+    },
+    GuestTest {
         file: "e2e_lifecycle",
         name: "nothing_stays_attached_after_sigint_sigterm_or_sigkill",
         shows: "nothing left attached",
