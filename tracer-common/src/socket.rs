@@ -250,7 +250,7 @@ pub struct HandshakeEvent {
 
 /// Value of the kernel's connection map, keyed by `(tgid << 32) | fd`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
 pub struct ConnState {
     /// A [`crate::Proto`].

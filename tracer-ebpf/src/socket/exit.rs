@@ -10,7 +10,7 @@ use tracer_common::{
     ConnState, ConnTuple, Direction, MAX_IOVECS, MessageKind, Proto, Role, Verdict, classify, classify_first8,
     conn_flags,
     names::tail,
-    tables::{FixedTable, LruTable, counters},
+    tables::{FixedTable, counters},
 };
 
 use super::{
@@ -18,10 +18,11 @@ use super::{
     emit::{IOV_SCRATCH, IOV_STATE, PROGS},
     first_bytes, first_bytes8, iovecs,
     sock::SockKind,
+    store_conn,
 };
 use crate::{
     context::EvCtx,
-    maps::{bump, conn_key, lru_put, opaque, put_quiet},
+    maps::{bump, conn_key, opaque, put_quiet},
 };
 
 /// A request's first bytes read apart from the rest on an HTTP/1 connection: Go's server reads
@@ -30,7 +31,7 @@ use crate::{
 /// is classified on the joined bytes, so the request start is seen (on the read that completes
 /// its first four bytes, by the goroutine that goes on to handle it).
 #[inline(always)]
-fn split_request_start(state: &mut ConnState, key: u64, first: &[u8; 4], v: &mut Verdict, len: u64) {
+fn split_request_start(state: &mut ConnState, base: &ConnState, key: u64, first: &[u8; 4], v: &mut Verdict, len: u64) {
     if state.plen > 0 {
         let joined = state.join(first, len);
         if joined.proto == Proto::Http1 {
@@ -44,10 +45,10 @@ fn split_request_start(state: &mut ConnState, key: u64, first: &[u8; 4], v: &mut
         if joined.proto != Proto::Unknown {
             state.plen = 0;
         }
-        lru_put(&CONNS, &key, state, LruTable::Conns);
+        *state = store_conn(key, base, state);
     } else if len < 4 {
         let _ = state.join(first, len);
-        lru_put(&CONNS, &key, state, LruTable::Conns);
+        *state = store_conn(key, base, state);
     }
 }
 
@@ -115,6 +116,7 @@ pub fn transfer<C: EbpfContext>(
     tls: u8,
 ) -> u32 {
     let key = conn_key((pid_tgid >> 32) as u32, a.fd);
+    let base = state;
     let syscall = a.syscall();
     let vectored = syscall.vectored();
     let (iov, iovcnt) = if vectored { iovecs(&a) } else { (0, 0) };
@@ -122,7 +124,7 @@ pub fn transfer<C: EbpfContext>(
     let mut v = classify(&first);
     let proto = Proto::from_u8(state.proto).unwrap_or(Proto::Other);
     if proto == Proto::Http1 && !syscall.writes() {
-        split_request_start(&mut state, key, &first, &mut v, len);
+        split_request_start(&mut state, &base, key, &first, &mut v, len);
     }
     if proto != Proto::Http1 && proto != Proto::Http2 && proto != Proto::Dns && !proto.is_db() {
         let (mut verdict, joined) = if proto == Proto::Unknown && (state.plen > 0 || len < 4) {
@@ -157,7 +159,7 @@ pub fn transfer<C: EbpfContext>(
             Proto::Http1 => {
                 state.proto = Proto::Http1 as u8;
                 state.plen = 0;
-                lru_put(&CONNS, &key, &state, LruTable::Conns);
+                state = store_conn(key, &base, &state);
             }
             Proto::Http2
             | Proto::Postgres
@@ -169,18 +171,18 @@ pub fn transfer<C: EbpfContext>(
             | Proto::Kafka => {
                 state.proto = verdict.proto as u8;
                 state.plen = 0;
-                lru_put(&CONNS, &key, &state, LruTable::Conns);
+                state = store_conn(key, &base, &state);
             }
             Proto::Unknown => {
                 // Fewer than four bytes so far: remember them and forward this piece, so a
                 // request split into tiny writes is not lost.
-                lru_put(&CONNS, &key, &state, LruTable::Conns);
+                state = store_conn(key, &base, &state);
             }
             // DNS is never decided by bytes (see `super::dns`).
             Proto::Other | Proto::Dns => {
                 if joined || proto != Proto::Other {
                     state.proto = Proto::Other as u8;
-                    lru_put(&CONNS, &key, &state, LruTable::Conns);
+                    let _ = store_conn(key, &base, &state);
                 }
                 bump(counters::NOT_TRACED);
                 return 0;

@@ -63,6 +63,33 @@ pub static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0)
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
+/// Stores `new`, made from `base` (the entry as this program read it), as connection `key`'s
+/// state, and returns what was stored. Programs on two threads of a connection (a reader and
+/// a writer goroutine, a TLS library call and a syscall) update it at once, each from its own
+/// copy; the entry is read again just before the store, so a copy does not undo what another
+/// program decided meanwhile: flags only accumulate, and when the protocol was changed, or the
+/// plaintext started (`conn_flags::TLS_PLAIN`), since `base` was read, that decision stands.
+/// An unchanged entry is not stored again (an LRU update allocates).
+#[inline(always)]
+pub fn store_conn(key: u64, base: &ConnState, new: &ConnState) -> ConnState {
+    let mut out = *new;
+    // SAFETY: plain data copied out of the map.
+    if let Some(cur) = unsafe { CONNS.get(&key) }.copied() {
+        out.flags |= cur.flags;
+        let started = cur.flags & !base.flags & tracer_common::conn_flags::TLS_PLAIN != 0;
+        if cur.proto != base.proto || started {
+            out.proto = cur.proto;
+            out.plen = cur.plen;
+            out.prefix = cur.prefix;
+        }
+        if out == cur {
+            return out;
+        }
+    }
+    crate::maps::lru_put(&CONNS, &key, &out, tracer_common::tables::LruTable::Conns);
+    out
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {

@@ -32,7 +32,7 @@ use tracer_common::{
     tables::{FixedTable, LruTable, counters},
 };
 
-use super::{CONNS, SyscallArgs, emit, exit::transfer};
+use super::{CONNS, SyscallArgs, emit, exit::transfer, store_conn};
 use crate::{
     context::{EvCtx, client_context},
     filter::traced,
@@ -278,14 +278,15 @@ pub fn context_before_send(pid_tgid: u64, key: u64, buf: u64, start_ns: u64, ctx
 #[inline(always)]
 pub fn plaintext_state(key: u64) -> ConnState {
     // SAFETY: plain data copied out of the map.
-    let mut state: ConnState = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
-    if state.flags & conn_flags::TLS_PLAIN == 0 {
-        state.proto = Proto::Unknown as u8;
-        state.plen = 0;
-        state.flags |= conn_flags::TLS | conn_flags::TLS_PLAIN;
-        lru_put(&CONNS, &key, &state, LruTable::Conns);
+    let base: ConnState = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if base.flags & conn_flags::TLS_PLAIN != 0 {
+        return base;
     }
-    state
+    let mut state = base;
+    state.proto = Proto::Unknown as u8;
+    state.plen = 0;
+    state.flags |= conn_flags::TLS | conn_flags::TLS_PLAIN;
+    store_conn(key, &base, &state)
 }
 
 /// Marks connection `key` as carrying TLS before a library call moves its ciphertext, so that
@@ -293,10 +294,9 @@ pub fn plaintext_state(key: u64) -> ConnState {
 #[inline(always)]
 pub fn mark_tls(key: u64) {
     // SAFETY: plain data copied out of the map.
-    let mut state = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
-    if state.flags & conn_flags::TLS == 0 {
-        state.flags |= conn_flags::TLS;
-        lru_put(&CONNS, &key, &state, LruTable::Conns);
+    let base = unsafe { CONNS.get(&key) }.copied().unwrap_or_default();
+    if base.flags & conn_flags::TLS == 0 {
+        let _ = store_conn(key, &base, &ConnState { flags: base.flags | conn_flags::TLS, ..base });
     }
 }
 
