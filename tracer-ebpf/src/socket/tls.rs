@@ -93,56 +93,87 @@ pub static SSL_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static SSL_HANDSHAKE: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// The OpenSSL call a probe entered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `SSL_read` / `SSL_write(SSL *s, void *buf, int num)`.
+    Read,
+    Write,
+    /// The `_ex` forms, whose fourth argument is where the byte count goes.
+    ReadEx,
+    WriteEx,
+    /// `SSL_do_handshake(SSL *s)`: no plaintext; its first call of a handshake starts it.
+    Handshake,
+}
+
+/// A thread enters `call`: kept in `SSL_CALL` until the call returns, with the socket under
+/// its `SSL *` when an earlier call named it.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, writes: bool, ex: bool) -> u32 {
+fn enter(ctx: &ProbeContext, call: Call) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !traced(tgid) {
         return 0;
     }
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let key = SslKey { ssl, tgid, _pad: 0 };
     // SAFETY: plain data copied out of the map.
-    let known = unsafe { SSL_FD.get(&SslKey { ssl, tgid, _pad: 0 }) }.copied();
-    let call = SslCall {
+    let known = unsafe { SSL_FD.get(&key) }.copied();
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let handshake = call == Call::Handshake;
+    // SAFETY: only presence is tested.
+    if handshake && unsafe { SSL_HANDSHAKE.get(&key) }.is_none() {
+        lru_put(&SSL_HANDSHAKE, &key, &now, LruTable::SslHandshake);
+    }
+    let c = SslCall {
         ssl,
-        buf: ctx.arg(1).unwrap_or(0),
-        out: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        buf: if handshake { 0 } else { ctx.arg(1).unwrap_or(0) },
+        out: if matches!(call, Call::ReadEx | Call::WriteEx) { ctx.arg(3).unwrap_or(0) } else { 0 },
         sk: known.map_or(0, |k| k.sk),
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: now,
         fd: known.map_or(-1, |k| k.fd),
-        writes: writes as u8,
+        writes: matches!(call, Call::Write | Call::WriteEx) as u8,
         has_ctx: 0,
-        handshake: 0,
+        handshake: handshake as u8,
         _pad: 0,
         ctx: EvCtx::default(),
     };
-    put(&SSL_CALL, &pid_tgid, &call, FixedTable::SslCall);
+    put(&SSL_CALL, &pid_tgid, &c, FixedTable::SslCall);
     0
+}
+
+/// The call the thread entered, now returning (taken out of `SSL_CALL`).
+#[inline(always)]
+fn take_call(pid_tgid: u64) -> Option<SslCall> {
+    // SAFETY: plain data copied out of the map before the entry is removed.
+    let c = (unsafe { SSL_CALL.get(&pid_tgid) }).copied()?;
+    let _ = SSL_CALL.remove(&pid_tgid);
+    Some(c)
 }
 
 /// `int SSL_write(SSL *s, const void *buf, int num)`.
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    enter(&ctx, true, false)
+    enter(&ctx, Call::Write)
 }
 
 /// `int SSL_read(SSL *s, void *buf, int num)`.
 #[uprobe]
 pub fn ssl_read(ctx: ProbeContext) -> u32 {
-    enter(&ctx, false, false)
+    enter(&ctx, Call::Read)
 }
 
 /// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`.
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, true, true)
+    enter(&ctx, Call::WriteEx)
 }
 
 /// `int SSL_read_ex(SSL *s, void *buf, size_t num, size_t *readbytes)`.
 #[uprobe]
 pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, false, true)
+    enter(&ctx, Call::ReadEx)
 }
 
 /// `void SSL_free(SSL *s)`: the address may come back for another connection.
@@ -160,36 +191,7 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
 /// at its first call.
 #[uprobe]
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !traced(tgid) {
-        return 0;
-    }
-    let ssl: u64 = ctx.arg(0).unwrap_or(0);
-    let key = SslKey { ssl, tgid, _pad: 0 };
-    // SAFETY: plain data copied out of the map.
-    let known = unsafe { SSL_FD.get(&key) }.copied();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: only presence is tested.
-    if unsafe { SSL_HANDSHAKE.get(&key) }.is_none() {
-        lru_put(&SSL_HANDSHAKE, &key, &now, LruTable::SslHandshake);
-    }
-    let call = SslCall {
-        ssl,
-        buf: 0,
-        out: 0,
-        sk: known.map_or(0, |k| k.sk),
-        start_ns: now,
-        fd: known.map_or(-1, |k| k.fd),
-        writes: 0,
-        has_ctx: 0,
-        handshake: 1,
-        _pad: 0,
-        ctx: EvCtx::default(),
-    };
-    put(&SSL_CALL, &pid_tgid, &call, FixedTable::SslCall);
-    0
+    enter(&ctx, Call::Handshake)
 }
 
 /// Return of `SSL_do_handshake`: 1 is a complete handshake, reported with its socket's fd;
@@ -197,9 +199,7 @@ pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_handshake_ret(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain data copied out of the map before the entry is removed.
-    let Some(c) = (unsafe { SSL_CALL.get(&pid_tgid) }).copied() else { return 0 };
-    let _ = SSL_CALL.remove(&pid_tgid);
+    let Some(c) = take_call(pid_tgid) else { return 0 };
     let r: i32 = ctx.ret();
     if c.handshake == 0 || r != 1 {
         return 0;
@@ -323,9 +323,7 @@ pub fn forget_thread(pid_tgid: u64) {
 #[uretprobe]
 pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain data copied out of the map before the entry is removed.
-    let Some(c) = (unsafe { SSL_CALL.get(&pid_tgid) }).copied() else { return 0 };
-    let _ = SSL_CALL.remove(&pid_tgid);
+    let Some(c) = take_call(pid_tgid) else { return 0 };
     // `int`: 1 for the `_ex` forms' success, else the byte count; <= 0 is a failure or a retry
     // (WANT_READ / WANT_WRITE on a non-blocking socket), which moved nothing.
     let r: i32 = ctx.ret();
