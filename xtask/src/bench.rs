@@ -25,6 +25,7 @@
 //! span and makes no timing assertion.
 
 mod kstats;
+mod phases;
 mod soak;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -66,6 +67,11 @@ pub struct BenchArgs {
     /// Requests per second of the soak run.
     #[arg(long, value_name = "RATE", default_value_t = 1000)]
     soak_rate: u64,
+    /// Price the phase span events instead: this many rounds, each the server (go,nginx, or
+    /// --servers) same-host with and without the events, in alternating order, at 5,000 req/s
+    /// and saturation. Writes docs/phases-cost.md.
+    #[arg(long, value_name = "ROUNDS")]
+    phases_rounds: Option<usize>,
     /// Development: measure this agent binary instead of building the worktree's (A/B runs of
     /// two builds: copy target/release/tracer aside before a change).
     #[arg(long, hide = true, value_name = "PATH")]
@@ -99,6 +105,7 @@ impl BenchArgs {
             probe_payload: Payload::Raw,
             soak: None,
             soak_rate: 1000,
+            phases_rounds: None,
         }
     }
 }
@@ -274,6 +281,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if let Some(seconds) = args.soak {
         return soak::soak(seconds.max(60), args.soak_rate.max(1));
+    }
+    if let Some(rounds) = args.phases_rounds {
+        return phases::phases_cost(&args, rounds.max(1));
     }
     let plan = Plan::from_args(&args);
     let started = Instant::now();
