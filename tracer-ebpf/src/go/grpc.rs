@@ -45,7 +45,7 @@ use tracer_common::{
     tables::{LruTable, counters},
 };
 
-use super::{self as go, GoKey, read};
+use super::{self as go, GoKey, Regs, read, regs};
 use crate::klog::{kdebug, what};
 use crate::{
     config::{PROPAGATION, cfg},
@@ -117,26 +117,6 @@ pub static GRPC_PEER: LruHashMap<PeerKey, TraceCtx> = LruHashMap::with_max_entri
 /// Server calls in flight, by handler goroutine.
 #[map]
 pub static GRPC_SRV: LruHashMap<GoKey, Call> = LruHashMap::with_max_entries(16384, 0);
-
-#[derive(Clone, Copy)]
-struct Regs {
-    rax: u64,
-    rbx: u64,
-    rcx: u64,
-    rdi: u64,
-    rsi: u64,
-    r8: u64,
-    r14: u64,
-}
-
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> Regs {
-    // SAFETY: the uprobe's saved user registers.
-    unsafe {
-        let r = &*ctx.regs;
-        Regs { rax: r.rax, rbx: r.rbx, rcx: r.rcx, rdi: r.rdi, rsi: r.rsi, r8: r.r8, r14: r.r14 }
-    }
-}
 
 #[inline(always)]
 fn grpc_proc(tgid: u32) -> Option<GrpcProc> {

@@ -7,7 +7,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::ProbeContext};
 use tracer_common::tables::LruTable;
 
-use super::{GO_REQ_CTX, GO_WRITER_CTX, ancestor_ctx, goid_of, key, proc_info, regs};
+use super::{GO_REQ_CTX, GO_WRITER_CTX, Regs, ancestor_ctx, goid_of, key, proc_info, regs};
 use crate::maps::{lru_del, lru_put};
 
 /// `net/http.(*Transport).roundTrip(t, req)` entry, on the caller's goroutine.
@@ -16,7 +16,7 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = proc_info(tgid) else { return 0 };
-    let (_, req, g) = regs(&ctx);
+    let Regs { rbx: req, r14: g, .. } = regs(&ctx);
     let k = key(tgid, req);
     match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid, g, &p)) {
         Some(c) => {
@@ -35,7 +35,7 @@ pub fn go_http_request_write(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = proc_info(tgid) else { return 0 };
-    let (req, _, g) = regs(&ctx);
+    let Regs { rax: req, r14: g, .. } = regs(&ctx);
     let Some(goid) = goid_of(g, &p) else { return 0 };
     // SAFETY: plain data copied out of the map.
     let c = unsafe { GO_REQ_CTX.get(&key(tgid, req)) }.copied().unwrap_or_default();

@@ -25,11 +25,7 @@ pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = proc_info(tgid) else { return 0 };
-    // SAFETY: the uprobe's saved user registers, read by value.
-    let (ptr, len, g) = unsafe {
-        let r = ctx.regs;
-        (core::ptr::read_volatile(&(*r).rcx), core::ptr::read_volatile(&(*r).rdi), core::ptr::read_volatile(&(*r).r14))
-    };
+    let super::Regs { rcx: ptr, rdi: len, r14: g, .. } = super::regs(&ctx);
     if len == 0 || ptr == 0 {
         return 0;
     }

@@ -283,10 +283,39 @@ pub fn client_parent(pid_tgid: u64) -> Option<TraceCtx> {
     ancestor_ctx(tgid, goid, g, &p)
 }
 
+/// The saved user registers the Go probes read (ABIInternal: arguments and results in RAX,
+/// RBX, RCX, RDI, RSI, R8..R11; `g` in R14), copied out of the context.
+#[derive(Clone, Copy)]
+pub struct Regs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub r8: u64,
+    pub r11: u64,
+    pub r14: u64,
+    pub rsp: u64,
+}
+
+/// The probe's saved user registers, each read once by value.
 #[inline(always)]
-pub fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
-    // SAFETY: the uprobe's saved user registers.
-    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) }
+pub fn regs(ctx: &ProbeContext) -> Regs {
+    // SAFETY: the uprobe's saved user registers, read by value.
+    unsafe {
+        let r = ctx.regs;
+        Regs {
+            rax: core::ptr::read_volatile(&(*r).rax),
+            rbx: core::ptr::read_volatile(&(*r).rbx),
+            rcx: core::ptr::read_volatile(&(*r).rcx),
+            rdi: core::ptr::read_volatile(&(*r).rdi),
+            rsi: core::ptr::read_volatile(&(*r).rsi),
+            r8: core::ptr::read_volatile(&(*r).r8),
+            r11: core::ptr::read_volatile(&(*r).r11),
+            r14: core::ptr::read_volatile(&(*r).r14),
+            rsp: core::ptr::read_volatile(&(*r).rsp),
+        }
+    }
 }
 
 /// A thread exits: drops its `newproc1` in flight, if any.

@@ -34,7 +34,7 @@ use tracer_common::{
     tables::{LruTable, counters},
 };
 
-use super::{GO_SRV_CTX, GoKey, ancestor_ctx, goid_of, key, proc_info, read};
+use super::{GO_SRV_CTX, GoKey, ancestor_ctx, goid_of, key, proc_info, read, regs};
 use crate::maps::{EVENTS, bump, lru_del, lru_put, random_bytes8, random_trace_id};
 
 /// Traced Go processes with net/rpc probes, and where connection addresses are.
@@ -171,33 +171,6 @@ fn emit(ev: &GoRpcEvent) {
         return;
     }
     bump(counters::EVENTS);
-}
-
-/// The saved user registers the probes use, copied out of the context.
-#[derive(Clone, Copy)]
-struct Regs {
-    rax: u64,
-    rbx: u64,
-    r8: u64,
-    r11: u64,
-    r14: u64,
-    rsp: u64,
-}
-
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> Regs {
-    // SAFETY: the uprobe's saved user registers, read by value.
-    unsafe {
-        let r = ctx.regs;
-        Regs {
-            rax: core::ptr::read_volatile(&(*r).rax),
-            rbx: core::ptr::read_volatile(&(*r).rbx),
-            r8: core::ptr::read_volatile(&(*r).r8),
-            r11: core::ptr::read_volatile(&(*r).r11),
-            r14: core::ptr::read_volatile(&(*r).r14),
-            rsp: core::ptr::read_volatile(&(*r).rsp),
-        }
-    }
 }
 
 /// `net/rpc.(*Client).send(client, call)` entry.

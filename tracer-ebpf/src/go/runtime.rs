@@ -16,7 +16,7 @@ use crate::maps::{lru_put, lru_set, put};
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
-    let (_, callergp, _) = regs(&ctx);
+    let callergp = regs(&ctx).rbx;
     let Some(parent) = goid_of(callergp, &p) else { return 0 };
     if p.parent_goid_off == 0 {
         let _ = put(&GO_NEWPROC, &pid_tgid, &parent, FixedTable::GoNewproc);
@@ -41,7 +41,7 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     let _ = GO_NEWPROC.remove(&pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = proc_info(tgid) else { return 0 };
-    let (newg, _, _) = regs(&ctx);
+    let newg = regs(&ctx).rax;
     if let Some(child) = goid_of(newg, &p) {
         if child != parent {
             lru_put(&GO_PARENT, &key(tgid, child), &parent, LruTable::GoParent);

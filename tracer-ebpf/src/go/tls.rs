@@ -36,9 +36,8 @@ use tracer_common::{
     tables::{LruTable, counters},
 };
 
-use super::{GoKey, key, read};
+use super::{GoKey, Regs, key, read, regs};
 use crate::{
-    context::EvCtx,
     maps::{bump, conn_key, lru_del, lru_put},
     socket::{
         SyscallArgs, emit,
@@ -91,21 +90,6 @@ fn socket_of(c: u64, p: &GoTlsProc) -> Option<(i32, u64)> {
     (sk != 0).then_some((fd as i32, sk))
 }
 
-/// The registers of a probe on a Go function: RAX, RBX, RCX, R14 (`g`).
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
-    // SAFETY: the uprobe's saved user registers, read by value.
-    unsafe {
-        let r = ctx.regs;
-        (
-            core::ptr::read_volatile(&(*r).rax),
-            core::ptr::read_volatile(&(*r).rbx),
-            core::ptr::read_volatile(&(*r).rcx),
-            core::ptr::read_volatile(&(*r).r14),
-        )
-    }
-}
-
 /// The process, when its crypto/tls is probed.
 #[inline(always)]
 fn tls_proc(tgid: u32) -> Option<GoTlsProc> {
@@ -119,7 +103,7 @@ pub fn go_tls_write(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = tls_proc(tgid) else { return 0 };
-    let (c, buf, len, _) = regs(ctx);
+    let Regs { rax: c, rbx: buf, rcx: len, .. } = regs(ctx);
     if len == 0 || buf == 0 {
         return 0;
     }
@@ -131,18 +115,7 @@ pub fn go_tls_write(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
     let state = plaintext_state(key);
     // SAFETY: helper without arguments.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    let mut a = SyscallArgs {
-        buf,
-        sk,
-        start_ns,
-        iovcnt: 0,
-        fd,
-        syscall: Syscall::Write as u8,
-        has_ctx: 0,
-        dns: 0,
-        _pad: 0,
-        ctx: EvCtx::default(),
-    };
+    let mut a = SyscallArgs::flat(Syscall::Write, fd, buf, sk, start_ns);
     a.has_ctx = context_before_send(pid_tgid, key, buf, start_ns, &mut a.ctx);
     transfer(ctx, progs, 0, pid_tgid, a, len, state, 1)
 }
@@ -153,7 +126,7 @@ pub fn go_tls_read(ctx: &ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = tls_proc(tgid) else { return 0 };
-    let (c, buf, len, g) = regs(ctx);
+    let Regs { rax: c, rbx: buf, rcx: len, r14: g, .. } = regs(ctx);
     if len == 0 || buf == 0 || g == 0 {
         return 0;
     }
@@ -174,7 +147,7 @@ pub fn go_tls_read(ctx: &ProbeContext) -> u32 {
 pub fn go_tls_read_ret(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let (n, _, _, g) = regs(ctx);
+    let Regs { rax: n, r14: g, .. } = regs(ctx);
     let k = key(tgid, g);
     // SAFETY: plain data copied out of the map before the entry is removed.
     let Some(r) = (unsafe { GO_TLS_READS.get(&k) }).copied() else { return 0 };
@@ -185,18 +158,7 @@ pub fn go_tls_read_ret(ctx: &ProbeContext, progs: &ProgramArray) -> u32 {
     }
     let key = conn_key(tgid, r.fd);
     let state = plaintext_state(key);
-    let a = SyscallArgs {
-        buf: r.buf,
-        sk: r.sk,
-        start_ns: r.start_ns,
-        iovcnt: 0,
-        fd: r.fd,
-        syscall: Syscall::Read as u8,
-        has_ctx: 0,
-        dns: 0,
-        _pad: 0,
-        ctx: EvCtx::default(),
-    };
+    let a = SyscallArgs::flat(Syscall::Read, r.fd, r.buf, r.sk, r.start_ns);
     transfer(ctx, progs, 0, pid_tgid, a, n as u64, state, 1)
 }
 
@@ -206,7 +168,7 @@ pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(p) = tls_proc(tgid) else { return 0 };
-    let (c, _, _, g) = regs(&ctx);
+    let Regs { rax: c, r14: g, .. } = regs(&ctx);
     if g == 0 {
         return 0;
     }
@@ -226,7 +188,7 @@ pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
 pub fn go_tls_handshake_ret(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let (err_type, _, _, g) = regs(&ctx);
+    let Regs { rax: err_type, r14: g, .. } = regs(&ctx);
     let k = key(tgid, g);
     // SAFETY: plain data copied out of the map before the entry is removed.
     let Some(h) = (unsafe { GO_TLS_HANDSHAKES.get(&k) }).copied() else { return 0 };

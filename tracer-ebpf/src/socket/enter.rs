@@ -14,7 +14,7 @@ use super::{
     SyscallArgs, first_bytes, iovecs, sock::SockKind,
 };
 use crate::{
-    context::{EvCtx, client_context},
+    context::client_context,
     filter::traced,
     maps::{CONN_TUPLE, conn_key, put},
 };
@@ -44,19 +44,11 @@ pub fn enter_data(regs: u64, nr: i64) -> u32 {
         return 0;
     }
     super::tls::in_call(pid_tgid, r.arg(0) as i32, syscall.writes());
-    let args = SyscallArgs {
-        buf: r.arg(1),
-        sk: 0,
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        iovcnt: r.arg(2),
-        fd: r.arg(0) as i32,
-        syscall: syscall as u8,
-        has_ctx: 0,
-        dns: 0,
-        _pad: 0,
-        ctx: EvCtx::default(),
-    };
+    // SAFETY: helper without arguments.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    // The second argument is the buffer, the iovec array or the msghdr; the third the length
+    // or the iovec count (used for the vectored calls only).
+    let args = SyscallArgs { iovcnt: r.arg(2), ..SyscallArgs::flat(syscall, r.arg(0) as i32, r.arg(1), 0, start_ns) };
     if !put(&ARGS, &pid_tgid, &args, FixedTable::Args) {
         return 0;
     }

@@ -113,6 +113,24 @@ pub struct SyscallArgs {
 }
 
 impl SyscallArgs {
+    /// A transfer of `fd` through one buffer at `buf`, begun at `start_ns`, with no context
+    /// yet (a flat read or write; a TLS library's plaintext).
+    #[inline(always)]
+    pub fn flat(syscall: Syscall, fd: i32, buf: u64, sk: u64, start_ns: u64) -> Self {
+        Self {
+            buf,
+            sk,
+            start_ns,
+            iovcnt: 0,
+            fd,
+            syscall: syscall as u8,
+            has_ctx: 0,
+            dns: 0,
+            _pad: 0,
+            ctx: EvCtx::default(),
+        }
+    }
+
     #[inline(always)]
     pub fn syscall(&self) -> Syscall {
         Syscall::from_u8(self.syscall).unwrap_or(Syscall::Read)

@@ -346,18 +346,8 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     }
     let key = conn_key((pid_tgid >> 32) as u32, c.fd);
     let state = plaintext_state(key);
-    let a = SyscallArgs {
-        buf: c.buf,
-        sk,
-        start_ns: c.start_ns,
-        iovcnt: 0,
-        fd: c.fd,
-        syscall: if c.writes != 0 { Syscall::Write as u8 } else { Syscall::Read as u8 },
-        has_ctx: c.has_ctx,
-        dns: 0,
-        _pad: 0,
-        ctx: c.ctx,
-    };
+    let syscall = if c.writes != 0 { Syscall::Write } else { Syscall::Read };
+    let a = SyscallArgs { has_ctx: c.has_ctx, ctx: c.ctx, ..SyscallArgs::flat(syscall, c.fd, c.buf, sk, c.start_ns) };
     transfer(&ctx, &SSL_PROGS, 0, pid_tgid, a, len, state, 1)
 }
 
