@@ -287,10 +287,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let plan = Plan::from_args(&args);
     let started = Instant::now();
-    let mut tools = Tools::build(&plan, args.agent.is_none())?;
-    if let Some(agent) = &args.agent {
-        tools.agent = agent.clone();
-    }
+    let tools = Tools::for_args(&plan, &args)?;
     let tmp = TempDir::new()?;
 
     let mut servers = Vec::new();
@@ -432,6 +429,16 @@ struct Tools {
 }
 
 impl Tools {
+    /// The tools of `plan`, measuring the agent binary `--agent` names, else the worktree's
+    /// build.
+    fn for_args(plan: &Plan, args: &BenchArgs) -> Result<Self> {
+        let mut tools = Self::build(plan, args.agent.is_none())?;
+        if let Some(agent) = &args.agent {
+            tools.agent = agent.clone();
+        }
+        Ok(tools)
+    }
+
     fn build(plan: &Plan, build_agent: bool) -> Result<Self> {
         // The figures are the shipped build's (`--profile dist`, with cross-crate LTO); the
         // smoke run checks function only and takes the faster-linking release build.

@@ -60,10 +60,7 @@ pub fn phases_cost(args: &BenchArgs, rounds: usize) -> Result<()> {
         ..Plan::from_args(args)
     };
     let started = Instant::now();
-    let mut tools = Tools::build(&plan, args.agent.is_none())?;
-    if let Some(agent) = &args.agent {
-        tools.agent = agent.clone();
-    }
+    let tools = Tools::for_args(&plan, args)?;
     let tmp = TempDir::new()?;
     let mut results = Vec::new();
     for &kind in &servers {
