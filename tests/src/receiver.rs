@@ -1066,7 +1066,7 @@ mod tests {
             status: SpanStatus::Error("upstream unavailable".into()),
             pid: 1234,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         };
         let client = SpanRecord {
             span_id: SpanId([0x22; 8]),
@@ -1080,7 +1080,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid: 99,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
             ..server.clone()
         };
         (server, client)

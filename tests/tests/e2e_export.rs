@@ -83,7 +83,7 @@ fn spans(trace: [u8; 16], n: u8) -> Vec<SpanRecord> {
             status: SpanStatus::Unset,
             pid: 4242,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         })
         .collect()
 }

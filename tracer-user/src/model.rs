@@ -115,6 +115,11 @@ pub struct SpanEvent {
     pub attributes: Vec<Attr>,
 }
 
+/// A span's events. A SERVER span's two phases are kept inline: the events are on every span,
+/// and a span is built on the agent's event thread and freed on the exporter's, where one more
+/// heap block per span cost more than its encoding (`examples/span_cost.rs`).
+pub type SpanEvents = smallvec::SmallVec<[SpanEvent; 2]>;
+
 /// One finished span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanRecord {
@@ -134,7 +139,7 @@ pub struct SpanRecord {
     /// Links to other spans (OTLP `Span.links`), without attributes.
     pub links: Vec<SpanLink>,
     /// Phases of the request (OTLP `Span.events`), in time order, inside `start..=end`.
-    pub events: Vec<SpanEvent>,
+    pub events: SpanEvents,
 }
 
 impl SpanRecord {

@@ -507,7 +507,7 @@ mod tests {
                 status: if error { SpanStatus::Error(format!("HTTP {code}")) } else { SpanStatus::Unset },
                 pid: 9,
                 links: Vec::new(),
-                events: Vec::new(),
+                events: Default::default(),
             },
         )
     }
@@ -544,9 +544,9 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let ev = |name, ms| SpanEvent { name, time: at(ms), attributes: Vec::new() };
         let mut client = span(4, 1, None, "front", SpanKind::Client, 200, 0, 100);
-        client.1.events = vec![ev("connect", 25), ev("request.sent", 50), ev("response.first_byte", 75)];
+        client.1.events = smallvec::smallvec![ev("connect", 25), ev("request.sent", 50), ev("response.first_byte", 75)];
         let mut server = span(4, 2, Some(1), "back", SpanKind::Server, 200, 50, 25);
-        server.1.events = vec![ev("request.received", 50), ev("response.first_byte", 70)];
+        server.1.events = smallvec::smallvec![ev("request.received", 50), ev("response.first_byte", 70)];
         let rows = trace_rows(&Trace::new(vec![client, server]), 80, '=');
         let bar = |r: &Row| {
             let (a, b) = r.bar.unwrap();
@@ -567,8 +567,12 @@ mod tests {
         assert_eq!(phase_char(&rows_span(), at(0), '#'), '#');
         // A lookup before the connect: resolving, then connecting.
         let mut looked_up = span(4, 3, None, "front", SpanKind::Client, 200, 0, 100).1;
-        looked_up.events =
-            vec![ev("dns", 20), ev("connect", 40), ev("request.sent", 60), ev("response.first_byte", 80)];
+        looked_up.events = smallvec::smallvec![
+            ev("dns", 20),
+            ev("connect", 40),
+            ev("request.sent", 60),
+            ev("response.first_byte", 80)
+        ];
         let phases: Vec<char> = [10, 30, 50, 70, 90].iter().map(|&ms| phase_char(&looked_up, at(ms), '=')).collect();
         assert_eq!(phases, ['.', '~', '-', '=', '-']);
     }

@@ -588,7 +588,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid: 42,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         }
     }
 

@@ -402,7 +402,7 @@ mod tests {
             status: SpanStatus::Error("boom".into()),
             pid: 1234,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         }
     }
 

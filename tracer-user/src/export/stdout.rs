@@ -295,7 +295,7 @@ mod tests {
             status: SpanStatus::Unset,
             pid,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         }
     }
 
@@ -343,7 +343,7 @@ trace 01010101010101010101010101010101
         let mut fresh = span(3, 1, None, SpanKind::Client, "GET", 0, 2_000, 7);
         fresh.attributes.push(Attr::bool("network.connection.reused", false));
         let ev = |name, us, attributes| SpanEvent { name, time: at(us), attributes };
-        fresh.events = vec![
+        fresh.events = smallvec::smallvec![
             ev("connect", 300, vec![Attr::int("duration_ns", 300_000)]),
             ev("request.sent", 410, vec![]),
             ev("response.first_byte", 1_500, vec![]),
@@ -352,7 +352,7 @@ trace 01010101010101010101010101010101
         reused.attributes.push(Attr::bool("network.connection.reused", true));
         reused.attributes.push(Attr::int("network.connection.idle_ns", 100_000));
         let mut failed = span(3, 3, Some(1), SpanKind::Client, "connect", 3_000, 20, 7);
-        failed.events = vec![ev("connect", 3_020, vec![Attr::str("error.type", "ECONNREFUSED")])];
+        failed.events = smallvec::smallvec![ev("connect", 3_020, vec![Attr::str("error.type", "ECONNREFUSED")])];
         let out = render_trace(&[(r.clone(), fresh), (r.clone(), reused), (r, failed)]);
         assert_eq!(
             out,

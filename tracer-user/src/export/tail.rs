@@ -265,7 +265,7 @@ mod tests {
             status: if error { SpanStatus::Error("500".into()) } else { SpanStatus::Unset },
             pid: 7,
             links: Vec::new(),
-            events: Vec::new(),
+            events: Default::default(),
         };
         (resource(), record)
     }

@@ -642,7 +642,7 @@ mod tests {
                         status: if rng.random() { SpanStatus::Unset } else { SpanStatus::Error(text(&mut rng)) },
                         pid: 0,
                         links: Vec::new(),
-                        events: Vec::new(),
+                        events: Default::default(),
                     };
                     (resources[rng.random_range(0..resources.len())].clone(), span)
                 })

@@ -11,7 +11,7 @@ pub mod routes;
 use std::net::IpAddr;
 
 use crate::clock::Clock;
-use crate::model::{Attr, SpanEvent, SpanKind, SpanRecord};
+use crate::model::{Attr, SpanEvent, SpanEvents, SpanKind, SpanRecord};
 use crate::protocols::exchange::{Detail, Exchange};
 use crate::protocols::shape::{Endpoints, MetricPoint, Shape};
 use crate::streams::ConnectOutcome;
@@ -77,7 +77,7 @@ pub fn to_span(ex: &Exchange, clock: &Clock, with_phases: bool) -> SpanRecord {
             attrs.push(Attr::int("network.connection.idle_ns", i64::try_from(idle).unwrap_or(i64::MAX)));
         }
     }
-    let events = if with_phases { phases(ex).into_iter().map(|p| p.event(clock)).collect() } else { Vec::new() };
+    let events = if with_phases { events(ex, clock) } else { SpanEvents::new() };
     SpanRecord {
         trace_id: ex.trace_id,
         span_id: ex.span_id,
@@ -125,9 +125,27 @@ impl Phase {
 /// Calls reported whole by uprobes (no connection) and messaging spans have none.
 pub fn phases(ex: &Exchange) -> Vec<Phase> {
     let mut out = Vec::new();
+    each_phase(ex, |p| out.push(p));
+    out.sort_by_key(|p| p.at_ns);
+    out
+}
+
+/// The span events of an exchange's phases ([`phases`]), built straight into the span's
+/// events (a SERVER span's two without a heap block: they are on every span the agent exports).
+fn events(ex: &Exchange, clock: &Clock) -> SpanEvents {
+    let mut out = SpanEvents::new();
+    each_phase(ex, |p| out.push(p.event(clock)));
+    out.sort_by_key(|e| e.time);
+    out
+}
+
+/// Calls `push` with each phase of [`phases`], clamped inside the span, in no particular order.
+fn each_phase(ex: &Exchange, mut push: impl FnMut(Phase)) {
     if ex.fd < 0 && !matches!(ex.detail, Detail::Connect(_)) {
-        return out;
+        return;
     }
+    let (start, end) = (ex.start_ns(), ex.end_ns());
+    let mut out = |p: Phase| push(Phase { at_ns: p.at_ns.clamp(start, end), ..p });
     let phase = |name, at_ns, attrs| Phase { name, at_ns, attrs };
     match ex.kind {
         SpanKind::Client => {
@@ -140,48 +158,42 @@ pub fn phases(ex: &Exchange) -> Vec<Phase> {
                 if let Some(e) = l.error_type() {
                     attrs.push(Attr::str("error.type", e));
                 }
-                out.push(phase("dns", l.end_ns, attrs));
+                out(phase("dns", l.end_ns, attrs));
             }
             if let Some(c) = ex.conn_use.and_then(|u| u.connect) {
                 let mut attrs = vec![Attr::int("duration_ns", c.end_ns.saturating_sub(c.start_ns) as i64)];
                 if let ConnectOutcome::Failed(errno) = c.outcome {
                     attrs.push(Attr::str("error.type", crate::protocols::connect::detail::error_type(errno)));
                 }
-                out.push(phase("connect", c.end_ns, attrs));
+                out(phase("connect", c.end_ns, attrs));
             }
             if let Some(t) = ex.conn_use.and_then(|u| u.tls) {
-                out.push(phase(
+                out(phase(
                     "tls.handshake",
                     t.end_ns,
                     vec![Attr::int("duration_ns", t.end_ns.saturating_sub(t.start_ns) as i64)],
                 ));
             }
             if matches!(ex.detail, Detail::Connect(_)) {
-                return out;
+                return;
             }
             if let Some(s) = ex.request_last {
-                out.push(phase("request.sent", s.end_ns, Vec::new()));
+                out(phase("request.sent", s.end_ns, Vec::new()));
             }
             if let Some(s) = ex.response_first {
-                out.push(phase("response.first_byte", s.end_ns, Vec::new()));
+                out(phase("response.first_byte", s.end_ns, Vec::new()));
             }
         }
         SpanKind::Server => {
             if let Some(s) = ex.request_last {
-                out.push(phase("request.received", s.end_ns, Vec::new()));
+                out(phase("request.received", s.end_ns, Vec::new()));
             }
             if let Some(s) = ex.response_first {
-                out.push(phase("response.first_byte", s.start_ns, Vec::new()));
+                out(phase("response.first_byte", s.start_ns, Vec::new()));
             }
         }
         SpanKind::Producer | SpanKind::Consumer => {}
     }
-    let (start, end) = (ex.start_ns(), ex.end_ns());
-    for p in &mut out {
-        p.at_ns = p.at_ns.clamp(start, end);
-    }
-    out.sort_by_key(|p| p.at_ns);
-    out
 }
 
 /// The request-metrics point of a completed exchange (none for a failed connect: no request

@@ -51,7 +51,7 @@ fn links(links: &[crate::model::SpanLink]) -> SpanLinks {
 }
 
 /// The SDK's events of a span's events.
-fn events(events: Vec<crate::model::SpanEvent>) -> SpanEvents {
+fn events(events: crate::model::SpanEvents) -> SpanEvents {
     let mut out = SpanEvents::default();
     out.events = events
         .into_iter()

@@ -138,7 +138,7 @@ impl Http2 {
             requests: None,
             responses: None,
             streams: BTreeMap::new(),
-            events: Vec::new(),
+            events: Default::default(),
             early: BTreeMap::new(),
             highest_request: 0,
         }
