@@ -54,6 +54,12 @@ use stdout::StdoutSink;
 /// One queued span with the resource of its process.
 pub(crate) type Item = (Arc<ProcessResource>, SpanRecord);
 
+/// Appends the OTLP `ExportTraceServiceRequest` bytes of `batch` to `out`, as the exporter
+/// encodes them (for the benchmark's span-cost run, `examples/span_cost.rs`).
+pub fn encode_request(batch: &[(Arc<ProcessResource>, SpanRecord)], out: &mut bytes::BytesMut) {
+    wire::RequestEncoder::default().encode(batch, out);
+}
+
 /// Tuning of the exporter task. `Default` gives the documented values.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
