@@ -119,7 +119,7 @@ pub struct CorrelatorConfig {
     pub max_pending: usize,
     /// Pairing candidates plus server windows; new ones are not recorded beyond that.
     pub max_waiting: usize,
-    /// Spans carry their phases as span events (`crate::spans::phases`).
+    /// Spans carry their phases as span events (`crate::spans::to_span`).
     pub phases: bool,
 }
 

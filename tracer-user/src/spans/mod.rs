@@ -95,22 +95,7 @@ pub fn to_span(ex: &Exchange, clock: &Clock, with_phases: bool) -> SpanRecord {
     }
 }
 
-/// One phase of a request: a span event at a kernel timestamp.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Phase {
-    pub name: &'static str,
-    /// CLOCK_MONOTONIC ns.
-    pub at_ns: u64,
-    pub attrs: Vec<Attr>,
-}
-
-impl Phase {
-    fn event(self, clock: &Clock) -> SpanEvent {
-        SpanEvent { name: self.name, time: clock.to_system_time(self.at_ns), attributes: self.attrs }
-    }
-}
-
-/// The phases of an exchange's request, in time order, each inside the span:
+/// The phases of an exchange's request as span events, in time order, each inside the span:
 ///
 /// * CLIENT: `dns` (the lookup its connect followed: at its last answer, with `duration_ns` from
 ///   its first query, `dns.question.name` and `dns.answer.count`), `connect` (when the request
@@ -122,31 +107,18 @@ impl Phase {
 /// * SERVER: `request.received` (the read that carried the request's last byte returned) and
 ///   `response.first_byte` (the write that carried the response's first byte began).
 ///
-/// Calls reported whole by uprobes (no connection) and messaging spans have none.
-pub fn phases(ex: &Exchange) -> Vec<Phase> {
-    let mut out = Vec::new();
-    each_phase(ex, |p| out.push(p));
-    out.sort_by_key(|p| p.at_ns);
-    out
-}
-
-/// The span events of an exchange's phases ([`phases`]), built straight into the span's
-/// events (a SERVER span's two without a heap block: they are on every span the agent exports).
+/// Calls reported whole by uprobes (no connection) and messaging spans have none. Built straight
+/// into the span's events: a SERVER span's two take no heap block (they are on every span the
+/// agent exports).
 fn events(ex: &Exchange, clock: &Clock) -> SpanEvents {
     let mut out = SpanEvents::new();
-    each_phase(ex, |p| out.push(p.event(clock)));
-    out.sort_by_key(|e| e.time);
-    out
-}
-
-/// Calls `push` with each phase of [`phases`], clamped inside the span, in no particular order.
-fn each_phase(ex: &Exchange, mut push: impl FnMut(Phase)) {
     if ex.fd < 0 && !matches!(ex.detail, Detail::Connect(_)) {
-        return;
+        return out;
     }
     let (start, end) = (ex.start_ns(), ex.end_ns());
-    let mut out = |p: Phase| push(Phase { at_ns: p.at_ns.clamp(start, end), ..p });
-    let phase = |name, at_ns, attrs| Phase { name, at_ns, attrs };
+    let mut phase = |name, at_ns: u64, attributes| {
+        out.push(SpanEvent { name, time: clock.to_system_time(at_ns.clamp(start, end)), attributes });
+    };
     match ex.kind {
         SpanKind::Client => {
             if let Some(l) = ex.conn_use.and_then(|u| u.lookup) {
@@ -158,42 +130,44 @@ fn each_phase(ex: &Exchange, mut push: impl FnMut(Phase)) {
                 if let Some(e) = l.error_type() {
                     attrs.push(Attr::str("error.type", e));
                 }
-                out(phase("dns", l.end_ns, attrs));
+                phase("dns", l.end_ns, attrs);
             }
             if let Some(c) = ex.conn_use.and_then(|u| u.connect) {
                 let mut attrs = vec![Attr::int("duration_ns", c.end_ns.saturating_sub(c.start_ns) as i64)];
                 if let ConnectOutcome::Failed(errno) = c.outcome {
                     attrs.push(Attr::str("error.type", crate::protocols::connect::detail::error_type(errno)));
                 }
-                out(phase("connect", c.end_ns, attrs));
+                phase("connect", c.end_ns, attrs);
             }
             if let Some(t) = ex.conn_use.and_then(|u| u.tls) {
-                out(phase(
+                phase(
                     "tls.handshake",
                     t.end_ns,
                     vec![Attr::int("duration_ns", t.end_ns.saturating_sub(t.start_ns) as i64)],
-                ));
+                );
             }
-            if matches!(ex.detail, Detail::Connect(_)) {
-                return;
-            }
-            if let Some(s) = ex.request_last {
-                out(phase("request.sent", s.end_ns, Vec::new()));
-            }
-            if let Some(s) = ex.response_first {
-                out(phase("response.first_byte", s.end_ns, Vec::new()));
+            // A failed connect made no request.
+            if !matches!(ex.detail, Detail::Connect(_)) {
+                if let Some(s) = ex.request_last {
+                    phase("request.sent", s.end_ns, Vec::new());
+                }
+                if let Some(s) = ex.response_first {
+                    phase("response.first_byte", s.end_ns, Vec::new());
+                }
             }
         }
         SpanKind::Server => {
             if let Some(s) = ex.request_last {
-                out(phase("request.received", s.end_ns, Vec::new()));
+                phase("request.received", s.end_ns, Vec::new());
             }
             if let Some(s) = ex.response_first {
-                out(phase("response.first_byte", s.start_ns, Vec::new()));
+                phase("response.first_byte", s.start_ns, Vec::new());
             }
         }
         SpanKind::Producer | SpanKind::Consumer => {}
     }
+    out.sort_by_key(|e| e.time);
+    out
 }
 
 /// The request-metrics point of a completed exchange (none for a failed connect: no request
