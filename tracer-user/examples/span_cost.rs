@@ -6,11 +6,11 @@
 //! written) go through the agent's data path: assembled, correlated and turned into spans with
 //! a one-second hold on one thread, then encoded into OTLP requests of 512 spans (and freed) on
 //! another, as the agent's exporter does. Only the ring buffer and the records' decoding, the
-//! tokio tasks and the network are left out, so the figure is free of the
-//! machine's scheduling noise that a whole-agent run on two shared CPUs carries. Rounds
-//! alternate the two modes (ABBA); the output is one line per mode with the median and the
-//! minimum ns per request, then the median paired difference (each round's two runs are
-//! back to back, so the machine's drift, which is larger than the difference, mostly cancels).
+//! tokio tasks and the network are left out, so the figure is free of the machine's scheduling
+//! noise that a whole-agent run on two shared CPUs carries. Rounds alternate the two modes
+//! (ABBA); the output is one line per mode with the median and the minimum ns per request, then
+//! the median paired difference (each round's two runs are back to back, so the machine's drift,
+//! which is larger than the difference, mostly cancels).
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -148,11 +148,11 @@ fn main() {
         attributes: vec![("process.executable.name".into(), "hello".into())],
     });
     run(requests, true, &resource);
+    // SPAN_COST_ONLY=with|without: one mode only (for a profile of it).
+    let only = std::env::var("SPAN_COST_ONLY").ok();
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
-        // SPAN_COST_ONLY=with|without: one mode only (for a profile of it).
-        let only = std::env::var("SPAN_COST_ONLY").ok();
         for phases in order.into_iter().filter(|p| only.as_deref().is_none_or(|o| (o == "with") == *p)) {
             let ns = run(requests, phases, &resource);
             if phases { with.push(ns) } else { without.push(ns) }

@@ -10,9 +10,10 @@
 //!
 //! Rounds cannot price a cost of a few per cent on a machine whose steal time comes and goes:
 //! one round's difference moves by tens of per cent. So the agent's data path is also run
-//! alone (`tracer-user/examples/span_cost.rs`: the same load's events, its CPU time), which prices the events in nanoseconds. The budget: a median paired difference of
-//! at most +5 % at every load, and the data path's cost of the events at most 5 % of the agent's
-//! CPU per request. Writes docs/phases-cost.md.
+//! alone (`tracer-user/examples/span_cost.rs`: the same load's events, its CPU time), which
+//! prices the events in nanoseconds. The budget: a median paired difference of at most +5 % at
+//! every load, and the data path's cost of the events at most 5 % of the agent's CPU per
+//! request. Writes docs/phases-cost.md.
 
 use super::*;
 
