@@ -21,6 +21,32 @@ pub struct GoProc {
     pub parent_goid_off: u64,
 }
 
+/// Context types whose first word is the `context.Context` they derive from (the parent
+/// `Context` embedded or held first): `*context.cancelCtx` (WithCancel), `*context.timerCtx`
+/// (WithTimeout, WithDeadline), `*context.valueCtx` (WithValue), `context.withoutCancelCtx`
+/// (WithoutCancel) and `context.stopCtx`. Named by their `go:itab.<type>,context.Context`
+/// symbols; the kernel tells them apart by the type hash in an interface's itab.
+pub const GO_CTX_WRAPPERS: [&str; 5] =
+    ["*context.cancelCtx", "*context.timerCtx", "*context.valueCtx", "context.withoutCancelCtx", "context.stopCtx"];
+
+/// A Go process whose calls are linked through their `context.Context` (kernel map
+/// `GO_CTX_PROCS`, keyed by tgid; `tracer-ebpf/src/go/context.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoCtxProc {
+    /// Offset of `net/http.Request.ctx` (a `context.Context`), or `GO_CTX_NONE`.
+    pub request_ctx: u32,
+    /// Offset of grpc-go's `transport.Stream.ctx`, or `GO_CTX_NONE`.
+    pub stream_ctx: u32,
+    /// Type hashes (`runtime.itab.hash`) of the [`GO_CTX_WRAPPERS`] the binary has; 0 where it
+    /// has none.
+    pub wrappers: [u32; 6],
+}
+
+/// `GoCtxProc` offset of a field the binary does not have.
+pub const GO_CTX_NONE: u32 = u32::MAX;
+
 /// A Go process whose `crypto/tls.(*Conn)` Read and Write are probed (kernel map
 /// `GO_TLS_PROCS`, keyed by tgid; `go/tls.rs`): where the socket under a TLS connection is.
 #[repr(C)]

@@ -52,6 +52,9 @@ pub mod maps {
     pub const GO_TLS_HANDSHAKES: &str = "GO_TLS_HANDSHAKES";
     pub const DNS_QUERY: &str = "DNS_QUERY";
     pub const SSL_HANDSHAKE: &str = "SSL_HANDSHAKE";
+    pub const GO_CTX_PROCS: &str = "GO_CTX_PROCS";
+    pub const GO_CTX_OWNER: &str = "GO_CTX_OWNER";
+    pub const GO_CTX_SCRATCH: &str = "GO_CTX_SCRATCH";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -102,6 +105,9 @@ pub mod maps {
         GO_TLS_HANDSHAKES,
         DNS_QUERY,
         SSL_HANDSHAKE,
+        GO_CTX_PROCS,
+        GO_CTX_OWNER,
+        GO_CTX_SCRATCH,
     ];
 }
 
@@ -158,6 +164,7 @@ pub mod programs {
     pub const GO_HTTP_ROUNDTRIP: &str = "go_http_roundtrip";
     pub const GO_HTTP_REQUEST_WRITE: &str = "go_http_request_write";
     pub const GO_HTTP_ROUTE_RET: &str = "go_http_route_ret";
+    pub const GO_HTTP_SERVE: &str = "go_http_serve";
     // Go net/rpc.
     pub const GO_RPC_CLIENT_SEND: &str = "go_rpc_client_send";
     pub const GO_RPC_CLIENT_WRITE: &str = "go_rpc_client_write";
@@ -189,6 +196,7 @@ pub mod programs {
     pub const GO_HTTP_ROUNDTRIP_MULTI: &str = "go_http_roundtrip_multi";
     pub const GO_HTTP_REQUEST_WRITE_MULTI: &str = "go_http_request_write_multi";
     pub const GO_HTTP_ROUTE_RET_MULTI: &str = "go_http_route_ret_multi";
+    pub const GO_HTTP_SERVE_MULTI: &str = "go_http_serve_multi";
     pub const GO_RPC_CLIENT_SEND_MULTI: &str = "go_rpc_client_send_multi";
     pub const GO_RPC_CLIENT_WRITE_MULTI: &str = "go_rpc_client_write_multi";
     pub const GO_RPC_CLIENT_DONE_MULTI: &str = "go_rpc_client_done_multi";
@@ -218,6 +226,7 @@ pub mod programs {
         (GO_HTTP_ROUNDTRIP, GO_HTTP_ROUNDTRIP_MULTI),
         (GO_HTTP_REQUEST_WRITE, GO_HTTP_REQUEST_WRITE_MULTI),
         (GO_HTTP_ROUTE_RET, GO_HTTP_ROUTE_RET_MULTI),
+        (GO_HTTP_SERVE, GO_HTTP_SERVE_MULTI),
         (GO_RPC_CLIENT_SEND, GO_RPC_CLIENT_SEND_MULTI),
         (GO_RPC_CLIENT_WRITE, GO_RPC_CLIENT_WRITE_MULTI),
         (GO_RPC_CLIENT_DONE, GO_RPC_CLIENT_DONE_MULTI),

@@ -36,10 +36,11 @@ pub enum LruTable {
     DnsQuery,
     SslHandshake,
     GoTlsHandshakes,
+    GoCtxOwner,
 }
 
 impl LruTable {
-    pub const ALL: [LruTable; 24] = [
+    pub const ALL: [LruTable; 25] = [
         Self::Conns,
         Self::ThreadCtx,
         Self::ConnTuple,
@@ -64,6 +65,7 @@ impl LruTable {
         Self::DnsQuery,
         Self::SslHandshake,
         Self::GoTlsHandshakes,
+        Self::GoCtxOwner,
     ];
 
     /// The map's name in the object.
@@ -93,6 +95,7 @@ impl LruTable {
             Self::DnsQuery => maps::DNS_QUERY,
             Self::SslHandshake => maps::SSL_HANDSHAKE,
             Self::GoTlsHandshakes => maps::GO_TLS_HANDSHAKES,
+            Self::GoCtxOwner => maps::GO_CTX_OWNER,
         }
     }
 }
@@ -176,8 +179,12 @@ pub mod counters {
     /// TLS plaintext dropped because no socket was seen under the library call (a memory BIO
     /// or BIO pair, or a socket that is not TCP).
     pub const TLS_NO_FD: u32 = GRPC_NO_CALL + 3;
+    /// Go calls whose parent their `context.Context` gave (`tracer-ebpf/src/go/context.rs`).
+    pub const GO_CTX_PARENT: u32 = GRPC_NO_CALL + 4;
+    /// Go calls whose context belongs to a request that has ended: they get no parent.
+    pub const GO_CTX_ENDED: u32 = GRPC_NO_CALL + 5;
     /// Entries of the counters map.
-    pub const COUNT: u32 = TLS_NO_FD + 1;
+    pub const COUNT: u32 = GO_CTX_ENDED + 1;
 }
 
 #[cfg(test)]

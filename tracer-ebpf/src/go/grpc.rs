@@ -4,8 +4,9 @@
 //! grpc-go itself (function exits are probed at each RET instruction, never with uretprobes):
 //!
 //! * **Client, unary**: `(*ClientConn).Invoke` entry (caller goroutine; method string in RDI,
-//!   RSI) chooses the span's ids — a child of the server span the goroutine or its creators are
-//!   handling (`go::ancestor_ctx`), else a new trace — and its RETs emit the span with the
+//!   RSI) chooses the span's ids — a child of the server span its context (RBX, RCX) belongs
+//!   to, else of the one the goroutine or its creators are handling (`go::context`), else a
+//!   new trace — and its RETs emit the span with the
 //!   status read from the returned `error` (RAX itab, RBX data).
 //! * **Client, streaming**: `(*ClientConn).NewStream` entry likewise (method in RSI, R8); its
 //!   RETs move the call under the returned `*clientStream` (RBX); `(*clientStream).finish(err)`
@@ -24,7 +25,8 @@
 //!   context a traced caller on this host published for that (connection, stream id) as parent
 //!   (same-host pairing, nothing on the wire changes), and sets `GO_SRV_CTX` for the goroutine
 //!   so the handler's own calls (HTTP or gRPC, from it or goroutines it starts) become
-//!   children. `(*http2Server).writeStatus`/`WriteStatus(s, st)` entry records the status code
+//!   children (its context, `Stream.ctx`, is recorded as the span's too: `go::context`).
+//!   `(*http2Server).writeStatus`/`WriteStatus(s, st)` entry records the status code
 //!   (`st.s.Code`) and the span's end (the status is the last thing a call writes; ending there
 //!   keeps the server span inside its client's even when the goroutine is descheduled after it);
 //!   the RETs of `handleStream` emit the span.
@@ -263,7 +265,8 @@ fn client_start(r: &Regs, method_ptr: u64, method_len: u64, call_flags: u8) {
     let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return };
     // SAFETY: the map value just inserted for this goroutine.
     let c = unsafe { &mut *c };
-    new_ids(c, go::ancestor_ctx(tgid, goid, r.r14, &gp));
+    // Invoke and NewStream both take their context.Context second (RBX, RCX).
+    new_ids(c, go::context::call_parent(tgid, goid, r.r14, &gp, Some([r.rbx, r.rcx])));
     c.start_ns = unsafe { bpf_ktime_get_ns() };
     c.flags = call_flags;
     copy_method(c, method_ptr, method_len);
@@ -500,6 +503,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
     new_ids(c, parent);
     let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: c.start_ns };
     lru_put(&go::GO_SRV_CTX, &k, &t, LruTable::GoSrvCtx);
+    go::context::own_stream(tgid, goid, &t, stream);
     0
 }
 

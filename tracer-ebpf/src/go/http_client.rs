@@ -7,7 +7,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::ProbeContext};
 use tracer_common::tables::LruTable;
 
-use super::{GO_REQ_CTX, GO_WRITER_CTX, Regs, ancestor_ctx, goid_of, key, proc_info, regs};
+use super::{GO_REQ_CTX, GO_WRITER_CTX, Regs, context, goid_of, key, proc_info, regs};
 use crate::maps::{lru_del, lru_put};
 
 /// `net/http.(*Transport).roundTrip(t, req)` entry, on the caller's goroutine.
@@ -18,7 +18,9 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let Some(p) = proc_info(tgid) else { return 0 };
     let Regs { rbx: req, r14: g, .. } = regs(&ctx);
     let k = key(tgid, req);
-    match goid_of(g, &p).and_then(|goid| ancestor_ctx(tgid, goid, g, &p)) {
+    let parent =
+        goid_of(g, &p).and_then(|goid| context::call_parent(tgid, goid, g, &p, context::request_ctx(tgid, req)));
+    match parent {
         Some(c) => {
             lru_put(&GO_REQ_CTX, &k, &c, LruTable::GoReqCtx);
         }

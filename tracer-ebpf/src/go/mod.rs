@@ -16,6 +16,10 @@
 //!   `net/http.(*Request).write` (writeLoop goroutine, `*Request` in RAX) hands it to the
 //!   goroutine that then writes the bytes.
 //!
+//! * the parent of an outgoing net/http or grpc-go call is first looked for through the
+//!   `context.Context` it carries (`context.rs`), and through the goroutine's ancestry only
+//!   when the context says nothing.
+//!
 //! An "entry" probe of a Go function (here, in `grpc.rs` and `netrpc.rs`) sits past the
 //! function's stack-bound check, not on its first instruction: a call that has to grow its
 //! stack runs the first instructions again after `runtime.morestack`, and a probe there would
@@ -24,6 +28,7 @@
 //! Only processes userspace put in `GO_PROCS` (after attaching their uprobes) are handled; every
 //! map is bounded, and state a missed return could leak lives in LRU maps.
 
+pub mod context;
 pub mod grpc;
 pub mod http_client;
 pub mod http_route;

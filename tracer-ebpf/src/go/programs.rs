@@ -11,7 +11,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 
 use super::{
-    grpc, http_client, http_route, netrpc, runtime,
+    context, grpc, http_client, http_route, netrpc, runtime,
     tls::{self, GO_TLS_PROGS, GO_TLS_PROGS_MULTI},
 };
 
@@ -34,6 +34,7 @@ both! {
     go_http_roundtrip, go_http_roundtrip_multi => http_client::go_http_roundtrip;
     go_http_request_write, go_http_request_write_multi => http_client::go_http_request_write;
     go_http_route_ret, go_http_route_ret_multi => http_route::go_http_route_ret;
+    go_http_serve, go_http_serve_multi => context::go_http_serve;
     go_rpc_client_send, go_rpc_client_send_multi => netrpc::go_rpc_client_send;
     go_rpc_client_write, go_rpc_client_write_multi => netrpc::go_rpc_client_write;
     go_rpc_client_done, go_rpc_client_done_multi => netrpc::go_rpc_client_done;

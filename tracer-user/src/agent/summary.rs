@@ -32,7 +32,7 @@ impl fmt::Display for Summary<'_> {
              grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={} \
              tail_traces_error={} tail_spans_error={} tail_traces_latency={} tail_spans_latency={} \
              tail_traces_head={} tail_spans_head={} tail_traces_sampled_out={} tail_decided_early={} \
-             message_links={} message_evictions={}",
+             message_links={} message_evictions={} go_context_parents={} go_context_ended={}",
             k.events,
             k.lost,
             k.not_http,
@@ -65,7 +65,9 @@ impl fmt::Display for Summary<'_> {
             e.tail.traces_sampled_out,
             e.tail.decided_early,
             p.correlator.message_links,
-            p.correlator.message_evictions
+            p.correlator.message_evictions,
+            k.go_ctx_parent,
+            k.go_ctx_ended
         )
     }
 }

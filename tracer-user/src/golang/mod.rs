@@ -3,6 +3,7 @@
 //! (`probes`, `netrpc`, `grpc`, `tls`), and `tracer go-inspect`. Control plane only: the records these probes write are
 //! decoded by `crate::capture` and parsed by `crate::protocols`.
 
+pub mod context;
 pub mod gobin;
 pub mod grpc;
 pub mod netrpc;
@@ -19,6 +20,7 @@ pub fn probed_functions() -> Vec<&'static str> {
         probes::MUX_SERVE,
         probes::FIND_HANDLER,
         probes::MUX_HANDLER,
+        context::SERVE,
     ];
     f.extend(netrpc::FUNCTIONS);
     f.extend(grpc::FUNCTIONS);

@@ -23,7 +23,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracer_common::{
-    GoProc, GoTlsProc, GrpcProc, NetRpcProc,
+    GoCtxProc, GoProc, GoTlsProc, GrpcProc, NetRpcProc,
     names::{maps, programs as p},
 };
 
@@ -58,6 +58,11 @@ pub struct Plan {
     pub tls: Option<GoTlsProc>,
     /// Why the program's crypto/tls connections are not traced although it links crypto/tls.
     pub tls_off: Option<String>,
+    /// Where the program's request contexts are, when its calls are linked through them.
+    pub ctx: Option<GoCtxProc>,
+    /// Why the program's calls are linked by goroutine ancestry only although it serves
+    /// requests and makes calls.
+    pub ctx_off: Option<String>,
 }
 
 /// Decides the probes for a binary, or says why goroutine linking cannot be done for it.
@@ -129,8 +134,16 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         Ok(None) => (None, None),
         Err(e) => (None, Some(format!("Go {v}: {e}"))),
     };
+    let (ctx, ctx_off) = match super::context::plan(bin) {
+        Ok(Some((c, pts))) => {
+            points.extend(pts);
+            (Some(c), None)
+        }
+        Ok(None) => (None, None),
+        Err(e) => (None, Some(format!("Go {v}: {e}"))),
+    };
     let proc = GoProc { tls_g: bin.tls_g_offset, goid_off, parent_goid_off };
-    Ok(Plan { go_version: v.clone(), proc, points, rpc, rpc_off, grpc, grpc_off, tls, tls_off })
+    Ok(Plan { go_version: v.clone(), proc, points, rpc, rpc_off, grpc, grpc_off, tls, tls_off, ctx, ctx_off })
 }
 
 /// Environment variable that picks how the Go uprobes attach (`multi` or `classic`) instead of
@@ -270,7 +283,8 @@ impl Default for GoProbes {
 /// Loads (verifies) the Go uprobe programs of `ebpf` but crypto/tls's; the first that fails is
 /// named.
 pub fn load_programs(ebpf: &mut Ebpf, mode: UprobeMode) -> Result<(), String> {
-    load(ebpf, mode, PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS))
+    let all = PROGRAMS.iter().chain(super::netrpc::PROGRAMS).chain(super::grpc::PROGRAMS);
+    load(ebpf, mode, all.chain(super::context::PROGRAMS))
 }
 
 fn load<'a>(ebpf: &mut Ebpf, mode: UprobeMode, names: impl Iterator<Item = &'a &'static str>) -> Result<(), String> {
@@ -423,6 +437,12 @@ impl GoProbes {
                     if let Some(why) = &plan.tls_off {
                         warn!("{}: crypto/tls connections not traced ({why})", name.display());
                     }
+                    if let Some(why) = &plan.ctx_off {
+                        warn!(
+                            "{}: calls linked by goroutine ancestry only, not through their context.Context ({why})",
+                            name.display()
+                        );
+                    }
                 }
                 Some(Err(why)) => warn!(
                     "{}: goroutine-aware linking off for this Go program ({why}); its client \
@@ -484,6 +504,7 @@ impl GoProbes {
         let per_proc = [
             plan.grpc.as_ref().map(|g| insert_proc(ebpf, maps::GRPC_PROCS, pid, g)),
             tls.as_ref().map(|t| insert_proc(ebpf, maps::GO_TLS_PROCS, pid, t)),
+            plan.ctx.as_ref().map(|c| insert_proc(ebpf, maps::GO_CTX_PROCS, pid, c)),
         ];
         if let Some(Err(e)) = per_proc.into_iter().flatten().find(Result::is_err) {
             warn!("pid {pid}: {e}");
@@ -504,8 +525,9 @@ impl GoProbes {
             return;
         }
         info!(
-            "pid {pid}: Go {} probes attached (goroutine-aware linking{}{})",
+            "pid {pid}: Go {} probes attached (goroutine-aware linking{}{}{})",
             plan.go_version,
+            if plan.ctx.is_some() { ", context.Context linking" } else { "" },
             if plan.grpc.is_some() { ", grpc-go spans" } else { "" },
             if tls.is_some() { ", crypto/tls plaintext" } else { "" }
         );
@@ -535,6 +557,9 @@ impl GoProbes {
             let _ = m.remove(&pid);
         }
         if let Some(Ok(mut m)) = ebpf.map_mut(maps::GRPC_PROCS).map(BpfHashMap::<_, u32, GrpcProc>::try_from) {
+            let _ = m.remove(&pid);
+        }
+        if let Some(Ok(mut m)) = ebpf.map_mut(maps::GO_CTX_PROCS).map(BpfHashMap::<_, u32, GoCtxProc>::try_from) {
             let _ = m.remove(&pid);
         }
         detach_links(ebpf, links, &self.reaper);

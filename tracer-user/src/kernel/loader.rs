@@ -283,6 +283,10 @@ pub struct KernelCounters {
     pub grpc_no_call: u64,
     pub grpc_no_addr: u64,
     pub grpc_unpaired: u64,
+    /// Go calls whose parent their context.Context gave, and calls whose context's request had
+    /// ended (no parent).
+    pub go_ctx_parent: u64,
+    pub go_ctx_ended: u64,
 }
 
 impl Maps {
@@ -295,6 +299,8 @@ impl Maps {
             grpc_no_call: sum(counters::GRPC_NO_CALL),
             grpc_no_addr: sum(counters::GRPC_NO_ADDR),
             grpc_unpaired: sum(counters::GRPC_UNPAIRED),
+            go_ctx_parent: sum(counters::GO_CTX_PARENT),
+            go_ctx_ended: sum(counters::GO_CTX_ENDED),
         }
     }
 }

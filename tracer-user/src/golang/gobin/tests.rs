@@ -311,3 +311,63 @@ fn crypto_tls_points_and_socket_offsets_with_and_without_dwarf() {
     let stripped = GoBinary::open(&b.stripped).unwrap();
     assert_eq!(tls::plan(&stripped).unwrap().map(|(o, _)| o), Some(offsets));
 }
+
+/// A net/http server that makes calls, and prints what Go itself says of its contexts: each
+/// wrapper's type hash (the itab word after `inter` and `_type`) and `Request.ctx`'s offset.
+const CTX_PROGRAM: &str = r#"package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"reflect"
+	"time"
+	"unsafe"
+)
+
+func hash(c context.Context) uint32 {
+	itab := *(*uintptr)(unsafe.Pointer(&c))
+	return *(*uint32)(unsafe.Pointer(itab + 16))
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		bg := context.Background()
+		c, cancel := context.WithCancel(bg)
+		defer cancel()
+		t, stop := context.WithTimeout(bg, time.Second)
+		defer stop()
+		f, _ := reflect.TypeOf(http.Request{}).FieldByName("ctx")
+		fmt.Println(hash(c), hash(t), hash(context.WithValue(bg, 1, 2)), hash(context.WithoutCancel(c)), f.Offset)
+		return
+	}
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { http.Get("http://127.0.0.1:1/") })
+	http.ListenAndServe("127.0.0.1:0", nil)
+}
+"#;
+
+#[test]
+fn context_plan_matches_what_go_says_and_needs_the_symbol_table() {
+    if !go_available() {
+        return;
+    }
+    use crate::golang::context;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gobin-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = build(&dir, CTX_PROGRAM, "ctx-plain", &[], false);
+    let out = Command::new(&plain).arg("print").output().unwrap();
+    let said: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let (proc, points) = context::plan(&GoBinary::open(&plain).unwrap()).unwrap().expect("a server making calls");
+    // cancelCtx, timerCtx, valueCtx, withoutCancelCtx, in GO_CTX_WRAPPERS' order.
+    assert_eq!(proc.wrappers[..4], said[..4]);
+    assert_eq!(proc.request_ctx, said[4]);
+    assert_eq!(proc.stream_ctx, tracer_common::GO_CTX_NONE, "no grpc-go here");
+    assert_eq!(points, [(tracer_common::names::programs::GO_HTTP_SERVE, points[0].1.clone())]);
+    let stripped = build(&dir, CTX_PROGRAM, "ctx-stripped", &["-ldflags=-s -w"], false);
+    let why = context::plan(&GoBinary::open(&stripped).unwrap()).unwrap_err();
+    assert!(why.contains("-ldflags=-s"), "{why}");
+    // A program that makes calls but serves no request has nothing to link them to: no probe.
+    let Some(b) = builds() else { return };
+    assert_eq!(context::plan(&GoBinary::open(&b.plain).unwrap()), Ok(None));
+}

@@ -1,0 +1,193 @@
+//! Go: the parent of an outgoing call from the `context.Context` it carries.
+//!
+//! Goroutine ancestry (`super::ancestor_ctx`) links a call made by the handler or by a goroutine
+//! it started. Idiomatic Go also hands work to goroutines the handler did not start (worker
+//! pools, pipeline stages, long-lived client goroutines), passing the request's context along.
+//! So:
+//!
+//! * a server request's context is recorded as belonging to its server span, with the goroutine
+//!   serving it (`GO_CTX_OWNER`): net/http's at `net/http.serverHandler.ServeHTTP` entry
+//!   (`*Request` in RDI; `Request.ctx`), grpc-go's at `(*Server).handleStream` entry
+//!   (`Stream.ctx`, `grpc.rs`);
+//! * at an outgoing call (`(*Transport).roundTrip`: `Request.ctx`; grpc-go `Invoke` and
+//!   `NewStream`: their context argument) the context's chain is walked up through the
+//!   standard library's wrappers (WithCancel, WithTimeout, WithValue, WithoutCancel: each holds
+//!   its parent as its first word), each told apart by the type hash in its itab
+//!   (`GoCtxProc::wrappers`, from the binary's `go:itab` symbols), up to `DEPTH` steps;
+//! * a recorded context whose goroutine still serves that span is the parent. One whose request
+//!   has ended (the goroutine serves another span, or none) links nothing: a context that cannot
+//!   be tied to exactly one live server span gives no edge. A chain that ends elsewhere
+//!   (`context.Background()`, a type not known here) says nothing, and goroutine ancestry
+//!   decides as before.
+//!
+//! No entry is removed at the request's end (the table is an LRU): an entry whose request has
+//! ended fails the liveness check, and one whose address the garbage collector has given to
+//! another context fails the identity check (the context's parent word, recorded with it).
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::ProbeContext,
+};
+use tracer_common::{
+    GO_CTX_NONE, GoCtxProc, GoProc, TraceCtx,
+    tables::{LruTable, counters},
+};
+
+use super::{GO_SRV_CTX, GoKey, Regs, ancestor_ctx, goid_of, key, proc_info, read, regs};
+use crate::maps::{bump, lru_put};
+
+/// Steps up a context chain before giving up.
+const DEPTH: u32 = 16;
+
+/// Offset of `runtime.itab.hash` (after `inter` and `_type`).
+const ITAB_HASH: u64 = 16;
+
+/// Go processes whose calls are linked through their contexts, and where to find them.
+#[map]
+pub static GO_CTX_PROCS: HashMap<u32, GoCtxProc> = HashMap::with_max_entries(4096, 0);
+
+/// A server request's context (its data word) -> the server span and the goroutine serving it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    ctx: TraceCtx,
+    goid: u64,
+    /// The context's second word when recorded (its parent's data, for the standard wrappers).
+    parent: u64,
+}
+
+#[map]
+pub static GO_CTX_OWNER: LruHashMap<GoKey, Owner> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where an [`Owner`] is built before it is stored: grpc-go's `handleStream` probe has no stack
+/// left for it.
+#[map]
+pub static GO_CTX_SCRATCH: PerCpuArray<Owner> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn ctx_proc(tgid: u32) -> Option<GoCtxProc> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { GO_CTX_PROCS.get(&tgid) }.copied()
+}
+
+/// What a context says about the call that carries it.
+enum Says {
+    /// It derives from the context of a request still being served.
+    Parent(TraceCtx),
+    /// It derives from the context of a request that has ended.
+    Ended,
+    /// Nothing known: no recorded context up its chain.
+    Nothing,
+}
+
+#[inline(always)]
+fn wraps(cp: &GoCtxProc, hash: u32) -> bool {
+    hash != 0 && cp.wrappers.iter().any(|w| *w == hash)
+}
+
+/// Walks a context (`itab`, `data`) up its chain to a recorded request context.
+#[inline(always)]
+fn says(tgid: u32, cp: &GoCtxProc, itab: u64, data: u64) -> Says {
+    let (mut itab, mut data) = (itab, data);
+    for _ in 0..DEPTH {
+        if data == 0 {
+            return Says::Nothing;
+        }
+        // The context's first two words: its parent, for every wrapper.
+        let up = read::<[u64; 2]>(data);
+        // SAFETY: plain data copied out of the maps.
+        if let Some(o) = unsafe { GO_CTX_OWNER.get(&key(tgid, data)) }.copied() {
+            // The same parent as when recorded: the recorded context, not another one the
+            // garbage collector has since put at its address.
+            if up.is_some_and(|[_, parent]| parent == o.parent) {
+                let live = unsafe { GO_SRV_CTX.get(&key(tgid, o.goid)) }.is_some_and(|c| c.span_id == o.ctx.span_id);
+                return if live { Says::Parent(o.ctx) } else { Says::Ended };
+            }
+        }
+        let Some(hash) = read::<u32>(itab + ITAB_HASH) else { return Says::Nothing };
+        if !wraps(cp, hash) {
+            return Says::Nothing;
+        }
+        let Some([up_itab, up_data]) = up else { return Says::Nothing };
+        itab = up_itab;
+        data = up_data;
+    }
+    Says::Nothing
+}
+
+/// The parent of a call goroutine `goid` (whose `g` is `g`) makes with context `ctx` (itab and
+/// data words, when read): the context's request if it names one, none if that request has
+/// ended, else the goroutine's ancestry.
+#[inline(always)]
+pub fn call_parent(tgid: u32, goid: u64, g: u64, p: &GoProc, ctx: Option<[u64; 2]>) -> Option<TraceCtx> {
+    if let (Some(cp), Some([itab, data])) = (ctx_proc(tgid), ctx) {
+        match says(tgid, &cp, itab, data) {
+            Says::Parent(c) => {
+                bump(counters::GO_CTX_PARENT);
+                return Some(c);
+            }
+            Says::Ended => {
+                bump(counters::GO_CTX_ENDED);
+                return None;
+            }
+            Says::Nothing => {}
+        }
+    }
+    ancestor_ctx(tgid, goid, g, p)
+}
+
+/// The context of a `*net/http.Request`, where the process's layout is known.
+#[inline(always)]
+pub fn request_ctx(tgid: u32, req: u64) -> Option<[u64; 2]> {
+    let cp = ctx_proc(tgid)?;
+    if cp.request_ctx == GO_CTX_NONE {
+        return None;
+    }
+    read(req + cp.request_ctx as u64)
+}
+
+/// Records the context whose data word is at `off + 8` from `base` as the server span's `t`,
+/// served by goroutine `goid`.
+#[inline(always)]
+fn own(tgid: u32, goid: u64, t: &TraceCtx, base: u64, off: u32) {
+    if off == GO_CTX_NONE {
+        return;
+    }
+    let Some(data) = read::<u64>(base + off as u64 + 8) else { return };
+    let Some(o) = GO_CTX_SCRATCH.get_ptr_mut(0) else { return };
+    let Some(parent) = read::<u64>(data + 8) else { return };
+    // SAFETY: this CPU's scratch slot, written then stored before the program ends.
+    unsafe {
+        (*o).ctx = *t;
+        (*o).goid = goid;
+        (*o).parent = parent;
+        lru_put(&GO_CTX_OWNER, &key(tgid, data), &*o, LruTable::GoCtxOwner);
+    }
+}
+
+/// A grpc-go server stream (`*transport.Stream`) starts its handler on goroutine `goid` for
+/// server span `t`.
+#[inline(always)]
+pub fn own_stream(tgid: u32, goid: u64, t: &TraceCtx, stream: u64) {
+    // SAFETY: one field read out of the map.
+    if let Some(off) = unsafe { GO_CTX_PROCS.get(&tgid) }.map(|c| c.stream_ctx) {
+        own(tgid, goid, t, stream, off);
+    }
+}
+
+/// `net/http.serverHandler.ServeHTTP(sh, rw, req)` entry, on the goroutine serving the request
+/// (its server span in `GO_SRV_CTX` since the request was read): the request's context is the
+/// span's.
+#[inline(always)]
+pub fn go_http_serve(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let (Some(p), Some(cp)) = (proc_info(tgid), ctx_proc(tgid)) else { return 0 };
+    let Regs { rdi: req, r14: g, .. } = regs(&ctx);
+    let Some(goid) = goid_of(g, &p) else { return 0 };
+    // SAFETY: plain data copied out of the map.
+    let Some(t) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return 0 };
+    own(tgid, goid, &t, req, cp.request_ctx);
+    0
+}
