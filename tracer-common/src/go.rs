@@ -24,10 +24,16 @@ pub struct GoProc {
 /// Context types whose first word is the `context.Context` they derive from (the parent
 /// `Context` embedded or held first): `*context.cancelCtx` (WithCancel), `*context.timerCtx`
 /// (WithTimeout, WithDeadline), `*context.valueCtx` (WithValue), `context.withoutCancelCtx`
-/// (WithoutCancel) and `context.stopCtx`. Named by their `go:itab.<type>,context.Context`
-/// symbols; the kernel tells them apart by the type hash in an interface's itab.
-pub const GO_CTX_WRAPPERS: [&str; 5] =
-    ["*context.cancelCtx", "*context.timerCtx", "*context.valueCtx", "context.withoutCancelCtx", "context.stopCtx"];
+/// (WithoutCancel) and `context.stopCtx`. The kernel tells them apart by the first method of an
+/// interface's itab, the type's `Deadline`: these functions, found by name in the binary
+/// (symbol table or pclntab, so stripped builds too).
+pub const GO_CTX_WRAPPERS: [&str; 5] = [
+    "context.(*cancelCtx).Deadline",
+    "context.(*timerCtx).Deadline",
+    "context.(*valueCtx).Deadline",
+    "context.(*withoutCancelCtx).Deadline",
+    "context.(*stopCtx).Deadline",
+];
 
 /// A Go process whose calls are linked through their `context.Context` (kernel map
 /// `GO_CTX_PROCS`, keyed by tgid; `tracer-ebpf/src/go/context.rs`).
@@ -39,9 +45,9 @@ pub struct GoCtxProc {
     pub request_ctx: u32,
     /// Offset of grpc-go's `transport.Stream.ctx`, or `GO_CTX_NONE`.
     pub stream_ctx: u32,
-    /// Type hashes (`runtime.itab.hash`) of the [`GO_CTX_WRAPPERS`] the binary has; 0 where it
+    /// Addresses in the running process of the [`GO_CTX_WRAPPERS`] the binary has; 0 where it
     /// has none.
-    pub wrappers: [u32; 6],
+    pub wrappers: [u64; 5],
 }
 
 /// `GoCtxProc` offset of a field the binary does not have.

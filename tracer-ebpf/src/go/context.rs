@@ -12,8 +12,9 @@
 //! * at an outgoing call (`(*Transport).roundTrip`: `Request.ctx`; grpc-go `Invoke` and
 //!   `NewStream`: their context argument) the context's chain is walked up through the
 //!   standard library's wrappers (WithCancel, WithTimeout, WithValue, WithoutCancel: each holds
-//!   its parent as its first word), each told apart by the type hash in its itab
-//!   (`GoCtxProc::wrappers`, from the binary's `go:itab` symbols), up to `DEPTH` steps;
+//!   its parent as its first word), each told apart by the first method in its itab (the
+//!   type's `Deadline`, whose address userspace finds in the binary: `GoCtxProc::wrappers`),
+//!   up to `DEPTH` steps;
 //! * a recorded context whose goroutine still serves that span is the parent. One whose request
 //!   has ended (the goroutine serves another span, or none) links nothing: a context that cannot
 //!   be tied to exactly one live server span gives no edge. A chain that ends elsewhere
@@ -25,11 +26,12 @@
 //! another context fails the identity check (the context's parent word, recorded with it).
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user as raw_read},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
+use core::ffi::c_void;
 use tracer_common::{
     GO_CTX_NONE, GoCtxProc, GoProc, TraceCtx,
     tables::{LruTable, counters},
@@ -41,8 +43,9 @@ use crate::maps::{bump, lru_put};
 /// Steps up a context chain before giving up.
 const DEPTH: u32 = 16;
 
-/// Offset of `runtime.itab.hash` (after `inter` and `_type`).
-const ITAB_HASH: u64 = 16;
+/// Offset of `runtime.itab.fun[0]` (after `inter`, `_type`, `hash` and padding): for a
+/// `context.Context` itab, the type's `Deadline` method.
+const ITAB_FUN0: u64 = 24;
 
 /// Go processes whose calls are linked through their contexts, and where to find them.
 #[map]
@@ -61,10 +64,16 @@ pub struct Owner {
 #[map]
 pub static GO_CTX_OWNER: LruHashMap<GoKey, Owner> = LruHashMap::with_max_entries(16384, 0);
 
-/// Where an [`Owner`] is built before it is stored: grpc-go's `handleStream` probe has no stack
-/// left for it.
+/// Where a record is built before it is stored: grpc-go's `handleStream` probe has no stack
+/// left for it on Linux 6.1.
+#[repr(C)]
+pub struct Scratch {
+    key: GoKey,
+    owner: Owner,
+}
+
 #[map]
-pub static GO_CTX_SCRATCH: PerCpuArray<Owner> = PerCpuArray::with_max_entries(1, 0);
+pub static GO_CTX_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn ctx_proc(tgid: u32) -> Option<GoCtxProc> {
@@ -83,8 +92,29 @@ enum Says {
 }
 
 #[inline(always)]
-fn wraps(cp: &GoCtxProc, hash: u32) -> bool {
-    hash != 0 && cp.wrappers.iter().any(|w| *w == hash)
+fn wraps(cp: &GoCtxProc, deadline: u64) -> bool {
+    if deadline == 0 {
+        return false;
+    }
+    for w in cp.wrappers {
+        if w == deadline {
+            return true;
+        }
+    }
+    false
+}
+
+/// `N` bytes of user memory at `addr`, zeros where they cannot be read (the helper clears its
+/// destination on a fault): no branch on the outcome, which keeps the walk's verification
+/// small on older kernels.
+#[inline(always)]
+fn words<T: Default>(addr: u64) -> T {
+    let mut v = T::default();
+    // SAFETY: `v` is a local of size_of::<T>() bytes; a fault leaves it zeroed.
+    unsafe {
+        raw_read(&mut v as *mut T as *mut c_void, core::mem::size_of::<T>() as u32, addr as *const c_void);
+    }
+    v
 }
 
 /// Walks a context (`itab`, `data`) up its chain to a recorded request context.
@@ -96,25 +126,33 @@ fn says(tgid: u32, cp: &GoCtxProc, itab: u64, data: u64) -> Says {
             return Says::Nothing;
         }
         // The context's first two words: its parent, for every wrapper.
-        let up = read::<[u64; 2]>(data);
-        // SAFETY: plain data copied out of the maps.
-        if let Some(o) = unsafe { GO_CTX_OWNER.get(&key(tgid, data)) }.copied() {
+        let up: [u64; 2] = words(data);
+        if let Some(o) = GO_CTX_OWNER.get_ptr(&key(tgid, data)) {
+            // SAFETY: a live map value, read in place.
+            let o = unsafe { &*o };
             // The same parent as when recorded: the recorded context, not another one the
             // garbage collector has since put at its address.
-            if up.is_some_and(|[_, parent]| parent == o.parent) {
-                let live = unsafe { GO_SRV_CTX.get(&key(tgid, o.goid)) }.is_some_and(|c| c.span_id == o.ctx.span_id);
-                return if live { Says::Parent(o.ctx) } else { Says::Ended };
+            if up[1] == o.parent {
+                return owner_says(tgid, o);
             }
         }
-        let Some(hash) = read::<u32>(itab + ITAB_HASH) else { return Says::Nothing };
-        if !wraps(cp, hash) {
+        if !wraps(cp, words::<u64>(itab + ITAB_FUN0)) {
             return Says::Nothing;
         }
-        let Some([up_itab, up_data]) = up else { return Says::Nothing };
-        itab = up_itab;
-        data = up_data;
+        itab = up[0];
+        data = up[1];
     }
     Says::Nothing
+}
+
+/// A recorded context's request, if its goroutine still serves it.
+#[inline(always)]
+fn owner_says(tgid: u32, o: &Owner) -> Says {
+    // SAFETY: plain data compared in place.
+    match unsafe { GO_SRV_CTX.get(&key(tgid, o.goid)) } {
+        Some(c) if c.span_id == o.ctx.span_id => Says::Parent(o.ctx),
+        _ => Says::Ended,
+    }
 }
 
 /// The parent of a call goroutine `goid` (whose `g` is `g`) makes with context `ctx` (itab and
@@ -149,31 +187,38 @@ pub fn request_ctx(tgid: u32, req: u64) -> Option<[u64; 2]> {
 }
 
 /// Records the context whose data word is at `off + 8` from `base` as the server span's `t`,
-/// served by goroutine `goid`.
+/// served by goroutine `goid`. Built in this CPU's scratch slot: no stack of its own.
 #[inline(always)]
 fn own(tgid: u32, goid: u64, t: &TraceCtx, base: u64, off: u32) {
     if off == GO_CTX_NONE {
         return;
     }
-    let Some(data) = read::<u64>(base + off as u64 + 8) else { return };
-    let Some(o) = GO_CTX_SCRATCH.get_ptr_mut(0) else { return };
-    let Some(parent) = read::<u64>(data + 8) else { return };
-    // SAFETY: this CPU's scratch slot, written then stored before the program ends.
+    let Some(s) = GO_CTX_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot, filled then stored before the program ends; a fault
+    // leaves a field zeroed.
     unsafe {
-        (*o).ctx = *t;
-        (*o).goid = goid;
-        (*o).parent = parent;
-        lru_put(&GO_CTX_OWNER, &key(tgid, data), &*o, LruTable::GoCtxOwner);
+        let s = &mut *s;
+        s.key = key(tgid, 0);
+        raw_read(&mut s.key.id as *mut u64 as *mut c_void, 8, (base + off as u64 + 8) as *const c_void);
+        if s.key.id == 0 {
+            return;
+        }
+        s.owner.parent = 0;
+        raw_read(&mut s.owner.parent as *mut u64 as *mut c_void, 8, (s.key.id + 8) as *const c_void);
+        s.owner.ctx = *t;
+        s.owner.goid = goid;
+        lru_put(&GO_CTX_OWNER, &s.key, &s.owner, LruTable::GoCtxOwner);
     }
 }
 
 /// A grpc-go server stream (`*transport.Stream`) starts its handler on goroutine `goid` for
-/// server span `t`.
-#[inline(always)]
-pub fn own_stream(tgid: u32, goid: u64, t: &TraceCtx, stream: u64) {
+/// server span `t`. A function of its own (a BPF subprogram): `handleStream`'s probe has no
+/// stack left on Linux 6.1 for it inlined.
+#[inline(never)]
+pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
     // SAFETY: one field read out of the map.
-    if let Some(off) = unsafe { GO_CTX_PROCS.get(&tgid) }.map(|c| c.stream_ctx) {
-        own(tgid, goid, t, stream, off);
+    if let Some(off) = unsafe { GO_CTX_PROCS.get(&k.tgid) }.map(|c| c.stream_ctx) {
+        own(k.tgid, k.id, t, stream, off);
     }
 }
 

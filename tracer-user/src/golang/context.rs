@@ -1,11 +1,12 @@
 //! Linking a Go program's outgoing calls through their `context.Context` (kernel side:
 //! `tracer-ebpf/src/go/context.rs`): what the kernel needs from the binary.
 //!
-//! * the type hashes of the standard library's context wrappers (`GO_CTX_WRAPPERS`), read from
-//!   their `go:itab.<type>,context.Context` symbols (the ELF symbol table: a binary built with
-//!   `-ldflags=-s` has none, and is linked by goroutine ancestry only);
-//! * where a request's context is: `net/http.Request.ctx` and grpc-go's `transport.Stream.ctx`
-//!   (DWARF);
+//! * the standard library's context wrappers (`GO_CTX_WRAPPERS`), by their `Deadline` methods:
+//!   the first method of their itabs, found in the symbol table or pclntab (so stripped builds
+//!   too), as file offsets here and as addresses in each process once it runs
+//!   ([`in_process`]);
+//! * where a request's context is: `net/http.Request.ctx` (DWARF, else the table of
+//!   `gobin::offsets`) and grpc-go's `transport.Stream.ctx` (DWARF only);
 //! * the entry of `net/http.serverHandler.ServeHTTP`, where a request's context is recorded as
 //!   its server span's. Probed only in programs that make HTTP or gRPC calls: a program that
 //!   makes none has nothing to link, and a uprobe costs a trap per request.
@@ -17,6 +18,10 @@ use super::{gobin::GoBinary, grpc, probes};
 pub const SERVE: &str = "net/http.serverHandler.ServeHTTP";
 const REQUEST: &str = "net/http.Request";
 const STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
+
+/// Environment variable that turns context linking off (`off`), leaving goroutine ancestry
+/// alone: for comparing what it costs (`cargo xtask bench`), and a way out should it misbehave.
+pub const ENV: &str = "TRACER_GO_CONTEXT";
 
 /// Kernel programs of this module.
 pub const PROGRAMS: &[&str] = &[p::GO_HTTP_SERVE];
@@ -31,28 +36,32 @@ pub fn plan(bin: &GoBinary) -> Result<Option<Plan>, String> {
     let grpc_client = bin.func(grpc::CLIENT_INVOKE).is_some();
     let http_server = bin.func(SERVE).is_some();
     let grpc_server = bin.func(grpc::SERVER_HANDLE_STREAM).is_some();
-    if !(http_client || grpc_client) || !(http_server || grpc_server) {
+    if !(http_client || grpc_client) || !(http_server || grpc_server) || std::env::var(ENV).as_deref() == Ok("off") {
         return Ok(None);
     }
-    if bin.symbols != super::gobin::SymbolSource::Symtab {
-        return Err("no symbol table (built with -ldflags=-s): its context types cannot be told apart".into());
-    }
-    let mut wrappers = [0u32; 6];
+    let mut wrappers = [0u64; 5];
     for (w, name) in wrappers.iter_mut().zip(GO_CTX_WRAPPERS) {
-        let sym = format!("go:itab.{name},context.Context");
-        *w = bin.symbol_bytes(&sym, 16, 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        *w = bin.func(name).map_or(0, |f| f.file_offset);
     }
-    let dwarf = |s: &str, f: &str| bin.dwarf_field_offset(s, f).ok().flatten().and_then(|o| u32::try_from(o).ok());
-    let request_ctx = if http_server || http_client { dwarf(REQUEST, "ctx") } else { None };
-    let stream_ctx = if grpc_server { dwarf(STREAM, "ctx") } else { None };
+    let request_ctx = if http_server || http_client {
+        bin.field_offset(REQUEST, "ctx").and_then(|(o, _)| u32::try_from(o).ok())
+    } else {
+        None
+    };
+    let stream_ctx = if grpc_server {
+        bin.dwarf_field_offset(STREAM, "ctx").ok().flatten().and_then(|o| u32::try_from(o).ok())
+    } else {
+        None
+    };
     let mut points = Vec::new();
     if http_server && request_ctx.is_some() {
         let serve = bin.body_offset(SERVE).ok_or_else(|| format!("no code for {SERVE}"))?;
         points.push((p::GO_HTTP_SERVE, vec![serve]));
     }
     if points.is_empty() && stream_ctx.is_none() {
-        let what = if bin.has_dwarf() { "no field" } else { "no DWARF (built with -ldflags=-w) for" };
-        return Err(format!("{what} {REQUEST}.ctx / {STREAM}.ctx"));
+        let v = &bin.build.go_version;
+        let what = if bin.has_dwarf() { "no field" } else { "no DWARF (built with -ldflags=-w) and no table row for" };
+        return Err(format!("{what} {REQUEST}.ctx / {STREAM}.ctx ({v})"));
     }
     let proc = GoCtxProc {
         request_ctx: request_ctx.unwrap_or(GO_CTX_NONE),
@@ -60,4 +69,51 @@ pub fn plan(bin: &GoBinary) -> Result<Option<Plan>, String> {
         wrappers,
     };
     Ok(Some((proc, points)))
+}
+
+/// The process's copy of `proc`: the wrappers' file offsets turned into the addresses they are
+/// mapped at in process `pid` (from `/proc/PID/maps`: PIE builds load anywhere). `None` when
+/// the executable's mapping is not found.
+pub fn in_process(pid: u32, proc: &GoCtxProc) -> Option<GoCtxProc> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?.ino();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut out = *proc;
+    for w in out.wrappers.iter_mut().filter(|w| **w != 0) {
+        *w = mapped_at(&maps, ino, *w)?;
+    }
+    Some(out)
+}
+
+/// Where file offset `off` of the file with inode `ino` is mapped, from a `/proc/PID/maps` text.
+fn mapped_at(maps: &str, ino: u64, off: u64) -> Option<u64> {
+    maps.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [range, _perms, offset, _dev, inode, ..] = f[..] else { return None };
+        if inode.parse::<u64>().ok()? != ino {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        let offset = u64::from_str_radix(offset, 16).ok()?;
+        (off >= offset && off - offset < end - start).then(|| start + (off - offset))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_offsets_map_to_addresses_through_the_executables_mappings() {
+        let maps = "\
+55d0c0000000-55d0c0200000 r-xp 00000000 fd:01 4242 /srv/app
+55d0c0200000-55d0c0300000 r--p 00200000 fd:01 4242 /srv/app
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 99 /usr/lib/libc.so.6
+";
+        assert_eq!(mapped_at(maps, 4242, 0x1234), Some(0x55d0c0001234));
+        assert_eq!(mapped_at(maps, 4242, 0x201000), Some(0x55d0c0201000));
+        assert_eq!(mapped_at(maps, 4242, 0x300000), None, "past every mapping of the file");
+        assert_eq!(mapped_at(maps, 7, 0x10), None, "another file");
+    }
 }

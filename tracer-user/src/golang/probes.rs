@@ -504,7 +504,10 @@ impl GoProbes {
         let per_proc = [
             plan.grpc.as_ref().map(|g| insert_proc(ebpf, maps::GRPC_PROCS, pid, g)),
             tls.as_ref().map(|t| insert_proc(ebpf, maps::GO_TLS_PROCS, pid, t)),
-            plan.ctx.as_ref().map(|c| insert_proc(ebpf, maps::GO_CTX_PROCS, pid, c)),
+            plan.ctx
+                .as_ref()
+                .and_then(|c| super::context::in_process(pid, c))
+                .map(|c| insert_proc(ebpf, maps::GO_CTX_PROCS, pid, &c)),
         ];
         if let Some(Err(e)) = per_proc.into_iter().flatten().find(Result::is_err) {
             warn!("pid {pid}: {e}");

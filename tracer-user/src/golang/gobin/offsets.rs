@@ -19,6 +19,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("crypto/tls.Conn", "conn"),
     ("net.netFD", "pfd"),
     ("internal/poll.FD", "Sysfd"),
+    // A server request's context, read by the context-linking probes (`crate::golang::context`).
+    ("net/http.Request", "ctx"),
 ];
 
 include!("offsets_table.rs");

@@ -312,13 +312,15 @@ fn crypto_tls_points_and_socket_offsets_with_and_without_dwarf() {
     assert_eq!(tls::plan(&stripped).unwrap().map(|(o, _)| o), Some(offsets));
 }
 
-/// A net/http server that makes calls, and prints what Go itself says of its contexts: each
-/// wrapper's type hash (the itab word after `inter` and `_type`) and `Request.ctx`'s offset.
+/// A net/http server that makes calls. Run with an argument, it prints what Go itself says of
+/// its contexts (the address of each wrapper's first itab method, `Deadline`, and
+/// `Request.ctx`'s offset) and waits for its stdin to close.
 const CTX_PROGRAM: &str = r#"package main
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"reflect"
@@ -326,9 +328,9 @@ import (
 	"unsafe"
 )
 
-func hash(c context.Context) uint32 {
+func deadline(c context.Context) uintptr {
 	itab := *(*uintptr)(unsafe.Pointer(&c))
-	return *(*uint32)(unsafe.Pointer(itab + 16))
+	return *(*uintptr)(unsafe.Pointer(itab + 24))
 }
 
 func main() {
@@ -336,10 +338,11 @@ func main() {
 		bg := context.Background()
 		c, cancel := context.WithCancel(bg)
 		defer cancel()
-		t, stop := context.WithTimeout(bg, time.Second)
+		t, stop := context.WithTimeout(bg, time.Minute)
 		defer stop()
 		f, _ := reflect.TypeOf(http.Request{}).FieldByName("ctx")
-		fmt.Println(hash(c), hash(t), hash(context.WithValue(bg, 1, 2)), hash(context.WithoutCancel(c)), f.Offset)
+		fmt.Println(deadline(c), deadline(t), deadline(context.WithValue(bg, 1, 2)), deadline(context.WithoutCancel(c)), f.Offset)
+		io.Copy(io.Discard, os.Stdin)
 		return
 	}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { http.Get("http://127.0.0.1:1/") })
@@ -348,25 +351,37 @@ func main() {
 "#;
 
 #[test]
-fn context_plan_matches_what_go_says_and_needs_the_symbol_table() {
+fn context_plan_matches_what_go_says_in_the_running_process() {
     if !go_available() {
         return;
     }
     use crate::golang::context;
+    use std::io::BufRead as _;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gobin-tests");
     std::fs::create_dir_all(&dir).unwrap();
-    let plain = build(&dir, CTX_PROGRAM, "ctx-plain", &[], false);
-    let out = Command::new(&plain).arg("print").output().unwrap();
-    let said: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|w| w.parse().unwrap()).collect();
-    let (proc, points) = context::plan(&GoBinary::open(&plain).unwrap()).unwrap().expect("a server making calls");
-    // cancelCtx, timerCtx, valueCtx, withoutCancelCtx, in GO_CTX_WRAPPERS' order.
-    assert_eq!(proc.wrappers[..4], said[..4]);
-    assert_eq!(proc.request_ctx, said[4]);
-    assert_eq!(proc.stream_ctx, tracer_common::GO_CTX_NONE, "no grpc-go here");
-    assert_eq!(points, [(tracer_common::names::programs::GO_HTTP_SERVE, points[0].1.clone())]);
-    let stripped = build(&dir, CTX_PROGRAM, "ctx-stripped", &["-ldflags=-s -w"], false);
-    let why = context::plan(&GoBinary::open(&stripped).unwrap()).unwrap_err();
-    assert!(why.contains("-ldflags=-s"), "{why}");
+    for (name, args) in
+        [("ctx-plain", &[][..]), ("ctx-pie", &["-buildmode=pie"][..]), ("ctx-stripped", &["-ldflags=-s -w"][..])]
+    {
+        let bin = build(&dir, CTX_PROGRAM, name, args, false);
+        let (proc, points) = context::plan(&GoBinary::open(&bin).unwrap()).unwrap().expect("a server making calls");
+        assert_eq!(points, [(tracer_common::names::programs::GO_HTTP_SERVE, points[0].1.clone())], "{name}");
+        assert_eq!(proc.stream_ctx, tracer_common::GO_CTX_NONE, "no grpc-go here");
+        let mut child = Command::new(&bin)
+            .arg("print")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let said: Vec<u64> = line.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        let running = context::in_process(child.id(), &proc).expect("the executable's mappings");
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        // cancelCtx, timerCtx, valueCtx, withoutCancelCtx, in GO_CTX_WRAPPERS' order.
+        assert_eq!(running.wrappers[..4], said[..4], "{name}");
+        assert_eq!(u64::from(proc.request_ctx), said[4], "{name}");
+    }
     // A program that makes calls but serves no request has nothing to link them to: no probe.
     let Some(b) = builds() else { return };
     assert_eq!(context::plan(&GoBinary::open(&b.plain).unwrap()), Ok(None));
