@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tracer_tests::harness::{Agent, Service, args, encode, fixtures_bin, grpc_env, require_root, rt};
+use tracer_tests::http1;
 use tracer_tests::receiver::{Receiver, SpanKind};
 use tracer_tests::scenarios;
 use tracer_tests::traces::{child_of, one, tally};
@@ -113,33 +114,6 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Sends `GET path` on a keep-alive connection and returns the response body (Content-Length
-/// framing, as the fixtures answer).
-fn get(conn: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    use std::io::{BufRead as _, Read as _};
-    // One write: a request split over segments would wait on delayed ACKs (Nagle).
-    conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
-    let mut line = String::new();
-    conn.read_line(&mut line)?;
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        conn.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body)?;
-    Ok((status, body))
-}
-
 /// Go services under load while the agent attaches and detaches ten times: 10^5 requests, every
 /// response byte-identical to the expected one, no service crashes.
 #[test]
@@ -172,17 +146,13 @@ fn go_survives_attach_detach_under_load() {
                 (b.port, "/bytes/3000".to_string(), expect_bytes.clone())
             };
             std::thread::spawn(move || {
-                let mut conn: Option<std::io::BufReader<std::net::TcpStream>> = None;
+                let mut conn: Option<http1::Conn> = None;
                 while done.load(Ordering::Relaxed) < total || cycling.load(Ordering::Relaxed) {
                     let c = match conn.as_mut() {
                         Some(c) => c,
-                        None => {
-                            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                            s.set_nodelay(true).expect("nodelay");
-                            conn.insert(std::io::BufReader::new(s))
-                        }
+                        None => conn.insert(http1::connect(port).expect("connect")),
                     };
-                    match get(c, &path) {
+                    match http1::get(c, &path) {
                         Ok((200, body)) if body == expect => {}
                         other => {
                             eprintln!(

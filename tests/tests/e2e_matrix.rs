@@ -4,7 +4,7 @@
 //! `cargo xtask go-matrix` (all cells) or `cargo xtask go-matrix --quick` (the CI subset).
 //!
 //! Input: `TRACER_GO_MATRIX`, a tab-separated manifest, one cell per line:
-//! `go release`, `build mode`, `component` (`net/http`, `net/rpc`, `crypto/tls` or
+//! `go release`, `build mode`, `component` (`net/http`, `net/rpc`, `crypto/tls`, `context` or
 //! `grpc-go X.Y.Z`), `binary`.
 //! Output: the same lines with `pass` or `FAIL` and a detail appended, written to
 //! `TRACER_GO_MATRIX_RESULTS`. Fails when any cell fails.
@@ -12,6 +12,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Instant;
+use tracer_tests::goctx::{self, Expect, Mode};
 use tracer_tests::harness::require_root;
 use tracer_tests::scenarios;
 
@@ -46,6 +47,8 @@ fn go_version_matrix() {
             "net/http" => scenarios::fanout(bin, &label, 30),
             "net/rpc" => scenarios::netrpc_paired(bin, &label, 50, 10),
             "crypto/tls" => scenarios::https_call_chain(bin, &label, 10),
+            // Every build mode, stripped too (pclntab and the offsets table): linked.
+            "context" => goctx::over_http(bin, &label, &Mode { path: "/pool/http/", calls: 1, expect: Expect::Linked }),
             c if c.starts_with("grpc-go ") => scenarios::grpc_unary_and_streaming(bin, &label),
             other => panic!("unknown component {other:?}"),
         }));

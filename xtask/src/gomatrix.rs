@@ -1,7 +1,8 @@
 //! `cargo xtask go-matrix`: the Go support over Go releases, build modes and grpc-go releases.
 //!
 //! Builds the Go fixtures (tests/fixtures/go `cmd/fanout` for net/http, `cmd/netrpc` for
-//! net/rpc, `cmd/httpserver` for crypto/tls, tests/fixtures/grpc for grpc-go) once per cell, with each Go release fetched by
+//! net/rpc, `cmd/httpserver` for crypto/tls, `cmd/ctxlink` for the context rule,
+//! tests/fixtures/grpc for grpc-go) once per cell, with each Go release fetched by
 //! `GOTOOLCHAIN`, then runs `tests/tests/e2e_matrix.rs`, which traces every cell with the
 //! scenario the Go support tests use, and prints (and, for the full matrix, writes to
 //! docs/go-matrix.md) a table with a result per cell. `--quick` is the CI subset: the oldest and
@@ -97,6 +98,7 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
                 ("net/http", "./cmd/fanout", "fanout"),
                 ("net/rpc", "./cmd/netrpc", "netrpc"),
                 ("crypto/tls", "./cmd/httpserver", "httpserver"),
+                ("context", "./cmd/ctxlink", "ctxlink"),
             ] {
                 let bin = dir.join(name);
                 go_build(&go_src, go, flags, cgo, &bin, pkg, None)?;
@@ -134,8 +136,8 @@ fn build_cells(quick: bool, out: &Path) -> anyhow::Result<Vec<Cell>> {
     Ok(cells)
 }
 
-/// Markdown tables of the results: Go release x build mode (net/http, net/rpc, crypto/tls), and grpc-go
-/// release x (Go release, build mode).
+/// Markdown tables of the results: Go release x build mode (net/http, net/rpc, crypto/tls,
+/// context), and grpc-go release x (Go release, build mode).
 fn render(results: &str, quick: bool) -> String {
     let mut go_tab: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut grpc_tab: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -166,8 +168,12 @@ fn render(results: &str, quick: bool) -> String {
          net/http = the fan-out service (server span, two client spans from goroutines three levels down, each the parent of its \
          downstream server span; 30 requests, every trace complete); net/rpc = 50 calls, 10 in flight on one connection, every \
          client span paired with its server span; crypto/tls = an HTTPS server whose handler calls it back over HTTPS, 10 \
-         requests each one trace of three linked https spans; grpc-go = unary, failing and server-streaming calls between two processes, \
-         client and server spans linked with the RPC attributes and status codes.\n"
+         requests each one trace of three linked https spans; context = a worker pool started in main() making each \
+         request's call with the request's `context.Context` (ctxlink /pool/http; 40 requests named by id, 4 in flight): \
+         every client span the child of its own request's server span, found from the context it carries, and the parent \
+         of its downstream server span, in every build mode; grpc-go = \
+         unary, failing and server-streaming calls between two processes, client and server spans linked with the RPC \
+         attributes and status codes.\n"
     );
     let _ = writeln!(md, "Result: {pass} of {all} cells pass.\n");
     let modes: Vec<&str> = MODES.iter().map(|m| m.0).collect();

@@ -188,6 +188,15 @@ fn build_fixtures() -> anyhow::Result<()> {
         .arg("./...")
         .current_dir(root().join("tests/fixtures/grpc"))
         .env("CGO_ENABLED", "0"))?;
+    // The context-linking services that need grpc-go and golang.org/x/sync
+    // (tests/e2e_goctx.rs): a module of their own, since x/sync needs Go 1.24 and the gRPC
+    // module above must keep building with Go 1.22 (the Go matrix).
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./...")
+        .current_dir(root().join("tests/fixtures/goctx"))
+        .env("CGO_ENABLED", "0"))?;
     // The database and messaging services (tests/e2e_db.rs, tests/e2e_messaging.rs): their
     // clients, a module of their own.
     run(Command::new("go")
@@ -303,6 +312,8 @@ fn e2e(filter: &[String]) -> anyhow::Result<()> {
         "e2e_privilege",
         "--test",
         "e2e_go",
+        "--test",
+        "e2e_goctx",
         "--test",
         "e2e_metrics",
         "--test",
