@@ -150,9 +150,13 @@ pub enum Mode {
     /// `SameHost` (on keep-alive connections, where only `request.*` and `response.first_byte`
     /// are recorded).
     NoPhases,
+    /// Same-host, with `TRACER_GO_CONTEXT=off`: Go calls linked by goroutine ancestry only,
+    /// without the `context.Context` probe on the server's requests; what that costs, against
+    /// `SameHost`.
+    NoGoContext,
 }
 
-const MODES: [Mode; 4] = [Mode::Off, Mode::SameHost, Mode::On, Mode::NoPhases];
+const MODES: [Mode; 5] = [Mode::Off, Mode::SameHost, Mode::On, Mode::NoPhases, Mode::NoGoContext];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -161,13 +165,14 @@ impl Mode {
             Self::SameHost => "agent, same-host",
             Self::On => "agent, on",
             Self::NoPhases => "agent, same-host, no phases",
+            Self::NoGoContext => "agent, same-host, no Go context",
         }
     }
     /// `--propagation` value, or None for no agent.
     fn propagation(self) -> Option<&'static str> {
         match self {
             Self::Off => None,
-            Self::SameHost | Self::NoPhases => Some("same-host"),
+            Self::SameHost | Self::NoPhases | Self::NoGoContext => Some("same-host"),
             Self::On => Some("on"),
         }
     }
@@ -175,6 +180,7 @@ impl Mode {
     fn env(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::NoPhases => &[("TRACER_PHASES", "false")],
+            Self::NoGoContext => &[("TRACER_GO_CONTEXT", "off")],
             Self::Off | Self::SameHost | Self::On => &[],
         }
     }
@@ -2379,6 +2385,28 @@ fn render_budgets(r: &Report, s: &mut String) {
                     Mode::SameHost,
                     measured.join(", "),
                     verdict(worst <= 0.05),
+                );
+            }
+        }
+        // Go context linking: same-host against the same agent with TRACER_GO_CONTEXT=off (the
+        // server's request-context uprobe and the context walk at each call).
+        if let (Some(with), Some(without)) = (srv.run(Mode::SameHost), srv.run(Mode::NoGoContext)) {
+            let fixed = |r: &RunResult| {
+                let p = r.phase(Phase::Fixed(BUDGET_RATE))?;
+                Some((p.per_request(p.server.cpu_s)?, p.uprobe_hits_per_request()?))
+            };
+            let sat = with.phase(Phase::Saturation).zip(without.phase(Phase::Saturation));
+            if let (Some((a, ha)), Some((b, hb)), Some((sa, sb))) = (fixed(with), fixed(without), sat) {
+                let ratio = sa.load.rate / sb.load.rate;
+                line(
+                    "Go context linking: saturation throughput ≥ 0.97 × `TRACER_GO_CONTEXT=off`",
+                    srv.kind,
+                    Mode::SameHost,
+                    format!(
+                        "{ratio:.3}; server CPU {a:.1} / {b:.1} µs per request, uprobe hits {ha:.2} / {hb:.2} \
+                         (5,000 req/s)"
+                    ),
+                    verdict(ratio >= 0.97),
                 );
             }
         }
