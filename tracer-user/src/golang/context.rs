@@ -13,7 +13,7 @@
 
 use tracer_common::{GO_CTX_NONE, GO_CTX_WRAPPERS, GoCtxProc, names::programs as p};
 
-use super::{gobin::GoBinary, grpc, probes};
+use super::{gobin::GoBinary, grpc};
 
 pub const SERVE: &str = "net/http.serverHandler.ServeHTTP";
 const REQUEST: &str = "net/http.Request";
@@ -31,8 +31,8 @@ pub const PROGRAMS: &[&str] = &[p::GO_HTTP_SERVE];
 /// contexts cannot be read.
 pub type Plan = (GoCtxProc, Vec<(&'static str, Vec<u64>)>);
 
-pub fn plan(bin: &GoBinary) -> Result<Option<Plan>, String> {
-    let http_client = bin.func(probes::WRITE_LOOP).is_some();
+/// `http_client`: whether the program links net/http's client transport.
+pub fn plan(bin: &GoBinary, http_client: bool) -> Result<Option<Plan>, String> {
     let grpc_client = bin.func(grpc::CLIENT_INVOKE).is_some();
     let http_server = bin.func(SERVE).is_some();
     let grpc_server = bin.func(grpc::SERVER_HANDLE_STREAM).is_some();

@@ -134,7 +134,7 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
         Ok(None) => (None, None),
         Err(e) => (None, Some(format!("Go {v}: {e}"))),
     };
-    let (ctx, ctx_off) = match super::context::plan(bin) {
+    let (ctx, ctx_off) = match super::context::plan(bin, bin.func(WRITE_LOOP).is_some()) {
         Ok(Some((c, pts))) => {
             points.extend(pts);
             (Some(c), None)

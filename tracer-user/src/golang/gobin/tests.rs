@@ -363,7 +363,8 @@ fn context_plan_matches_what_go_says_in_the_running_process() {
         [("ctx-plain", &[][..]), ("ctx-pie", &["-buildmode=pie"][..]), ("ctx-stripped", &["-ldflags=-s -w"][..])]
     {
         let bin = build(&dir, CTX_PROGRAM, name, args, false);
-        let (proc, points) = context::plan(&GoBinary::open(&bin).unwrap()).unwrap().expect("a server making calls");
+        let (proc, points) =
+            context::plan(&GoBinary::open(&bin).unwrap(), true).unwrap().expect("a server making calls");
         assert_eq!(points, [(tracer_common::names::programs::GO_HTTP_SERVE, points[0].1.clone())], "{name}");
         assert_eq!(proc.stream_ctx, tracer_common::GO_CTX_NONE, "no grpc-go here");
         let mut child = Command::new(&bin)
@@ -384,5 +385,5 @@ fn context_plan_matches_what_go_says_in_the_running_process() {
     }
     // A program that makes calls but serves no request has nothing to link them to: no probe.
     let Some(b) = builds() else { return };
-    assert_eq!(context::plan(&GoBinary::open(&b.plain).unwrap()), Ok(None));
+    assert_eq!(context::plan(&GoBinary::open(&b.plain).unwrap(), true), Ok(None));
 }
