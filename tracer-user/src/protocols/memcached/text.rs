@@ -63,7 +63,7 @@ impl<M: Copy> Reader<M> {
 
     /// The line just reported announced a data block of `n` bytes (its `\r\n` follows).
     pub fn expect_block(&mut self, n: u64) {
-        self.state = State::Block(n + 2);
+        self.state = State::Block(n.saturating_add(2));
     }
 
     /// Feeds one transfer; `on` sees every event as it happens (a line's handler may call
