@@ -42,7 +42,6 @@ pub mod maps {
     pub const GRPC_TUPLE: &str = "GRPC_TUPLE";
     pub const GRPC_PEER: &str = "GRPC_PEER";
     pub const GRPC_SRV: &str = "GRPC_SRV";
-    pub const GRPC_ZERO: &str = "GRPC_ZERO";
     pub const SSL_CALL: &str = "SSL_CALL";
     pub const SSL_FD: &str = "SSL_FD";
     pub const SSL_PROGS: &str = "SSL_PROGS";
@@ -96,7 +95,6 @@ pub mod maps {
         GRPC_TUPLE,
         GRPC_PEER,
         GRPC_SRV,
-        GRPC_ZERO,
         SSL_CALL,
         SSL_FD,
         SSL_PROGS,

@@ -76,9 +76,9 @@ pub struct Scratch {
 pub static GO_CTX_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn ctx_proc(tgid: u32) -> Option<GoCtxProc> {
-    // SAFETY: plain data copied out of the map.
-    unsafe { GO_CTX_PROCS.get(&tgid) }.copied()
+fn ctx_proc(tgid: u32) -> Option<&'static GoCtxProc> {
+    // SAFETY: read in place; userspace writes an entry before the process's probes attach.
+    unsafe { GO_CTX_PROCS.get(&tgid) }
 }
 
 /// What a context says about the call that carries it.
@@ -155,13 +155,21 @@ fn owner_says(tgid: u32, o: &Owner) -> Says {
     }
 }
 
-/// The parent of a call goroutine `goid` (whose `g` is `g`) makes with context `ctx` (itab and
-/// data words, when read): the context's request if it names one, none if that request has
-/// ended, else the goroutine's ancestry.
+/// The parent of a call goroutine `goid` (whose `g` is `g`) makes with the context `ctx` finds
+/// (its itab and data words, read with the process's layout): the context's request if it
+/// names one, none if that request has ended, else the goroutine's ancestry.
 #[inline(always)]
-pub fn call_parent(tgid: u32, goid: u64, g: u64, p: &GoProc, ctx: Option<[u64; 2]>) -> Option<TraceCtx> {
-    if let (Some(cp), Some([itab, data])) = (ctx_proc(tgid), ctx) {
-        match says(tgid, &cp, itab, data) {
+pub fn call_parent(
+    tgid: u32,
+    goid: u64,
+    g: u64,
+    p: &GoProc,
+    ctx: impl FnOnce(&GoCtxProc) -> Option<[u64; 2]>,
+) -> Option<TraceCtx> {
+    if let Some(cp) = ctx_proc(tgid)
+        && let Some([itab, data]) = ctx(cp)
+    {
+        match says(tgid, cp, itab, data) {
             Says::Parent(c) => {
                 bump(counters::GO_CTX_PARENT);
                 return Some(c);
@@ -178,8 +186,7 @@ pub fn call_parent(tgid: u32, goid: u64, g: u64, p: &GoProc, ctx: Option<[u64; 2
 
 /// The context of a `*net/http.Request`, where the process's layout is known.
 #[inline(always)]
-pub fn request_ctx(tgid: u32, req: u64) -> Option<[u64; 2]> {
-    let cp = ctx_proc(tgid)?;
+pub fn request_ctx(cp: &GoCtxProc, req: u64) -> Option<[u64; 2]> {
     if cp.request_ctx == GO_CTX_NONE {
         return None;
     }

@@ -37,7 +37,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user as raw_read},
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
 use core::ffi::c_void;
@@ -121,10 +121,9 @@ pub static GRPC_PEER: LruHashMap<PeerKey, TraceCtx> = LruHashMap::with_max_entri
 pub static GRPC_SRV: LruHashMap<GoKey, Call> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn grpc_proc(tgid: u32) -> Option<&'static GrpcProc> {
-    // SAFETY: read in place (no copy on the probes' tight stacks); userspace writes an entry
-    // only before the process's probes are attached.
-    unsafe { GRPC_PROCS.get(&tgid) }
+fn grpc_proc(tgid: u32) -> Option<GrpcProc> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { GRPC_PROCS.get(&tgid) }.copied()
 }
 
 /// The call's method could not be read when it started: `method` holds the string's address
@@ -232,16 +231,22 @@ fn new_ids(c: &mut Call, parent: Option<TraceCtx>) {
     }
 }
 
-/// One all-zero [`Call`], never written: new calls are stored from it, so that no probe
-/// holds a copy of it on its stack (`handleStream`'s probe has no room for one on Linux 6.1).
-#[map]
-pub static GRPC_ZERO: Array<Call> = Array::with_max_entries(1, 0);
-
-/// The all-zero call, in place.
-#[inline(always)]
-fn zero_call() -> Option<&'static Call> {
-    GRPC_ZERO.get(0)
-}
+const EMPTY: Call = Call {
+    trace_id: [0; 16],
+    span_id: [0; 8],
+    parent_id: [0; 8],
+    start_ns: 0,
+    end_ns: 0,
+    tuple: ConnTuple { family: 0, sport: 0, dport: 0, _pad: 0, saddr: [0; 16], daddr: [0; 16] },
+    stream_id: 0,
+    status: 0,
+    flags: 0,
+    _pad: 0,
+    method_len: 0,
+    _pad2: 0,
+    hdr_itab: 0,
+    method: [0; GRPC_METHOD_MAX],
+};
 
 /// A client call starts on the current goroutine.
 #[inline(always)]
@@ -254,15 +259,14 @@ fn client_start(r: &Regs, method_ptr: u64, method_len: u64, call_flags: u8) {
     }
     let Some(goid) = go::goid_of(r.r14, &gp) else { return };
     let k = go::key(tgid, goid);
-    let Some(zero) = zero_call() else { return };
-    if !lru_put(&GRPC_CALL, &k, zero, LruTable::GrpcCall) {
+    if !lru_put(&GRPC_CALL, &k, &EMPTY, LruTable::GrpcCall) {
         return;
     }
     let Some(c) = GRPC_CALL.get_ptr_mut(&k) else { return };
     // SAFETY: the map value just inserted for this goroutine.
     let c = unsafe { &mut *c };
     // Invoke and NewStream both take their context.Context second (RBX, RCX).
-    new_ids(c, go::context::call_parent(tgid, goid, r.r14, &gp, Some([r.rbx, r.rcx])));
+    new_ids(c, go::context::call_parent(tgid, goid, r.r14, &gp, |_| Some([r.rbx, r.rcx])));
     c.start_ns = unsafe { bpf_ktime_get_ns() };
     c.flags = call_flags;
     copy_method(c, method_ptr, method_len);
@@ -464,8 +468,7 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
         }
     };
     let k = go::key(tgid, goid);
-    let Some(zero) = zero_call() else { return 0 };
-    if !lru_put(&GRPC_SRV, &k, zero, LruTable::GrpcSrv) {
+    if !lru_put(&GRPC_SRV, &k, &EMPTY, LruTable::GrpcSrv) {
         return 0;
     }
     let Some(c) = GRPC_SRV.get_ptr_mut(&k) else { return 0 };

@@ -19,7 +19,7 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let Regs { rbx: req, r14: g, .. } = regs(&ctx);
     let k = key(tgid, req);
     let parent =
-        goid_of(g, &p).and_then(|goid| context::call_parent(tgid, goid, g, &p, context::request_ctx(tgid, req)));
+        goid_of(g, &p).and_then(|goid| context::call_parent(tgid, goid, g, &p, |cp| context::request_ctx(cp, req)));
     match parent {
         Some(c) => {
             lru_put(&GO_REQ_CTX, &k, &c, LruTable::GoReqCtx);
