@@ -72,17 +72,20 @@ pub fn plan(bin: &GoBinary, http_client: bool) -> Result<Option<Plan>, String> {
 }
 
 /// The process's copy of `proc`: the wrappers' file offsets turned into the addresses they are
-/// mapped at in process `pid` (from `/proc/PID/maps`: PIE builds load anywhere). `None` when
-/// the executable's mapping is not found.
-pub fn in_process(pid: u32, proc: &GoCtxProc) -> Option<GoCtxProc> {
+/// mapped at in process `pid` (from `/proc/PID/maps`: PIE builds load anywhere). An error
+/// names what could not be read or found (the process gone, a mapping missing).
+pub fn in_process(pid: u32, proc: &GoCtxProc) -> Result<GoCtxProc, String> {
     use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?.ino();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let exe = format!("/proc/{pid}/exe");
+    let ino = std::fs::metadata(&exe).map_err(|e| format!("{exe}: {e}"))?.ino();
+    let maps_path = format!("/proc/{pid}/maps");
+    let maps = std::fs::read_to_string(&maps_path).map_err(|e| format!("{maps_path}: {e}"))?;
     let mut out = *proc;
     for w in out.wrappers.iter_mut().filter(|w| **w != 0) {
-        *w = mapped_at(&maps, ino, *w)?;
+        *w = mapped_at(&maps, ino, *w)
+            .ok_or_else(|| format!("file offset {:#x} of the executable is not mapped in {maps_path}", *w))?;
     }
-    Some(out)
+    Ok(out)
 }
 
 /// Where file offset `off` of the file with inode `ino` is mapped, from a `/proc/PID/maps` text.

@@ -501,13 +501,19 @@ impl GoProbes {
         {
             warn!("pid {pid}: net/rpc probes: {e}");
         }
+        // The context rule needs the `Deadline` methods' addresses in this process; without
+        // them its calls are linked by goroutine ancestry alone, as the log line says.
+        let ctx = plan.ctx.as_ref().and_then(|c| match super::context::in_process(pid, c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("pid {pid}: context.Context linking off ({e}); goroutine ancestry only");
+                None
+            }
+        });
         let per_proc = [
             plan.grpc.as_ref().map(|g| insert_proc(ebpf, maps::GRPC_PROCS, pid, g)),
             tls.as_ref().map(|t| insert_proc(ebpf, maps::GO_TLS_PROCS, pid, t)),
-            plan.ctx
-                .as_ref()
-                .and_then(|c| super::context::in_process(pid, c))
-                .map(|c| insert_proc(ebpf, maps::GO_CTX_PROCS, pid, &c)),
+            ctx.as_ref().map(|c| insert_proc(ebpf, maps::GO_CTX_PROCS, pid, c)),
         ];
         if let Some(Err(e)) = per_proc.into_iter().flatten().find(Result::is_err) {
             warn!("pid {pid}: {e}");
@@ -530,7 +536,7 @@ impl GoProbes {
         info!(
             "pid {pid}: Go {} probes attached (goroutine-aware linking{}{}{})",
             plan.go_version,
-            if plan.ctx.is_some() { ", context.Context linking" } else { "" },
+            if ctx.is_some() { ", context.Context linking" } else { "" },
             if plan.grpc.is_some() { ", grpc-go spans" } else { "" },
             if tls.is_some() { ", crypto/tls plaintext" } else { "" }
         );
