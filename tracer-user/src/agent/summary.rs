@@ -32,7 +32,8 @@ impl fmt::Display for Summary<'_> {
              grpc_servers_unpaired={} grpc_streams_left_to_uprobes={} spans_sampled_out={} \
              tail_traces_error={} tail_spans_error={} tail_traces_latency={} tail_spans_latency={} \
              tail_traces_head={} tail_spans_head={} tail_traces_sampled_out={} tail_decided_early={} \
-             message_links={} message_evictions={} go_context_parents={} go_context_ended={}",
+             message_links={} message_evictions={} go_context_parents={} go_context_ended={} \
+             go_context_evictions={}",
             k.events,
             k.lost,
             k.not_http,
@@ -67,7 +68,8 @@ impl fmt::Display for Summary<'_> {
             p.correlator.message_links,
             p.correlator.message_evictions,
             k.go_ctx_parent,
-            k.go_ctx_ended
+            k.go_ctx_ended,
+            c.go_contexts_evicted()
         )
     }
 }

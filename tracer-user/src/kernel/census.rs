@@ -36,22 +36,37 @@ pub struct Census {
 /// recently used (mostly exited ones): its evictions are the policy at work, reported apart.
 pub const GOROUTINE_TABLE: &str = maps::GO_PARENT;
 
+/// The LRU table of Go request contexts (`context.Context` → server span). Its entries are never
+/// deleted (a context outlives its request, and an ended request must still say so), so a Go
+/// service that serves and makes calls fills it within seconds and then evicts the oldest
+/// requests' contexts: its evictions too are the policy at work, reported apart.
+pub const GO_CONTEXT_TABLE: &str = maps::GO_CTX_OWNER;
+
+/// Tables whose evictions are their policy, not a loss of live state.
+fn evicts_by_design(name: &str) -> bool {
+    name == GOROUTINE_TABLE || name == GO_CONTEXT_TABLE
+}
+
 impl Census {
     /// Entries evicted from the tables of live state (connections, in-flight contexts): each may
     /// have cost a span its link or its classification.
     pub fn evicted(&self) -> u64 {
-        self.tables.iter().filter(|t| t.name != GOROUTINE_TABLE).map(|t| t.evicted).sum()
+        self.tables.iter().filter(|t| !evicts_by_design(t.name)).map(|t| t.evicted).sum()
     }
     /// Goroutine ancestry entries evicted (see [`GOROUTINE_TABLE`]).
     pub fn goroutines_evicted(&self) -> u64 {
         self.tables.iter().filter(|t| t.name == GOROUTINE_TABLE).map(|t| t.evicted).sum()
     }
-    /// `NAME evicted N` / `NAME refused N` for the tables that lost entries, goroutine ancestry
-    /// aside.
+    /// Go request contexts evicted (see [`GO_CONTEXT_TABLE`]).
+    pub fn go_contexts_evicted(&self) -> u64 {
+        self.tables.iter().filter(|t| t.name == GO_CONTEXT_TABLE).map(|t| t.evicted).sum()
+    }
+    /// `NAME evicted N` / `NAME refused N` for the tables that lost entries, those that evict by
+    /// design aside.
     pub fn losses(&self) -> String {
         self.tables
             .iter()
-            .filter(|t| t.name != GOROUTINE_TABLE && (t.evicted > 0 || t.refused > 0))
+            .filter(|t| !evicts_by_design(t.name) && (t.evicted > 0 || t.refused > 0))
             .map(|t| {
                 if t.lru {
                     format!("{} evicted {}", t.name, t.evicted)
@@ -166,10 +181,11 @@ mod tests {
                 TableUse { name: "CONNS", entries: 3, capacity: 8, evicted: 4, refused: 0, lru: true },
                 TableUse { name: "ARGS", entries: 1, capacity: 4, evicted: 0, refused: 2, lru: false },
                 TableUse { name: "GO_PARENT", entries: 8, capacity: 8, evicted: 90, refused: 0, lru: true },
+                TableUse { name: "GO_CTX_OWNER", entries: 8, capacity: 8, evicted: 70, refused: 0, lru: true },
             ],
         };
-        assert_eq!((c.evicted(), c.refused(), c.goroutines_evicted()), (4, 2, 90));
-        assert_eq!(c.occupancy(), "CONNS=3/8 ARGS=1/4 GO_PARENT=8/8");
+        assert_eq!((c.evicted(), c.refused(), c.goroutines_evicted(), c.go_contexts_evicted()), (4, 2, 90, 70));
+        assert_eq!(c.occupancy(), "CONNS=3/8 ARGS=1/4 GO_PARENT=8/8 GO_CTX_OWNER=8/8");
         assert_eq!(c.losses(), "CONNS evicted 4, ARGS refused 2");
     }
 }
