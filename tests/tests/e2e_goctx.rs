@@ -3,12 +3,13 @@
 //! did not start (a worker pool and a pipeline started in main, an errgroup), and each call must
 //! be the child of its own request's server span, found from the context it carries rather
 //! than from goroutine ancestry; a call whose context was detached on purpose
-//! (`context.Background()`) must be the root of a trace of its own. Each test sends 40 requests
+//! (`context.Background()`) must be the root of a trace of its own. A gRPC server's handler
+//! does the same with its stream's context, one hop down the chain. Each test sends 40 requests
 //! named by id from 4 client threads (4 in flight) and counts every edge right, missing or
 //! wrong (`tracer_tests::goctx`). The services are tests/fixtures/go/cmd/ctxlink and
 //! tests/fixtures/goctx/cmd/ctxgrpc. Run as root with `cargo xtask e2e goctx`.
 
-use tracer_tests::goctx::{Expect, Mode, over_grpc, over_http};
+use tracer_tests::goctx::{Expect, Mode, over_grpc, over_http, relay};
 use tracer_tests::harness::fixtures_bin;
 
 fn ctxlink(path: &str, expect: Expect) {
@@ -29,6 +30,18 @@ fn goctx_pool_http() {
 fn goctx_pool_grpc() {
     let mode = Mode { path: "/pool/grpc/", calls: 1, expect: Expect::Linked };
     over_grpc(&fixtures_bin().join("ctxgrpc"), "ctxgrpc", &mode);
+}
+
+/// A gRPC server's handler hands its call to a pool: the front's pool calls
+/// `/ctxlink.Jobs/Job<id>` of a grpc-go server (ctxgrpc `-role relay`) whose handler puts a job
+/// with `context.WithTimeout(stream.Context())` on the channel of workers started in main; a
+/// worker GETs `/bytes/<id>` of a Go net/http server. Each relay client span must be the child
+/// of its own relay server span (the request's context recorded at grpc-go's `handleStream`),
+/// and the front's calls linked as in `goctx_pool_grpc`.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn goctx_grpc_server_pool() {
+    relay(&fixtures_bin().join("ctxgrpc"), "ctxgrpc-relay");
 }
 
 /// `errgroup.WithContext(r.Context())` with `SetLimit(2)`: four calls per request, two at a
