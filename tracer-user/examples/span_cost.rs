@@ -4,8 +4,9 @@
 //! The load is the benchmark's: HTTP/1 keep-alive requests to a Go hello server over 16
 //! connections. Each request's two decoded kernel events (the request read, the response
 //! written) go through the agent's data path: assembled, correlated and turned into spans with
-//! a one-second hold on one thread, then encoded into OTLP requests of 512 spans (and freed) on
-//! another, as the agent's exporter does. Only the ring buffer and the records' decoding, the
+//! a one-second hold, then encoded into OTLP requests of 512 spans (and freed), all on one
+//! thread, as in the agent (its exporter is a task on the same thread). Only the ring buffer and
+//! the records' decoding, the
 //! tokio tasks and the network are left out, so the figure is free of the machine's scheduling
 //! noise that a whole-agent run on two shared CPUs carries. Rounds alternate the two modes
 //! (ABBA); the output is one line per mode with the median and the minimum ns per request, then
@@ -66,40 +67,34 @@ fn request(i: u64) -> [(u64, Event); 2] {
     [(t + 3_000, data(false, t, t + 3_000, REQUEST)), (t + 60_000, data(true, t + 50_000, t + 60_000, RESPONSE))]
 }
 
-/// One pass: ns of CPU per request. As in the agent, spans are built on one thread and encoded
-/// (and freed) on another: the exporter's.
+/// One pass: ns of CPU per request. As in the agent, spans are built, encoded and freed on one
+/// thread.
 fn run(requests: u64, phases: bool, resource: &Arc<ProcessResource>) -> f64 {
     let mut config = PipelineConfig::new(Propagation::SameHost, HOLD);
     config.correlator.phases = phases;
     let mut p = Pipeline::new(Clock::fixed(UNIX_EPOCH), config);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SpanRecord>>(64);
-    let resource = resource.clone();
     let started = process_cpu_ns();
-    let exporter = std::thread::spawn(move || {
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut body = BytesMut::new();
-        let (mut exported, mut bytes) = (0usize, 0usize);
-        let mut flush = |batch: &mut Vec<_>, body: &mut BytesMut| {
-            body.clear();
-            encode_request(batch, body);
-            exported += batch.len();
-            bytes += body.len();
-            batch.clear();
-        };
-        for spans in rx {
-            for s in spans {
-                batch.push((resource.clone(), s));
-                if batch.len() == BATCH {
-                    flush(&mut batch, &mut body);
-                }
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut body = BytesMut::new();
+    let (mut exported, mut bytes) = (0usize, 0usize);
+    let mut flush = |batch: &mut Vec<_>| {
+        body.clear();
+        encode_request(batch, &mut body);
+        exported += batch.len();
+        bytes += body.len();
+        batch.clear();
+    };
+    let mut export = |spans: Vec<SpanRecord>, last: bool| {
+        for s in spans {
+            batch.push((resource.clone(), s));
+            if batch.len() == BATCH {
+                flush(&mut batch);
             }
         }
-        if !batch.is_empty() {
-            flush(&mut batch, &mut body);
+        if last && !batch.is_empty() {
+            flush(&mut batch);
         }
-        std::hint::black_box(bytes);
-        exported
-    });
+    };
     let mut end = 0;
     for i in 0..requests {
         for (now, ev) in request(i) {
@@ -110,21 +105,19 @@ fn run(requests: u64, phases: bool, resource: &Arc<ProcessResource>) -> f64 {
             p.tick(end);
             let mut spans = Vec::with_capacity(BATCH);
             p.poll(end, &mut spans);
-            tx.send(spans).expect("the exporter thread runs");
+            export(spans, false);
         }
     }
     let mut spans = Vec::new();
     p.finish(end + 2 * HOLD.as_nanos() as u64, &mut spans);
-    tx.send(spans).expect("the exporter thread runs");
-    drop(tx);
-    let exported = exporter.join().expect("the exporter thread ends");
+    export(spans, true);
+    std::hint::black_box(bytes);
     let elapsed = process_cpu_ns() - started;
     assert_eq!(exported as u64, requests, "every request gives one span");
     elapsed as f64 / requests as f64
 }
 
-/// The process's CPU time, ns (both threads): what the run cost, without the time other
-/// processes ran.
+/// The process's CPU time, ns: what the run cost, without the time other processes ran.
 fn process_cpu_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec to fill.

@@ -210,8 +210,8 @@ fn render(
         s,
         "\nThe data path alone, without the machine's noise (`cargo run --release -p tracer-user --example \
          span_cost {}`): the same keep-alive HTTP/1 load's kernel events through the agent's assembly, \
-         correlation and span building on one thread and OTLP encoding on another, as in the agent, their CPU \
-         time, in rounds of the two modes back to back:\n\n```text\n{}\n```\n",
+         correlation, span building and OTLP encoding, on one thread as in the agent, their CPU time, in \
+         rounds of the two modes back to back:\n\n```text\n{}\n```\n",
         DATA_PATH_RUN.join(" "),
         data_path.lines.join("\n")
     );
