@@ -68,8 +68,9 @@
 //! All memory is bounded by [`CorrelatorConfig`]; what is dropped is counted.
 
 pub mod messages;
+mod pending;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// The tables here are keyed by ids and tuples the agent itself chose or read from the kernel:
 /// a fast non-cryptographic hash is enough (SipHash cost several per cent of the agent's CPU).
@@ -292,7 +293,7 @@ pub struct Correlator {
     config: CorrelatorConfig,
     nodes: HashMap<SpanId, Node>,
     /// Held exchanges by (due time, arrival).
-    pending: BTreeMap<(u64, u64), Held>,
+    pending: pending::Pending<Held>,
     seq: u64,
     /// Emitted nodes by retention expiry (oldest first).
     retired: VecDeque<(u64, SpanId)>,
@@ -365,7 +366,7 @@ impl Correlator {
             mode,
             config,
             nodes: HashMap::default(),
-            pending: BTreeMap::new(),
+            pending: pending::Pending::new(),
             seq: 0,
             retired: VecDeque::new(),
             threads: HashMap::default(),
@@ -474,7 +475,7 @@ impl Correlator {
 
         let due = now_mono_ns.saturating_add(self.config.hold_ns);
         self.seq += 1;
-        self.pending.insert((due, self.seq), Held { ex, pushed_ns: now_mono_ns, extended: false });
+        self.pending.insert(due, self.seq, Held { ex, pushed_ns: now_mono_ns, extended: false });
     }
 
     /// Records what the assembler has in flight (requests without a complete response), so
@@ -514,11 +515,8 @@ impl Correlator {
             self.stats.forced += 1;
             self.emit(held, now, clock, out);
         }
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let ((_, seq), mut held) = entry.remove_entry();
+        while self.pending.first().is_some_and(|(due, _)| due <= now) {
+            let Some(((_, seq), mut held)) = self.pending.pop_first() else { break };
             let deadline = held.pushed_ns.saturating_add(self.config.max_hold_ns);
             if now < deadline && self.may_change(held.ex.span_id) {
                 if !held.extended {
@@ -526,7 +524,7 @@ impl Correlator {
                     self.stats.held_longer += 1;
                 }
                 let due = now.saturating_add(self.recheck_ns()).min(deadline);
-                self.pending.insert((due, seq), held);
+                self.pending.insert(due, seq, held);
                 continue;
             }
             self.emit(held, now, clock, out);
