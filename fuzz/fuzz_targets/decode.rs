@@ -2,19 +2,17 @@
 //! encodes back to a record that decodes to the same event.
 #![no_main]
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tracer_user::capture::decode::decode;
 use tracer_user::capture::encode;
 use tracer_user::capture::event::Event;
 
 fuzz_target!(|data: &[u8]| {
-    let rec = Bytes::copy_from_slice(data);
-    if let Ok(Event::Data(d)) = decode(&rec) {
+    if let Ok(Event::Data(d)) = decode(data) {
         assert!(d.head.len() <= tracer_common::MAX_PAYLOAD);
         assert!(d.tail.len() <= tracer_common::TAIL_PAYLOAD);
         assert!(d.head.len() as u64 <= u64::from(d.len) && d.tail.len() as u64 <= u64::from(d.len));
-        let again = decode(&Bytes::from(encode::data(&d))).expect("re-encoded record decodes");
+        let again = decode(&encode::data(&d)).expect("re-encoded record decodes");
         assert_eq!(again, Event::Data(d));
     }
 });

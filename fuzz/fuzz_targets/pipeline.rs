@@ -107,7 +107,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     head,
                     tail,
                 };
-                decode(&Bytes::from(encode::data(&d))).expect("an encoded event decodes")
+                decode(&encode::data(&d)).expect("an encoded event decodes")
             }
         };
         pipeline.feed(&ev, now);

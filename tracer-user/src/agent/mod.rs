@@ -1,9 +1,9 @@
 //! `tracer run`: the agent's main loop.
 //!
-//! The ring buffer is read on a tokio task through `AsyncFd`; each record is copied once into a
-//! `Bytes` and decoded (`crate::capture`); the [`pipeline::Pipeline`] turns events into spans and
-//! metric points, which go to the exporter through a bounded, non-blocking queue and to the
-//! metrics. Discovery keeps the kernel's set of traced processes up to date and the Go probes
+//! The ring buffer is read through `AsyncFd`; each record is decoded in place in the ring
+//! (`crate::capture`), a data record's captured bytes copied out; the [`pipeline::Pipeline`]
+//! turns events into spans and metric points, which go to the exporter through a bounded,
+//! non-blocking queue and to the metrics. Discovery keeps the kernel's set of traced processes up to date and the Go probes
 //! attached.
 
 pub mod pipeline;
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use log::{debug, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -153,9 +152,9 @@ impl Agent {
         let now = Clock::mono_now_ns();
         for _ in 0..max {
             let Some(item) = ring.next() else { return true };
-            let rec = Bytes::copy_from_slice(&item);
+            let decoded = decode::decode(&item);
             drop(item);
-            match decode::decode(&rec) {
+            match decoded {
                 Ok(ev) => self.on_event(&ev, now),
                 Err(e) => {
                     self.decode_errors += 1;

@@ -58,14 +58,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Decodes one ring-buffer record. `record` must be the whole record as the kernel wrote it.
-pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
-    let b = record.as_ref();
+/// Decodes one ring-buffer record. `record` must be the whole record as the kernel wrote it; it
+/// is read in place (in the ring itself, for the agent), and a data record's captured bytes are
+/// copied out of it: the head and tail it holds are usually a small part of its fixed size.
+pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
     let h: EventHeader = read(b)?;
     let (ts_ns, tgid, tid) = (h.ts_ns, (h.pid_tgid >> 32) as u32, h.pid_tgid as u32);
     match EventKind::from_u32(h.kind) {
         None => Err(DecodeError::UnknownKind { kind: h.kind }),
-        Some(EventKind::Data) => decode_data(record, ts_ns, tgid, tid).map(Event::Data),
+        Some(EventKind::Data) => decode_data(b, ts_ns, tgid, tid).map(Event::Data),
         Some(EventKind::Close) => {
             let e: CloseEvent = read(b)?;
             Ok(Event::Close { ts_ns, tgid, tid, fd: e.fd })
@@ -114,8 +115,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
     }
 }
 
-fn decode_data(record: &Bytes, end_ns: u64, tgid: u32, tid: u32) -> Result<Data, DecodeError> {
-    let b = record.as_ref();
+fn decode_data(b: &[u8], end_ns: u64, tgid: u32, tid: u32) -> Result<Data, DecodeError> {
     let fixed = offset_of!(DataEvent, data);
     if b.len() < fixed {
         return Err(DecodeError::Short { len: b.len(), need: fixed });
@@ -176,8 +176,8 @@ fn decode_data(record: &Bytes, end_ns: u64, tgid: u32, tid: u32) -> Result<Data,
         tls: e.tls != 0,
         len: e.len,
         ctx: (e.ctx_flags & flags::PRESENT != 0).then(|| ids(e.trace_id, e.span_id, e.parent_id, e.ctx_flags)),
-        head: record.slice(head_off..head_end),
-        tail: if e.tail_len > 0 { record.slice(tail_off..tail_end) } else { Bytes::new() },
+        head: Bytes::copy_from_slice(&b[head_off..head_end]),
+        tail: if e.tail_len > 0 { Bytes::copy_from_slice(&b[tail_off..tail_end]) } else { Bytes::new() },
     })
 }
 
