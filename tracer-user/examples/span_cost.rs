@@ -6,12 +6,11 @@
 //! written) go through the agent's data path: assembled, correlated and turned into spans with
 //! a one-second hold, then encoded into OTLP requests of 512 spans (and freed), all on one
 //! thread, as in the agent (its exporter is a task on the same thread). Only the ring buffer and
-//! the records' decoding, the
-//! tokio tasks and the network are left out, so the figure is free of the machine's scheduling
-//! noise that a whole-agent run on two shared CPUs carries. Rounds alternate the two modes
-//! (ABBA); the output is one line per mode with the median and the minimum ns per request, then
-//! the median paired difference (each round's two runs are back to back, so the machine's drift,
-//! which is larger than the difference, mostly cancels).
+//! the records' decoding, the tokio tasks and the network are left out, so the figure is free of
+//! the machine's scheduling noise that a whole-agent run on two shared CPUs carries. Rounds
+//! alternate the two modes (ABBA); the output is one line per mode with the median and the
+//! minimum ns per request, then the median paired difference (each round's two runs are back to
+//! back, so the machine's drift, which is larger than the difference, mostly cancels).
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

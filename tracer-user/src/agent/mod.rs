@@ -3,8 +3,8 @@
 //! The ring buffer is read through `AsyncFd`; each record is decoded in place in the ring
 //! (`crate::capture`), a data record's captured bytes copied out; the [`pipeline::Pipeline`]
 //! turns events into spans and metric points, which go to the exporter through a bounded,
-//! non-blocking queue and to the metrics. Discovery keeps the kernel's set of traced processes up to date and the Go probes
-//! attached.
+//! non-blocking queue and to the metrics. Discovery keeps the kernel's set of traced processes
+//! up to date and the Go probes attached.
 
 pub mod pipeline;
 pub mod summary;

@@ -58,7 +58,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Decodes one ring-buffer record. `record` must be the whole record as the kernel wrote it; it
+/// Decodes one ring-buffer record. `b` must be the whole record as the kernel wrote it; it
 /// is read in place (in the ring itself, for the agent), and a data record's captured bytes are
 /// copied out of it: the head and tail it holds are usually a small part of its fixed size.
 pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {

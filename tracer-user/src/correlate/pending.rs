@@ -49,12 +49,11 @@ impl<T> Pending<T> {
 
     /// Takes the next value: the one due first.
     pub fn pop_first(&mut self) -> Option<((u64, u64), T)> {
-        let from_queue = match (self.queue.front(), self.others.first_key_value()) {
-            (Some(&(d, s, _)), Some((&k, _))) => (d, s) < k,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if from_queue { self.queue.pop_front().map(|(d, s, v)| ((d, s), v)) } else { self.others.pop_first() }
+        let next = self.first()?;
+        match self.queue.front() {
+            Some(&(d, s, _)) if (d, s) == next => self.queue.pop_front().map(|(d, s, v)| ((d, s), v)),
+            _ => self.others.pop_first(),
+        }
     }
 }
 

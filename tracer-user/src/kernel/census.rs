@@ -55,11 +55,14 @@ impl Census {
     }
     /// Goroutine ancestry entries evicted (see [`GOROUTINE_TABLE`]).
     pub fn goroutines_evicted(&self) -> u64 {
-        self.tables.iter().filter(|t| t.name == GOROUTINE_TABLE).map(|t| t.evicted).sum()
+        self.evicted_from(GOROUTINE_TABLE)
     }
     /// Go request contexts evicted (see [`GO_CONTEXT_TABLE`]).
     pub fn go_contexts_evicted(&self) -> u64 {
-        self.tables.iter().filter(|t| t.name == GO_CONTEXT_TABLE).map(|t| t.evicted).sum()
+        self.evicted_from(GO_CONTEXT_TABLE)
+    }
+    fn evicted_from(&self, name: &str) -> u64 {
+        self.tables.iter().filter(|t| t.name == name).map(|t| t.evicted).sum()
     }
     /// `NAME evicted N` / `NAME refused N` for the tables that lost entries, those that evict by
     /// design aside.
