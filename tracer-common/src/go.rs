@@ -48,6 +48,38 @@ pub struct GoCtxProc {
     /// Addresses in the running process of the [`GO_CTX_WRAPPERS`] the binary has; 0 where it
     /// has none.
     pub wrappers: [u64; 5],
+    /// Address in the running process of the code of the closure net/http's
+    /// `(*connReader).startBackgroundRead` starts its goroutine with, or 0: a request's context
+    /// is then recorded at `runtime.newproc1` (a trap every request already takes) instead of
+    /// at a uprobe of its own. See [`GoServeLayout`].
+    pub background_read: u64,
+    /// Addresses in the running process of the itabs of `*net.TCPConn` and of
+    /// `*crypto/tls.Conn` as a `net.Conn`, or 0: how a connection's socket is found.
+    pub tcp_itab: u64,
+    pub tls_itab: u64,
+    /// Where that closure leads to the request and its connection's socket: see
+    /// [`GoServeLayout`].
+    pub serve: GoServeLayout,
+}
+
+/// Offsets from the closure `(*connReader).startBackgroundRead` starts its goroutine with (its
+/// code word, then the `*connReader`) to the request being served: `connReader.conn`,
+/// `conn.curReq` (an `atomic.Pointer[response]`), `response.req`, `Request.ContentLength`; and
+/// to the connection's socket: `conn.rwc` (a `net.Conn`), `crypto/tls.Conn.conn` (the
+/// `net.Conn` under TLS), and the fd in a `net.netFD` (`pfd` + `internal/poll.FD.Sysfd`; a
+/// `*net.TCPConn`'s first word is its `*netFD`). `GO_CTX_NONE` where the binary has none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable))]
+pub struct GoServeLayout {
+    pub reader_conn: u32,
+    pub conn_cur_req: u32,
+    pub response_req: u32,
+    pub request_length: u32,
+    pub conn_rwc: u32,
+    pub tls_conn: u32,
+    pub netfd_sysfd: u32,
+    pub _pad: u32,
 }
 
 /// `GoCtxProc` offset of a field the binary does not have.

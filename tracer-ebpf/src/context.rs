@@ -63,7 +63,7 @@ pub fn client_context(pid_tgid: u64, now: u64, key: Option<&TupleKey>, ctx: &mut
 /// was not decided at entry), and keeps the per-thread and per-connection contexts that link
 /// spans across threads, processes and hosts.
 #[inline(always)]
-pub fn request_context(pid_tgid: u64, now: u64, tuple: &ConnTuple, direction: u8, kind: u8, ctx: &mut EvCtx) {
+pub fn request_context(pid_tgid: u64, now: u64, tuple: &ConnTuple, fd: i32, direction: u8, kind: u8, ctx: &mut EvCtx) {
     let response = kind == MessageKind::Response as u8;
     let key = TupleKey::of(tuple);
     let known = inet(tuple.family);
@@ -99,7 +99,7 @@ pub fn request_context(pid_tgid: u64, now: u64, tuple: &ConnTuple, direction: u8
         }
         let t = TraceCtx { trace_id: ctx.trace_id, span_id: ctx.span_id, ts_ns: now };
         lru_put(&THREAD_CTX, &pid_tgid, &t, LruTable::ThreadCtx);
-        go::server_request(pid_tgid, &t);
+        go::server_request(pid_tgid, &t, fd);
     } else if response {
         // The thread answered its request: it no longer works for that server span.
         lru_del(&THREAD_CTX, &pid_tgid, LruTable::ThreadCtx);

@@ -6,9 +6,11 @@
 //! So:
 //!
 //! * a server request's context is recorded as belonging to its server span, with the goroutine
-//!   serving it (`GO_CTX_OWNER`): net/http's at `net/http.serverHandler.ServeHTTP` entry
-//!   (`*Request` in RDI; `Request.ctx`), grpc-go's at `(*Server).handleStream` entry
-//!   (`Stream.ctx`, `grpc.rs`);
+//!   serving it (`GO_CTX_OWNER`): net/http's where the binary's DWARF allows at the goroutine
+//!   net/http starts for each HTTP/1 request (`background_read`, from the `runtime.newproc1`
+//!   probe goroutine ancestry has anyway: no trap of its own), else at
+//!   `net/http.serverHandler.ServeHTTP` entry (`*Request` in RDI; `Request.ctx`); grpc-go's at
+//!   `(*Server).handleStream` entry (`Stream.ctx`, `grpc.rs`);
 //! * at an outgoing call (`(*Transport).roundTrip`: `Request.ctx`; grpc-go `Invoke` and
 //!   `NewStream`: their context argument) the context's chain is walked up through the
 //!   standard library's wrappers (WithCancel, WithTimeout, WithValue, WithoutCancel: each holds
@@ -24,6 +26,16 @@
 //! No entry is removed at the request's end (the table is an LRU): an entry whose request has
 //! ended fails the liveness check, and one whose address the garbage collector has given to
 //! another context fails the identity check (the context's parent word, recorded with it).
+//!
+//! An HTTP/1 connection serves one request at a time, and each request's context derives
+//! directly from the connection's. So requests recorded at the background read (the common
+//! case) share one entry per connection, keyed by the connection's context and naming the
+//! request's context as its `child`, updated in place for each request: no insert per request.
+//! A walk that reaches a connection's entry has just left the context below it, which must be
+//! the entry's `child` (else it is an earlier request's: ended). The update clears `child` to
+//! `BUSY` first and writes it last; a reader reads `child` before and after `ctx` and `goid`,
+//! and takes them only when it found the same request both times (stores and loads are not
+//! reordered on x86-64, the only architecture the Go probes run on).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user as raw_read},
@@ -31,7 +43,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 use tracer_common::{
     GO_CTX_NONE, GoCtxProc, GoProc, TraceCtx,
     tables::{LruTable, counters},
@@ -59,7 +74,13 @@ pub struct Owner {
     goid: u64,
     /// The context's second word when recorded (its parent's data, for the standard wrappers).
     parent: u64,
+    /// In a connection's entry: the data word of the context of the request it serves, or
+    /// `BUSY` while that changes. 0 in a request's own entry.
+    child: u64,
 }
+
+/// `Owner::child` while a connection's entry is being updated.
+const BUSY: u64 = u64::MAX;
 
 #[map]
 pub static GO_CTX_OWNER: LruHashMap<GoKey, Owner> = LruHashMap::with_max_entries(16384, 0);
@@ -120,7 +141,7 @@ fn words<T: Default>(addr: u64) -> T {
 /// Walks a context (`itab`, `data`) up its chain to a recorded request context.
 #[inline(always)]
 fn says(tgid: u32, cp: &GoCtxProc, itab: u64, data: u64) -> Says {
-    let (mut itab, mut data) = (itab, data);
+    let (mut itab, mut data, mut below) = (itab, data, 0);
     for _ in 0..DEPTH {
         if data == 0 {
             return Says::Nothing;
@@ -133,24 +154,38 @@ fn says(tgid: u32, cp: &GoCtxProc, itab: u64, data: u64) -> Says {
             // The same parent as when recorded: the recorded context, not another one the
             // garbage collector has since put at its address.
             if up[1] == o.parent {
-                return owner_says(tgid, o);
+                return owner_says(tgid, o, below);
             }
         }
         if !wraps(cp, words::<u64>(itab + ITAB_FUN0)) {
             return Says::Nothing;
         }
+        below = data;
         itab = up[0];
         data = up[1];
     }
     Says::Nothing
 }
 
-/// A recorded context's request, if its goroutine still serves it.
+/// A recorded context's request, if its goroutine still serves it; reached from the context
+/// `below` it (0 if none), which a connection's entry must name as its current request's.
 #[inline(always)]
-fn owner_says(tgid: u32, o: &Owner) -> Says {
+fn owner_says(tgid: u32, o: &Owner, below: u64) -> Says {
+    // SAFETY: reads of a live map value; see the module's note on the order of updates.
+    let (ctx, goid) = unsafe {
+        let child = read_volatile(&o.child);
+        if child != 0 && child != below {
+            return Says::Ended;
+        }
+        let got = (read_volatile(&o.ctx), read_volatile(&o.goid));
+        if read_volatile(&o.child) != child {
+            return Says::Ended;
+        }
+        got
+    };
     // SAFETY: plain data compared in place.
-    match unsafe { GO_SRV_CTX.get(&key(tgid, o.goid)) } {
-        Some(c) if c.span_id == o.ctx.span_id => Says::Parent(o.ctx),
+    match unsafe { GO_SRV_CTX.get(&key(tgid, goid)) } {
+        Some(c) if c.ctx.span_id == ctx.span_id => Says::Parent(ctx),
         _ => Says::Ended,
     }
 }
@@ -214,6 +249,40 @@ fn own(tgid: u32, goid: u64, t: &TraceCtx, base: u64, off: u32) {
         raw_read(&mut s.owner.parent as *mut u64 as *mut c_void, 8, (s.key.id + 8) as *const c_void);
         s.owner.ctx = *t;
         s.owner.goid = goid;
+        s.owner.child = 0;
+        lru_put(&GO_CTX_OWNER, &s.key, &s.owner, LruTable::GoCtxOwner);
+    }
+}
+
+/// Records the context of an HTTP/1 request (its data word `req_ctx`) in its connection's entry
+/// (keyed by the request context's parent, the connection's context) as the server span's `t`,
+/// served by goroutine `goid`: in place when the entry is there, else inserted.
+#[inline(always)]
+fn own_conn(tgid: u32, goid: u64, t: &TraceCtx, req_ctx: u64) {
+    let [_, conn_ctx] = words::<[u64; 2]>(req_ctx);
+    if conn_ctx == 0 {
+        return;
+    }
+    let [_, parent] = words::<[u64; 2]>(conn_ctx);
+    let k = key(tgid, conn_ctx);
+    if let Some(o) = GO_CTX_OWNER.get_ptr_mut(&k) {
+        // SAFETY: a live map value, written in the order the module's note gives.
+        unsafe {
+            if (*o).parent == parent {
+                write_volatile(&mut (*o).child, BUSY);
+                write_volatile(&mut (*o).ctx, *t);
+                write_volatile(&mut (*o).goid, goid);
+                write_volatile(&mut (*o).child, req_ctx);
+                return;
+            }
+        }
+    }
+    let Some(s) = GO_CTX_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot, filled then stored before the program ends.
+    unsafe {
+        let s = &mut *s;
+        s.key = k;
+        s.owner = Owner { ctx: *t, goid, parent, child: req_ctx };
         lru_put(&GO_CTX_OWNER, &s.key, &s.owner, LruTable::GoCtxOwner);
     }
 }
@@ -229,6 +298,67 @@ pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
     }
 }
 
+/// `runtime.newproc1(fn, ...)` entry on goroutine `goid`: when `fn` is the closure net/http's
+/// `(*connReader).startBackgroundRead` starts its goroutine with, the request being served on
+/// that connection (`cr.conn.curReq.req`) gets its context recorded as the goroutine's server
+/// span. That goroutine starts once per HTTP/1 request, before the handler runs, so this costs
+/// no trap of its own (the ServeHTTP uprobe is then not attached).
+///
+/// A request without a body (`ContentLength` 0) has net/http start the goroutine from the
+/// connection's own goroutine (`(*conn).serve`), whose server span is this request's. A
+/// request with a body has it started when its body is read to the end, on whichever goroutine
+/// reads it, which need not serve this connection: recorded only when the connection's socket
+/// (`conn.rwc`, a `*net.TCPConn` or a `*tls.Conn` over one) is the one the goroutine's server
+/// span was read from; otherwise its calls are linked by goroutine ancestry alone.
+#[inline(always)]
+pub fn background_read(tgid: u32, goid: u64, fnv: u64) {
+    let Some(cp) = ctx_proc(tgid) else { return };
+    if cp.background_read == 0 || cp.request_ctx == GO_CTX_NONE {
+        return;
+    }
+    let l = &cp.serve;
+    if read::<u64>(fnv) != Some(cp.background_read) {
+        return;
+    }
+    let Some(cr) = read::<u64>(fnv + 8) else { return };
+    let Some(conn) = read::<u64>(cr + l.reader_conn as u64) else { return };
+    let Some(w) = read::<u64>(conn + l.conn_cur_req as u64) else { return };
+    let Some(req) = read::<u64>(w + l.response_req as u64) else { return };
+    // SAFETY: plain data copied out of the map.
+    let Some(t) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return };
+    if read::<i64>(req + l.request_length as u64) != Some(0) && (t.fd < 0 || conn_fd(cp, conn) != Some(t.fd)) {
+        return;
+    }
+    if let Some([_, req_ctx]) = read::<[u64; 2]>(req + cp.request_ctx as u64) {
+        own_conn(tgid, goid, &t.ctx, req_ctx);
+    }
+}
+
+/// The fd of the socket under a net/http server connection (`*conn`), when its `rwc` is a
+/// `*net.TCPConn`, or a `*tls.Conn` over one (told apart by their itabs).
+#[inline(always)]
+fn conn_fd(cp: &GoCtxProc, conn: u64) -> Option<i64> {
+    let l = &cp.serve;
+    if cp.tcp_itab == 0 || l.conn_rwc == GO_CTX_NONE || l.netfd_sysfd == GO_CTX_NONE {
+        return None;
+    }
+    let [itab, data] = read::<[u64; 2]>(conn + l.conn_rwc as u64)?;
+    let tcp = if itab == cp.tcp_itab {
+        data
+    } else if itab == cp.tls_itab && itab != 0 && l.tls_conn != GO_CTX_NONE {
+        let [itab, data] = read::<[u64; 2]>(data + l.tls_conn as u64)?;
+        if itab != cp.tcp_itab {
+            return None;
+        }
+        data
+    } else {
+        return None;
+    };
+    // A `*net.TCPConn`'s first word is its `*net.netFD`.
+    let netfd = read::<u64>(tcp)?;
+    read::<i64>(netfd + l.netfd_sysfd as u64)
+}
+
 /// `net/http.serverHandler.ServeHTTP(sh, rw, req)` entry, on the goroutine serving the request
 /// (its server span in `GO_SRV_CTX` since the request was read): the request's context is the
 /// span's.
@@ -240,6 +370,6 @@ pub fn go_http_serve(ctx: ProbeContext) -> u32 {
     let Some(goid) = goid_of(g, &p) else { return 0 };
     // SAFETY: plain data copied out of the map.
     let Some(t) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return 0 };
-    own(tgid, goid, &t, req, cp.request_ctx);
+    own(tgid, goid, &t.ctx, req, cp.request_ctx);
     0
 }

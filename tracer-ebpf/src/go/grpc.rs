@@ -502,9 +502,10 @@ pub fn grpc_handle_stream(ctx: ProbeContext) -> u32 {
         }
     }
     new_ids(c, parent);
-    let t = TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: c.start_ns };
+    let t =
+        go::SrvSpan { ctx: TraceCtx { trace_id: c.trace_id, span_id: c.span_id, ts_ns: c.start_ns }, fd: go::NO_FD };
     lru_put(&go::GO_SRV_CTX, &k, &t, LruTable::GoSrvCtx);
-    go::context::own_stream(&k, &t, stream);
+    go::context::own_stream(&k, &t.ctx, stream);
     0
 }
 

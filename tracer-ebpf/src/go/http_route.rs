@@ -41,7 +41,7 @@ pub fn go_http_route_ret(ctx: ProbeContext) -> u32 {
     // SAFETY: `ev` is an exclusive ring-buffer reservation of size_of::<GoRouteEvent>().
     unsafe {
         (*ev).header = EventHeader::new(EventKind::GoRoute, bpf_ktime_get_ns(), pid_tgid);
-        (*ev).span_id = srv.span_id;
+        (*ev).span_id = srv.ctx.span_id;
         (*ev).truncated = (n == 0) as u32;
         (*ev).len = 0;
         if n > 0 && n <= ROUTE_LEN as u32 {

@@ -84,9 +84,21 @@ pub static GO_NEWPROC: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static GO_PARENT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
+/// A goroutine's server span, and the socket its request came from.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SrvSpan {
+    pub ctx: TraceCtx,
+    /// The fd the request was read from on this goroutine; [`NO_FD`] for the spans uprobes
+    /// make (grpc-go, net/rpc).
+    pub fd: i64,
+}
+
+pub const NO_FD: i64 = -1;
+
 /// Goroutine -> the server span it is handling (set when it reads a request).
 #[map]
-pub static GO_SRV_CTX: LruHashMap<GoKey, TraceCtx> = LruHashMap::with_max_entries(16384, 0);
+pub static GO_SRV_CTX: LruHashMap<GoKey, SrvSpan> = LruHashMap::with_max_entries(16384, 0);
 
 /// `*http.Request` -> the caller's context, from `roundTrip` until the request is written.
 #[map]
@@ -180,7 +192,7 @@ pub fn ancestor_ctx(tgid: u32, goid: u64, g: u64, p: &GoProc) -> Option<TraceCtx
         let k = key(tgid, id);
         // SAFETY: plain data copied out of the maps.
         if let Some(c) = unsafe { GO_SRV_CTX.get(&k) } {
-            return Some(*c);
+            return Some(c.ctx);
         }
         id = match unsafe { GO_PARENT.get(&k) } {
             Some(parent) => *parent,
@@ -260,10 +272,10 @@ pub fn tcp_conn_addrs(tcp_conn: u64, o: &NetOffsets) -> Option<ConnTuple> {
 }
 
 #[inline(always)]
-pub fn server_request(pid_tgid: u64, t: &TraceCtx) {
+pub fn server_request(pid_tgid: u64, t: &TraceCtx, fd: i32) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(goid) = current_goid(tgid) {
-        lru_put(&GO_SRV_CTX, &key(tgid, goid), t, LruTable::GoSrvCtx);
+        lru_put(&GO_SRV_CTX, &key(tgid, goid), &SrvSpan { ctx: *t, fd: fd as i64 }, LruTable::GoSrvCtx);
     }
 }
 

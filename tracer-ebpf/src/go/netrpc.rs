@@ -286,7 +286,10 @@ pub fn go_rpc_server_call(ctx: ProbeContext) -> u32 {
         }
         None => ev.trace_id = random_trace_id(),
     }
-    let t = TraceCtx { trace_id: ev.trace_id, span_id: ev.span_id, ts_ns: ev.start_ns };
+    let t = super::SrvSpan {
+        ctx: TraceCtx { trace_id: ev.trace_id, span_id: ev.span_id, ts_ns: ev.start_ns },
+        fd: super::NO_FD,
+    };
     lru_put(&GO_SRV_CTX, &gk, &t, LruTable::GoSrvCtx);
     0
 }

@@ -8,16 +8,18 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::ProbeContext};
 use tracer_common::tables::{FixedTable, LruTable};
 
-use super::{GO_NEWPROC, GO_PARENT, goid_of, key, parent_goid, proc_info, regs};
+use super::{GO_NEWPROC, GO_PARENT, Regs, goid_of, key, parent_goid, proc_info, regs};
 use crate::maps::{lru_put, lru_set, put};
 
 /// `runtime.newproc1(fn, callergp *g, ...)` entry.
 #[inline(always)]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(p) = proc_info((pid_tgid >> 32) as u32) else { return 0 };
-    let callergp = regs(&ctx).rbx;
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(p) = proc_info(tgid) else { return 0 };
+    let Regs { rax: fnv, rbx: callergp, .. } = regs(&ctx);
     let Some(parent) = goid_of(callergp, &p) else { return 0 };
+    super::context::background_read(tgid, parent, fnv);
     if p.parent_goid_off == 0 {
         let _ = put(&GO_NEWPROC, &pid_tgid, &parent, FixedTable::GoNewproc);
         return 0;
@@ -25,7 +27,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     // The creator links itself to its own creator, once (a connection's goroutine starts one
     // goroutine per request: the map is written only the first time).
     let Some(grandparent) = parent_goid(callergp, &p) else { return 0 };
-    let k = key((pid_tgid >> 32) as u32, parent);
+    let k = key(tgid, parent);
     if grandparent != parent {
         lru_set(&GO_PARENT, &k, &grandparent, LruTable::GoParent);
     }

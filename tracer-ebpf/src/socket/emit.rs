@@ -110,7 +110,7 @@ pub fn step<C: EbpfContext>(ctx: &C, progs: &ProgramArray, slot: u32) -> u32 {
             s.ctx = s.args.ctx;
         }
         if s.kind != MessageKind::None as u8 {
-            request_context(pid_tgid, s.now, &s.tuple, s.direction, s.kind, &mut s.ctx);
+            request_context(pid_tgid, s.now, &s.tuple, s.args.fd, s.direction, s.kind, &mut s.ctx);
         }
     } else {
         s.ctx.flags = 0;

@@ -7,15 +7,22 @@
 //!   ([`in_process`]);
 //! * where a request's context is: `net/http.Request.ctx` (DWARF, else the table of
 //!   `gobin::offsets`) and grpc-go's `transport.Stream.ctx` (DWARF only);
-//! * the entry of `net/http.serverHandler.ServeHTTP`, where a request's context is recorded as
-//!   its server span's. Probed only in programs that make HTTP or gRPC calls: a program that
-//!   makes none has nothing to link, and a uprobe costs a trap per request.
+//! * where a net/http request's context is recorded as its server span's: at the goroutine
+//!   net/http starts for each HTTP/1 request (`(*connReader).startBackgroundRead`'s closure,
+//!   seen by the `runtime.newproc1` probe goroutine ancestry has anyway; DWARF gives the way
+//!   from the closure to the request), else at the entry of `net/http.serverHandler.ServeHTTP`,
+//!   a uprobe of its own. Only in programs that make HTTP or gRPC calls: a program that makes
+//!   none has nothing to link, and a uprobe costs a trap per request.
 
-use tracer_common::{GO_CTX_NONE, GO_CTX_WRAPPERS, GoCtxProc, names::programs as p};
+use tracer_common::{GO_CTX_NONE, GO_CTX_WRAPPERS, GoCtxProc, GoServeLayout, names::programs as p};
 
 use super::{gobin::GoBinary, grpc};
 
 pub const SERVE: &str = "net/http.serverHandler.ServeHTTP";
+/// The closure `(*connReader).startBackgroundRead` starts its goroutine with: `gowrapN` since
+/// Go 1.22, the method value before.
+const BACKGROUND_READ: [&str; 2] =
+    ["net/http.(*connReader).startBackgroundRead.gowrap", "net/http.(*connReader).backgroundRead-fm"];
 const REQUEST: &str = "net/http.Request";
 const STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
 
@@ -54,11 +61,12 @@ pub fn plan(bin: &GoBinary, http_client: bool) -> Result<Option<Plan>, String> {
         None
     };
     let mut points = Vec::new();
-    if http_server && request_ctx.is_some() {
+    let background = if http_server && request_ctx.is_some() { background_read(bin) } else { None };
+    if http_server && request_ctx.is_some() && background.is_none() {
         let serve = bin.body_offset(SERVE).ok_or_else(|| format!("no code for {SERVE}"))?;
         points.push((p::GO_HTTP_SERVE, vec![serve]));
     }
-    if points.is_empty() && stream_ctx.is_none() {
+    if points.is_empty() && background.is_none() && stream_ctx.is_none() {
         let v = &bin.build.go_version;
         let what = if bin.has_dwarf() { "no field" } else { "no DWARF (built with -ldflags=-w) and no table row for" };
         return Err(format!("{what} {REQUEST}.ctx / {STREAM}.ctx ({v})"));
@@ -67,8 +75,52 @@ pub fn plan(bin: &GoBinary, http_client: bool) -> Result<Option<Plan>, String> {
         request_ctx: request_ctx.unwrap_or(GO_CTX_NONE),
         stream_ctx: stream_ctx.unwrap_or(GO_CTX_NONE),
         wrappers,
+        background_read: background.map_or(0, |b| b.closure),
+        tcp_itab: background.map_or(0, |b| b.tcp_itab),
+        tls_itab: background.map_or(0, |b| b.tls_itab),
+        serve: background.map(|b| b.layout).unwrap_or_default(),
     };
     Ok(Some((proc, points)))
+}
+
+/// What recording a request's context at net/http's per-request goroutine needs, as file
+/// offsets and struct offsets: see `GoCtxProc`.
+#[derive(Clone, Copy)]
+struct Background {
+    closure: u64,
+    tcp_itab: u64,
+    tls_itab: u64,
+    layout: GoServeLayout,
+}
+
+/// `(*connReader).startBackgroundRead`'s closure and the way from it to the request, when the
+/// binary has both (DWARF: these are net/http's private fields, in no table). The request is
+/// reached through `conn.curReq`, an `atomic.Pointer[response]` (Go 1.20 on). The socket (for
+/// requests with a body, see the kernel side) needs the itabs from the symbol table; without
+/// them only requests without a body are recorded.
+fn background_read(bin: &GoBinary) -> Option<Background> {
+    let f = BACKGROUND_READ.iter().find_map(|n| bin.func_starting(n))?;
+    let off = |s: &str, f: &str| bin.dwarf_field_offset(s, f).ok().flatten().and_then(|o| u32::try_from(o).ok());
+    let sysfd = off("net.netFD", "pfd").zip(off("internal/poll.FD", "Sysfd")).map(|(a, b)| a + b);
+    // `go:itab.` since Go 1.20, `go.itab.` before.
+    let itab = |t: &str| {
+        ["go:itab.", "go.itab."].iter().find_map(|p| bin.symbol_file_offset(&format!("{p}{t},net.Conn"))).unwrap_or(0)
+    };
+    let (tcp_itab, tls_itab) = match (off("net/http.conn", "rwc"), sysfd) {
+        (Some(_), Some(_)) => (itab("*net.TCPConn"), itab("*crypto/tls.Conn")),
+        _ => (0, 0),
+    };
+    let layout = GoServeLayout {
+        reader_conn: off("net/http.connReader", "conn")?,
+        conn_cur_req: off("net/http.conn", "curReq")? + off("sync/atomic.Pointer[net/http.response]", "v")?,
+        response_req: off("net/http.response", "req")?,
+        request_length: off(REQUEST, "ContentLength")?,
+        conn_rwc: off("net/http.conn", "rwc").unwrap_or(GO_CTX_NONE),
+        tls_conn: off("crypto/tls.Conn", "conn").unwrap_or(GO_CTX_NONE),
+        netfd_sysfd: sysfd.unwrap_or(GO_CTX_NONE),
+        _pad: 0,
+    };
+    Some(Background { closure: f.file_offset, tcp_itab, tls_itab, layout })
 }
 
 /// The process's copy of `proc`: the wrappers' file offsets turned into the addresses they are
@@ -81,7 +133,8 @@ pub fn in_process(pid: u32, proc: &GoCtxProc) -> Result<GoCtxProc, String> {
     let maps_path = format!("/proc/{pid}/maps");
     let maps = std::fs::read_to_string(&maps_path).map_err(|e| format!("{maps_path}: {e}"))?;
     let mut out = *proc;
-    for w in out.wrappers.iter_mut().filter(|w| **w != 0) {
+    let addrs = [&mut out.background_read, &mut out.tcp_itab, &mut out.tls_itab];
+    for w in out.wrappers.iter_mut().chain(addrs).filter(|w| **w != 0) {
         *w = mapped_at(&maps, ino, *w)
             .ok_or_else(|| format!("file offset {:#x} of the executable is not mapped in {maps_path}", *w))?;
     }

@@ -172,6 +172,12 @@ impl GoBinary {
         self.funcs.get(name)
     }
 
+    /// The function whose name starts with `prefix` (the first by name, should there be
+    /// several): for compiler-named closures such as `….gowrap2`, whose number varies.
+    pub fn func_starting(&self, prefix: &str) -> Option<&GoFunc> {
+        self.funcs.iter().filter(|(n, _)| n.starts_with(prefix)).min_by_key(|(n, _)| n.as_str()).map(|(_, f)| f)
+    }
+
     pub fn func_count(&self) -> usize {
         self.funcs.len()
     }
@@ -213,6 +219,14 @@ impl GoBinary {
     /// Whether the binary carries DWARF (struct layouts come from it first).
     pub fn has_dwarf(&self) -> bool {
         self.has_dwarf
+    }
+
+    /// File offset of the symbol-table symbol named `name` (data symbols too: itabs), if the
+    /// binary has a symbol table and the symbol lies in a loaded segment.
+    pub fn symbol_file_offset(&self, name: &str) -> Option<u64> {
+        let file = object::File::parse(&*self.data).ok()?;
+        let sym = file.symbols().find(|s| s.name() == Ok(name))?;
+        self.file_offset(sym.address())
     }
 
     /// `len` bytes at `offset` into the data symbol `name` (ELF symbol table only: stripped
