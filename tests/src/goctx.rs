@@ -261,6 +261,7 @@ pub fn count_hop(spans: &[ReceivedSpan], hop: &Hop, n: usize) -> Edges {
 
 /// Sends requests `1..=THREADS * PER_THREAD` as `GET <path><id>` from `THREADS` threads, each
 /// on a keep-alive connection; every answer must be 200. Returns the number of requests.
+/// Routes under `/post/` are `POST`s with a body (the handler reads it).
 fn drive(port: u16, path: &str) -> usize {
     let failed: Vec<String> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..THREADS)
@@ -270,7 +271,12 @@ fn drive(port: u16, path: &str) -> usize {
                     let mut failed = Vec::new();
                     for i in 0..PER_THREAD {
                         let target = format!("{path}{}", 1 + t * PER_THREAD + i);
-                        match http1::get(&mut conn, &target) {
+                        let answer = if path.starts_with("/post/") {
+                            http1::post(&mut conn, &target, format!("id={}", 1 + t * PER_THREAD + i).as_bytes())
+                        } else {
+                            http1::get(&mut conn, &target)
+                        };
+                        match answer {
                             Ok((200, _)) => {}
                             other => failed.push(format!(
                                 "{target}: {:?}",

@@ -19,6 +19,19 @@ pub fn connect(port: u16) -> std::io::Result<Conn> {
 pub fn get(conn: &mut Conn, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     // One write: a request split over segments would wait on delayed ACKs (Nagle).
     conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+    response(conn)
+}
+
+/// Sends `POST path` with `body` (Content-Length framing) on `conn`, as [`get`] does.
+pub fn post(conn: &mut Conn, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    conn.get_mut().write_all(&req)?;
+    response(conn)
+}
+
+/// Reads one response: its status and body.
+fn response(conn: &mut Conn) -> std::io::Result<(u16, Vec<u8>)> {
     let mut line = String::new();
     conn.read_line(&mut line)?;
     let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

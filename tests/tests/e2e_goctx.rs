@@ -24,6 +24,16 @@ fn goctx_pool_http() {
     ctxlink("/pool/http/", Expect::Linked);
 }
 
+/// The same pool, fed by handlers of `POST` requests that read their bodies first: net/http
+/// starts its per-request goroutine when the body is read to the end, on the goroutine that
+/// reads it, and the request's context is recorded there once that goroutine is known to serve
+/// the request's connection.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn goctx_pool_http_post() {
+    ctxlink("/post/pool/http/", Expect::Linked);
+}
+
 /// The same pool making unary grpc-go calls with `context.WithTimeout(job context)`.
 #[test]
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
@@ -68,6 +78,17 @@ fn goctx_pipeline() {
 #[ignore = "needs root and the built agent: cargo xtask e2e"]
 fn goctx_detached_background() {
     ctxlink("/detached/background/", Expect::Roots);
+}
+
+/// A pool worker calls with `context.WithoutCancel` of the context of the previous request on
+/// the same keep-alive connection, which has ended (the connection's first request: of
+/// `context.Background()`): each call a root. HTTP/1 requests of one connection share its
+/// entry in the kernel's table of request contexts, so this is the test that a context of an
+/// ended request is never taken for the request the connection serves now.
+#[test]
+#[ignore = "needs root and the built agent: cargo xtask e2e"]
+fn goctx_stale_request_context() {
+    ctxlink("/stale/", Expect::Roots);
 }
 
 /// A pool worker calls with `context.WithoutCancel(job context)`: not cancelled with the

@@ -93,6 +93,11 @@ const SUBSET: &[GuestTest] = &[
         shows: "cross-process trace, fd-table lookup",
     },
     GuestTest { file: "e2e_go", name: "go_fanout_children_of_server_span", shows: "Go goroutine fan-out" },
+    GuestTest {
+        file: "e2e_goctx",
+        name: "goctx_pool_http_post",
+        shows: "Go calls linked through the request's context.Context",
+    },
     GuestTest { file: "e2e_grpc", name: "grpc_unary_and_streaming_between_processes", shows: "grpc-go spans" },
     GuestTest { file: "e2e_netrpc", name: "netrpc_calls_paired_on_one_connection", shows: "net/rpc spans" },
     GuestTest { file: "e2e_http2", name: "http2_curl_prior_knowledge_to_go_h2c", shows: "HTTP/2 spans from the wire" },
