@@ -224,17 +224,19 @@ impl GoBinary {
     /// File offset of the symbol-table symbol named `name` (data symbols too: itabs), if the
     /// binary has a symbol table and the symbol lies in a loaded segment.
     pub fn symbol_file_offset(&self, name: &str) -> Option<u64> {
+        self.file_offset(self.symbol_address(name)?)
+    }
+
+    /// Virtual address of the symbol-table symbol named `name`.
+    fn symbol_address(&self, name: &str) -> Option<u64> {
         let file = object::File::parse(&*self.data).ok()?;
-        let sym = file.symbols().find(|s| s.name() == Ok(name))?;
-        self.file_offset(sym.address())
+        file.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address())
     }
 
     /// `len` bytes at `offset` into the data symbol `name` (ELF symbol table only: stripped
     /// binaries have none).
     pub fn symbol_bytes(&self, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
-        let file = object::File::parse(&*self.data).ok()?;
-        let sym = file.symbols().find(|s| s.name() == Ok(name))?;
-        let start = usize::try_from(self.file_offset(sym.address().checked_add(offset)?)?).ok()?;
+        let start = usize::try_from(self.file_offset(self.symbol_address(name)?.checked_add(offset)?)?).ok()?;
         self.data.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
     }
 
