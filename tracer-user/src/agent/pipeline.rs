@@ -363,6 +363,35 @@ mod tests {
         assert!(spans[1].events.iter().all(|e| e.name != "tls.handshake"), "{:#?}", spans[1]);
     }
 
+    /// The first request follows the end of the TLS handshake, however long that took (a slow
+    /// peer, a starved CPU), so it keeps `connect` and `tls.handshake`; a plaintext connection
+    /// first used long after its connect (a pool that connects ahead) lends neither.
+    #[test]
+    fn the_first_request_is_timed_from_the_end_of_a_slow_tls_handshake() {
+        let names_of = |handshake: Option<(u64, u64)>, request_ns: u64| {
+            let mut p =
+                Pipeline::new(Clock::fixed(UNIX_EPOCH), PipelineConfig::new(Propagation::SameHost, Duration::ZERO));
+            let conn =
+                Event::Conn { ts_ns: 2 * MS, tgid: TGID, tid: TGID, fd: 5, role: Role::Client, start_ns: MS, ret: 0 };
+            p.feed(&conn, 2 * MS);
+            if let Some((start_ns, ts_ns)) = handshake {
+                p.feed(&Event::TlsHandshake { ts_ns, tgid: TGID, tid: TGID, fd: 5, start_ns }, ts_ns);
+            }
+            let t = request_ns;
+            p.feed(&data(5, Proto::Redis, true, t, t, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")), t);
+            p.feed(&data(5, Proto::Redis, false, t + MS, t + 2 * MS, Bytes::from_static(b"+PONG\r\n")), t + 2 * MS);
+            let mut spans = Vec::new();
+            p.finish(t + 100 * MS, &mut spans);
+            assert_eq!(spans.len(), 1, "{spans:#?}");
+            spans[0].events.iter().map(|e| e.name).collect::<Vec<_>>()
+        };
+        let opened = ["connect", "tls.handshake", "request.sent", "response.first_byte"];
+        assert_eq!(names_of(Some((3 * MS, 2_500 * MS)), 2_501 * MS), opened);
+        assert_eq!(names_of(Some((3 * MS, 2_500 * MS)), 3_600 * MS), ["request.sent", "response.first_byte"]);
+        assert_eq!(names_of(None, 1_500 * MS), ["request.sent", "response.first_byte"]);
+        assert_eq!(names_of(None, 900 * MS), ["connect", "request.sent", "response.first_byte"]);
+    }
+
     /// With phases off (`--no-phases`), the same exchange gives the same span without events.
     #[test]
     fn phases_off_leaves_the_span_events_out() {

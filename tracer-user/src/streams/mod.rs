@@ -23,7 +23,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 const SECOND_NS: u64 = 1_000_000_000;
 
 /// A connect counts as the one a request opened its connection with when the request's first
-/// byte follows the handshake's end within this long (a pool that connects ahead of time does
+/// byte follows the handshake's end (TCP's, or TLS's when there is one) within this long (a pool that connects ahead of time does
 /// not lend its connect, and a span start long before the request, to a request much later).
 const CONNECT_LEAD_NS: u64 = SECOND_NS;
 /// Handshake ends that came before their connect returned, kept until it does (bounded).
@@ -138,8 +138,14 @@ impl ConnInfo {
     pub fn use_by_request(&self, start_ns: u64) -> ConnUse {
         let opened_here = self.hint != Role::Unknown && !self.claimed;
         if opened_here {
-            let connect = self.connect.filter(|c| start_ns.saturating_sub(c.end_ns) <= CONNECT_LEAD_NS);
-            let tls = self.tls_handshake.filter(|t| connect.is_some_and(|c| c.start_ns <= t.start_ns));
+            let tls_of = |c: &Connect| self.tls_handshake.filter(|t| c.start_ns <= t.start_ns);
+            // The connection is ready for its first request when its TLS handshake, if any, is
+            // done: a slow handshake does not take the connect from the request it was for.
+            let connect = self.connect.filter(|c| {
+                let ready_ns = tls_of(c).map_or(c.end_ns, |t| t.end_ns.max(c.end_ns));
+                start_ns.saturating_sub(ready_ns) <= CONNECT_LEAD_NS
+            });
+            let tls = connect.as_ref().and_then(tls_of);
             return ConnUse { reused: false, idle_ns: None, connect, lookup: None, tls };
         }
         // The quiet time is known when the request began in the data event being handled.
