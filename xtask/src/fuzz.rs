@@ -77,41 +77,50 @@ pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
     let logs = root().join("target").join("fuzz-logs");
     std::fs::create_dir_all(&logs)?;
     let mut failed = Vec::new();
-    for t in &targets {
-        let scratch = root().join("target").join("fuzz-corpus").join(t);
-        std::fs::create_dir_all(&scratch)?;
-        let seeds = root().join("fuzz").join("corpus").join(t);
-        let log = logs.join(format!("{t}.log"));
-        let mut cmd = nightly_cargo();
-        cmd.args(["fuzz", "run"])
-            .args(common)
-            .arg("--target-dir")
-            .arg(target_dir())
-            .arg(t)
-            .arg(&scratch)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={}", args.seconds))
-            .args(["-max_len=8192", "-rss_limit_mb=2048", "-print_final_stats=1"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        eprintln!("+ fuzz {t} for {} s (log: {})", args.seconds, log.display());
-        let status = cmd.status().with_context(|| format!("running fuzz target {t}"))?;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let runs = text
-            .lines()
-            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| "?".into());
-        if status.success() {
-            eprintln!("fuzz {t}: ok, {runs} executions in {} s", args.seconds);
-        } else {
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("fuzz {t}: FAILED ({status}) after {runs} executions; last lines of the log:");
-            for l in tail.iter().rev() {
-                eprintln!("  {l}");
+    // One target per CPU at a time: each is one single-threaded process run for a fixed time.
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for chunk in targets.chunks(jobs) {
+        let mut running = Vec::new();
+        for t in chunk {
+            let scratch = root().join("target").join("fuzz-corpus").join(t);
+            std::fs::create_dir_all(&scratch)?;
+            let seeds = root().join("fuzz").join("corpus").join(t);
+            let log = logs.join(format!("{t}.log"));
+            let mut cmd = nightly_cargo();
+            cmd.args(["fuzz", "run"])
+                .args(common)
+                .arg("--target-dir")
+                .arg(target_dir())
+                .arg(t)
+                .arg(&scratch)
+                .arg(&seeds)
+                .arg("--")
+                .arg(format!("-max_total_time={}", args.seconds))
+                .args(["-max_len=8192", "-rss_limit_mb=2048", "-print_final_stats=1"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?);
+            eprintln!("+ fuzz {t} for {} s (log: {})", args.seconds, log.display());
+            let child = cmd.spawn().with_context(|| format!("running fuzz target {t}"))?;
+            running.push((t, child, log));
+        }
+        for (t, mut child, log) in running {
+            let status = child.wait().with_context(|| format!("waiting for fuzz target {t}"))?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let runs = text
+                .lines()
+                .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| "?".into());
+            if status.success() {
+                eprintln!("fuzz {t}: ok, {runs} executions in {} s", args.seconds);
+            } else {
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("fuzz {t}: FAILED ({status}) after {runs} executions; last lines of the log:");
+                for l in tail.iter().rev() {
+                    eprintln!("  {l}");
+                }
+                failed.push(t.clone());
             }
-            failed.push(t.clone());
         }
     }
     if !failed.is_empty() {
