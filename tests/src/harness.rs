@@ -32,8 +32,17 @@ pub fn fixtures_src() -> PathBuf {
     source_root().join("tests/fixtures")
 }
 
-/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+/// `timeout` stretched by `TRACER_TEST_PATIENCE` (a whole factor, default 1): the qemu guests
+/// of `cargo xtask vm-test`, tens of times slower than the host, set it. Every wait of the tests
+/// is for a condition; only how long a failing one takes to be called a failure changes.
+pub fn patient(timeout: Duration) -> Duration {
+    let factor = std::env::var("TRACER_TEST_PATIENCE").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    timeout * factor.max(1)
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` (made [`patient`]) passes.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let timeout = patient(timeout);
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > timeout {
@@ -121,7 +130,7 @@ impl Agent {
                 }
                 return Ok(log);
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > patient(Duration::from_secs(30)) {
                 let _ = child.kill();
                 bail!("agent did not stop within 30s of SIGINT:\n{}", self.log_text());
             }
@@ -140,7 +149,7 @@ impl Agent {
             if let Some(status) = child.try_wait()? {
                 return Ok((status, self.log_text()));
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > patient(Duration::from_secs(30)) {
                 let _ = child.kill();
                 bail!("agent did not exit within 30s of signal {sig}:\n{}", self.log_text());
             }

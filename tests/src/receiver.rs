@@ -954,7 +954,7 @@ impl Receiver {
         pred: impl Fn(&[ReceivedPoint]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<ReceivedPoint>, ReceiverError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + crate::harness::patient(timeout);
         let mut changes = self.state.points.subscribe();
         loop {
             changes.borrow_and_update();
@@ -1005,7 +1005,7 @@ impl Receiver {
         pred: impl Fn(&[ReceivedSpan]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<ReceivedSpan>, ReceiverError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + crate::harness::patient(timeout);
         let mut changes = self.watch();
         loop {
             // Mark seen before checking, so an arrival after the check wakes us up.

@@ -542,7 +542,8 @@ fn boot(
         let _ = writeln!(
             script,
             "{guard}echo VM-TEST-BEGIN {file}::{name}\n\
-             TRACER_BIN={agent} TRACER_FIXTURES={fx} TRACER_SOURCE_ROOT={src} {bin} --ignored --exact {name} \
+             TRACER_TEST_PATIENCE={PATIENCE} TRACER_BIN={agent} TRACER_FIXTURES={fx} TRACER_SOURCE_ROOT={src} \
+             {bin} --ignored --exact {name} \
              --test-threads=1 --nocapture 2>&1\n\
              echo \"VM-TEST-END {file}::{name} $?\"{fi}",
             fi = if guard.is_empty() { "" } else { "\nfi" },
@@ -724,6 +725,10 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// How many times longer a guest test waits for each condition than on the host (the tests'
+/// `TRACER_TEST_PATIENCE`): the guest runs under TCG, and in CI beside the end-to-end suite.
+const PATIENCE: u32 = 3;
 
 /// The exit status the guest reports for a test that does not apply to its kernel.
 const SKIPPED: i32 = 200;
