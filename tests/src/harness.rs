@@ -121,7 +121,7 @@ impl Agent {
     pub fn stop(mut self) -> anyhow::Result<String> {
         let mut child = self.child.take().context("agent already stopped")?;
         signal(child.id(), libc_sigint());
-        let start = Instant::now();
+        let (start, limit) = (Instant::now(), patient(Duration::from_secs(30)));
         loop {
             if let Some(status) = child.try_wait()? {
                 let log = self.log_text();
@@ -130,9 +130,9 @@ impl Agent {
                 }
                 return Ok(log);
             }
-            if start.elapsed() > patient(Duration::from_secs(30)) {
+            if start.elapsed() > limit {
                 let _ = child.kill();
-                bail!("agent did not stop within 30s of SIGINT:\n{}", self.log_text());
+                bail!("agent did not stop within {limit:?} of SIGINT:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -144,14 +144,14 @@ impl Agent {
     pub fn signal_and_wait(mut self, sig: i32) -> anyhow::Result<(ExitStatus, String)> {
         let mut child = self.child.take().context("agent already stopped")?;
         signal(child.id(), sig);
-        let start = Instant::now();
+        let (start, limit) = (Instant::now(), patient(Duration::from_secs(30)));
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status, self.log_text()));
             }
-            if start.elapsed() > patient(Duration::from_secs(30)) {
+            if start.elapsed() > limit {
                 let _ = child.kill();
-                bail!("agent did not exit within 30s of signal {sig}:\n{}", self.log_text());
+                bail!("agent did not exit within {limit:?} of signal {sig}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
