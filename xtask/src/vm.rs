@@ -673,7 +673,7 @@ fn boot(
             let (name, code) = rest.rsplit_once(' ').unwrap_or((rest, ""));
             let code = code.parse::<i32>().ok();
             if !matches!(code, Some(0 | SKIPPED)) {
-                eprintln!("vm-test [{tag}] {name} failed; its output, from its first panic:");
+                eprintln!("vm-test [{tag}] {name} failed; its output:");
                 for l in failure_lines(&output) {
                     eprintln!("vm-test [{tag}]   {l}");
                 }
@@ -707,13 +707,18 @@ fn boot(
     Ok(Boot { kernel: k.release.clone(), lockdown, doctor, results, crash, repeated_after: None, boot_secs, secs })
 }
 
-/// What to show of a failed test's output: from its first panic on (at most 60 lines), or its
-/// last 40 lines when it did not panic.
+/// What to show of a failed test's output: its first panic's message, whole up to its
+/// backtrace (an assertion's `left:` / `right:` come after a message that may dump spans; at
+/// most 200 lines), or the last 40 lines when it did not panic.
 fn failure_lines(output: &[String]) -> &[String] {
-    match output.iter().position(|l| l.contains("panicked at")) {
-        Some(at) => &output[at..output.len().min(at + 60)],
-        None => &output[output.len().saturating_sub(40)..],
-    }
+    let Some(at) = output.iter().position(|l| l.contains("panicked at")) else {
+        return &output[output.len().saturating_sub(40)..];
+    };
+    let end = output[at..]
+        .iter()
+        .position(|l| l.starts_with("stack backtrace:") || l.starts_with("note: run with `RUST_BACKTRACE"))
+        .map_or(output.len(), |n| at + n);
+    &output[at..end.min(at + 200)]
 }
 
 /// A helper process that ends with the boot it serves.
@@ -854,3 +859,38 @@ Below a feature the agent refuses to start and names it (`tracer doctor` lists e
 it never runs with a silent gap. Lockdown (`integrity`) forbids writing user memory and
 kprobes-based overrides, neither of which the agent uses.
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::failure_lines;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// An assertion whose message dumps a long span: its `left:` / `right:` lines are shown,
+    /// the backtrace and what came before the panic are not.
+    #[test]
+    fn a_failure_shows_the_whole_panic_message_up_to_the_backtrace() {
+        let mut out = lines(&["running 1 test", "agent started"]);
+        out.push("thread 't' panicked at tests/tests/e2e_tls.rs:67:5:".into());
+        out.extend((0..150).map(|i| format!("    span field {i}")));
+        out.extend(lines(&[
+            "  left: Some([\"request.sent\"])",
+            " right: Some([\"connect\"])",
+            "stack backtrace:",
+            "  0: x",
+        ]));
+        let shown = failure_lines(&out);
+        assert!(shown[0].contains("panicked at"), "{shown:?}");
+        assert_eq!(shown.last().map(String::as_str), Some(" right: Some([\"connect\"])"));
+        assert_eq!(shown.len(), 153);
+    }
+
+    #[test]
+    fn a_failure_without_a_panic_shows_its_last_40_lines() {
+        let out: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let shown = failure_lines(&out);
+        assert_eq!((shown.len(), shown[0].as_str()), (40, "line 60"));
+    }
+}
