@@ -23,8 +23,9 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 const SECOND_NS: u64 = 1_000_000_000;
 
 /// A connect counts as the one a request opened its connection with when the request's first
-/// byte follows the handshake's end (TCP's, or TLS's when there is one) within this long (a pool that connects ahead of time does
-/// not lend its connect, and a span start long before the request, to a request much later).
+/// byte follows the handshake's end (TCP's, or TLS's when there is one) within this long (a
+/// pool that connects ahead of time does not lend its connect, and a span start long before the
+/// request, to a request much later).
 const CONNECT_LEAD_NS: u64 = SECOND_NS;
 /// Handshake ends that came before their connect returned, kept until it does (bounded).
 const MAX_EARLY_HANDSHAKES: usize = 4096;
