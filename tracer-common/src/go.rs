@@ -60,6 +60,9 @@ pub struct GoCtxProc {
     /// Where that closure leads to the request and its connection's socket: see
     /// [`GoServeLayout`].
     pub serve: GoServeLayout,
+    /// [`GoProc::goid_off`] again: the probe of `runtime.newproc1` finds all it needs for that
+    /// closure in this one entry (one map lookup fewer per request).
+    pub goid_off: u64,
 }
 
 /// Offsets from the closure `(*connReader).startBackgroundRead` starts its goroutine with (its

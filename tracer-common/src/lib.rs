@@ -52,7 +52,7 @@ const _: () = {
     assert!(size_of::<GoProc>() == 24);
     assert!(size_of::<NetRpcProc>() == 16);
     assert!(size_of::<GoTlsProc>() == 8);
-    assert!(size_of::<GoCtxProc>() == 104);
+    assert!(size_of::<GoCtxProc>() == 112);
     assert!(size_of::<GrpcEvent>() == 24 + 8 + 32 + 40 + 16 + GRPC_METHOD_MAX);
     assert!(size_of::<GrpcProc>() == 13 * 8 + 8);
     assert!(size_of::<GoRouteEvent>() == 24 + 8 + 8 + ROUTE_LEN);

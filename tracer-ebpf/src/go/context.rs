@@ -45,6 +45,7 @@ use aya_ebpf::{
 };
 use core::{
     ffi::c_void,
+    mem::MaybeUninit,
     ptr::{read_volatile, write_volatile},
 };
 use tracer_common::{
@@ -128,14 +129,17 @@ fn wraps(cp: &GoCtxProc, deadline: u64) -> bool {
 /// `N` bytes of user memory at `addr`, zeros where they cannot be read (the helper clears its
 /// destination on a fault): no branch on the outcome, which keeps the walk's verification
 /// small on older kernels.
+///
+/// `T` is only ever words (any bytes are a valid value). Not zeroed first: the helper writes
+/// every byte either way, and zeroing cost a call to a `memset` subprogram per read.
 #[inline(always)]
-fn words<T: Default>(addr: u64) -> T {
-    let mut v = T::default();
-    // SAFETY: `v` is a local of size_of::<T>() bytes; a fault leaves it zeroed.
+fn words<T: Copy>(addr: u64) -> T {
+    let mut v = MaybeUninit::<T>::uninit();
+    // SAFETY: the helper fills all size_of::<T>() bytes of `v`: the memory read, or zeros.
     unsafe {
-        raw_read(&mut v as *mut T as *mut c_void, core::mem::size_of::<T>() as u32, addr as *const c_void);
+        raw_read(v.as_mut_ptr() as *mut c_void, core::mem::size_of::<T>() as u32, addr as *const c_void);
+        v.assume_init()
     }
-    v
 }
 
 /// Walks a context (`itab`, `data`) up its chain to a recorded request context.
@@ -298,7 +302,7 @@ pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
     }
 }
 
-/// `runtime.newproc1(fn, ...)` entry on goroutine `goid`: when `fn` is the closure net/http's
+/// `runtime.newproc1(fn, ...)` entry on the goroutine whose `g` is `g`: when `fn` is the closure net/http's
 /// `(*connReader).startBackgroundRead` starts its goroutine with, the request being served on
 /// that connection (`cr.conn.curReq.req`) gets its context recorded as the goroutine's server
 /// span. That goroutine starts once per HTTP/1 request, before the handler runs, so this costs
@@ -310,28 +314,35 @@ pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
 /// reads it, which need not serve this connection: recorded only when the connection's socket
 /// (`conn.rwc`, a `*net.TCPConn` or a `*tls.Conn` over one) is the one the goroutine's server
 /// span was read from; otherwise its calls are linked by goroutine ancestry alone.
+///
+/// True when `fn` is that closure: the goroutine it starts reads one byte and makes no call
+/// and starts no goroutine, so goroutine ancestry needs no link for it (nor for its creator,
+/// whose own goroutines record that link when they start): `runtime::go_newproc1` skips them.
 #[inline(always)]
-pub fn background_read(tgid: u32, goid: u64, fnv: u64) {
-    let Some(cp) = ctx_proc(tgid) else { return };
-    if cp.background_read == 0 || cp.request_ctx == GO_CTX_NONE {
-        return;
+pub fn background_read(tgid: u32, g: u64, fnv: u64) -> bool {
+    let Some(cp) = ctx_proc(tgid) else { return false };
+    if cp.background_read == 0 || cp.request_ctx == GO_CTX_NONE || cp.goid_off == 0 {
+        return false;
     }
     let l = &cp.serve;
-    if read::<u64>(fnv) != Some(cp.background_read) {
-        return;
+    // The closure's code word and its `*connReader`, in one read.
+    let Some([code, cr]) = read::<[u64; 2]>(fnv) else { return false };
+    if code != cp.background_read {
+        return false;
     }
-    let Some(cr) = read::<u64>(fnv + 8) else { return };
-    let Some(conn) = read::<u64>(cr + l.reader_conn as u64) else { return };
-    let Some(w) = read::<u64>(conn + l.conn_cur_req as u64) else { return };
-    let Some(req) = read::<u64>(w + l.response_req as u64) else { return };
+    let Some(goid) = read::<u64>(g + cp.goid_off) else { return true };
+    let Some(conn) = read::<u64>(cr + l.reader_conn as u64) else { return true };
+    let Some(w) = read::<u64>(conn + l.conn_cur_req as u64) else { return true };
+    let Some(req) = read::<u64>(w + l.response_req as u64) else { return true };
     // SAFETY: plain data copied out of the map.
-    let Some(t) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return };
+    let Some(t) = (unsafe { GO_SRV_CTX.get(&key(tgid, goid)) }).copied() else { return true };
     if read::<i64>(req + l.request_length as u64) != Some(0) && (t.fd < 0 || conn_fd(cp, conn) != Some(t.fd)) {
-        return;
+        return true;
     }
     if let Some([_, req_ctx]) = read::<[u64; 2]>(req + cp.request_ctx as u64) {
         own_conn(tgid, goid, &t.ctx, req_ctx);
     }
+    true
 }
 
 /// The fd of the socket under a net/http server connection (`*conn`), when its `rwc` is a

@@ -11,15 +11,18 @@ use tracer_common::tables::{FixedTable, LruTable};
 use super::{GO_NEWPROC, GO_PARENT, Regs, goid_of, key, parent_goid, proc_info, regs};
 use crate::maps::{lru_put, lru_set, put};
 
-/// `runtime.newproc1(fn, callergp *g, ...)` entry.
+/// `runtime.newproc1(fn, callergp *g, ...)` entry. net/http's per-request background read
+/// goroutine records its request's context and no ancestry (see `context::background_read`).
 #[inline(always)]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(p) = proc_info(tgid) else { return 0 };
     let Regs { rax: fnv, rbx: callergp, .. } = regs(&ctx);
+    if super::context::background_read(tgid, callergp, fnv) {
+        return 0;
+    }
+    let Some(p) = proc_info(tgid) else { return 0 };
     let Some(parent) = goid_of(callergp, &p) else { return 0 };
-    super::context::background_read(tgid, parent, fnv);
     if p.parent_goid_off == 0 {
         let _ = put(&GO_NEWPROC, &pid_tgid, &parent, FixedTable::GoNewproc);
         return 0;

@@ -79,6 +79,8 @@ pub fn plan(bin: &GoBinary, http_client: bool) -> Result<Option<Plan>, String> {
         tcp_itab: background.map_or(0, |b| b.tcp_itab),
         tls_itab: background.map_or(0, |b| b.tls_itab),
         serve: background.map(|b| b.layout).unwrap_or_default(),
+        // Set with the process's `GoProc`.
+        goid_off: 0,
     };
     Ok(Some((proc, points)))
 }

@@ -137,7 +137,7 @@ pub fn plan(bin: &GoBinary) -> Result<Plan, String> {
     let (ctx, ctx_off) = match super::context::plan(bin, bin.func(WRITE_LOOP).is_some()) {
         Ok(Some((c, pts))) => {
             points.extend(pts);
-            (Some(c), None)
+            (Some(GoCtxProc { goid_off, ..c }), None)
         }
         Ok(None) => (None, None),
         Err(e) => (None, Some(format!("Go {v}: {e}"))),

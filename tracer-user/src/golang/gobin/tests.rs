@@ -377,6 +377,10 @@ fn context_plan_matches_what_go_says_in_the_running_process() {
             assert_ne!(proc.tcp_itab, 0, "{name}: the socket of a request with a body");
         }
         assert_eq!(proc.stream_ctx, tracer_common::GO_CTX_NONE, "no grpc-go here");
+        // The newproc1 probe reads the goroutine id with the context entry's own copy.
+        let whole = crate::golang::probes::plan(&GoBinary::open(&bin).unwrap()).unwrap();
+        assert_ne!(whole.proc.goid_off, 0, "{name}");
+        assert_eq!(whole.ctx.map(|c| c.goid_off), Some(whole.proc.goid_off), "{name}");
         let mut child = Command::new(&bin)
             .arg("print")
             .stdin(std::process::Stdio::piped())
