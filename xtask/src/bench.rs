@@ -459,7 +459,11 @@ impl Tools {
             (true, true) => crate::build_agent()?,
             (true, false) => crate::build_agent_as("dist")?,
         };
-        crate::run(crate::cargo().args(["build", "--release", "-p", "tracer-tests", "--bin", "otlp-receiver"]))?;
+        // The receiver is built as `cargo test` builds it (for an integration test of its
+        // package, so with the package's dev-dependencies' features): `--bin otlp-receiver`
+        // alone resolves fewer features and rebuilt tokio, hyper, tonic and the rest after every
+        // `cargo test`, and `cargo test` then rebuilt them back.
+        crate::run(crate::cargo().args(["test", "--release", "-p", "tracer-tests", "--test", "deploy", "--no-run"]))?;
         crate::build_fixtures()?;
         for tool in ["wrk"].into_iter().chain(plan.servers.contains(&ServerKind::Nginx).then_some("nginx")) {
             let found = Command::new("sh")
