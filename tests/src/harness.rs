@@ -41,14 +41,25 @@ pub fn patient(timeout: Duration) -> Duration {
 }
 
 /// Polls `cond` every few milliseconds until it holds or `timeout` (made [`patient`]) passes.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    wait_every(what, timeout, Duration::from_millis(5), cond)
+}
+
+/// As [`wait_until`], checking `cond` every `every` (for a check that starts a process or makes
+/// a request).
+pub fn wait_every(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let timeout = patient(timeout);
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
     }
     Ok(())
 }

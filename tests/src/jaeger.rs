@@ -216,16 +216,10 @@ exporters:
     }
 }
 
-/// Checks `cond` every 50 ms (each check may start a process) until it holds or `timeout`.
-pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    while !cond() {
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+/// Checks `cond` every 50 ms (each check may start a process) until it holds or `timeout` (made
+/// [`crate::harness::patient`]) passes.
+pub fn poll_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    crate::harness::wait_every(what, timeout, Duration::from_millis(50), cond)
 }
 
 impl Drop for Jaeger {
