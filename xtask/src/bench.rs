@@ -307,41 +307,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     for &kind in server_kinds {
         let mut runs = Vec::new();
         for &mode in &plan.modes {
-            // Measured again while other processes disturbed it; the least disturbed attempt counts.
-            let mut best: Option<RunResult> = None;
-            // The smoke run (`--quick`, in CI) checks function, not figures: no waiting, no retries.
-            let attempts = if plan.quick { 1 } else { RETRIES + 1 };
-            for attempt in 1..=attempts {
-                if !plan.quick {
-                    wait_until_quiet();
-                }
-                let attempt_started = Instant::now();
-                eprintln!("bench: {} / {} ...", kind.name(), mode.name());
-                let run = run_server_mode(&tools, &plan, kind, mode, &tmp.path)
-                    .with_context(|| format!("{} / {}", kind.name(), mode.name()))?;
-                eprintln!("{}", run.summary());
-                // CPU time other processes or the hypervisor (steal) took from a phase: either
-                // takes throughput from the server, so both disturb a run.
-                let disturbed = run.max_disturbance_cpus();
-                let better = best.as_ref().is_none_or(|b| disturbed < b.max_disturbance_cpus());
-                if better {
-                    best = Some(run);
-                }
-                if disturbed <= MAX_BACKGROUND_CPUS || plan.quick {
-                    break;
-                }
-                drop(WaitTimer(attempt_started)); // a disturbed attempt counts as waiting
-                if attempt <= RETRIES {
-                    eprintln!(
-                        "bench: other processes and steal took {disturbed:.2} CPUs during a phase; measuring \
-                         again (attempt {} of {})",
-                        attempt + 1,
-                        RETRIES + 1
-                    );
-                }
-            }
-            let run = best.context("no attempt")?;
-            runs.push(run);
+            runs.push(least_disturbed_run(&tools, &plan, kind, mode, &tmp.path, "bench")?);
         }
         servers.push(ServerResults { kind, runs });
     }
@@ -392,6 +358,50 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 const HISTORY_MARK: &str = "<!-- Hand-written from here on: cargo xtask bench keeps this part. -->";
 
 /// The new report followed by the hand-written part of the old one, if it had one.
+/// One run of `kind` in `mode`, measured again (up to [`RETRIES`] times) while other processes
+/// or the hypervisor (steal) took more than [`MAX_BACKGROUND_CPUS`] during a phase: either takes
+/// throughput and CPU from the server and the agent. The least disturbed attempt counts. The
+/// smoke run (`--quick`, in CI) checks function, not figures: no waiting, no retries. `label`
+/// starts the progress lines.
+fn least_disturbed_run(
+    tools: &Tools,
+    plan: &Plan,
+    kind: ServerKind,
+    mode: Mode,
+    dir: &Path,
+    label: &str,
+) -> Result<RunResult> {
+    let mut best: Option<RunResult> = None;
+    let attempts = if plan.quick { 1 } else { RETRIES + 1 };
+    for attempt in 1..=attempts {
+        if !plan.quick {
+            wait_until_quiet();
+        }
+        let attempt_started = Instant::now();
+        eprintln!("{label}: {} / {} ...", kind.name(), mode.name());
+        let run = run_server_mode(tools, plan, kind, mode, dir)
+            .with_context(|| format!("{} / {}", kind.name(), mode.name()))?;
+        eprintln!("{}", run.summary());
+        let disturbed = run.max_disturbance_cpus();
+        if best.as_ref().is_none_or(|b| disturbed < b.max_disturbance_cpus()) {
+            best = Some(run);
+        }
+        if disturbed <= MAX_BACKGROUND_CPUS || plan.quick {
+            break;
+        }
+        drop(WaitTimer(attempt_started)); // a disturbed attempt counts as waiting
+        if attempt <= RETRIES {
+            eprintln!(
+                "{label}: other processes and steal took {disturbed:.2} CPUs during a phase; measuring again \
+                 (attempt {} of {})",
+                attempt + 1,
+                RETRIES + 1
+            );
+        }
+    }
+    best.context("no attempt")
+}
+
 fn keep_history(report: &str, old: &str) -> String {
     match old.find(HISTORY_MARK) {
         Some(i) => format!("{}\n{}", report.trim_end(), &old[i..]),

@@ -8,7 +8,9 @@
 //! gives one paired difference per load. The cost counts as measurable only when every round
 //! agrees on its sign (for 5 rounds, a chance of 1 in 16 when there is no difference).
 //!
-//! Rounds cannot price a cost of a few per cent on a machine whose steal time comes and goes:
+//! Each run is measured again while other processes or steal disturbed it (as the main bench
+//! does: `least_disturbed_run`). Rounds still cannot price a cost of a few per cent on a machine
+//! whose steal time comes and goes:
 //! one round's difference moves by tens of per cent. So the agent's data path is also run
 //! alone (`tracer-user/examples/span_cost.rs`: the same load's events, its CPU time), which
 //! prices the events in nanoseconds. The budget: a median paired difference of at most +5 % at
@@ -78,11 +80,8 @@ pub fn phases_cost(args: &BenchArgs, rounds: usize) -> Result<()> {
                 if round % 2 == 0 { [Mode::SameHost, Mode::NoPhases] } else { [Mode::NoPhases, Mode::SameHost] };
             let mut got = [None, None];
             for mode in order {
-                wait_until_quiet();
-                eprintln!("bench phases: {} round {} of {rounds} / {} ...", kind.name(), round + 1, mode.name());
-                let run = run_server_mode(&tools, &plan, kind, mode, &tmp.path)
-                    .with_context(|| format!("{} / {}", kind.name(), mode.name()))?;
-                eprintln!("{}", run.summary());
+                let label = format!("bench phases: round {} of {rounds}", round + 1);
+                let run = least_disturbed_run(&tools, &plan, kind, mode, &tmp.path, &label)?;
                 let sample = Sample {
                     cpu_us: LOADS.map(|ph| run.phase(ph).and_then(PhaseResult::cpu_us_per_request)),
                     saturation_rps: run.phase(Phase::Saturation).map_or(0.0, |p| p.load.rate),
@@ -163,8 +162,10 @@ fn render(
     let _ = writeln!(
         s,
         "A difference is *measurable* only when every round has the same sign (5 rounds: a 1 in 16 chance \
-         when there is none). A round's difference moves by tens of per cent with the machine's steal time, \
-         so the rounds alone cannot price a cost of a few per cent; the data path run alone (below) can. The \
+         when there is none). Each run is measured again (up to five times, the least disturbed attempt \
+         counting) while other processes and the hypervisor's steal took more than 0.15 CPUs during a load. \
+         A round's difference still moves by tens of per cent with the machine's steal time, so the rounds \
+         alone cannot price a cost of a few per cent; the data path run alone (below) can. The \
          budget: a median paired difference of at most +5 % at every load, and the data path's cost of the \
          events at most 5 % of the agent's CPU per request.\n"
     );
