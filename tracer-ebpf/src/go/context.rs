@@ -315,9 +315,9 @@ pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
 /// (`conn.rwc`, a `*net.TCPConn` or a `*tls.Conn` over one) is the one the goroutine's server
 /// span was read from; otherwise its calls are linked by goroutine ancestry alone.
 ///
-/// True when `fn` is that closure: the goroutine it starts reads one byte and makes no call
-/// and starts no goroutine, so goroutine ancestry needs no link for it (nor for its creator,
-/// whose own goroutines record that link when they start): `runtime::go_newproc1` skips them.
+/// True when `fn` is that closure: the goroutine it starts reads one byte and makes no call, so
+/// `runtime::go_newproc1` records no goroutine ancestry for it, nor its creator's own link (the
+/// creator records that whenever it starts any other goroutine).
 #[inline(always)]
 pub fn background_read(tgid: u32, g: u64, fnv: u64) -> bool {
     let Some(cp) = ctx_proc(tgid) else { return false };
