@@ -353,11 +353,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Marks the hand-written end of docs/benchmarks.md (measured changes, before and after), which
-/// a regenerated report keeps.
-const HISTORY_MARK: &str = "<!-- Hand-written from here on: cargo xtask bench keeps this part. -->";
-
-/// The new report followed by the hand-written part of the old one, if it had one.
 /// One run of `kind` in `mode`, measured again (up to [`RETRIES`] times) while other processes
 /// or the hypervisor (steal) took more than [`MAX_BACKGROUND_CPUS`] during a phase: either takes
 /// throughput and CPU from the server and the agent. The least disturbed attempt counts. The
@@ -402,6 +397,11 @@ fn least_disturbed_run(
     best.context("no attempt")
 }
 
+/// Marks the hand-written end of docs/benchmarks.md (measured changes, before and after), which
+/// a regenerated report keeps.
+const HISTORY_MARK: &str = "<!-- Hand-written from here on: cargo xtask bench keeps this part. -->";
+
+/// The new report followed by the hand-written part of the old one, if it had one.
 fn keep_history(report: &str, old: &str) -> String {
     match old.find(HISTORY_MARK) {
         Some(i) => format!("{}\n{}", report.trim_end(), &old[i..]),
@@ -2078,8 +2078,8 @@ fn render_markdown(r: &Report) -> String {
          Every run starts on a quiet machine (under 0.15 CPUs busy for 3 s, no other tracer agent) and is measured \
          again (up to five times, keeping the least disturbed attempt) when other processes and the \
          hypervisor together took more than that during a phase; *background* is what other processes used \
-         (summed over /proc/PID/stat of every other process), *steal* what the hypervisor took. The Python fixture writes its response head and body \
-         in two `send`s, so on a keep-alive connection the body waits for the client's delayed ACK (Nagle, \
+         (summed over /proc/PID/stat of every other process), *steal* what the hypervisor took. The Python \
+         fixture writes its response head and body in two `send`s, so on a keep-alive connection the body waits for the client's delayed ACK (Nagle, \
          about 40 ms): its throughput is bounded by 16 or 32 connections / 40 ms whatever the CPU, and its \
          fixed-rate phases above that bound are overloaded (fewer requests done than scheduled).\n",
         r.phases.len(),

@@ -302,11 +302,11 @@ pub fn own_stream(k: &GoKey, t: &TraceCtx, stream: u64) {
     }
 }
 
-/// `runtime.newproc1(fn, ...)` entry on the goroutine whose `g` is `g`: when `fn` is the closure net/http's
-/// `(*connReader).startBackgroundRead` starts its goroutine with, the request being served on
-/// that connection (`cr.conn.curReq.req`) gets its context recorded as the goroutine's server
-/// span. That goroutine starts once per HTTP/1 request, before the handler runs, so this costs
-/// no trap of its own (the ServeHTTP uprobe is then not attached).
+/// `runtime.newproc1(fn, ...)` entry on the goroutine whose `g` is `g`: when `fn` is the
+/// closure net/http's `(*connReader).startBackgroundRead` starts its goroutine with, the request
+/// being served on that connection (`cr.conn.curReq.req`) gets its context recorded as the
+/// goroutine's server span. That goroutine starts once per HTTP/1 request, before the handler
+/// runs, so this costs no trap of its own (the ServeHTTP uprobe is then not attached).
 ///
 /// A request without a body (`ContentLength` 0) has net/http start the goroutine from the
 /// connection's own goroutine (`(*conn).serve`), whose server span is this request's. A
